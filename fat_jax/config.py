@@ -1,0 +1,69 @@
+"""The default configuration every recipe in ``configs/`` starts from.
+
+All sizes are global (over all devices); `eps` and step sizes are in pixel
+units of [0, 1]; `method.alpha` and `eval.pgd_step_size` are multiples of ε as
+in the seed papers' ``--alpha`` flags.
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.eps = 8 / 255
+  c.batch_size = 128
+  c.num_epochs = 30
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'cifar10'
+  c.data.source = 'auto'          # 'auto' | 'dir' | 'tfds'
+  c.data.dir = ''                 # folder with the original files (cifar-10-batches-py, IDX .gz, ...)
+  c.data.n_train = 0              # 0 = all
+  c.data.n_test = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'preact_resnet18'
+  c.model.width = 64
+  c.model.depth = 4               # 'cnn' only
+  c.model.batchnorm = False       # 'cnn' only
+
+  c.method = ml_collections.ConfigDict()
+  c.method.name = 'fgsm_rs'
+  c.method.alpha = config_dict.placeholder(float)       # × ε; None = the method's default
+  c.method.init = config_dict.placeholder(str)          # 'zero' | 'uniform'
+  c.method.init_scale = config_dict.placeholder(float)  # uniform init U(−kε, kε)
+  c.method.project = config_dict.placeholder(bool)      # Π_ε after the step
+  c.method.steps = config_dict.placeholder(int)         # attack steps (PGD-AT)
+  c.method.attack_bn = 'train'                          # BatchNorm mode of the attack
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.schedule = 'cyclic'     # 'cyclic' | 'piecewise' | 'multistep' | 'constant'
+  c.optim.lr_max = 0.2
+  c.optim.momentum = 0.9
+  c.optim.base_momentum = 0.8     # cyclic schedule: momentum at the lr peak
+  c.optim.weight_decay = 5e-4
+  c.optim.milestones = (100, 150)  # multistep, in epochs
+  c.optim.gamma = 0.1
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.eps = config_dict.placeholder(float)  # None = training eps
+  c.eval.n = 1000                 # final evaluation: first n test points (0 = all)
+  c.eval.batch_size = 256
+  c.eval.pgd_steps = 50
+  c.eval.pgd_restarts = 10
+  c.eval.pgd_step_size = 0.25     # × ε
+  c.eval.monitor_n = 1000         # per-epoch monitor: first n test points
+  c.eval.monitor_pgd_steps = 10
+  c.eval.monitor_pgd_restarts = 1
+
+  c.co_monitor = ml_collections.ConfigDict()
+  c.co_monitor.drop = 0.2         # PGD accuracy below its best by more than this ...
+  c.co_monitor.gap = 0.2          # ... while FGSM accuracy exceeds it by more than this
+  c.co_monitor.early_stop = False  # stop at onset; evaluate the last good epoch
+
+  c.checkpoint_keep = 2
+  c.progress = True
+  return c

@@ -1,0 +1,130 @@
+"""Host-side batching, on-device augmentation and device placement.
+
+Batches are drawn from in-memory uint8 arrays with a per-epoch permutation
+seeded by ``(seed, epoch)``, so a run can resume at any epoch and get the same
+order. Images stay uint8 on the host; `augment` converts them to float32 in
+[0, 1] on device.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AUGMENT_MODES = ('crop_flip', 'crop', 'none')
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The order of the examples in ``epoch``; a function of ``(seed, epoch)`` only."""
+  return np.random.default_rng((seed, epoch)).permutation(num_examples)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int,
+                    drop_remainder: bool = True) -> int:
+  """Number of batches `iterate_batches` yields per epoch."""
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be positive, got {batch_size}')
+  if drop_remainder:
+    return num_examples // batch_size
+  return -(-num_examples // batch_size)
+
+
+def iterate_batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
+    epoch: int, *, shuffle: bool = True, drop_remainder: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Yields ``(indices, images[indices], labels[indices])`` for one epoch.
+
+  With ``drop_remainder`` the last ``len(images) % batch_size`` examples of
+  the epoch's order are skipped (they differ between epochs when shuffling);
+  otherwise the last batch is smaller.
+  """
+  num_examples = len(labels)
+  if len(images) != num_examples:
+    raise ValueError(f'{len(images)} images but {num_examples} labels')
+  order = (epoch_permutation(num_examples, seed, epoch) if shuffle
+           else np.arange(num_examples))
+  for step in range(steps_per_epoch(num_examples, batch_size, drop_remainder)):
+    indices = order[step * batch_size:(step + 1) * batch_size]
+    yield indices, images[indices], labels[indices]
+
+
+def _pad_crop(images: jax.Array, offsets: jax.Array, pad: int) -> jax.Array:
+  """Crops each image back to its size from its zero-padded version at ``offsets`` (N, 2)."""
+  _, height, width, channels = images.shape
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+  def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
+    return lax.dynamic_slice(image, (offset[0], offset[1], 0),
+                             (height, width, channels))
+
+  return jax.vmap(crop)(padded, offsets)
+
+
+def _batch_sharding(images: jax.Array) -> NamedSharding | None:
+  """The sharding of per-example random draws under an Explicit mesh sharding ``images``."""
+  sharding = jax.typeof(images).sharding
+  batch_axis = sharding.spec[0]
+  return None if batch_axis is None else NamedSharding(
+      sharding.mesh, PartitionSpec(batch_axis))
+
+
+def _flip(images: jax.Array, flags: jax.Array) -> jax.Array:
+  """Mirrors horizontally the images whose flag (N,) is set."""
+  return jnp.where(flags[:, None, None, None], images[:, :, ::-1, :], images)
+
+
+@functools.partial(jax.jit, static_argnames=('mode', 'pad'))
+def augment(key: jax.Array, images: jax.Array, *, mode: str,
+            pad: int = 4) -> jax.Array:
+  """Converts pixel values in [0, 255] (uint8 or float) to float32 in [0, 1] and augments.
+
+  Modes: 'crop_flip' (random crop from the image zero-padded by ``pad`` on
+  each side, offsets uniform in [0, 2 pad], then a horizontal flip with
+  probability 1/2), 'crop' (the crop only) and 'none' (``images / 255``).
+  The result is a deterministic function of ``key``, whatever the sharding
+  of ``images`` (Auto or Explicit mesh axes).
+  """
+  if mode not in AUGMENT_MODES:
+    raise ValueError(f'unknown augment mode {mode!r}; known: {AUGMENT_MODES}')
+  images = jnp.asarray(images).astype(jnp.float32) / 255.0
+  if mode == 'none':
+    return images
+  crop_key, flip_key = jax.random.split(key)
+  sharding = _batch_sharding(images)
+  offsets = jax.random.randint(crop_key, (images.shape[0], 2), 0, 2 * pad + 1,
+                               out_sharding=sharding)
+  images = _pad_crop(images, offsets, pad)
+  if mode == 'crop':
+    return images
+  flags = jax.random.bernoulli(flip_key, 0.5, images.shape[:1],
+                               out_sharding=sharding)
+  return _flip(images, flags)
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+  """Places each leaf of a pytree of host arrays on ``mesh``, split on axis 'data'.
+
+  The leading axis of every leaf is the batch axis. With several processes
+  each passes its own part of the global batch.
+  """
+  sharding = NamedSharding(mesh, PartitionSpec('data'))
+  num_shards = mesh.shape['data']
+
+  def put(x: Any) -> jax.Array:
+    shape = np.shape(x)
+    if not shape or shape[0] * jax.process_count() % num_shards:
+      raise ValueError(
+          f'batch leaf of shape {shape} (x{jax.process_count()} processes) '
+          f"cannot be split over mesh axis 'data' of size {num_shards}")
+    if jax.process_count() > 1:
+      return jax.make_array_from_process_local_data(sharding, x)
+    return jax.device_put(x, sharding)
+
+  return jax.tree.map(put, batch)

@@ -1,0 +1,5 @@
+"""Pure losses on logits. Per-example functions return shape (N,)."""
+from fat_jax.losses.classification import (
+    LOSSES, accuracy, cross_entropy, margin_loss, per_example_loss)
+
+__all__ = ['LOSSES', 'accuracy', 'cross_entropy', 'margin_loss', 'per_example_loss']

@@ -1,0 +1,34 @@
+"""Classification losses used by training and by the attacks."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example cross-entropy −log softmax(z)_y."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+  return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+
+
+def margin_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example CW margin max_{i≠y} z_i − z_y (positive ⇔ misclassified)."""
+  logits = logits.astype(jnp.float32)
+  true = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+  return others.max(axis=-1) - true
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example 0/1 correctness (float32)."""
+  return (logits.argmax(axis=-1) == labels).astype(jnp.float32)
+
+
+LOSSES = {'ce': cross_entropy, 'margin': margin_loss}
+
+
+def per_example_loss(name: str):
+  """The per-example loss called `name` ('ce' or 'margin')."""
+  if name not in LOSSES:
+    raise ValueError(f'Unknown attack loss {name!r}; known: {sorted(LOSSES)}.')
+  return LOSSES[name]

@@ -1,0 +1,134 @@
+"""The `Model` wrapper, torch-default layer helpers and `build_model`.
+
+Every model is a `flax.linen.Module` whose ``__call__(x, train)`` returns
+``(logits, features)`` and which defines ``weight_paths() -> list[Path]``, the
+explicit forward order of its conv/linear kernels. Layers are built with the
+helpers below so that padding, initialisation and BatchNorm match torch:
+
+* conv / linear weights and biases ~ U(±1/√fan_in), fan_in = in_ch·kh·kw
+  (torch's ``kaiming_uniform_(a=√5)`` weight default and its bias default);
+* BatchNorm: scale 1, bias 0, torch momentum 0.1 (Flax 0.9), eps 1e-5. One
+  difference remains: Flax updates the running variance with the biased batch
+  variance, torch with the unbiased one (factor n/(n−1), n = B·H·W).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import operator
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = Any  # nested dict of arrays
+Path = tuple[str, ...]
+Initializer = Callable[..., Array]
+
+MODEL_NAMES = ('preact_resnet18', 'resnet18', 'mnist_net', 'cnn')
+
+
+def torch_uniform(fan_in: int) -> Initializer:
+  """Initialiser U(±1/√fan_in), torch's default for conv/linear weights and biases."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def conv(x: Array, features: int, kernel: int, *, name: str, stride: int = 1,
+         padding: int = 0, bias: bool = False) -> Array:
+  """``torch.nn.Conv2d(kernel, stride, padding, bias)`` on NHWC input."""
+  init = torch_uniform(x.shape[-1] * kernel * kernel)
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((padding, padding), (padding, padding)),
+                 use_bias=bias, kernel_init=init, bias_init=init, name=name)(x)
+
+
+def dense(x: Array, features: int, *, name: str) -> Array:
+  """``torch.nn.Linear`` (with bias)."""
+  init = torch_uniform(x.shape[-1])
+  return nn.Dense(features, kernel_init=init, bias_init=init, name=name)(x)
+
+
+def batch_norm(x: Array, train: bool, *, name: str) -> Array:
+  """``torch.nn.BatchNorm2d`` defaults: batch statistics iff ``train``."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      use_fast_variance=False, name=name)(x)
+
+
+def normalize(x: Array, mean: tuple[float, ...], std: tuple[float, ...]) -> Array:
+  """Per-channel ``(x − mean) / std``; identity when ``mean`` is empty."""
+  if not mean:
+    return x
+  return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A Flax module plus its input shape; hashable, so usable as a static jit arg."""
+  module: nn.Module
+  input_shape: tuple[int, int, int]  # (H, W, C)
+
+  def init(self, key: Array) -> tuple[Params, Params]:
+    """Returns ``(params, state)``; state is 'batch_stats' ({} without BatchNorm)."""
+    x = jnp.zeros((1, *self.input_shape), jnp.float32)
+    # One compilation instead of eager per-shape random ops (seconds on CPU).
+    variables = jax.jit(functools.partial(self.module.init, train=False))(key, x)
+    return variables['params'], variables.get('batch_stats', {})
+
+  def apply(self, params: Params, state: Params, x: Array,
+            train: bool) -> tuple[Array, Params, dict[str, Array]]:
+    """Pure forward on pixel-space NHWC x: ``(logits, new_state, features)``."""
+    variables = {'params': params, 'batch_stats': state}
+    if train:
+      (logits, features), updates = self.module.apply(
+          variables, x, train=True, mutable=['batch_stats'])
+      return logits, updates.get('batch_stats', {}), features
+    logits, features = self.module.apply(variables, x, train=False)
+    return logits, state, features
+
+  def weight_layer_order(self, params: Params) -> list[Path]:
+    """Paths of the conv/linear kernels in forward order (KeyError if absent)."""
+    paths = self.module.weight_paths()
+    for path in paths:
+      functools.reduce(operator.getitem, path, params)
+    return paths
+
+
+def _modules() -> dict[str, Callable[..., nn.Module]]:
+  """Name → constructor(config, **common kwargs)."""
+  # Imported here: the model files import the layer helpers from this module.
+  from fat_jax.models import preact_resnet, resnet, small
+  return {
+      'preact_resnet18': lambda c, **kw: preact_resnet.PreActResNet18(
+          width=c.get('width', 64), **kw),
+      'resnet18': lambda c, **kw: resnet.ResNet18(width=c.get('width', 64), **kw),
+      'mnist_net': lambda c, **kw: small.MNISTNet(**kw),
+      'cnn': lambda c, **kw: small.SmallCNN(
+          width=c.get('width', 32), depth=c.get('depth', 4),
+          batchnorm=c.get('batchnorm', False), **kw),
+  }
+
+
+def build_model(config: Any, info: Any) -> Model:
+  """Builds ``config.name`` for a dataset described by ``info``.
+
+  ``info`` provides ``num_classes``, ``image_shape`` (H, W, C), ``mean`` and
+  ``std`` (tuples; empty = no normalisation).
+  """
+  builders = _modules()
+  if config.name not in builders:
+    raise ValueError(f'unknown model {config.name!r}; known: {", ".join(MODEL_NAMES)}')
+  mean = tuple(float(m) for m in info.mean)
+  std = tuple(float(s) for s in info.std)
+  if len(mean) != len(std):
+    raise ValueError(f'mean {mean} and std {std} differ in length')
+  module = builders[config.name](config, num_classes=int(info.num_classes),
+                                 mean=mean, std=std)
+  return Model(module, tuple(int(d) for d in info.image_shape))

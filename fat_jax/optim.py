@@ -1,0 +1,109 @@
+"""SGD with momentum and coupled weight decay, and the learning-rate schedules.
+
+The optimiser reproduces ``torch.optim.SGD(momentum=μ, weight_decay=wd)``:
+
+    d = ∇w + wd·w            (coupled decay: added to the gradient)
+    b ← μ·b + d
+    w ← w − lr·b
+
+with lr and μ supplied per step by a schedule, so that torch ``CyclicLR``'s
+momentum cycle is reproduced exactly. The update is exposed as a pure function
+(`sgd_update`) because LAP and AWP re-use "the real optimiser step".
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Hyper(NamedTuple):
+  """Per-step optimiser hyper-parameters."""
+  lr: jax.Array
+  momentum: jax.Array
+
+
+def sgd_update(params, grads, buffers, hyper: Hyper, weight_decay: float):
+  """One torch-SGD step. Returns ``(new_params, new_buffers)``."""
+  def buffer(b, g, w):
+    return hyper.momentum * b + g + weight_decay * w
+  new_buffers = jax.tree.map(buffer, buffers, grads, params)
+  new_params = jax.tree.map(lambda w, b: w - hyper.lr * b, params, new_buffers)
+  return new_params, new_buffers
+
+
+def zero_buffers(params):
+  """Momentum buffers for `sgd_update` (torch starts from b = d, i.e. b₀ = 0)."""
+  return jax.tree.map(jnp.zeros_like, params)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """Learning rate and momentum as functions of the iteration (0-based).
+
+  kind:
+    'cyclic'    torch ``CyclicLR(base_lr=0, max_lr=lr_max, step_size_up=T/2,
+                cycle_momentum=True, base_momentum=0.8, max_momentum=0.9)``
+                stepped once per iteration: triangular lr 0 → lr_max → 0 over
+                the T = total_steps iterations, momentum 0.9 → 0.8 → 0.9;
+                the first iteration runs with lr = 0.
+    'piecewise' lr_max, ×0.1 after 50% and again after 75% of the epochs.
+    'multistep' lr_max × gamma^(number of `milestones` epochs passed).
+    'constant'  lr_max.
+  """
+  kind: str
+  lr_max: float
+  total_steps: int
+  steps_per_epoch: int
+  momentum: float = 0.9
+  base_momentum: float = 0.8
+  milestones: tuple[int, ...] = ()
+  gamma: float = 0.1
+
+  def __post_init__(self):
+    if self.kind not in SCHEDULES:
+      raise ValueError(f'Unknown lr schedule {self.kind!r}; known: {sorted(SCHEDULES)}.')
+    if self.total_steps <= 0 or self.steps_per_epoch <= 0:
+      raise ValueError('A schedule needs total_steps > 0 and steps_per_epoch > 0, '
+                       f'got {self.total_steps} and {self.steps_per_epoch}.')
+
+  def __call__(self, step) -> Hyper:
+    return SCHEDULES[self.kind](self, jnp.asarray(step, jnp.float32))
+
+
+def _cyclic(s: Schedule, step):
+  cycle = jnp.floor(1 + step / s.total_steps)
+  x = 1 + step / s.total_steps - cycle
+  scale = jnp.where(x <= 0.5, x / 0.5, (x - 1) / (0.5 - 1))
+  lr = s.lr_max * scale
+  momentum = s.momentum - (s.momentum - s.base_momentum) * scale
+  return Hyper(lr, momentum)
+
+
+def _constant_momentum(s: Schedule, lr):
+  return Hyper(jnp.asarray(lr, jnp.float32), jnp.asarray(s.momentum, jnp.float32))
+
+
+def _piecewise(s: Schedule, step):
+  epoch = jnp.floor(step / s.steps_per_epoch)
+  num_epochs = s.total_steps / s.steps_per_epoch
+  factor = jnp.where(epoch >= 0.75 * num_epochs, 0.01,
+                     jnp.where(epoch >= 0.5 * num_epochs, 0.1, 1.0))
+  return _constant_momentum(s, s.lr_max * factor)
+
+
+def _multistep(s: Schedule, step):
+  epoch = jnp.floor(step / s.steps_per_epoch)
+  passed = sum((epoch >= m).astype(jnp.float32) for m in s.milestones)
+  return _constant_momentum(s, s.lr_max * s.gamma ** passed)
+
+
+def _constant(s: Schedule, step):
+  del step
+  return _constant_momentum(s, s.lr_max)
+
+
+SCHEDULES = {'cyclic': _cyclic, 'piecewise': _piecewise,
+             'multistep': _multistep, 'constant': _constant}

@@ -1,0 +1,46 @@
+"""Plain-text tables of runs: ``python -m fat_jax.summary WORKDIR [WORKDIR ...]``.
+
+For each run, the per-epoch monitor (clean / FGSM / PGD accuracy on the test
+subset) with the detected CO onset, and the final evaluation.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from fat_jax import run_log
+
+
+def epoch_table(workdir: str) -> str:
+  """The per-epoch records of the run in `workdir` as a Markdown table."""
+  rows = ['| epoch | train loss | clean | FGSM | PGD | CO | s/epoch |',
+          '|---:|---:|---:|---:|---:|:---:|---:|']
+  for r in run_log.read_records(workdir):
+    rows.append(f"| {r['epoch']} | {r['train_loss']:.3f} | {r['clean_accuracy']:.3f} | "
+                f"{r['fgsm_accuracy']:.3f} | {r['pgd_accuracy']:.3f} | "
+                f"{'yes' if r['co_detected'] else ''} | {r['train_time_s']:.0f} |")
+  return '\n'.join(rows)
+
+
+def final_line(workdir: str) -> str:
+  """One line with the final evaluation of the run in `workdir`."""
+  r = run_log.read_json(workdir, run_log.RESULTS)
+  if r is None:
+    return f'{workdir}: no results.json yet'
+  onset = r['co_onset_epoch']
+  return (f"{r['method']} on {r['dataset']} (eps {r['train_eps']:.4g}, seed {r['seed']}): "
+          f"epoch {r['evaluated_epoch']}, n={r['n']}: clean {r['clean_accuracy']:.3f}, "
+          f"FGSM {r['fgsm_accuracy']:.3f}, PGD-{r['pgd_steps']}-{r['pgd_restarts']} "
+          f"{r['pgd_accuracy']:.3f}; CO {'at epoch %d' % onset if onset else 'not detected'}; "
+          f"{r['train_time_s']:.0f} s training")
+
+
+def summarize(workdirs) -> str:
+  return '\n\n'.join(f'## {os.path.basename(os.path.normpath(w))}\n\n{epoch_table(w)}\n\n'
+                     f'{final_line(w)}' for w in workdirs)
+
+
+if __name__ == '__main__':
+  if len(sys.argv) < 2:
+    sys.exit('usage: python -m fat_jax.summary WORKDIR [WORKDIR ...]')
+  print(summarize(sys.argv[1:]))

@@ -1,0 +1,176 @@
+"""`train_and_evaluate(config, workdir)`: the training loop.
+
+Per epoch: train, evaluate clean / FGSM / PGD on a fixed test subset, check for
+catastrophic overfitting, append a record to ``metrics.jsonl``, checkpoint. A
+rerun with the same workdir resumes from the last checkpoint; the data order
+(seed, epoch) and the step keys (seed, step) make the resumed run identical to
+an uninterrupted one. At the end the last good state is evaluated with PGD-k-r
+into ``results.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from fat_jax import optim, run_log
+from fat_jax.checkpoint import Checkpointer
+from fat_jax.data import iterate_batches, load_dataset, shard_batch, steps_per_epoch
+from fat_jax.diagnostics import co_onset
+from fat_jax.evaluate import PGDSettings, evaluate_robustness
+from fat_jax.methods import init_train_state, make_train_step, resolve_attack
+from fat_jax.models import build_model
+from fat_jax.parallel import make_data_mesh, replicate
+
+log = logging.getLogger('fat_jax')
+
+# Config sections that may change between a run and its resumption.
+RESUMABLE_CHANGES = ('eval', 'co_monitor', 'progress', 'checkpoint_keep')
+NAN_CHECK_EVERY = 20
+
+
+class DivergenceError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+def make_schedule(config, steps: int) -> optim.Schedule:
+  o = config.optim
+  return optim.Schedule(kind=o.schedule, lr_max=o.lr_max, total_steps=config.num_epochs * steps,
+                        steps_per_epoch=steps, momentum=o.momentum,
+                        base_momentum=o.base_momentum, milestones=tuple(o.milestones),
+                        gamma=o.gamma)
+
+
+def _check_resumable(workdir: str, config) -> None:
+  """Write config.json, or check that the one in `workdir` trains the same run."""
+  current = json.loads(config.to_json_best_effort())
+  stored = run_log.read_json(workdir, run_log.CONFIG)
+  if stored is not None:
+    differ = sorted(k for k in set(stored) | set(current)
+                    if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
+    if differ:
+      raise ValueError(f'{workdir} holds a run with a different config (sections {differ}); '
+                       'use a new --workdir or the original config.')
+  run_log.write_json(workdir, run_log.CONFIG, current)
+
+
+def _train_epoch(train_step, ts, data, config, epoch: int, mesh, steps: int, workdir: str):
+  """One epoch of training; returns the state and the epoch-mean metrics."""
+  batches = iterate_batches(data.train_images, data.train_labels, config.batch_size,
+                            config.seed, epoch)
+  bar = tqdm(batches, total=steps, desc=f'epoch {epoch}/{config.num_epochs}', leave=False,
+             disable=not config.progress, unit='step')
+  sums = None
+  for i, (_, images, labels) in enumerate(bar):
+    ts, metrics = train_step(ts, *shard_batch((images, labels), mesh))
+    sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b, sums, metrics)
+    if (i + 1) % NAN_CHECK_EVERY == 0 or i + 1 == steps:
+      loss = float(sums['loss']) / (i + 1)
+      if not np.isfinite(loss):
+        raise DivergenceError(
+            f'Training diverged: non-finite loss in epoch {epoch} by step {i + 1}. The last '
+            f'good state is the checkpoint of epoch {epoch - 1} in {workdir}; lower '
+            'optim.lr_max or eps and rerun in a new --workdir.')
+      bar.set_postfix(loss=f'{loss:.3f}', acc=f"{float(sums['accuracy']) / (i + 1):.3f}")
+  means = {f'train_{k}': float(v) / steps for k, v in sums.items() if k in ('loss', 'accuracy')}
+  means.update(lr=float(metrics['lr']), momentum=float(metrics['momentum']))
+  return ts, means
+
+
+def _eval_subset(data, n: int):
+  n = n or len(data.test_images)
+  return data.test_images[:n], data.test_labels[:n]
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Train `config.method` and evaluate it; returns the content of results.json."""
+  workdir = os.path.abspath(workdir)
+  attack = resolve_attack(config.method, config.eps)  # fail on a bad method before loading data
+  mesh = make_data_mesh()
+  if config.batch_size % mesh.size:
+    raise ValueError(f'batch_size={config.batch_size} is not divisible by the {mesh.size} '
+                     'devices; choose a multiple of the device count.')
+  data = load_dataset(config.data)
+  model = build_model(config.model, data.info)
+  steps = steps_per_epoch(len(data.train_images), config.batch_size)
+  if steps == 0:
+    raise ValueError(f'batch_size={config.batch_size} exceeds the {len(data.train_images)} '
+                     'training examples.')
+  schedule = make_schedule(config, steps)
+  init_key, step_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+
+  os.makedirs(workdir, exist_ok=True)
+  _check_resumable(workdir, config)
+  checkpointer = Checkpointer(workdir, keep=config.checkpoint_keep)
+  ts = replicate(init_train_state(model, init_key), mesh)
+  start = checkpointer.latest_epoch() or 0
+  if start:
+    ts = checkpointer.restore(start, ts)
+    log.info('Resuming from the checkpoint of epoch %d in %s.', start, workdir)
+  history = run_log.read_records(workdir, up_to_epoch=start)
+
+  train_step = jax.jit(make_train_step(model, attack, schedule,
+                                       weight_decay=config.optim.weight_decay,
+                                       augment_mode=data.info.augment, key=step_key),
+                       donate_argnums=0)
+  eval_eps = config.eval.eps if config.eval.eps is not None else config.eps
+  monitor = PGDSettings(eps=eval_eps, steps=config.eval.monitor_pgd_steps,
+                        restarts=config.eval.monitor_pgd_restarts,
+                        step_size=config.eval.pgd_step_size * eval_eps)
+  monitor_x, monitor_y = _eval_subset(data, config.eval.monitor_n)
+  eval_kwargs = dict(mesh=mesh, batch_size=config.eval.batch_size, seed=config.seed,
+                     progress=config.progress)
+  cm = config.co_monitor
+  onset = co_onset(history, drop=cm.drop, gap=cm.gap)
+  ts_epoch = start
+
+  for epoch in range(start + 1, config.num_epochs + 1):
+    if onset is not None and cm.early_stop:
+      break
+    t0 = time.time()
+    ts, record = _train_epoch(train_step, ts, data, config, epoch, mesh, steps, workdir)
+    train_time = time.time() - t0
+    result = evaluate_robustness(model, ts.params, ts.batch_stats, monitor_x, monitor_y,
+                                 monitor, desc='monitor', **eval_kwargs)
+    record = {'epoch': epoch, **record,
+              **{f'{k}_accuracy': result[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
+              'train_time_s': train_time, 'eval_time_s': result['wall_time_s']}
+    history.append(record)
+    onset = co_onset(history, drop=cm.drop, gap=cm.gap)
+    record['co_detected'] = onset is not None
+    run_log.append_record(workdir, record)
+    log.info('epoch %d  loss %.4f  train acc %.3f  test clean %.3f  fgsm %.3f  pgd-%d %.3f'
+                 '  (%.0f s)%s', epoch, record['train_loss'], record['train_accuracy'],
+                 record['clean_accuracy'], record['fgsm_accuracy'], monitor.steps,
+                 record['pgd_accuracy'], train_time,
+                 f'  CO detected at epoch {onset}' if onset == epoch else '')
+    if onset is not None and cm.early_stop:
+      log.info('Early stop: catastrophic overfitting at epoch %d; evaluating epoch %d.',
+                   onset, epoch - 1)
+      ts, ts_epoch = checkpointer.restore(epoch - 1, ts), epoch - 1
+      break
+    checkpointer.save(epoch, ts)
+    ts_epoch = epoch
+
+  checkpointer.close()
+  settings = PGDSettings(eps=eval_eps, steps=config.eval.pgd_steps,
+                         restarts=config.eval.pgd_restarts,
+                         step_size=config.eval.pgd_step_size * eval_eps)
+  test_x, test_y = _eval_subset(data, config.eval.n)
+  final = evaluate_robustness(model, ts.params, ts.batch_stats, test_x, test_y, settings,
+                              desc='final eval', **eval_kwargs)
+  np.savez_compressed(os.path.join(workdir, 'eval_flags.npz'), **final.pop('flags'))
+  results = {'method': config.method.name, 'dataset': config.data.name,
+             'model': config.model.name, 'train_eps': config.eps, 'seed': config.seed,
+             'evaluated_epoch': ts_epoch, 'co_onset_epoch': onset,
+             'train_time_s': sum(r['train_time_s'] for r in history), **final}
+  run_log.write_json(workdir, run_log.RESULTS, results)
+  log.info('Final (epoch %d, n=%d, eps=%.4f): clean %.4f  FGSM %.4f  PGD-%d-%d %.4f',
+               ts_epoch, final['n'], eval_eps, final['clean_accuracy'],
+               final['fgsm_accuracy'], settings.steps, settings.restarts, final['pgd_accuracy'])
+  return results

@@ -1,0 +1,37 @@
+"""fat_jax entry point.
+
+  python launch.py --config=configs/quickstart.py --workdir=/tmp/quickstart
+  python launch.py --config=configs/fgsm_rs_eps8.py --workdir=runs/fgsm_rs \\
+      --config.data.dir=/data/cifar10 --config.num_epochs=15
+
+``--config.<field>=<value>`` overrides any field; the configs are locked, so a
+misspelt field is an error.
+"""
+import logging
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from fat_jax.train import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file in configs/.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train'], 'train: train (resuming from --workdir) '
+                          'and evaluate.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  absl_logging.set_verbosity(absl_logging.WARNING)  # quiet the libraries (orbax, ...)
+  logging.getLogger('fat_jax').setLevel(logging.INFO)
+  results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  logging.getLogger('fat_jax').info('Results: %s/results.json (clean %.4f, PGD %.4f)', _WORKDIR.value,
+               results['clean_accuracy'], results['pgd_accuracy'])
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,54 @@
+"""SGD and the schedules against hand-computed values."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fat_jax import optim
+
+
+def cyclic(total=100):
+  return optim.Schedule('cyclic', lr_max=0.2, total_steps=total, steps_per_epoch=10)
+
+
+@pytest.mark.parametrize('step, lr, momentum', [
+    (0, 0.0, 0.9),          # torch CyclicLR: the first iteration runs with lr = 0
+    (25, 0.1, 0.85),
+    (50, 0.2, 0.8),         # peak: lr_max and base_momentum
+    (75, 0.1, 0.85),
+    (99, 0.004, 0.898),     # last iteration: x = 0.99, scale = 0.02
+])
+def test_cyclic_matches_torch_cycliclr(step, lr, momentum):
+  hyper = cyclic()(step)
+  np.testing.assert_allclose(float(hyper.lr), lr, atol=1e-7)
+  np.testing.assert_allclose(float(hyper.momentum), momentum, atol=1e-7)
+
+
+def test_piecewise_and_multistep():
+  pw = optim.Schedule('piecewise', lr_max=0.1, total_steps=200, steps_per_epoch=10)  # 20 epochs
+  assert [round(float(pw(s).lr), 6) for s in (0, 99, 100, 149, 150, 199)] == [
+      0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+  ms = optim.Schedule('multistep', lr_max=0.1, total_steps=200, steps_per_epoch=10,
+                      milestones=(5, 15), gamma=0.5)
+  assert [round(float(ms(s).lr), 6) for s in (0, 49, 50, 149, 150)] == [
+      0.1, 0.1, 0.05, 0.05, 0.025]
+  assert float(ms(0).momentum) == pytest.approx(0.9)
+
+
+def test_unknown_schedule_is_rejected():
+  with pytest.raises(ValueError, match='Unknown lr schedule'):
+    optim.Schedule('cosine', lr_max=0.1, total_steps=10, steps_per_epoch=1)
+
+
+def test_sgd_is_torch_sgd_with_coupled_weight_decay():
+  w = {'a': jnp.array([1.0, -2.0])}
+  g1, g2 = {'a': jnp.array([0.5, 0.5])}, {'a': jnp.array([-1.0, 2.0])}
+  b = optim.zero_buffers(w)
+  lr, mu, wd = 0.1, 0.9, 0.01
+  w1, b1 = optim.sgd_update(w, g1, b, optim.Hyper(lr, mu), wd)
+  d1 = np.array([0.5, 0.5]) + wd * np.array([1.0, -2.0])   # b₁ = d₁ (torch's first step)
+  np.testing.assert_allclose(b1['a'], d1, rtol=1e-6)
+  np.testing.assert_allclose(w1['a'], np.array([1.0, -2.0]) - lr * d1, rtol=1e-6)
+  w2, b2 = optim.sgd_update(w1, g2, b1, optim.Hyper(lr, 0.8), wd)
+  d2 = np.array([-1.0, 2.0]) + wd * np.asarray(w1['a'])
+  np.testing.assert_allclose(b2['a'], 0.8 * d1 + d2, rtol=1e-6)
+  np.testing.assert_allclose(w2['a'], np.asarray(w1['a']) - lr * (0.8 * d1 + d2), rtol=1e-6)
