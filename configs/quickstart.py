@@ -1,0 +1,32 @@
+"""Quickstart: catastrophic overfitting on CPU in a few minutes (Fashion-MNIST).
+
+A small CNN with BatchNorm on Fashion-MNIST (the Debian package
+dataset-fashion-mnist, found automatically at /usr/share/datasets/fashion-mnist).
+The argument picks the method (default fgsm):
+
+  python launch.py --config=configs/quickstart.py:fgsm --workdir=runs/quickstart/fgsm
+  python launch.py --config=configs/quickstart.py:n_fgsm --workdir=runs/quickstart/n_fgsm
+
+`bash scripts/quickstart.sh` sets up and runs both, then prints the comparison.
+Expected: see README "Quickstart" (measured numbers, with the wall time on 2 CPU cores).
+"""
+from fat_jax.config import default_config
+
+
+def get_config(method: str = 'fgsm'):
+  config = default_config()
+  config.method.name = method
+  config.data.name = 'fashion_mnist'
+  config.data.n_train = 20000
+  config.model.name = 'cnn'
+  config.model.width = 16
+  config.model.depth = 4
+  config.model.batchnorm = True
+  config.eps = 0.2
+  config.optim.lr_max = 0.1
+  config.num_epochs = 6
+  config.eval.n = 1000
+  config.eval.monitor_n = 500
+  config.eval.pgd_steps = 20
+  config.eval.pgd_restarts = 2
+  return config

@@ -1,0 +1,149 @@
+"""End-to-end training on tiny IDX fixtures: determinism, resume, errors, divergence."""
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from fat_jax import run_log
+from fat_jax.checkpoint import Checkpointer
+from fat_jax.config import default_config
+from fat_jax.data import DatasetNotFoundError, load_dataset
+from fat_jax.diagnostics import co_onset
+from fat_jax.methods import init_train_state, make_train_step, resolve_attack
+from fat_jax.models import build_model
+from fat_jax.train import DivergenceError, make_schedule, train_and_evaluate
+from tests.fixtures import write_idx_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return write_idx_dir(str(tmp_path_factory.mktemp('fmnist')), n_train=64, n_test=16)
+
+
+def tiny_config(data_dir, method='fgsm_rs', **overrides):
+  c = default_config()
+  c.data.name, c.data.dir = 'fashion_mnist', data_dir
+  c.model.name, c.model.width, c.model.depth, c.model.batchnorm = 'cnn', 4, 2, True
+  c.method.name = method
+  c.eps, c.batch_size, c.num_epochs = 0.1, 16, 2
+  c.eval.n, c.eval.monitor_n, c.eval.batch_size = 16, 16, 16
+  c.eval.pgd_steps, c.eval.pgd_restarts, c.eval.monitor_pgd_steps = 2, 1, 2
+  c.progress = False
+  for key, value in overrides.items():
+    section, _, field = key.rpartition('.')
+    (c[section] if section else c)[field] = value
+  return c
+
+
+def final_state(config, workdir):
+  """The state of the last checkpoint in `workdir`."""
+  data = load_dataset(config.data)
+  like = init_train_state(build_model(config.model, data.info), jax.random.key(0))
+  checkpointer = Checkpointer(workdir)
+  try:
+    return checkpointer.restore(checkpointer.latest_epoch(), like)
+  finally:
+    checkpointer.close()
+
+
+def assert_same_state(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_same_seed_same_bits_and_resume_after_interruption(data_dir, tmp_path):
+  config = tiny_config(data_dir)
+  first = train_and_evaluate(config, str(tmp_path / 'a'))
+  train_and_evaluate(config, str(tmp_path / 'b'))
+  reference = final_state(config, str(tmp_path / 'a'))
+  assert_same_state(reference, final_state(config, str(tmp_path / 'b')))
+  assert int(reference.step) == 2 * 4
+  # Interrupt run b during epoch 2: its epoch-2 checkpoint and later files never happened.
+  b = str(tmp_path / 'b')
+  shutil.rmtree(os.path.join(b, 'checkpoints', '2'))
+  os.remove(os.path.join(b, run_log.RESULTS))
+  resumed = train_and_evaluate(config, b)
+  assert_same_state(reference, final_state(config, b))
+  assert [r['epoch'] for r in run_log.read_records(b)] == [1, 2]
+  assert resumed['pgd_accuracy'] == first['pgd_accuracy']
+  assert set(first) >= {'clean_accuracy', 'fgsm_accuracy', 'pgd_accuracy', 'pgd_step_size',
+                        'co_onset_epoch', 'evaluated_epoch', 'n', 'eps'}
+  assert first['clean_accuracy'] >= max(first['fgsm_accuracy'], first['pgd_accuracy'])
+  flags = np.load(os.path.join(b, 'eval_flags.npz'))
+  assert flags['pgd'].shape == (16,)
+
+
+def test_resume_with_another_config_is_refused(data_dir, tmp_path):
+  train_and_evaluate(tiny_config(data_dir, num_epochs=1), str(tmp_path))
+  with pytest.raises(ValueError, match='different config'):
+    train_and_evaluate(tiny_config(data_dir, num_epochs=1, eps=0.2), str(tmp_path))
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+  # lr × 1e30 from epoch 2 on: epoch 1 trains, epoch 2 overflows.
+  config = tiny_config(data_dir, **{'optim.schedule': 'multistep', 'optim.lr_max': 0.01,
+                                    'optim.milestones': (1,), 'optim.gamma': 1e30})
+  with pytest.raises(DivergenceError, match='epoch 2.*checkpoint of epoch 1'):
+    train_and_evaluate(config, str(tmp_path))
+  checkpointer = Checkpointer(str(tmp_path))
+  assert checkpointer.epochs() == [1]
+  checkpointer.close()
+
+
+@pytest.mark.parametrize('override, error, match', [
+    ({'method.name': 'fgsm_xl'}, ValueError, 'Unknown method'),
+    ({'eps': -0.1}, ValueError, 'eps'),
+    ({'data.name': 'cifar10', 'data.dir': ''}, DatasetNotFoundError, 'cifar-10-python.tar.gz'),
+    ({'batch_size': 4096}, ValueError, 'exceeds'),
+])
+def test_bad_configs_fail_clearly(data_dir, tmp_path, override, error, match):
+  with pytest.raises(error, match=match):
+    train_and_evaluate(tiny_config(data_dir, **override), str(tmp_path))
+
+
+def test_train_step_jit_matches_eager(data_dir):
+  config = tiny_config(data_dir, method='n_fgsm')
+  data = load_dataset(config.data)
+  model = build_model(config.model, data.info)
+  step = make_train_step(model, resolve_attack(config.method, config.eps),
+                         make_schedule(config, 4), weight_decay=5e-4, augment_mode='none',
+                         key=jax.random.key(1))
+  state = init_train_state(model, jax.random.key(0))
+  state = state._replace(step=state.step + 3)  # lr > 0
+  images, labels = data.train_images[:16], data.train_labels[:16]
+  eager, m_eager = step(state, images, labels)
+  jitted, m_jit = jax.jit(step)(state, images, labels)
+  for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+  assert float(m_eager['loss']) == pytest.approx(float(m_jit['loss']), rel=1e-5)
+
+
+def test_co_onset_rule():
+  rec = lambda e, fgsm, pgd: {'epoch': e, 'fgsm_accuracy': fgsm, 'pgd_accuracy': pgd}
+  stable = [rec(1, 0.5, 0.40), rec(2, 0.55, 0.42), rec(3, 0.6, 0.45)]
+  assert co_onset(stable) is None
+  collapse = stable + [rec(4, 0.7, 0.30), rec(5, 0.85, 0.10), rec(6, 0.9, 0.02)]
+  assert co_onset(collapse) == 5     # 0.10 < 0.45 − 0.2 and FGSM 0.85 ≫ PGD
+  # A drop in PGD accuracy together with FGSM accuracy is not CO (e.g. divergence).
+  assert co_onset(stable + [rec(4, 0.12, 0.05)]) is None
+
+
+def test_launch_runs_a_config_and_rejects_typos(data_dir, tmp_path):
+  base = [sys.executable, os.path.join(ROOT, 'launch.py'), '--config=configs/quickstart.py',
+          f'--workdir={tmp_path}', f'--config.data.dir={data_dir}', '--config.data.n_train=32',
+          '--config.data.n_test=16', '--config.model.width=4', '--config.num_epochs=1',
+          '--config.batch_size=16', '--config.eval.n=16', '--config.eval.monitor_n=16',
+          '--config.eval.pgd_steps=2', '--config.eval.pgd_restarts=1', '--config.progress=False']
+  typo = subprocess.run(base + ['--config.methd.name=fgsm'], cwd=ROOT, capture_output=True,
+                        text=True)
+  assert typo.returncode != 0 and 'methd' in typo.stderr
+  done = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'Final (epoch 1' in done.stderr
+  assert run_log.read_json(str(tmp_path), run_log.RESULTS)['evaluated_epoch'] == 1
