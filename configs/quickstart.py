@@ -1,7 +1,8 @@
 """Quickstart: catastrophic overfitting on CPU in a few minutes (Fashion-MNIST).
 
-A small CNN with BatchNorm on Fashion-MNIST (the Debian package
-dataset-fashion-mnist, found automatically at /usr/share/datasets/fashion-mnist).
+A 4-conv CNN (width 16, BatchNorm) on the first 20k Fashion-MNIST training images (the
+Debian package dataset-fashion-mnist, found automatically at
+/usr/share/datasets/fashion-mnist), ε = 0.15, cyclic lr 0 → 0.1 → 0, 6 epochs, batch 128.
 The argument picks the method (default fgsm):
 
   python launch.py --config=configs/quickstart.py:fgsm --workdir=runs/quickstart/fgsm
@@ -22,11 +23,13 @@ def get_config(method: str = 'fgsm'):
   config.model.width = 16
   config.model.depth = 4
   config.model.batchnorm = True
-  config.eps = 0.2
+  config.eps = 0.15
   config.optim.lr_max = 0.1
   config.num_epochs = 6
   config.eval.n = 1000
   config.eval.monitor_n = 500
   config.eval.pgd_steps = 20
   config.eval.pgd_restarts = 2
+  # Robust accuracies here are 0.2–0.5 (CIFAR-10: ≈ 0.45), so CO is a drop of 0.1 below the best.
+  config.co_monitor.drop = 0.1
   return config

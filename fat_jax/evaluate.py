@@ -32,6 +32,7 @@ class PGDSettings:
     return self.step_size or self.eps / 4
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def robust_flags(model, settings: PGDSettings, params, state, images, labels, key):
   """Per-example correctness {'clean', 'fgsm', 'pgd'} in eval mode (BN running stats)."""
   x = augment(key, images, mode='none')
@@ -52,7 +53,6 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
 
   Returns the accuracies, the per-point flags, the settings and the wall time.
   """
-  flags_fn = jax.jit(functools.partial(robust_flags, model, settings))
   n = len(images)
   start = time.time()
   chunks = []
@@ -63,7 +63,8 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
     x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
     y = np.concatenate([y, np.zeros((pad,), y.dtype)])
     xb, yb = shard_batch((x, y), mesh)
-    out = flags_fn(params, state, xb, yb, jax.random.fold_in(jax.random.key(seed), i))
+    key = jax.random.fold_in(jax.random.key(seed), i)
+    out = robust_flags(model, settings, params, state, xb, yb, key)
     chunks.append({k: np.asarray(v)[:batch_size - pad] for k, v in out.items()})
   flags = {k: np.concatenate([c[k] for c in chunks]).astype(bool) for k in chunks[0]}
   return {

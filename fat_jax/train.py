@@ -87,6 +87,12 @@ def _eval_subset(data, n: int):
   return data.test_images[:n], data.test_labels[:n]
 
 
+def _pgd_settings(config, steps: int, restarts: int) -> PGDSettings:
+  eps = config.eval.eps if config.eval.eps is not None else config.eps
+  return PGDSettings(eps=eps, steps=steps, restarts=restarts,
+                     step_size=config.eval.pgd_step_size * eps)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Train `config.method` and evaluate it; returns the content of results.json."""
   workdir = os.path.abspath(workdir)
@@ -102,7 +108,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise ValueError(f'batch_size={config.batch_size} exceeds the {len(data.train_images)} '
                      'training examples.')
   schedule = make_schedule(config, steps)
-  init_key, step_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+  init_key, step_key = jax.random.split(jax.random.key(config.seed))
 
   os.makedirs(workdir, exist_ok=True)
   _check_resumable(workdir, config)
@@ -118,10 +124,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                        weight_decay=config.optim.weight_decay,
                                        augment_mode=data.info.augment, key=step_key),
                        donate_argnums=0)
-  eval_eps = config.eval.eps if config.eval.eps is not None else config.eps
-  monitor = PGDSettings(eps=eval_eps, steps=config.eval.monitor_pgd_steps,
-                        restarts=config.eval.monitor_pgd_restarts,
-                        step_size=config.eval.pgd_step_size * eval_eps)
+  monitor = _pgd_settings(config, config.eval.monitor_pgd_steps,
+                          config.eval.monitor_pgd_restarts)
   monitor_x, monitor_y = _eval_subset(data, config.eval.monitor_n)
   eval_kwargs = dict(mesh=mesh, batch_size=config.eval.batch_size, seed=config.seed,
                      progress=config.progress)
@@ -145,22 +149,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
     record['co_detected'] = onset is not None
     run_log.append_record(workdir, record)
     log.info('epoch %d  loss %.4f  train acc %.3f  test clean %.3f  fgsm %.3f  pgd-%d %.3f'
-                 '  (%.0f s)%s', epoch, record['train_loss'], record['train_accuracy'],
-                 record['clean_accuracy'], record['fgsm_accuracy'], monitor.steps,
-                 record['pgd_accuracy'], train_time,
-                 f'  CO detected at epoch {onset}' if onset == epoch else '')
+             '  (%.0f s)%s', epoch, record['train_loss'], record['train_accuracy'],
+             record['clean_accuracy'], record['fgsm_accuracy'], monitor.steps,
+             record['pgd_accuracy'], train_time,
+             f'  CO detected at epoch {onset}' if onset == epoch else '')
     if onset is not None and cm.early_stop:
       log.info('Early stop: catastrophic overfitting at epoch %d; evaluating epoch %d.',
-                   onset, epoch - 1)
+               onset, epoch - 1)
       ts, ts_epoch = checkpointer.restore(epoch - 1, ts), epoch - 1
       break
     checkpointer.save(epoch, ts)
     ts_epoch = epoch
 
   checkpointer.close()
-  settings = PGDSettings(eps=eval_eps, steps=config.eval.pgd_steps,
-                         restarts=config.eval.pgd_restarts,
-                         step_size=config.eval.pgd_step_size * eval_eps)
+  settings = _pgd_settings(config, config.eval.pgd_steps, config.eval.pgd_restarts)
   test_x, test_y = _eval_subset(data, config.eval.n)
   final = evaluate_robustness(model, ts.params, ts.batch_stats, test_x, test_y, settings,
                               desc='final eval', **eval_kwargs)
@@ -171,6 +173,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
              'train_time_s': sum(r['train_time_s'] for r in history), **final}
   run_log.write_json(workdir, run_log.RESULTS, results)
   log.info('Final (epoch %d, n=%d, eps=%.4f): clean %.4f  FGSM %.4f  PGD-%d-%d %.4f',
-               ts_epoch, final['n'], eval_eps, final['clean_accuracy'],
-               final['fgsm_accuracy'], settings.steps, settings.restarts, final['pgd_accuracy'])
+           ts_epoch, final['n'], settings.eps, final['clean_accuracy'],
+           final['fgsm_accuracy'], settings.steps, settings.restarts, final['pgd_accuracy'])
   return results

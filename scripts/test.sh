@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up, then run the default test suite (add `-m slow` for the long checks).
+# Set up, then run the default test suite (pass `-m slow` for the long checks, which use the
+# real Fashion-MNIST that the set-up installs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FAT_JAX_SKIP_DATA=1 bash scripts/setup.sh
+bash scripts/setup.sh
 .venv/bin/python -m pytest -q "$@"

@@ -96,6 +96,18 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path)
   checkpointer.close()
 
 
+def test_co_early_stop_evaluates_the_last_good_epoch(data_dir, tmp_path):
+  # Thresholds below any possible accuracy change: CO is flagged at the second epoch.
+  config = tiny_config(data_dir, num_epochs=3, **{'co_monitor.drop': -1.0, 'co_monitor.gap': -1.0,
+                                                  'co_monitor.early_stop': True})
+  results = train_and_evaluate(config, str(tmp_path))
+  assert results['co_onset_epoch'] == 2 and results['evaluated_epoch'] == 1
+  assert [r['co_detected'] for r in run_log.read_records(str(tmp_path))] == [False, True]
+  checkpointer = Checkpointer(str(tmp_path))
+  assert checkpointer.epochs() == [1]
+  checkpointer.close()
+
+
 @pytest.mark.parametrize('override, error, match', [
     ({'method.name': 'fgsm_xl'}, ValueError, 'Unknown method'),
     ({'eps': -0.1}, ValueError, 'eps'),

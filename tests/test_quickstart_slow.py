@@ -1,0 +1,26 @@
+"""The quickstart's claim on real Fashion-MNIST: FGSM falls into CO, N-FGSM does not (slow)."""
+import os
+
+import pytest
+
+from fat_jax.data import FASHION_MNIST_DEBIAN_DIR
+from fat_jax.train import train_and_evaluate
+from configs import quickstart
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DEBIAN_DIR),
+                       reason='needs apt-get install dataset-fashion-mnist'),
+]
+
+
+def test_fgsm_overfits_catastrophically_where_n_fgsm_does_not(tmp_path):
+  results = {}
+  for method in ('fgsm', 'n_fgsm'):
+    config = quickstart.get_config(method)
+    config.progress = False
+    results[method] = train_and_evaluate(config, str(tmp_path / method))
+  fgsm, n_fgsm = results['fgsm'], results['n_fgsm']
+  assert fgsm['co_onset_epoch'] is not None and n_fgsm['co_onset_epoch'] is None
+  assert fgsm['pgd_accuracy'] < 0.1 < n_fgsm['pgd_accuracy'] - 0.1
+  assert fgsm['fgsm_accuracy'] > fgsm['pgd_accuracy'] + 0.2
