@@ -38,6 +38,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.method.project = config_dict.placeholder(bool)      # Π_ε after the step
   c.method.steps = config_dict.placeholder(int)         # attack steps (PGD-AT)
   c.method.attack_bn = 'train'                          # BatchNorm mode of the attack
+  # Components: setting a field switches the component on for any single-step method.
+  c.method.lap_beta = config_dict.placeholder(float)    # LAP (ICML 2024) strength β
+  c.method.lap_gamma = 0.3                              # λ_l = 1 − (ln l / ln L)^γ
+  c.method.lap_ascent = False                           # AWP-style sign (labelled variant)
+  c.method.aaer_lambda1 = config_dict.placeholder(float)  # AAER (NeurIPS 2023) weights
+  c.method.aaer_lambda2 = config_dict.placeholder(float)
+  c.method.aaer_lambda3 = config_dict.placeholder(float)
+  c.method.aaer_differentiable_loss_variation = False   # paper reading of C_A (labelled)
+  c.method.gradalign_lambda = config_dict.placeholder(float)  # None: 0.02·10^(ε·255/8)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.schedule = 'cyclic'     # 'cyclic' | 'piecewise' | 'multistep' | 'constant'

@@ -23,7 +23,7 @@ from fat_jax.checkpoint import Checkpointer
 from fat_jax.data import iterate_batches, load_dataset, shard_batch, steps_per_epoch
 from fat_jax.diagnostics import co_onset
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
-from fat_jax.methods import init_train_state, make_train_step, resolve_attack
+from fat_jax.methods import init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
 from fat_jax.parallel import make_data_mesh, replicate
 
@@ -32,6 +32,8 @@ log = logging.getLogger('fat_jax')
 # Config sections that may change between a run and its resumption.
 RESUMABLE_CHANGES = ('eval', 'co_monitor', 'progress', 'checkpoint_keep')
 NAN_CHECK_EVERY = 20
+# Component statistics shown in the epoch line (all are in metrics.jsonl).
+EXTRA_LOG = {'train_aaer_aae_fraction': 'AAE fraction', 'train_gradalign_cos': 'grad cos'}
 
 
 class DivergenceError(FloatingPointError):
@@ -77,7 +79,8 @@ def _train_epoch(train_step, ts, data, config, epoch: int, mesh, steps: int, wor
             f'good state is the checkpoint of epoch {epoch - 1} in {workdir}; lower '
             'optim.lr_max or eps and rerun in a new --workdir.')
       bar.set_postfix(loss=f'{loss:.3f}', acc=f"{float(sums['accuracy']) / (i + 1):.3f}")
-  means = {f'train_{k}': float(v) / steps for k, v in sums.items() if k in ('loss', 'accuracy')}
+  means = {f'train_{k}': (np.asarray(v) / steps).tolist() for k, v in sums.items()
+           if k not in ('lr', 'momentum')}
   means.update(lr=float(metrics['lr']), momentum=float(metrics['momentum']))
   return ts, means
 
@@ -96,7 +99,7 @@ def _pgd_settings(config, steps: int, restarts: int) -> PGDSettings:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Train `config.method` and evaluate it; returns the content of results.json."""
   workdir = os.path.abspath(workdir)
-  attack = resolve_attack(config.method, config.eps)  # fail on a bad method before loading data
+  method = resolve_method(config.method, config.eps)  # fail on a bad method before loading data
   mesh = make_data_mesh()
   if config.batch_size % mesh.size:
     raise ValueError(f'batch_size={config.batch_size} is not divisible by the {mesh.size} '
@@ -120,7 +123,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     log.info('Resuming from the checkpoint of epoch %d in %s.', start, workdir)
   history = run_log.read_records(workdir, up_to_epoch=start)
 
-  train_step = jax.jit(make_train_step(model, attack, schedule,
+  train_step = jax.jit(make_train_step(model, method, schedule,
                                        weight_decay=config.optim.weight_decay,
                                        augment_mode=data.info.augment, key=step_key),
                        donate_argnums=0)
@@ -148,10 +151,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     onset = co_onset(history, drop=cm.drop, gap=cm.gap)
     record['co_detected'] = onset is not None
     run_log.append_record(workdir, record)
+    extras = ''.join(f'  {label} {record[key]:.3f}' for key, label in EXTRA_LOG.items()
+                     if key in record)
     log.info('epoch %d  loss %.4f  train acc %.3f  test clean %.3f  fgsm %.3f  pgd-%d %.3f'
-             '  (%.0f s)%s', epoch, record['train_loss'], record['train_accuracy'],
+             '%s  (%.0f s)%s', epoch, record['train_loss'], record['train_accuracy'],
              record['clean_accuracy'], record['fgsm_accuracy'], monitor.steps,
-             record['pgd_accuracy'], train_time,
+             record['pgd_accuracy'], extras, train_time,
              f'  CO detected at epoch {onset}' if onset == epoch else '')
     if onset is not None and cm.early_stop:
       log.info('Early stop: catastrophic overfitting at epoch %d; evaluating epoch %d.',

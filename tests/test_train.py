@@ -13,7 +13,7 @@ from fat_jax.checkpoint import Checkpointer
 from fat_jax.config import default_config
 from fat_jax.data import DatasetNotFoundError, load_dataset
 from fat_jax.diagnostics import co_onset
-from fat_jax.methods import init_train_state, make_train_step, resolve_attack
+from fat_jax.methods import init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
 from fat_jax.train import DivergenceError, make_schedule, train_and_evaluate
 from tests.fixtures import write_idx_dir
@@ -79,6 +79,19 @@ def test_same_seed_same_bits_and_resume_after_interruption(data_dir, tmp_path):
   assert flags['pgd'].shape == (16,)
 
 
+def test_composed_method_trains_and_logs_component_statistics(data_dir, tmp_path):
+  # N-FGSM init + AAER + GradAlign + LAP in one method.
+  config = tiny_config(data_dir, method='lap', num_epochs=1, **{
+      'method.lap_beta': 0.01, 'method.aaer_lambda1': 1.0, 'method.aaer_lambda2': 1.5,
+      'method.aaer_lambda3': 0.15, 'method.gradalign_lambda': 0.2})
+  train_and_evaluate(config, str(tmp_path))
+  record = run_log.read_records(str(tmp_path))[0]
+  assert 0.0 <= record['train_aaer_aae_fraction'] <= 1.0
+  assert -1.0 <= record['train_gradalign_cos'] <= 1.0
+  assert len(record['train_lap_norm']) == 3  # cnn depth 2: two convs + the linear layer
+  assert record['train_loss'] >= record['train_ce']
+
+
 def test_resume_with_another_config_is_refused(data_dir, tmp_path):
   train_and_evaluate(tiny_config(data_dir, num_epochs=1), str(tmp_path))
   with pytest.raises(ValueError, match='different config'):
@@ -123,7 +136,7 @@ def test_train_step_jit_matches_eager(data_dir):
   config = tiny_config(data_dir, method='n_fgsm')
   data = load_dataset(config.data)
   model = build_model(config.model, data.info)
-  step = make_train_step(model, resolve_attack(config.method, config.eps),
+  step = make_train_step(model, resolve_method(config.method, config.eps),
                          make_schedule(config, 4), weight_decay=5e-4, augment_mode='none',
                          key=jax.random.key(1))
   state = init_train_state(model, jax.random.key(0))

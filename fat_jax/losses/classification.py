@@ -5,15 +5,20 @@ import jax
 import jax.numpy as jnp
 
 
+def _at_least_f32(logits: jax.Array) -> jax.Array:
+  """Low-precision (bf16/f16) logits are upcast; float64 stays float64."""
+  return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-example cross-entropy −log softmax(z)_y."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+  log_probs = jax.nn.log_softmax(_at_least_f32(logits))
   return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
 
 
 def margin_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-example CW margin max_{i≠y} z_i − z_y (positive ⇔ misclassified)."""
-  logits = logits.astype(jnp.float32)
+  logits = _at_least_f32(logits)
   true = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
   others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), -jnp.inf, logits)
   return others.max(axis=-1) - true

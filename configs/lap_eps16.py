@@ -1,0 +1,16 @@
+"""LAP (Layer-Aware Adversarial Weight Perturbation, ICML 2024) on CIFAR-10 at ε = 16/255.
+
+Variants by argument (default n): v (zero init, α = ε, clamp), r (U(−ε, ε), α = 1.25ε, clamp),
+n (U(−2ε, 2ε), α = ε, no clamp); β from the official README (fat_jax.recipes.LAP_BETAS), γ = 0.3,
+PreActResNet-18, 30 epochs, cyclic lr 0.2.
+
+  python launch.py --config=configs/lap_eps16.py:r --workdir=runs/r_lap_eps16 \\
+      --config.data.dir=PATH_WITH_cifar-10-batches-py
+
+Expected (paper, R-LAP): clean ≈ 64.83%, AutoAttack ≈ 15.69%.
+"""
+from fat_jax.recipes import lap_config
+
+
+def get_config(variant: str = 'n'):
+  return lap_config(16, variant)

@@ -1,0 +1,42 @@
+"""GradAlign (Andriushchenko & Flammarion, NeurIPS 2020; `tml-epfl/understanding-fast-adv-training`).
+
+    R = λ·(1 − mean_i cos(∇_x ℓ(x_i), ∇_η ℓ(x_i + η_i))),  η ~ U(−ε, ε) (not box-clipped),
+
+the first gradient a constant, the second differentiated through (double
+backprop), the mean over the examples whose two gradients are both non-zero.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fat_jax.attacks.core import input_gradient
+
+
+def gradalign_lambda(eps: float) -> float:
+  """The CIFAR-10 rule of the paper's code: λ = 0.02·10^(ε·255/8) (0.2 at 8/255, 2.0 at 16/255)."""
+  return 0.02 * 10 ** (eps * 255 / 8)
+
+
+def cosine_alignment(grad_clean, grad_random):
+  """Per-example cosine between flattened gradients, and the mask of examples where both ≠ 0."""
+  g1 = grad_clean.reshape(grad_clean.shape[0], -1)
+  g2 = grad_random.reshape(grad_random.shape[0], -1)
+  n1, n2 = jnp.linalg.norm(g1, axis=1), jnp.linalg.norm(g2, axis=1)
+  valid = (n1 != 0) & (n2 != 0)
+  cos = jnp.sum(g1 * g2, axis=1) / jnp.where(valid, n1 * n2, 1.0)
+  return cos, valid
+
+
+def gradalign_regularizer(apply_fn, params, state, x, y, key, *, eps: float, grad_clean,
+                          lam: float, train: bool = True):
+  """R above, differentiable w.r.t. `params`; returns ``(R, (new_state, mean_cos))``.
+
+  `grad_clean` is ∇_x ℓ at x (e.g. the FGSM gradient from a zero start), used as
+  a constant. The random-point forward runs in BatchNorm mode `train`.
+  """
+  eta = jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
+  g = input_gradient(apply_fn, params, state, x, y, eta, train=train)
+  cos, valid = cosine_alignment(jax.lax.stop_gradient(grad_clean), g.grad)
+  mean_cos = jnp.sum(jnp.where(valid, cos, 0.0)) / jnp.maximum(valid.sum(), 1)
+  return lam * (1.0 - mean_cos), (g.state, jax.lax.stop_gradient(mean_cos))

@@ -1,0 +1,102 @@
+"""Weight perturbations as tree-mapped updates on parameter pytrees: LAP and AWP.
+
+Both perturb each conv/linear kernel l relative to its own norm,
+
+    w_l ← w_l + s_l·‖w_l‖·d_l / (‖d_l‖ + 1e−20),
+
+along a direction d and with a per-layer scale s_l; they differ in d, s_l and
+in whether the perturbation is removed after the step.
+
+LAP (Layer-Aware Adversarial Weight Perturbation, ICML 2024, as
+`tmllab/2024_ICML_LAP` computes it): d is the update of the real optimiser step
+on the loss at the attack's start point (a *descent* direction: momentum,
+coupled weight decay, the schedule's current lr and momentum), taken on a copy
+and so undone exactly; s_l = β·λ_l with λ_l = 1 − (ln l / ln L)^γ over an
+explicit layer order l = 1..L; the perturbation is never removed.
+
+AWP (Wu et al. 2020, `csdongxian/AWP`): d is the gradient *ascent* direction
+of the loss at the adversarial point, s_l = γ; the perturbation is removed
+after the optimiser step.
+"""
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fat_jax import optim
+
+Path = tuple[str, ...]
+NORM_EPS = 1e-20
+
+
+def lap_layer_factors(num_layers: int, gamma: float) -> np.ndarray:
+  """λ_l = 1 − (ln l / ln L)^γ for l = 1..L (λ_1 = 1, λ_L = 0)."""
+  l = np.arange(1, num_layers + 1, dtype=np.float64)
+  return 1.0 - (np.log(l) / np.log(num_layers)) ** gamma
+
+
+def _get(tree, path: Path):
+  return functools.reduce(operator.getitem, path, tree)
+
+
+def _replace(tree, path: Path, value):
+  """A copy of the nested dict `tree` with the leaf at `path` replaced."""
+  if not path:
+    return value
+  return {**tree, path[0]: _replace(tree[path[0]], path[1:], value)}
+
+
+def relative_perturbation(params, direction, paths: Sequence[Path], scales: Sequence[float]):
+  """Per-layer perturbations s_l·‖w_l‖·d_l/(‖d_l‖ + 1e−20) for the kernels at `paths`.
+
+  Returns a list of arrays aligned with `paths`.
+  """
+  deltas = []
+  for path, scale in zip(paths, scales):
+    w, d = _get(params, path), _get(direction, path)
+    deltas.append(scale * jnp.linalg.norm(w) * d / (jnp.linalg.norm(d) + NORM_EPS))
+  return deltas
+
+
+def add_at_paths(params, paths: Sequence[Path], deltas, sign: float = 1.0):
+  """`params` with ``sign·delta`` added to the leaf at each path."""
+  for path, delta in zip(paths, deltas):
+    params = _replace(params, path, _get(params, path) + sign * delta)
+  return params
+
+
+def lap_direction(params, grads, momentum, hyper: optim.Hyper, weight_decay: float, *,
+                  ascent: bool = False):
+  """The update of a proxy optimiser step, d = w' − w (the official LAP: descent).
+
+  The proxy step is `optim.sgd_update` on copies, so weights and momentum
+  buffers are untouched: the rollback is exact by construction. With
+  `ascent=True` the sign is flipped (the AWP-style reading: perturb up the loss).
+  """
+  stepped, _ = optim.sgd_update(params, grads, momentum, hyper, weight_decay)
+  sign = -1.0 if ascent else 1.0
+  return jax.tree.map(lambda new, old: sign * (new - old), stepped, params)
+
+
+def lap_perturb(params, grads, momentum, hyper: optim.Hyper, weight_decay: float, *,
+                paths: Sequence[Path], beta: float, gamma: float, ascent: bool = False):
+  """LAP: w_l ← w_l + β·λ_l·‖w_l‖·d_l/(‖d_l‖ + 1e−20) along `lap_direction`.
+
+  `paths` is the explicit layer order (e.g. `Model.weight_layer_order`).
+  Returns the perturbed parameters and the per-layer perturbation norms (L,).
+  """
+  direction = lap_direction(params, grads, momentum, hyper, weight_decay, ascent=ascent)
+  scales = beta * lap_layer_factors(len(paths), gamma)
+  deltas = relative_perturbation(params, direction, paths, scales)
+  norms = jnp.stack([jnp.linalg.norm(d) for d in deltas])
+  return add_at_paths(params, paths, deltas), norms
+
+
+def awp_perturbation(params, loss_grads, paths: Sequence[Path], gamma: float):
+  """AWP's per-layer ascent perturbation v_l = γ·‖w_l‖·∇_l/‖∇_l‖ (∇ of the loss to increase)."""
+  return relative_perturbation(params, loss_grads, paths, [gamma] * len(paths))
