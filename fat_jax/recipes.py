@@ -39,45 +39,53 @@ AAER_LAMBDAS = {
 }
 
 
-def _base(method: str, eps_255: int, variant: str, data: str = 'cifar10'):
-  if variant not in VARIANTS:
-    raise ValueError(f'Unknown variant {variant!r}; known: {sorted(VARIANTS)}.')
-  c = default_config()
-  c.method.name = method
-  c.data.name = data
-  c.eps = eps_255 / 255
-  c.eval.n = 0
-  c.method.init, c.method.init_scale, c.method.alpha, c.method.project = VARIANTS[variant]
-  return c
-
-
 def _pick(table: dict, variant: str, what: str):
   if variant not in table:
     raise ValueError(f'{what} has no variant {variant!r}; known: {sorted(table)}.')
   return table[variant]
 
 
-def lap_config(eps_255: int, variant: str = 'n'):
-  """V-, R- or N-LAP on CIFAR-10 at ε = eps_255/255 with the README's β, γ = 0.3."""
-  c = _base('lap', eps_255, variant)
+def set_lap(c, variant: str, eps_255: int) -> None:
+  """Make `c.method` the `variant` LAP with the README's β for ε = eps_255/255, γ = 0.3."""
+  c.method.name = 'lap'
   c.method.lap_beta = _pick(LAP_BETAS[eps_255], variant, f'LAP at ε={eps_255}')
   c.method.lap_gamma = 0.3
+  c.method.init, c.method.init_scale, c.method.alpha, c.method.project = VARIANTS[variant]
+
+
+def set_aaer(c, variant: str, eps_255: int, data: str = 'cifar10') -> None:
+  """Make `c.method` the `variant` AAER with the README's λ1..3 for (data, ε = eps_255/255)."""
+  c.method.name = 'aaer'
+  lambdas = _pick(AAER_LAMBDAS[(data, eps_255)], variant, f'AAER on {data} at ε={eps_255}')
+  c.method.init, c.method.init_scale, c.method.alpha, c.method.project = VARIANTS[variant]
+  c.method.aaer_lambda1, c.method.aaer_lambda2, c.method.aaer_lambda3 = lambdas
+
+
+def _cifar(eps_255: int, data: str = 'cifar10'):
+  c = default_config()
+  c.data.name = data
+  c.eps = eps_255 / 255
+  c.eval.n = 0
+  return c
+
+
+def lap_config(eps_255: int, variant: str = 'n'):
+  """V-, R- or N-LAP on CIFAR-10 at ε = eps_255/255 with the README's β, γ = 0.3."""
+  c = _cifar(eps_255)
+  set_lap(c, variant, eps_255)
   return c
 
 
 def aaer_config(eps_255: int, variant: str = 'n', data: str = 'cifar10'):
   """RS- or N-AAER at ε = eps_255/255 with the README's λ1, λ2, λ3."""
-  c = _base('aaer', eps_255, variant, data)
-  lambdas = _pick(AAER_LAMBDAS[(data, eps_255)], variant, f'AAER on {data} at ε={eps_255}')
-  c.method.aaer_lambda1, c.method.aaer_lambda2, c.method.aaer_lambda3 = lambdas
+  c = _cifar(eps_255, data)
+  set_aaer(c, variant, eps_255, data)
   return c
 
 
 def gradalign_config(eps_255: int):
   """GradAlign (FGSM zero init, α = 1.25ε) on CIFAR-10, λ = 0.02·10^(ε·255/8), lr_max 0.3."""
-  c = default_config()
+  c = _cifar(eps_255)
   c.method.name = 'gradalign'
-  c.eps = eps_255 / 255
   c.optim.lr_max = 0.3
-  c.eval.n = 0
   return c
