@@ -35,7 +35,9 @@ NORM_EPS = 1e-20
 
 
 def lap_layer_factors(num_layers: int, gamma: float) -> np.ndarray:
-  """λ_l = 1 − (ln l / ln L)^γ for l = 1..L (λ_1 = 1, λ_L = 0)."""
+  """λ_l = 1 − (ln l / ln L)^γ for l = 1..L (λ_1 = 1, λ_L = 0; a single layer gets λ = 1)."""
+  if num_layers == 1:
+    return np.ones(1)
   l = np.arange(1, num_layers + 1, dtype=np.float64)
   return 1.0 - (np.log(l) / np.log(num_layers)) ** gamma
 

@@ -21,6 +21,7 @@ SPEC_LAMBDAS = [1.000, 0.359, 0.264, 0.210, 0.174, 0.147, 0.126, 0.108, 0.093, 0
 
 def test_lap_layer_factors_match_the_spec_table():
   np.testing.assert_allclose(lap_layer_factors(21, 0.3), SPEC_LAMBDAS, atol=6e-4)
+  assert lap_layer_factors(1, 0.3).tolist() == [1.0]
 
 
 def method_config(name, **fields):
