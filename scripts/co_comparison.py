@@ -6,7 +6,8 @@
 Each run is `launch.py --config=configs/quickstart.py:METHOD` (plus the overrides
 given), so every row can be reproduced on its own; `--jobs` runs that many at once.
 The table: final clean / FGSM / PGD accuracy (the config's final evaluation),
-the best and last monitor PGD accuracy, the CO onset epoch and the training time.
+the best and last monitor PGD accuracy and the CO onset epoch. Runs whose
+workdir already holds results.json are not trained again.
 """
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ METHODS = 'fgsm,fgsm_rs,n_fgsm,gradalign,v_lap,r_lap,n_lap,rs_aaer,n_aaer'
 
 
 def run(method: str, seed: int, args) -> str:
+  """Train (unless `workdir` already holds results) and return the workdir."""
   workdir = os.path.join(args.out, f'{method}_seed{seed}')
+  if run_log.read_json(workdir, run_log.RESULTS) is not None:
+    return workdir
   cmd = [sys.executable, os.path.join(ROOT, 'launch.py'),
          f'--config={os.path.join(ROOT, "configs", "quickstart.py")}:{method}',
          f'--workdir={workdir}', f'--config.seed={seed}', '--config.progress=False']
@@ -43,7 +47,7 @@ def row(method: str, seed: int, workdir: str) -> str:
   onset = r['co_onset_epoch']
   return (f"| {method} | {seed} | {r['clean_accuracy']:.3f} | {r['fgsm_accuracy']:.3f} | "
           f"{r['pgd_accuracy']:.3f} | {max(pgd):.3f} / {pgd[-1]:.3f} | "
-          f"{onset if onset else '–'} | {r['train_time_s']:.0f} |")
+          f"{onset if onset else '–'} |")
 
 
 def main():
@@ -59,8 +63,8 @@ def main():
   jobs = [(m, int(s)) for s in args.seeds.split(',') for m in args.methods.split(',')]
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
     workdirs = list(pool.map(lambda job: run(*job, args), jobs))
-  print('| method | seed | clean | FGSM | PGD | monitor PGD best / last | CO epoch | train s |')
-  print('|---|---:|---:|---:|---:|---:|---:|---:|')
+  print('| method | seed | clean | FGSM | PGD | monitor PGD best / last | CO epoch |')
+  print('|---|---:|---:|---:|---:|---:|---:|')
   for (method, seed), workdir in zip(jobs, workdirs):
     print(row(method, seed, workdir))
 
