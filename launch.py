@@ -3,6 +3,8 @@
   python launch.py --config=configs/quickstart.py --workdir=/tmp/quickstart
   python launch.py --config=configs/fgsm_rs_eps8.py --workdir=runs/fgsm_rs \\
       --config.data.dir=/data/cifar10 --config.num_epochs=15
+  python launch.py --config=configs/fgsm_rs_eps8.py --workdir=runs/fgsm_rs --mode=eval \\
+      --config.eval.suite=aa_standard --config.eval.n=1000
 
 ``--config.<field>=<value>`` overrides any field; the configs are locked, so a
 misspelt field is an error.
@@ -13,13 +15,16 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from fat_jax.evaluate import evaluate_checkpoint
 from fat_jax.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file in configs/.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train'], 'train: train (resuming from --workdir) '
-                          'and evaluate.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                          'train: train (resuming from --workdir) and evaluate; eval: evaluate '
+                          'the latest checkpoint in --workdir with the suite config.eval.suite '
+                          'into WORKDIR/eval_<suite>.json.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -28,6 +33,13 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   absl_logging.set_verbosity(absl_logging.WARNING)  # quiet the libraries (orbax, ...)
   logging.getLogger('fat_jax').setLevel(logging.INFO)
+  if _MODE.value == 'eval':
+    report = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    logging.getLogger('fat_jax').info(
+        'Results: %s/eval_%s.json (epoch %d: clean %.4f, robust %.4f)', _WORKDIR.value,
+        report['suite'], report['evaluated_epoch'], report['clean_accuracy'],
+        report['robust_accuracy'])
+    return
   results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.getLogger('fat_jax').info('Results: %s/results.json (clean %.4f, PGD %.4f)', _WORKDIR.value,
                results['clean_accuracy'], results['pgd_accuracy'])

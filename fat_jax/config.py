@@ -67,6 +67,26 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.monitor_n = 1000         # per-epoch monitor: first n test points
   c.eval.monitor_pgd_steps = 10
   c.eval.monitor_pgd_restarts = 1
+  # `launch.py --mode=eval`: an attack suite on a checkpoint (fat_jax.evaluate.evaluate).
+  c.eval.suite = 'pgd'            # 'aa_standard' | 'aa_rand' | 'pgd' | 'transfer' | 'custom'
+  c.eval.attacks = ()             # 'custom' (and 'transfer'): names in fat_jax.evaluate.ATTACKS
+  c.eval.epoch = 0                # checkpoint to evaluate; 0 = the latest
+  c.eval.apgd_steps = 100
+  c.eval.apgd_restarts = 1
+  c.eval.n_target_classes = 9
+  c.eval.fab_steps = 100
+  c.eval.fab_restarts = 1
+  c.eval.square_queries = 5000
+  c.eval.square_p_init = 0.8
+  c.eval.eot_samples = config_dict.placeholder(int)  # K; None = 20 for 'aa_rand'
+  c.eval.n_draws = 100            # M fresh draws score each point of a randomised model
+  c.eval.input_noise = 0.0        # > 0: evaluate f(x + r), r ~ U(±a) or N(0, a²)
+  c.eval.noise_kind = 'uniform'   # 'uniform' | 'gaussian'
+  c.eval.surrogate_workdir = ''   # 'transfer': the run whose latest checkpoint attacks
+  c.eval.checks = True            # sanity checks (fat_jax.sanity)
+  c.eval.check_pgd_steps = 20
+  c.eval.square_check = False     # run Square after a suite without it
+  c.eval.eps_sweep = False        # APGD-CE over ε ∈ {0, ε/2, ε, 2ε, 1}
 
   c.co_monitor = ml_collections.ConfigDict()
   c.co_monitor.drop = 0.2         # PGD accuracy below its best by more than this ...

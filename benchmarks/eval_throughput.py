@@ -1,0 +1,119 @@
+"""AutoAttack-standard throughput (points/s) next to PGD-50-10 on the same model and points.
+
+  python benchmarks/eval_throughput.py                       # small CNN, CPU-friendly
+  python benchmarks/eval_throughput.py --model=preact_resnet18 --width=64 --n=512
+  python benchmarks/eval_throughput.py --workdir=runs/quickstart/fgsm --n=256   # a trained run
+
+Without --workdir the model is freshly initialised and labelled with its own predictions
+(clean accuracy 1) and ε is small, so most points survive every attack and each attack runs
+its full course: the worst case for AutoAttack's cost. With --workdir, the run's latest
+checkpoint and the first n test points of its data set (its config.json). Each suite runs
+once on the same points (checks off); the time JAX spends tracing and compiling (reported by
+`jax.monitoring`) is subtracted. The table lists that time, points/s, passes per point, robust
+accuracy per attack, and AA's cost relative to PGD.
+
+On CPU, XLA runs convolutions inside loops several times slower than outside
+(jax-ml/jax#12868); every attack here loops (PGD included), so the ratio is meaningful, the
+absolute CPU throughput much less so.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from jax import monitoring
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fat_jax import run_log  # noqa: E402
+from fat_jax.data import DATASET_INFOS, load_dataset  # noqa: E402
+from fat_jax.evaluate import evaluate, restore_model  # noqa: E402
+from fat_jax.methods import init_train_state  # noqa: E402
+from fat_jax.models import build_model  # noqa: E402
+
+
+def parse_args():
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--workdir', default='', help='a training run (config.json + checkpoints)')
+  p.add_argument('--model', default='cnn', help='cnn | mnist_net | resnet18 | preact_resnet18')
+  p.add_argument('--width', type=int, default=8)
+  p.add_argument('--depth', type=int, default=4)
+  p.add_argument('--dataset', default='cifar10', help='image shape and classes (no data read)')
+  p.add_argument('--n', type=int, default=64)
+  p.add_argument('--eps', type=float, default=None, help='default 0.5/255, or the run\'s eps')
+  p.add_argument('--batch-size', type=int, default=64)
+  p.add_argument('--square-queries', type=int, default=5000)
+  p.add_argument('--seed', type=int, default=0)
+  return p.parse_args()
+
+
+def random_model(args):
+  """A fresh model and n random images labelled with its own predictions."""
+  info = DATASET_INFOS[args.dataset]
+  config = ml_collections.ConfigDict(dict(name=args.model, width=args.width, depth=args.depth,
+                                          batchnorm=True))
+  model = build_model(config, info)
+  ts = init_train_state(model, jax.random.key(args.seed))
+  x = np.asarray(jax.random.uniform(jax.random.key(args.seed + 1), (args.n, *info.image_shape)))
+  y = np.concatenate([np.asarray(model.apply(ts.params, ts.batch_stats, x[i:i + 256], False)[0]
+                                 .argmax(-1)) for i in range(0, args.n, 256)])
+  return model, ts, x, y, 0.5 / 255
+
+
+def trained_model(args):
+  """The latest checkpoint of the run in --workdir and the first n test points."""
+  stored = ml_collections.ConfigDict(run_log.read_json(args.workdir, run_log.CONFIG))
+  data = load_dataset(stored.data)
+  model, ts, _ = restore_model(stored.model, data.info, os.path.abspath(args.workdir))
+  eps = stored.eval.eps if stored.eval.eps is not None else stored.eps
+  return (model, ts, data.test_images[:args.n].astype(np.float32) / 255,
+          data.test_labels[:args.n], eps)
+
+
+COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
+                  '/jax/core/compile/jaxpr_to_mlir_module_duration',
+                  '/jax/core/compile/backend_compile_duration')
+
+
+def main():
+  args = parse_args()
+  compile_s = [0.0]
+
+  def count_compilation(event, duration, **_):
+    if event in COMPILE_EVENTS:
+      compile_s[0] += duration
+
+  monitoring.register_event_duration_secs_listener(count_compilation)
+  model, ts, x, y, eps = (trained_model if args.workdir else random_model)(args)
+  eps = args.eps if args.eps is not None else eps
+  suites = {'pgd': dict(suite='pgd', pgd_steps=50, pgd_restarts=10),
+            'aa_standard': dict(suite='aa_standard', square_queries=args.square_queries)}
+  rows = {}
+  for name, kw in suites.items():
+    compile_s[0], t0 = 0.0, time.time()
+    report = evaluate(model.apply, ts.params, ts.batch_stats, x, y, eps=eps, seed=args.seed,
+                      batch_size=args.batch_size, checks=False, progress=False, **kw)
+    rows[name] = (report, time.time() - t0 - compile_s[0], compile_s[0])
+  print(f'device {jax.devices()[0].device_kind} ({jax.default_backend()}), model '
+        f'{args.workdir or f"{args.model} width {args.width}"}, n {len(x)}, eps {eps:.5f}, '
+        f'batch {args.batch_size}')
+  print(f"{'suite':<12} {'run (s)':>9} {'points/s':>9} {'fwd/pt':>8} {'bwd/pt':>8} "
+        f"{'clean':>6} {'robust':>7} {'compile (s)':>11}  robust after each attack (its wall "
+        "time, compilation included)")
+  for name, (report, wall, compiling) in rows.items():
+    attacks = '  '.join(f"{a} {acc:.3f} ({report['time_by_attack_s'][a]:.1f} s)"
+                        for a, acc in report['robust_accuracy_by_attack'].items())
+    n = len(x)
+    print(f"{name:<12} {wall:>9.1f} {n / wall:>9.2f} {report['forward_passes'] / n:>8.0f} "
+          f"{report['backward_passes'] / n:>8.0f} {report['clean_accuracy']:>6.3f} "
+          f"{report['robust_accuracy']:>7.3f} {compiling:>11.1f}  {attacks}")
+  print(f"AA-standard / PGD-50-10 run time: {rows['aa_standard'][1] / rows['pgd'][1]:.2f}x")
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,134 @@
+"""Sanity checks of a robustness evaluation (SPEC §4.4), as pure functions of host arrays.
+
+Each check returns a record ``{'status': 'pass' | 'warn' | 'info' | 'skipped',
+'message': str, ...numbers}``; `fat_jax.evaluate.evaluate` computes them with
+every suite. A 'warn' means the evaluation (or the model) needs a closer look;
+most follow AutoAttack's ``autoattack/checks.py`` and Carlini et al. 2019,
+"On evaluating adversarial robustness".
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+PASS, WARN, INFO, SKIPPED = 'pass', 'warn', 'info', 'skipped'
+BOUND_TOLERANCE = 1e-6     # float slack of ‖δ‖∞ ≤ ε and x + δ ∈ [0, 1]
+PROBABILITY_TOLERANCE = 1e-5
+SQUARE_TOLERANCE = 0.002   # 0.2 percentage points, as AutoAttack's check_square_sr
+CO_GAP, CO_RATIO = 0.1, 0.5  # PGD accuracy < ½·FGSM accuracy, 0.1 below it: CO-like
+SWEEP_TOLERANCE = 0.01
+
+
+def _record(ok: bool, message: str, **numbers) -> dict:
+  return {'status': PASS if ok else WARN, 'message': message, **numbers}
+
+
+def skipped(reason: str) -> dict:
+  return {'status': SKIPPED, 'message': reason}
+
+
+def check_validity(x: np.ndarray, x_adv: np.ndarray, eps: float) -> dict:
+  """Every adversarial example lies in the ε-ball around its point and in [0, 1], and is finite."""
+  n = len(x)
+  dist = np.abs(x_adv - x).reshape(n, -1).max(axis=1)
+  flat = x_adv.reshape(n, -1)
+  outside_ball = int(np.sum(dist > eps + BOUND_TOLERANCE))
+  outside_box = int(np.sum((flat.min(axis=1) < -BOUND_TOLERANCE)
+                           | (flat.max(axis=1) > 1 + BOUND_TOLERANCE)))
+  non_finite = int(np.sum(~np.isfinite(flat).all(axis=1)))
+  ok = outside_ball == outside_box == non_finite == 0
+  return _record(ok, 'all adversarial examples are valid' if ok else
+                 f'{outside_ball} outside the ε-ball, {outside_box} outside [0, 1], '
+                 f'{non_finite} not finite', max_linf=float(dist.max(initial=0.0)), eps=eps,
+                 outside_ball=outside_ball, outside_box=outside_box, non_finite=non_finite)
+
+
+def check_reevaluation(recorded: np.ndarray, reevaluated: np.ndarray) -> dict:
+  """A fresh forward of the final adversarial examples reproduces the recorded robust flags."""
+  mismatches = int(np.sum(recorded != reevaluated))
+  return _record(mismatches == 0, 'the re-evaluated flags match' if mismatches == 0 else
+                 f'{mismatches} points change their flag when re-evaluated',
+                 mismatches=mismatches)
+
+
+def check_ordering(levels: Sequence[tuple[str, np.ndarray]]) -> dict:
+  """Per point, robust flags never increase along `levels` (weakest attack first).
+
+  A point robust to a stronger attack but not to a weaker one (e.g. FGSM breaks
+  it, PGD does not) points to gradient masking or a weak strong attack.
+  """
+  violations = {f'{weak}>={strong}': int(np.sum(b & ~a))
+                for (weak, a), (strong, b) in zip(levels[:-1], levels[1:])}
+  bad = {k: v for k, v in violations.items() if v}
+  return _record(not bad, 'per-point order ' + ' ≥ '.join(n for n, _ in levels) + ' holds'
+                 if not bad else 'points robust to the stronger but not to the weaker attack: '
+                 + ', '.join(f'{k}: {v}' for k, v in bad.items()), violations=violations)
+
+
+def check_fgsm_pgd_gap(fgsm_accuracy: float, pgd_accuracy: float) -> dict:
+  """Catastrophic overfitting's signature: FGSM accuracy far above PGD accuracy
+  (PGD below `CO_RATIO` of FGSM's accuracy and more than `CO_GAP` points under it)."""
+  gap = fgsm_accuracy - pgd_accuracy
+  co = gap > CO_GAP and pgd_accuracy < CO_RATIO * fgsm_accuracy
+  return _record(not co, f'FGSM {fgsm_accuracy:.4f} vs PGD {pgd_accuracy:.4f}' + (
+      ': PGD accuracy collapsed below FGSM\'s, the model looks catastrophically overfitted'
+      if co else ''), fgsm_accuracy=fgsm_accuracy, pgd_accuracy=pgd_accuracy, gap=gap)
+
+
+def check_square(white_box_accuracy: float, square_accuracy: float) -> dict:
+  """Black-box Square must not beat the white-box attacks by more than 0.2 points."""
+  drop = white_box_accuracy - square_accuracy
+  return _record(drop <= SQUARE_TOLERANCE, f'Square lowers the white-box accuracy by {drop:.4f}'
+                 + ('' if drop <= SQUARE_TOLERANCE else
+                    f' > {SQUARE_TOLERANCE}: the gradients are unreliable (masking?)'),
+                 white_box_accuracy=white_box_accuracy, square_accuracy=square_accuracy,
+                 drop=drop)
+
+
+def check_eps_sweep(eps_values: Sequence[float], accuracies: Sequence[float]) -> dict:
+  """Accuracy does not rise along the increasing `eps_values` (by more than 1 point) and is
+  ≈ 0 at ε = 1."""
+  pairs = list(zip(eps_values, accuracies))
+  rises = [(e0, e1) for (e0, a0), (e1, a1) in zip(pairs[:-1], pairs[1:])
+           if a1 > a0 + SWEEP_TOLERANCE]
+  at_one = [acc for e, acc in zip(eps_values, accuracies) if e >= 1.0]
+  high = bool(at_one) and at_one[-1] > SWEEP_TOLERANCE
+  problems = ([f'accuracy rises between ε = {a:.4g} and {b:.4g}' for a, b in rises]
+              + ([f'accuracy {at_one[-1]:.4f} at ε = 1 (expected ≈ 0)'] if high else []))
+  return _record(not problems, '; '.join(problems) or 'accuracy falls with ε'
+                 + (' and is ≈ 0 at ε = 1' if at_one else ''),
+                 eps=[float(e) for e in eps_values], accuracy=[float(a) for a in accuracies])
+
+
+def check_logits(logits: np.ndarray) -> dict:
+  """The model returns logits, not probabilities (rows in [0, 1] summing to 1)."""
+  tol = PROBABILITY_TOLERANCE
+  probabilities = bool(logits.min() > -tol and logits.max() < 1 + tol
+                       and np.all(np.abs(logits.sum(axis=-1) - 1) < tol))
+  return _record(not probabilities, 'outputs look like probabilities: attack the logits'
+                 if probabilities else 'outputs are logits', output_min=float(logits.min()),
+                 output_max=float(logits.max()))
+
+
+def check_zero_gradients(zero: np.ndarray) -> dict:
+  """Share of points whose input gradient of the CE loss is exactly zero."""
+  count = int(np.sum(zero))
+  return _record(count == 0, f'{count} of {len(zero)} points have an exactly zero input '
+                 'gradient' + (': gradient-based attacks are unreliable there' if count else ''),
+                 share=count / max(len(zero), 1), count=count)
+
+
+def check_determinism(max_change: float, randomized: bool,
+                      draw_change: float | None = None) -> dict:
+  """Repeated forwards give the same logits (for a randomised model: with the same key)
+  and, for a randomised model, another draw changes them."""
+  if max_change != 0:
+    return _record(False, f'repeated forwards differ by up to {max_change:.3g}: the model is '
+                   'randomised in a way the evaluation does not control (pass randomized=True '
+                   'and an apply function taking a key)', max_change=max_change)
+  if randomized and not draw_change:
+    return {'status': INFO, 'message': 'randomized=True but different draws give the same '
+            'logits: the model looks deterministic', 'max_change': 0.0, 'draw_change': 0.0}
+  return _record(True, 'repeated forwards agree', max_change=0.0,
+                 **({'draw_change': draw_change} if randomized else {}))

@@ -1,0 +1,188 @@
+"""Evaluation suites: the AutoAttack-standard report, determinism, ε limits, gradient masking,
+randomised models, transfer, errors, and ``launch.py --mode=eval`` end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fat_jax import sanity
+from fat_jax.attacks import with_input_noise
+from fat_jax.evaluate import evaluate, evaluate_checkpoint, format_table, save_report
+from fat_jax.checkpoint import Checkpointer
+from fat_jax.data import load_dataset
+from fat_jax.methods import init_train_state
+from fat_jax.models import build_model
+from tests.fixtures import write_idx_dir
+from tests.test_apgd import init_mlp, mlp_apply, noisy_problem, trained  # noqa: F401
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS = 0.1
+SMALL = dict(apgd_steps=10, fab_steps=10, square_queries=100, n_target_classes=3, batch_size=64,
+             progress=False)
+
+
+@pytest.fixture(scope='module')
+def report(trained):  # noqa: F811
+  params, x, y = trained
+  return evaluate(mlp_apply, params, {}, x, y, eps=EPS, **SMALL)
+
+
+def test_aa_standard_report(report, trained, tmp_path):  # noqa: F811
+  params, x, y = trained
+  assert report['attacks'] == ['apgd-ce', 'apgd-t', 'fab-t', 'square']
+  assert (report['n'], report['eps'], report['seed']) == (len(x), EPS, 0)
+  assert report['settings']['apgd_steps'] == 10 and report['settings']['n_target_classes'] == 3
+  curve = [report['clean_accuracy']] + list(report['robust_accuracy_by_attack'].values())
+  assert curve == sorted(curve, reverse=True) and curve[-1] == report['robust_accuracy']
+  assert report['clean_accuracy'] > 0.9 and 0.1 < report['robust_accuracy'] < 0.9
+  assert {c['status'] for c in report['checks'].values()} <= {sanity.PASS, sanity.SKIPPED}
+  # APGD-CE on each clean-correct point: 1 clean + 11 gradient forwards, 1 scoring forward.
+  correct = round(report['clean_accuracy'] * len(x))
+  assert report['passes']['apgd-ce'] == {'forward': 13 * correct, 'backward': 11 * correct}
+  assert report['forward_passes'] == sum(p['forward'] for k, p in report['passes'].items()
+                                         if k != 'checks')
+  # APGD-T: per target run, 1 ranking + 1 clean + 11 gradient forwards + 1 scoring forward, on
+  # the points robust before that target (3 targets): between the counts after and before it.
+  robust = {k: round(v * len(x)) for k, v in report['robust_accuracy_by_attack'].items()}
+  passes = report['passes']
+  assert 3 * 14 * robust['apgd-t'] <= passes['apgd-t']['forward'] <= 3 * 14 * robust['apgd-ce']
+  assert 3 * 10 * robust['fab-t'] <= passes['fab-t']['backward'] <= 3 * 10 * robust['apgd-t']
+  # The adversarial examples are valid and reproduce the robust flags.
+  x_adv = report['x_adv']
+  assert np.abs(x_adv - np.asarray(x)).max() <= EPS + 1e-6 and 0 <= x_adv.min() <= x_adv.max() <= 1
+  correct_at = np.asarray(mlp_apply(params, {}, jnp.asarray(x_adv), False)[0].argmax(-1) == y)
+  np.testing.assert_array_equal(correct_at, report['flags']['robust'])
+  stored = json.load(open(save_report(report, str(tmp_path / 'r.json'))))
+  assert stored['robust_accuracy'] == report['robust_accuracy'] and 'x_adv' not in stored
+  assert 'apgd-t' in format_table(report)
+
+
+def test_same_seed_same_result(report, trained):  # noqa: F811
+  params, x, y = trained
+  again = evaluate(mlp_apply, params, {}, x, y, eps=EPS, **SMALL)
+  timeless = lambda r: {k: v for k, v in r.items()
+                        if k not in ('time_by_attack_s', 'wall_time_s', 'flags', 'scores', 'x_adv')}
+  assert timeless(again) == timeless(report)
+  np.testing.assert_array_equal(again['x_adv'], report['x_adv'])
+
+
+def test_eps_zero_gives_clean_accuracy_and_eps_one_zero(trained):  # noqa: F811
+  params, x, y = trained
+  zero = evaluate(mlp_apply, params, {}, x, y, eps=0.0, checks=False, **SMALL)
+  assert zero['robust_accuracy'] == zero['clean_accuracy'] > 0.9
+  one = evaluate(mlp_apply, params, {}, x, y, eps=1.0, checks=False, **SMALL)
+  assert one['robust_accuracy'] == 0.0
+
+
+def quantized_apply(params, state, x, train):
+  """Input quantisation to 16 levels: the input gradient is exactly zero."""
+  return mlp_apply(params, state, jnp.round(x * 16) / 16, train)
+
+
+def test_gradient_masking_is_flagged_and_broken_by_square(trained):  # noqa: F811
+  params, x, y = trained
+  masked = evaluate(quantized_apply, params, {}, x, y, suite='custom',
+                    attacks=['apgd-ce', 'square'], eps=EPS,
+                    **{**SMALL, 'square_queries': 300})
+  after = masked['robust_accuracy_by_attack']
+  assert after['apgd-ce'] > 0.9 and after['square'] < after['apgd-ce'] - 0.2
+  assert masked['checks']['zero_gradients']['status'] == sanity.WARN
+  assert masked['checks']['zero_gradients']['share'] == 1.0
+  assert masked['checks']['square']['status'] == sanity.WARN
+  # A model returning probabilities is caught by the logits check.
+  probabilities = jax.nn.softmax(mlp_apply(params, {}, x, False)[0])
+  assert sanity.check_logits(np.asarray(probabilities))['status'] == sanity.WARN
+
+
+def test_aa_rand_scores_a_randomized_model_over_fresh_draws():
+  noisy, params, x, y = noisy_problem()
+  result = evaluate(noisy, params, {}, x, y, suite='aa_rand', eps=0.1, randomized=True,
+                    apgd_steps=10, progress=False)
+  assert result['attacks'] == ['apgd-ce', 'apgd-dlr'] and result['settings']['eot_samples'] == 20
+  assert result['n_draws'] == 100 and result['passes']['final']['forward'] == 100 * len(x)
+  lo, hi = result['robust_accuracy_ci95']
+  assert lo <= result['robust_accuracy'] <= hi < result['clean_accuracy']
+  assert 0 <= result['robust_majority_accuracy'] <= 1
+  assert result['checks']['determinism']['status'] == sanity.PASS
+  assert result['checks']['determinism']['draw_change'] > 0
+  assert result['checks']['reevaluation']['status'] == sanity.INFO
+  assert result['checks']['validity']['status'] == sanity.PASS
+
+
+def test_transfer_from_the_model_itself_equals_white_box(trained):  # noqa: F811
+  params, x, y = trained
+  kw = dict(eps=EPS, checks=False, **SMALL)
+  white = evaluate(mlp_apply, params, {}, x, y, suite='custom', attacks=['apgd-ce'], **kw)
+  itself = evaluate(mlp_apply, params, {}, x, y, suite='transfer',
+                    surrogate=(mlp_apply, params, {}), **kw)
+  other = evaluate(mlp_apply, params, {}, x, y, suite='transfer',
+                   surrogate=(mlp_apply, init_mlp(jax.random.key(9), 16), {}), **kw)
+  assert itself['robust_accuracy'] == white['robust_accuracy']
+  assert other['robust_accuracy'] > white['robust_accuracy']
+
+
+@pytest.mark.parametrize('kw, match', [
+    (dict(suite='aa_plus'), 'Unknown suite'),
+    (dict(suite='custom', attacks=['apgd-xe']), 'Unknown attacks'),
+    (dict(suite='custom'), 'needs a list'),
+    (dict(apgd_stps=5), 'Unknown suite options'),
+    (dict(suite='transfer'), 'surrogate'),
+    (dict(eps=-0.1), 'eps'),
+    (dict(suite='pgd', randomized=True), 'no EOT'),
+    (dict(pixels=255.0), r'pixel space \[0, 1\]'),
+])
+def test_bad_requests_fail_clearly(trained, kw, match):  # noqa: F811
+  params, x, y = trained
+  apply_fn = with_input_noise(mlp_apply, 0.1) if kw.get('randomized') else mlp_apply
+  x = x * kw.pop('pixels', 1.0)
+  with pytest.raises(ValueError, match=match):
+    evaluate(apply_fn, params, {}, x, y, **{'eps': EPS, **kw})
+
+
+CONFIG = '''
+from fat_jax.config import default_config
+
+
+def get_config():
+  c = default_config()
+  c.data.name, c.data.dir = 'fashion_mnist', {data_dir!r}
+  c.model.name, c.model.width, c.model.depth, c.model.batchnorm = 'cnn', 4, 2, True
+  c.eps, c.batch_size, c.num_epochs, c.progress = 0.1, 16, 1, False
+  c.eval.n, c.eval.monitor_n, c.eval.batch_size = 8, 8, 8
+  c.eval.pgd_steps, c.eval.pgd_restarts, c.eval.monitor_pgd_steps = 2, 1, 1
+  c.eval.suite, c.eval.attacks = 'custom', ('apgd-ce',)
+  c.eval.apgd_steps, c.eval.check_pgd_steps = 3, 2
+  return c
+'''
+
+
+def test_launch_eval_end_to_end(tmp_path):
+  data_dir = write_idx_dir(str(tmp_path / 'fmnist'), n_train=32, n_test=8)
+  config_file = tmp_path / 'tiny.py'
+  config_file.write_text(CONFIG.format(data_dir=data_dir))
+  namespace = {}
+  exec(config_file.read_text(), namespace)  # pylint: disable=exec-used
+  config = namespace['get_config']()
+  workdir = str(tmp_path / 'run')
+  model = build_model(config.model, load_dataset(config.data).info)
+  checkpointer = Checkpointer(workdir)   # an initialised model saved as epoch 3
+  checkpointer.save(3, init_train_state(model, jax.random.key(0)))
+  checkpointer.close()
+  done = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), f'--config={config_file}',
+                         f'--workdir={workdir}', '--mode=eval'], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'eval_custom.json' in done.stderr
+  stored = json.load(open(os.path.join(workdir, 'eval_custom.json')))
+  assert stored['evaluated_epoch'] == 3 and stored['n'] == 8 and stored['attacks'] == ['apgd-ce']
+  assert stored['robust_accuracy'] <= stored['clean_accuracy']
+  assert stored['settings']['apgd_steps'] == 3 and stored['settings']['check_pgd_steps'] == 2
+  assert stored['checks']['validity']['status'] == 'pass'
+  assert np.load(os.path.join(workdir, 'eval_custom_flags.npz'))['robust'].shape == (8,)
+  with pytest.raises(FileNotFoundError, match='No checkpoints'):
+    evaluate_checkpoint(config, str(tmp_path / 'none'))
