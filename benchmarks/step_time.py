@@ -60,13 +60,14 @@ def main():
   state = init_train_state(model, jax.random.key(0))
   images = jax.random.randint(jax.random.key(1), (args.batch, 32, 32, 3), 0, 256).astype(jnp.uint8)
   labels = jax.random.randint(jax.random.key(2), (args.batch,), 0, 10)
+  indices = jnp.arange(args.batch)
   names = args.methods.split(',')
   steps = {}
   for name in names:
     step = jax.jit(make_train_step(model, resolve_method(method_config(name), eps), schedule,
                                    weight_decay=5e-4, augment_mode='crop_flip',
                                    key=jax.random.key(3)))
-    jax.block_until_ready(step(state, images, labels))  # compile
+    jax.block_until_ready(step(state, images, labels, indices))  # compile
     steps[name] = step
   times = {name: [] for name in names}
   for _ in range(args.rounds):
@@ -74,7 +75,7 @@ def main():
       ts = state._replace(step=jnp.asarray(500, jnp.int32))  # lr > 0: LAP's direction ≠ 0
       start = time.perf_counter()
       for _ in range(args.steps):
-        ts, metrics = steps[name](ts, images, labels)
+        ts, metrics = steps[name](ts, images, labels, indices)
       jax.block_until_ready(metrics)
       times[name].append((time.perf_counter() - start) / args.steps)
   base = statistics.median(times[names[0]])

@@ -11,6 +11,14 @@ class CorruptCheckpointError(RuntimeError):
   """A checkpoint exists but cannot be restored."""
 
 
+def _items(state) -> dict:
+  """A `TrainState` as checkpoint items: 'state' and, when it has one, the per-example state
+  'examples' (stored apart, so that evaluation restores the model without it)."""
+  fields = state._asdict()
+  examples = fields.pop('examples')
+  return {'state': fields, **({'examples': examples} if examples else {})}
+
+
 class Checkpointer:
   """Saves `TrainState`s under ``workdir/checkpoints/<epoch>``; keeps the last `keep`."""
 
@@ -26,20 +34,23 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, epoch: int, state) -> None:
-    self._manager.save(epoch, args=ocp.args.StandardSave(state))
+    self._manager.save(epoch, args=ocp.args.Composite(
+        **{k: ocp.args.StandardSave(v) for k, v in _items(state).items()}))
     self._manager.wait_until_finished()
 
   def restore(self, epoch: int, like):
-    """Restore epoch `epoch` with the structure, dtypes and shardings of `like`."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    """Restore epoch `epoch` with the structure, dtypes and shardings of `like` (a
+    `TrainState`; its per-example state only if `like` has one)."""
+    abstract = {k: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, v))
+                for k, v in _items(like).items()}
     try:
-      restored = self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+      restored = self._manager.restore(epoch, args=ocp.args.Composite(**abstract))
     except Exception as e:  # orbax raises many types for unreadable files
       raise CorruptCheckpointError(
           f'Cannot restore the checkpoint of epoch {epoch} in {self.directory}: {e}. Delete '
           f'{os.path.join(self.directory, str(epoch))} to resume from an earlier epoch, or '
           'start in a new --workdir.') from e
-    return type(like)(*restored) if isinstance(like, tuple) else restored
+    return type(like)(**restored['state'], examples=restored.get('examples', {}))
 
   def close(self) -> None:
     self._manager.close()

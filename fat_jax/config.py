@@ -47,6 +47,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.method.aaer_lambda3 = config_dict.placeholder(float)
   c.method.aaer_differentiable_loss_variation = False   # paper reading of C_A (labelled)
   c.method.gradalign_lambda = config_dict.placeholder(float)  # None: 0.02·10^(ε·255/8)
+  # FGSM-MEP (init 'prior'): per-example prior perturbation and momentum.
+  c.method.mep_label_smoothing = 0.6                    # true-class probability
+  c.method.mep_lambda = 10.0                            # weight of MSE(f(x + δ), f(x + P))
+  c.method.mep_decay = 0.3                              # momentum decay
+  c.method.mep_reset_every = 40                         # epochs between prior resets
 
   c.optim = ml_collections.ConfigDict()
   c.optim.schedule = 'cyclic'     # 'cyclic' | 'piecewise' | 'multistep' | 'constant'

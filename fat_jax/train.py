@@ -20,10 +20,11 @@ from tqdm.auto import tqdm
 
 from fat_jax import optim, run_log
 from fat_jax.checkpoint import Checkpointer
-from fat_jax.data import iterate_batches, load_dataset, shard_batch, steps_per_epoch
+from fat_jax.data import (iterate_batches, load_dataset, shard_batch, steps_per_epoch,
+                          stored_frame_shape)
 from fat_jax.diagnostics import co_onset
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
-from fat_jax.methods import init_train_state, make_train_step, resolve_method
+from fat_jax.methods import init_examples, init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
 from fat_jax.parallel import make_data_mesh, replicate
 
@@ -68,8 +69,8 @@ def _train_epoch(train_step, ts, data, config, epoch: int, mesh, steps: int, wor
   bar = tqdm(batches, total=steps, desc=f'epoch {epoch}/{config.num_epochs}', leave=False,
              disable=not config.progress, unit='step')
   sums = None
-  for i, (_, images, labels) in enumerate(bar):
-    ts, metrics = train_step(ts, *shard_batch((images, labels), mesh))
+  for i, (indices, images, labels) in enumerate(bar):
+    ts, metrics = train_step(ts, *shard_batch((images, labels, indices), mesh))
     sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b, sums, metrics)
     if (i + 1) % NAN_CHECK_EVERY == 0 or i + 1 == steps:
       loss = float(sums['loss']) / (i + 1)
@@ -116,7 +117,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   _check_resumable(workdir, config)
   checkpointer = Checkpointer(workdir, keep=config.checkpoint_keep)
-  ts = replicate(init_train_state(model, init_key), mesh)
+  examples = init_examples(method, len(data.train_images),
+                           stored_frame_shape(data.info.image_shape, data.info.augment))
+  ts = replicate(init_train_state(model, init_key, examples), mesh)
   start = checkpointer.latest_epoch() or 0
   if start:
     ts = checkpointer.restore(start, ts)

@@ -269,6 +269,29 @@ def test_crop_flip_flips_about_half():
   assert 10 < flipped.sum() < 54
 
 
+@pytest.mark.parametrize('mode', data.AUGMENT_MODES)
+def test_stored_frame_follows_crop_and_flip(mode):
+  """Per-example state on the padded canvas: read as the batch sees it, written back in place."""
+  x = random_images(n=16)
+  aug = data.draw_augmentation(jax.random.key(5), x, mode=mode, pad=2)
+  shape = data.stored_frame_shape(x.shape[1:], mode, pad=2)
+  assert shape == ((8, 8, 3) if mode == 'none' else (12, 12, 3))
+  p = (shape[0] - 8) // 2
+  scaled = data.augment(jax.random.key(0), x, mode='none')
+  canvas = np.pad(scaled, ((0, 0), (p, p), (p, p), (0, 0)))
+  # The stored padded images, read in the batch frame, are the augmented images.
+  np.testing.assert_array_equal(data.to_batch_frame(jnp.asarray(canvas), aug),
+                                data.augment_with(aug, x))
+  old = jnp.asarray(np.random.default_rng(1).normal(size=(16, *shape)), jnp.float32)
+  new = jnp.asarray(np.random.default_rng(2).normal(size=x.shape), jnp.float32)
+  written = data.to_stored_frame(old, new, aug)
+  np.testing.assert_array_equal(data.to_batch_frame(written, aug), new)
+  # Outside each example's window the stored values are kept.
+  window = data.to_stored_frame(jnp.zeros_like(old), jnp.ones_like(new), aug) > 0
+  np.testing.assert_array_equal(np.where(window, 0, written), np.where(window, 0, old))
+  assert int(window.sum()) == new.size
+
+
 # -------------------------------------------------------------------- sharding
 
 

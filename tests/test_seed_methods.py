@@ -64,7 +64,8 @@ def tiny():
   momentum = jax.tree.map(lambda w: 0.1 * jax.random.normal(k3, w.shape), state.params)
   images = jax.random.randint(k1, (8, 28, 28, 1), 0, 256).astype(jnp.uint8)
   labels = jax.random.randint(k2, (8,), 0, 10)
-  return model, state._replace(step=jnp.asarray(7, jnp.int32), momentum=momentum), images, labels
+  ts = state._replace(step=jnp.asarray(7, jnp.int32), momentum=momentum)
+  return model, ts, images, labels, jnp.arange(8)
 
 
 def manual_lap_step(model, ts, images, labels, key, *, eps, beta, gamma, schedule, wd):
@@ -103,7 +104,7 @@ def manual_lap_step(model, ts, images, labels, key, *, eps, beta, gamma, schedul
 
 
 def test_lap_step_equals_the_manual_sequence_and_accumulates(tiny):
-  model, ts, images, labels = tiny
+  model, ts, images, labels, indices = tiny
   eps, beta, gamma, wd = 0.1, 0.5, 0.3, 5e-4
   method = resolve_method(method_config('lap', lap_beta=beta, lap_gamma=gamma), eps)
   schedule = optim.Schedule('cyclic', lr_max=0.2, total_steps=40, steps_per_epoch=10)
@@ -112,7 +113,7 @@ def test_lap_step_equals_the_manual_sequence_and_accumulates(tiny):
                                  key=key))
   ours, manual = ts, ts
   for _ in range(2):  # the perturbation of step 1 stays in the weights of step 2
-    ours, metrics = step(ours, images, labels)
+    ours, metrics = step(ours, images, labels, indices)
     manual = manual_lap_step(model, manual, images, labels, key, eps=eps, beta=beta,
                              gamma=gamma, schedule=schedule, wd=wd)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(manual)):
@@ -121,8 +122,10 @@ def test_lap_step_equals_the_manual_sequence_and_accumulates(tiny):
   assert float(metrics['lap_norm'][0]) > 0 and float(metrics['lap_norm'][-1]) == 0.0
   # Without LAP the same step gives different weights: the perturbation matters.
   plain = make_train_step(model, resolve_method(method_config('n_fgsm'), eps), schedule,
-                          weight_decay=wd, augment_mode='none', key=key)(ts, images, labels)[0]
-  assert not np.allclose(plain.params['conv0']['kernel'], step(ts, images, labels)[0].params['conv0']['kernel'])
+                          weight_decay=wd, augment_mode='none', key=key)(ts, images, labels,
+                                                                         indices)[0]
+  lap = step(ts, images, labels, indices)[0]
+  assert not np.allclose(plain.params['conv0']['kernel'], lap.params['conv0']['kernel'])
 
 
 # ---------------------------------------------------------------------------- AAER

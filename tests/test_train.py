@@ -141,9 +141,9 @@ def test_train_step_jit_matches_eager(data_dir):
                          key=jax.random.key(1))
   state = init_train_state(model, jax.random.key(0))
   state = state._replace(step=state.step + 3)  # lr > 0
-  images, labels = data.train_images[:16], data.train_labels[:16]
-  eager, m_eager = step(state, images, labels)
-  jitted, m_jit = jax.jit(step)(state, images, labels)
+  batch = data.train_images[:16], data.train_labels[:16], np.arange(16)
+  eager, m_eager = step(state, *batch)
+  jitted, m_jit = jax.jit(step)(state, *batch)
   for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
   assert float(m_eager['loss']) == pytest.approx(float(m_jit['loss']), rel=1e-5)

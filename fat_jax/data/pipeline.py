@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -55,14 +56,28 @@ def iterate_batches(
     yield indices, images[indices], labels[indices]
 
 
+@struct.dataclass
+class Augmentation:
+  """Per-example crop offsets (N, 2) into the image zero-padded by `pad`, and flip flags (N,),
+  of augmentation `mode` (static, like `pad`)."""
+  offsets: jax.Array
+  flips: jax.Array
+  mode: str = struct.field(pytree_node=False)
+  pad: int = struct.field(pytree_node=False)
+
+
 def _pad_crop(images: jax.Array, offsets: jax.Array, pad: int) -> jax.Array:
   """Crops each image back to its size from its zero-padded version at ``offsets`` (N, 2)."""
-  _, height, width, channels = images.shape
-  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  return _crop(jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0))), offsets,
+               images.shape[1:3])
+
+
+def _crop(padded: jax.Array, offsets: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """The (H, W) window of each padded image at its offset."""
+  channels = padded.shape[-1]
 
   def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
-    return lax.dynamic_slice(image, (offset[0], offset[1], 0),
-                             (height, width, channels))
+    return lax.dynamic_slice(image, (offset[0], offset[1], 0), (*size, channels))
 
   return jax.vmap(crop)(padded, offsets)
 
@@ -80,6 +95,25 @@ def _flip(images: jax.Array, flags: jax.Array) -> jax.Array:
   return jnp.where(flags[:, None, None, None], images[:, :, ::-1, :], images)
 
 
+def draw_augmentation(key: jax.Array, images: jax.Array, *, mode: str,
+                      pad: int = 4) -> Augmentation:
+  """The random crop offsets (uniform in [0, 2 pad]) and flips (probability 1/2) of `mode`.
+
+  'crop' never flips; 'none' is the identity (pad 0, no flip).
+  """
+  if mode not in AUGMENT_MODES:
+    raise ValueError(f'unknown augment mode {mode!r}; known: {AUGMENT_MODES}')
+  n = images.shape[0]
+  sharding = _batch_sharding(images)
+  if mode == 'none':
+    return Augmentation(jnp.zeros((n, 2), jnp.int32), jnp.zeros((n,), bool), mode, 0)
+  crop_key, flip_key = jax.random.split(key)
+  offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * pad + 1, out_sharding=sharding)
+  flips = (jax.random.bernoulli(flip_key, 0.5, (n,), out_sharding=sharding)
+           if mode == 'crop_flip' else jnp.zeros((n,), bool))
+  return Augmentation(offsets, flips, mode, pad)
+
+
 @functools.partial(jax.jit, static_argnames=('mode', 'pad'))
 def augment(key: jax.Array, images: jax.Array, *, mode: str,
             pad: int = 4) -> jax.Array:
@@ -91,21 +125,43 @@ def augment(key: jax.Array, images: jax.Array, *, mode: str,
   The result is a deterministic function of ``key``, whatever the sharding
   of ``images`` (Auto or Explicit mesh axes).
   """
-  if mode not in AUGMENT_MODES:
-    raise ValueError(f'unknown augment mode {mode!r}; known: {AUGMENT_MODES}')
+  return augment_with(draw_augmentation(key, images, mode=mode, pad=pad), images)
+
+
+def augment_with(aug: Augmentation, images: jax.Array) -> jax.Array:
+  """`images` (pixel values in [0, 255]) as float32 in [0, 1], cropped and flipped by `aug`."""
   images = jnp.asarray(images).astype(jnp.float32) / 255.0
-  if mode == 'none':
+  if aug.mode == 'none':
     return images
-  crop_key, flip_key = jax.random.split(key)
-  sharding = _batch_sharding(images)
-  offsets = jax.random.randint(crop_key, (images.shape[0], 2), 0, 2 * pad + 1,
-                               out_sharding=sharding)
-  images = _pad_crop(images, offsets, pad)
-  if mode == 'crop':
-    return images
-  flags = jax.random.bernoulli(flip_key, 0.5, images.shape[:1],
-                               out_sharding=sharding)
-  return _flip(images, flags)
+  return _flip(_pad_crop(images, aug.offsets, aug.pad), aug.flips)
+
+
+def stored_frame_shape(image_shape: tuple[int, int, int], mode: str,
+                       pad: int = 4) -> tuple[int, int, int]:
+  """Shape of a per-example tensor kept across epochs in the padded frame of `mode`.
+
+  Per-example state that lives in image space (FGSM-MEP's prior perturbation,
+  ATAS's previous perturbation) is stored on the zero-padded canvas from which
+  crops are taken, so that it follows each epoch's crop and flip (as
+  ``HuangZhiChao95/ATAS data_aug.py`` does): `to_batch_frame` reads it,
+  `to_stored_frame` writes the visible window back.
+  """
+  p = 0 if mode == 'none' else pad
+  return (image_shape[0] + 2 * p, image_shape[1] + 2 * p, image_shape[2])
+
+
+def to_batch_frame(stored: jax.Array, aug: Augmentation) -> jax.Array:
+  """The window of each stored (N, H + 2p, W + 2p, C) tensor that this batch's images show."""
+  height, width = stored.shape[1] - 2 * aug.pad, stored.shape[2] - 2 * aug.pad
+  return _flip(_crop(stored, aug.offsets, (height, width)), aug.flips)
+
+
+def to_stored_frame(stored: jax.Array, batch: jax.Array, aug: Augmentation) -> jax.Array:
+  """`stored` with each example's visible window replaced by `batch` (un-flipped)."""
+  def place(canvas: jax.Array, window: jax.Array, offset: jax.Array) -> jax.Array:
+    return lax.dynamic_update_slice(canvas, window, (offset[0], offset[1], 0))
+
+  return jax.vmap(place)(stored, _flip(batch, aug.flips), aug.offsets)
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:

@@ -16,6 +16,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
 
 
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-example cross-entropy −Σ_c t_c log softmax(z)_c against a distribution t (N, C)."""
+  return -(targets * jax.nn.log_softmax(_at_least_f32(logits))).sum(axis=-1)
+
+
+def smoothed_labels(labels: jax.Array, num_classes: int, true_prob: float) -> jax.Array:
+  """Label smoothing: probability `true_prob` on the label, the rest spread evenly (N, C)."""
+  one_hot = jax.nn.one_hot(labels, num_classes)
+  return one_hot * true_prob + (1 - one_hot) * (1 - true_prob) / (num_classes - 1)
+
+
 def margin_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-example CW margin max_{i≠y} z_i − z_y (positive ⇔ misclassified)."""
   logits = _at_least_f32(logits)

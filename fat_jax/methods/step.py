@@ -1,0 +1,218 @@
+"""One training step, ``make_train_step(...) -> train_step``, and the `TrainState` it updates.
+
+batch (uint8, sharded) → augment → start point η and one forward/backward there
+(∇_η; also ∇_w for LAP) → δ = box(Π_ε(η + α·sign ∇_η)) → [LAP: perturb w] →
+objective at x + δ (CE, or FGSM-MEP's loss) [+ AAER] [+ GradAlign] → ∇_w →
+SGD → per-example state written back. PGD-AT replaces the single step by
+`pgd_attack`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from fat_jax import optim
+from fat_jax.attacks import init_perturbation, input_gradient, pgd_attack, sign_step
+from fat_jax.attacks.prior import prior_guided_step, prior_reset
+from fat_jax.data import (Augmentation, augment_with, draw_augmentation, to_batch_frame,
+                          to_stored_frame)
+from fat_jax.losses import accuracy, cross_entropy, smoothed_labels, soft_cross_entropy
+from fat_jax.losses.aaer import aaer_regularizer
+from fat_jax.losses.gradalign import gradalign_regularizer
+from fat_jax.losses.mep import mep_loss
+from fat_jax.methods.spec import Method
+from fat_jax.weight_perturbation import lap_perturb
+
+
+class TrainState(NamedTuple):
+  """Everything a training step updates.
+
+  `examples` is the per-example state of methods that keep one (FGSM-MEP's
+  prior perturbation and momentum), with the training-set index as leading
+  axis; {} otherwise.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  momentum: Any
+  examples: Any = {}
+
+
+def init_train_state(model, key, examples=None) -> TrainState:
+  params, batch_stats = model.init(key)
+  return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, optim.zero_buffers(params),
+                    {} if examples is None else examples)
+
+
+def init_examples(method: Method, num_examples: int, frame_shape: tuple[int, ...]) -> dict:
+  """The per-example state of `method` for a training set of `num_examples` images.
+
+  `frame_shape` is `fat_jax.data.stored_frame_shape` of the data set: image-space
+  state lives on the padded canvas of the augmentation so that it follows each
+  epoch's crop and flip. FGSM-MEP: prior P and momentum M (zeros) and the reset
+  period each row was last written in (−1: never, so the first read draws P).
+  """
+  if method.mep is None:
+    return {}
+  zeros = jnp.zeros((num_examples, *frame_shape), jnp.float32)
+  return {'prior': zeros, 'momentum': zeros,
+          'period': jnp.full((num_examples,), -1, jnp.int32)}
+
+
+class StartPoint(NamedTuple):
+  """The attack's forward/backward at x + η (train-mode BatchNorm by default)."""
+  eta: jax.Array
+  logits: jax.Array
+  features: dict
+  state: Any                 # BatchNorm statistics after this forward
+  grad_eta: jax.Array        # ∇_η of the mean start loss
+  grad_params: Any           # ∇_w of the mean start loss (None unless asked for)
+  pullback: Optional[Callable]  # logits cotangent → (∇_w, ∇_η) (None unless asked for)
+
+
+def start_point(model, params, state, x, eta, loss_fn: Callable, *, train: bool,
+                with_params: bool) -> StartPoint:
+  """One forward at x + η and one backward of mean `loss_fn(logits)`.
+
+  With `with_params` the backward also gives ∇_w (LAP's proxy step) and the
+  pullback through the logits is kept (FGSM-MEP's loss differentiates through
+  f(x + η), as its official code does with ``retain_graph``).
+  """
+  def forward(params, eta):
+    logits, new_state, features = model.apply(params, state, x + eta, train)
+    return logits, (new_state, features)
+
+  if with_params:
+    logits, pullback, (new_state, features) = jax.vjp(forward, params, eta, has_aux=True)
+  else:
+    logits, pull_eta, (new_state, features) = jax.vjp(lambda e: forward(params, e), eta,
+                                                       has_aux=True)
+    pullback = lambda d: (None, *pull_eta(d))
+  g_params, g_eta = pullback(jax.grad(lambda z: loss_fn(z).mean())(logits))
+  return StartPoint(eta, logits, features, new_state, g_eta, g_params,
+                    pullback if with_params else None)
+
+
+def _gather(tree, indices):
+  return jax.tree.map(lambda a: a[indices], tree)
+
+
+def _scatter(tree, indices, rows):
+  return jax.tree.map(lambda a, r: a.at[indices].set(r), tree, rows)
+
+
+class _Adversarial(NamedTuple):
+  """The attack stage's output."""
+  delta: jax.Array           # stop-gradient perturbation of the training point
+  start: Optional[StartPoint]
+  state: Any                 # BatchNorm statistics after the attack's forwards
+  rows: Any                  # updated per-example state of the batch
+
+
+def _mep_attack(model, method: Method, params, state, x, targets, key, rows, aug: Augmentation,
+                period) -> _Adversarial:
+  """FGSM-MEP's step from the stored prior P (re-drawn at each reset period) on the loss
+  soft-CE(·, `targets`)."""
+  spec, a = method.mep, method.attack
+  stale = rows['period'] != period
+  fresh = prior_reset(key, rows['prior'].shape, eps=a.eps, alpha=a.alpha)
+  expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
+  stored_prior = jnp.where(expand(stale), fresh, rows['prior'])
+  stored_momentum = jnp.where(expand(stale), 0.0, rows['momentum'])
+  prior, momentum = (to_batch_frame(t, aug) for t in (stored_prior, stored_momentum))
+  start = start_point(model, params, state, x, prior,
+                      lambda z: soft_cross_entropy(z, targets), train=a.train_bn,
+                      with_params=True)
+  delta, prior, momentum = prior_guided_step(x, prior, momentum, start.grad_eta, eps=a.eps,
+                                             alpha=a.alpha, decay=spec.decay)
+  rows = {'prior': to_stored_frame(stored_prior, prior, aug),
+          'momentum': to_stored_frame(stored_momentum, momentum, aug),
+          'period': jnp.full_like(rows['period'], period)}
+  return _Adversarial(jax.lax.stop_gradient(delta), start, start.state, rows)
+
+
+def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_decay: float,
+                    augment_mode: str, key):
+  """``train_step(state, images_uint8, labels, indices) -> (state, metrics)``, pure, jittable.
+
+  `indices` are the examples' positions in the training set (for per-example
+  state). The step's randomness is ``fold_in(key, state.step)``.
+  """
+  attack = method.attack
+  num_classes = model.module.num_classes
+
+  def mep_targets(y):
+    return smoothed_labels(y, num_classes, method.mep.label_smoothing)
+
+  def adversarial(ts: TrainState, x, y, init_key, rows, aug) -> _Adversarial:
+    if method.mep is not None:
+      period = ts.step // (schedule.steps_per_epoch * method.mep.reset_every)
+      return _mep_attack(model, method, ts.params, ts.batch_stats, x, mep_targets(y), init_key,
+                         rows, aug, period)
+    if attack.steps > 1:
+      adv = pgd_attack(model.apply, ts.params, ts.batch_stats, x, y, init_key, eps=attack.eps,
+                       alpha=attack.alpha, steps=attack.steps, train=attack.train_bn,
+                       freeze_misclassified=False, init_scale=attack.init_scale)
+      return _Adversarial(adv.delta, None, adv.state, rows)
+    eta = init_perturbation(init_key, x, attack.eps, attack.init, attack.init_scale)
+    start = start_point(model, ts.params, ts.batch_stats, x, eta,
+                        lambda z: cross_entropy(z, y), train=attack.train_bn,
+                        with_params=method.lap is not None)
+    delta = sign_step(x, eta, start.grad_eta, eps=attack.eps, alpha=attack.alpha,
+                      project=attack.project)
+    return _Adversarial(delta, start, start.state, rows)
+
+  def train_step(ts: TrainState, images, labels, indices):
+    step_key = jax.random.fold_in(key, ts.step)
+    aug_key, init_key, align_key = jax.random.split(step_key, 3)
+    aug = draw_augmentation(aug_key, images, mode=augment_mode)
+    x = augment_with(aug, images)
+    hyper = schedule(ts.step)
+    adv = adversarial(ts, x, labels, init_key, _gather(ts.examples, indices), aug)
+    params, state, metrics = ts.params, adv.state, {}
+    if method.lap is not None:
+      params, metrics['lap_norm'] = lap_perturb(
+          params, adv.start.grad_params, ts.momentum, hyper, weight_decay,
+          paths=model.weight_layer_order(params), beta=method.lap.beta,
+          gamma=method.lap.gamma, ascent=method.lap.ascent)
+    grad_clean = None if adv.start is None else adv.start.grad_eta
+    if method.gradalign is not None and attack.init != 'zero':
+      # GradAlign's first gradient is taken at x itself (free when the attack starts at 0).
+      g = input_gradient(model.apply, params, state, x, labels, jnp.zeros_like(x), train=True)
+      grad_clean, state = g.grad, g.state
+
+    def objective(params, start_logits):
+      logits, new_state, _ = model.apply(params, state, x + adv.delta, True)
+      ce = cross_entropy(logits, labels).mean()
+      aux = {'ce': ce, 'accuracy': accuracy(logits, labels).mean()}
+      if method.mep is not None:
+        loss = mep_loss(logits, start_logits, mep_targets(labels), lam=method.mep.lam)
+      else:
+        loss = ce
+      if method.aaer is not None:
+        reg, stats = aaer_regularizer(start_logits, logits, labels, **vars(method.aaer))
+        loss += reg
+        aux.update({f'aaer_{k}': v for k, v in stats._asdict().items()})
+      if method.gradalign is not None:
+        reg, (new_state, cos) = gradalign_regularizer(
+            model.apply, params, new_state, x, labels, align_key, eps=attack.eps,
+            grad_clean=grad_clean, lam=method.gradalign.lam)
+        loss += reg
+        aux.update(gradalign_cos=cos, gradalign_reg=reg)
+      return loss, (new_state, {**aux, 'loss': loss})
+
+    start_logits = None if adv.start is None else adv.start.logits
+    if method.mep is not None:  # FGSM-MEP's loss also differentiates through f(x + P)
+      (grads, d_start), (batch_stats, aux) = jax.grad(objective, argnums=(0, 1), has_aux=True)(
+          params, start_logits)
+      grads = jax.tree.map(jnp.add, grads, adv.start.pullback(d_start)[0])
+    else:
+      grads, (batch_stats, aux) = jax.grad(objective, has_aux=True)(params, start_logits)
+    params, momentum = optim.sgd_update(params, grads, ts.momentum, hyper, weight_decay)
+    metrics.update(aux, lr=hyper.lr, momentum=hyper.momentum)
+    examples = _scatter(ts.examples, indices, adv.rows)
+    return TrainState(ts.step + 1, params, batch_stats, momentum, examples), metrics
+
+  return train_step
