@@ -16,6 +16,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from fat_jax.evaluate import evaluate_checkpoint
+from fat_jax.parallel import initialize_distributed, is_writer
 from fat_jax.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file in configs/.',
@@ -31,16 +32,20 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  initialize_distributed(config.distributed)
   absl_logging.set_verbosity(absl_logging.WARNING)  # quiet the libraries (orbax, ...)
-  logging.getLogger('fat_jax').setLevel(logging.INFO)
+  # Process 0 reports; the others only warn.
+  logging.getLogger('fat_jax').setLevel(logging.INFO if is_writer() else logging.WARNING)
+  config.progress = config.progress and is_writer()
   if _MODE.value == 'eval':
-    report = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    report = evaluate_checkpoint(config, _WORKDIR.value)
     logging.getLogger('fat_jax').info(
         'Results: %s/eval_%s.json (epoch %d: clean %.4f, robust %.4f)', _WORKDIR.value,
         report['suite'], report['evaluated_epoch'], report['clean_accuracy'],
         report['robust_accuracy'])
     return
-  results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  results = train_and_evaluate(config, _WORKDIR.value)
   logging.getLogger('fat_jax').info('Results: %s/results.json (clean %.4f, PGD %.4f)', _WORKDIR.value,
                results['clean_accuracy'], results['pgd_accuracy'])
 

@@ -98,6 +98,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.co_monitor.gap = 0.2          # ... while FGSM accuracy exceeds it by more than this
   c.co_monitor.early_stop = False  # stop at onset; evaluate the last good epoch
 
+  # Multi-host runs (fat_jax.parallel.initialize_distributed); all sizes above stay global.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ''  # 'host:port' of process 0; '' = single process
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+  c.distributed.auto = False      # jax.distributed.initialize()'s cluster detection (SLURM, TPU)
+
   c.checkpoint_keep = 2
   c.progress = True
   return c

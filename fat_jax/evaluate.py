@@ -39,6 +39,7 @@ from fat_jax.data import augment, load_dataset, shard_batch
 from fat_jax.losses import accuracy, cross_entropy
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
+from fat_jax.parallel import to_host
 
 log = logging.getLogger('fat_jax')
 
@@ -89,7 +90,7 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
     xb, yb = shard_batch((x, y), mesh)
     key = jax.random.fold_in(jax.random.key(seed), i)
     out = robust_flags(model, settings, params, state, xb, yb, key)
-    chunks.append({k: np.asarray(v)[:batch_size - pad] for k, v in out.items()})
+    chunks.append({k: to_host(v)[:batch_size - pad] for k, v in out.items()})
   flags = {k: np.concatenate([c[k] for c in chunks]).astype(bool) for k in chunks[0]}
   return {
       **{f'{k}_accuracy': float(v.mean()) for k, v in flags.items()},

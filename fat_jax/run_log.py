@@ -1,9 +1,16 @@
 """A run's files in its workdir: ``config.json``, ``metrics.jsonl`` (one JSON
-record per epoch) and ``results.json`` (the final evaluation)."""
+record per epoch), ``results.json`` (the final evaluation) and per-point arrays
+(``.npz``). Only process 0 of a multi-host run writes (`fat_jax.parallel.is_writer`);
+every process can read.
+"""
 from __future__ import annotations
 
 import json
 import os
+
+import numpy as np
+
+from fat_jax.parallel import is_writer
 
 CONFIG = 'config.json'
 METRICS = 'metrics.jsonl'
@@ -11,6 +18,8 @@ RESULTS = 'results.json'
 
 
 def append_record(workdir: str, record: dict) -> None:
+  if not is_writer():
+    return
   with open(os.path.join(workdir, METRICS), 'a') as f:
     f.write(json.dumps(record) + '\n')
 
@@ -24,13 +33,18 @@ def read_records(workdir: str, up_to_epoch: int | None = None) -> list[dict]:
     records = [json.loads(line) for line in f if line.strip()]
   if up_to_epoch is not None:
     records = [r for r in records if r['epoch'] <= up_to_epoch]
-    with open(path, 'w') as f:
-      f.writelines(json.dumps(r) + '\n' for r in records)
+    if is_writer():
+      tmp = path + '.tmp'
+      with open(tmp, 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in records)
+      os.replace(tmp, path)
   return records
 
 
 def write_json(workdir: str, name: str, obj: dict) -> str:
   path = os.path.join(workdir, name)
+  if not is_writer():
+    return path
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2, sort_keys=True)
@@ -44,3 +58,11 @@ def read_json(workdir: str, name: str):
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def write_arrays(workdir: str, name: str, arrays: dict) -> str:
+  """Per-point arrays as a compressed ``.npz`` file."""
+  path = os.path.join(workdir, name)
+  if is_writer():
+    np.savez_compressed(path, **arrays)
+  return path

@@ -31,7 +31,7 @@ from fat_jax.parallel import make_data_mesh, replicate
 log = logging.getLogger('fat_jax')
 
 # Config sections that may change between a run and its resumption.
-RESUMABLE_CHANGES = ('eval', 'co_monitor', 'progress', 'checkpoint_keep')
+RESUMABLE_CHANGES = ('eval', 'co_monitor', 'progress', 'checkpoint_keep', 'distributed')
 NAN_CHECK_EVERY = 20
 # Component statistics shown in the epoch line (all are in metrics.jsonl).
 EXTRA_LOG = {'train_aaer_aae_fraction': 'AAE fraction', 'train_gradalign_cos': 'grad cos'}
@@ -174,7 +174,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   test_x, test_y = _eval_subset(data, config.eval.n)
   final = evaluate_robustness(model, ts.params, ts.batch_stats, test_x, test_y, settings,
                               desc='final eval', **eval_kwargs)
-  np.savez_compressed(os.path.join(workdir, 'eval_flags.npz'), **final.pop('flags'))
+  run_log.write_arrays(workdir, 'eval_flags.npz', final.pop('flags'))
   results = {'method': config.method.name, 'dataset': config.data.name,
              'model': config.model.name, 'train_eps': config.eps, 'seed': config.seed,
              'evaluated_epoch': ts_epoch, 'co_onset_epoch': onset,

@@ -165,22 +165,23 @@ def to_stored_frame(stored: jax.Array, batch: jax.Array, aug: Augmentation) -> j
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  """Places each leaf of a pytree of host arrays on ``mesh``, split on axis 'data'.
+  """Places each leaf of a pytree of global host arrays on ``mesh``, split on axis 'data'.
 
-  The leading axis of every leaf is the batch axis. With several processes
-  each passes its own part of the global batch.
+  The leading axis of every leaf is the batch axis. With several processes,
+  every process passes the same global batch (the data order is a function of
+  the seed and the epoch) and puts on its own devices only the rows they hold.
   """
   sharding = NamedSharding(mesh, PartitionSpec('data'))
   num_shards = mesh.shape['data']
 
   def put(x: Any) -> jax.Array:
     shape = np.shape(x)
-    if not shape or shape[0] * jax.process_count() % num_shards:
+    if not shape or shape[0] % num_shards:
       raise ValueError(
-          f'batch leaf of shape {shape} (x{jax.process_count()} processes) '
-          f"cannot be split over mesh axis 'data' of size {num_shards}")
+          f'batch leaf of shape {shape} cannot be split over mesh axis \'data\' of size '
+          f'{num_shards}: make the batch size a multiple of the device count')
     if jax.process_count() > 1:
-      return jax.make_array_from_process_local_data(sharding, x)
+      return jax.make_array_from_callback(shape, sharding, lambda index: x[index])
     return jax.device_put(x, sharding)
 
   return jax.tree.map(put, batch)

@@ -1,0 +1,159 @@
+"""Data parallelism: 8 (fake CPU) devices give the 1-device result for every method and for the
+evaluation, and a real 2-process run on localhost matches a single-process run."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.fixtures import write_idx_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+EIGHT_DEVICES = '''
+import jax, jax.numpy as jnp, numpy as np, ml_collections
+from fat_jax import optim
+from fat_jax.config import default_config
+from fat_jax.data import DATASET_INFOS, shard_batch, stored_frame_shape
+from fat_jax.evaluate import PGDSettings, evaluate_robustness
+from fat_jax.methods import (METHOD_DEFAULTS, init_examples, init_train_state, make_train_step,
+                             resolve_method)
+from fat_jax.models import build_model
+from fat_jax.parallel import make_data_mesh, replicate, to_host
+
+assert jax.device_count() == 8
+# Fields a method needs beyond its defaults (the published values are not needed here).
+REQUIRED = {'lap': dict(lap_beta=0.03), 'aaer': dict(aaer_lambda1=1.0, aaer_lambda2=2.5,
+                                                      aaer_lambda3=1.5)}
+info = DATASET_INFOS['fashion_mnist']
+model = build_model(ml_collections.ConfigDict(dict(name='cnn', width=4, depth=2, batchnorm=True)),
+                    info)
+n, eps = 32, 0.1
+images = np.asarray(jax.random.randint(jax.random.key(1), (n, 28, 28, 1), 0, 256), np.uint8)
+labels = np.asarray(jax.random.randint(jax.random.key(2), (n,), 0, 10))
+schedule = optim.Schedule('cyclic', lr_max=0.2, total_steps=40, steps_per_epoch=2)
+meshes = {1: make_data_mesh(jax.devices()[:1]), 8: make_data_mesh()}
+
+def run(name, devices, steps):
+  c = default_config().method
+  c.name = name
+  for k, v in REQUIRED.get(name, {}).items():
+    c[k] = v
+  method = resolve_method(c, eps)
+  mesh = meshes[devices]
+  examples = init_examples(method, n, stored_frame_shape(info.image_shape, 'crop'))
+  ts = replicate(init_train_state(model, jax.random.key(0), examples), mesh)
+  ts = ts._replace(step=replicate(jnp.asarray(1, jnp.int32), mesh))  # lr > 0
+  step = jax.jit(make_train_step(model, method, schedule, weight_decay=5e-4, augment_mode='crop',
+                                 key=jax.random.key(3)))
+  out = []
+  for s in range(steps):
+    batch = np.arange(16) + 16 * (s % 2)
+    ts, metrics = step(ts, *shard_batch((images[batch], labels[batch], batch), mesh))
+    out.append(jax.tree.map(to_host, (ts, metrics)))
+  return out
+
+for name in sorted(METHOD_DEFAULTS):
+  one, eight = run(name, 1, 3), run(name, 8, 3)
+  for s, (a, b) in enumerate(zip(one, eight)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5, err_msg=f'{name} step {s + 1}')
+  print('same', name, flush=True)
+
+ts = init_train_state(model, jax.random.key(0))
+settings = PGDSettings(eps=eps, steps=5, restarts=2)
+flags = {d: evaluate_robustness(model, ts.params, ts.batch_stats, images, labels, settings,
+                                mesh=meshes[d], batch_size=16, progress=False)['flags']
+         for d in (1, 8)}
+for k in flags[1]:
+  np.testing.assert_array_equal(flags[1][k], flags[8][k], err_msg=k)
+print('same evaluation', flush=True)
+'''
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_one_device_result_for_every_method():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  done = subprocess.run([sys.executable, '-c', EIGHT_DEVICES], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+  assert 'same fgsm_mep' in done.stdout and 'same evaluation' in done.stdout
+
+
+CONFIG = '''
+from fat_jax.config import default_config
+
+
+def get_config():
+  c = default_config()
+  c.data.name, c.data.dir = 'fashion_mnist', {data_dir!r}
+  c.model.name, c.model.width, c.model.depth, c.model.batchnorm = 'cnn', 4, 2, True
+  c.method.name, c.eps, c.batch_size, c.num_epochs, c.progress = 'fgsm_rs', 0.1, 16, 2, False
+  c.eval.n, c.eval.monitor_n, c.eval.batch_size = 16, 16, 16
+  c.eval.pgd_steps, c.eval.pgd_restarts, c.eval.monitor_pgd_steps = 2, 1, 1
+  return c
+'''
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def final_params(workdir):
+  script = textwrap.dedent(f'''
+      import jax, numpy as np
+      from fat_jax.checkpoint import Checkpointer
+      from fat_jax.data import DATASET_INFOS
+      from fat_jax.methods import init_train_state
+      from fat_jax.models import build_model
+      import ml_collections
+      model = build_model(ml_collections.ConfigDict(dict(name='cnn', width=4, depth=2,
+                                                         batchnorm=True)),
+                          DATASET_INFOS['fashion_mnist'])
+      c = Checkpointer({workdir!r})
+      ts = c.restore(c.latest_epoch(), init_train_state(model, jax.random.key(0)))
+      np.savez({workdir!r} + '/final.npz', *[np.asarray(x) for x in jax.tree.leaves(ts)])
+  ''')
+  subprocess.run([sys.executable, '-c', script], cwd=ROOT, check=True, capture_output=True,
+                 timeout=120)
+  stored = np.load(os.path.join(workdir, 'final.npz'))
+  return [stored[k] for k in sorted(stored.files, key=lambda k: int(k.split('_')[1]))]
+
+
+@pytest.mark.slow
+def test_two_processes_train_together_like_one(tmp_path):
+  """A real multi-host run: 2 processes (one CPU device each) on localhost, JAX's CPU
+  collectives; the global batch is split between them. Same result as one process."""
+  data_dir = write_idx_dir(str(tmp_path / 'fmnist'), n_train=64, n_test=16)
+  config = tmp_path / 'tiny.py'
+  config.write_text(CONFIG.format(data_dir=data_dir))
+  launch = [sys.executable, os.path.join(ROOT, 'launch.py'), f'--config={config}']
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  single = subprocess.run(launch + [f'--workdir={tmp_path / "single"}'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert single.returncode == 0, single.stderr[-3000:]
+  port, workdir = free_port(), tmp_path / 'multi'
+  procs = [subprocess.Popen(launch + [f'--workdir={workdir}',
+                                      f'--config.distributed.coordinator_address=localhost:{port}',
+                                      '--config.distributed.num_processes=2',
+                                      f'--config.distributed.process_id={i}'],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in (0, 1)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert 'Final (epoch 2' in outputs[0][1] and 'Final' not in outputs[1][1]  # process 0 reports
+  a = json.load(open(tmp_path / 'single' / 'results.json'))
+  b = json.load(open(workdir / 'results.json'))
+  assert b['n'] == a['n'] == 16
+  for x, y in zip(final_params(str(tmp_path / 'single')), final_params(str(workdir))):
+    np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+  assert len(open(workdir / 'metrics.jsonl').readlines()) == 2  # written once, by process 0
