@@ -1,5 +1,8 @@
 """TRADES, MART, AWP, ZeroGrad and ATAS (SPEC §2.5): losses against hand values, the pieces'
 invariants, and train steps against written-out transcriptions of the official sequences."""
+import dataclasses
+import importlib
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -13,7 +16,8 @@ from fat_jax.data import DATASET_INFOS, augment_with, draw_augmentation, to_batc
 from fat_jax.losses import cross_entropy
 from fat_jax.losses.mart import mart_loss
 from fat_jax.losses.trades import trades_loss
-from fat_jax.methods import init_examples, init_train_state, make_train_step, resolve_method
+from fat_jax.methods import (AWPSpec, init_examples, init_train_state, make_train_step,
+                             resolve_method)
 from fat_jax.methods.step import _atas_reset_period
 from fat_jax.models import build_model
 
@@ -426,3 +430,35 @@ def test_atas_step_follows_the_official_sequence_with_crops_and_flips(tiny):
   np.testing.assert_array_equal(np.asarray(after.examples['delta'])[outside],
                                 np.asarray(stored)[outside])
   assert float(metrics['atas_step']) == pytest.approx(float(step.mean()) / EPS, rel=1e-5)
+
+
+def test_baseline_recipes_follow_the_official_defaults():
+  load = lambda name: importlib.import_module(f'configs.{name}').get_config()
+  trades, mart = load('trades_eps8'), load('mart_eps8')
+  t = resolve_method(trades.method, trades.eps)
+  assert (t.trades.beta, t.attack.steps, t.attack.train_bn, t.attack.loss) == (6.0, 10, False, 'kl')
+  assert t.attack.alpha == pytest.approx(0.007) and t.attack.init_scale == 0.001
+  assert (trades.num_epochs, trades.optim.milestones, trades.optim.weight_decay) == (
+      76, (74,), 2e-4)
+  m = resolve_method(mart.method, mart.eps)
+  assert (m.mart.beta, m.attack.loss, m.attack.train_bn, mart.model.name) == (5.0, 'ce', False,
+                                                                               'resnet18')
+  assert (mart.optim.lr_max, mart.optim.weight_decay, mart.num_epochs) == (0.01, 3.5e-3, 120)
+  rice, awp_at, awp_trades = load('pgd_at_rice_eps8'), load('awp_pgd_at_eps8'), load(
+      'awp_trades_eps8')
+  r = resolve_method(rice.method, rice.eps)
+  assert r.robust_overfitting_forwards and r.attack.train_bn and r.attack.alpha == pytest.approx(
+      2 / 255)
+  assert (rice.num_epochs, rice.optim.schedule, rice.optim.lr_max) == (200, 'piecewise', 0.1)
+  assert resolve_method(awp_at.method, awp_at.eps) == dataclasses.replace(
+      r, awp=AWPSpec(gamma=0.01, warmup_epochs=0))
+  a = resolve_method(awp_trades.method, awp_trades.eps)
+  assert (a.awp.gamma, a.awp.warmup_epochs, a.trades.beta) == (0.005, 9, 6.0)
+  assert a.attack.alpha == pytest.approx(2 / 255) and awp_trades.optim.milestones == (99, 149)
+  z = load('zerograd_eps8')
+  zm = resolve_method(z.method, z.eps)
+  assert zm.zerograd.q == 0.35 and zm.attack.alpha == pytest.approx(16 / 255)
+  assert z.optim.base_momentum == z.optim.momentum == 0.9  # the lr cycles, the momentum not
+  atas = load('atas_eps8')
+  am = resolve_method(atas.method, atas.eps)
+  assert (am.atas.warmup_epochs, am.atas.reset_every, atas.optim.milestones) == (5, 10, (24, 28))
