@@ -56,6 +56,6 @@ def pgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, alpha, steps
     return (jnp.where(expand(better), delta, best_delta),
             jnp.maximum(restart_loss, best_loss), st)
 
-  init = (jnp.zeros_like(x), jnp.full(x.shape[:1], -jnp.inf, jnp.float32), state)
-  delta, _, state = jax.lax.fori_loop(0, restarts, one_restart, init)
+  carry = (jnp.zeros_like(x), jnp.full(x.shape[:1], -jnp.inf, jnp.float32), state)
+  delta, _, state = jax.lax.fori_loop(0, restarts, one_restart, carry)
   return Attack(jax.lax.stop_gradient(delta), state)
