@@ -121,6 +121,7 @@ def test_kl_attack_stays_in_the_ball_and_leaves_eval_statistics_alone(tiny):
     (dict(name='trades', mart_beta=5.0), 'one training objective'),
     (dict(name='pgd_at', zerograd_q=0.35), 'single-step'),
     (dict(name='zerograd', zerograd_q=1.0), 'quantile'),
+    (dict(name='atas', zerograd_q=0.35), 'take their own steps'),
     (dict(name='n_fgsm', awp_gamma=0.01, lap_beta=0.01), 'AWP'),
     (dict(name='fgsm_rs', robust_overfitting_forwards=True), 'multi-step CE'),
     (dict(name='atas', atas_min_step=2.0), 'atas_min_step'),

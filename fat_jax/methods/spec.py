@@ -265,6 +265,9 @@ def _check_compatible(attack: AttackSpec, components: dict, extra_forwards: bool
   objectives = sorted(k for k in OBJECTIVES if k in components)
   if len(objectives) > 1:
     raise ValueError(f'Choose one training objective, got {objectives}.')
+  if 'zerograd' in components and ('mep' in components or 'atas' in components):
+    raise ValueError('ZeroGrad masks the gradient of the FGSM step from η; FGSM-MEP and ATAS '
+                     'take their own steps.')
   if 'awp' in components and ('lap' in components or 'mep' in components):
     raise ValueError('AWP composes with the CE, TRADES and MART objectives, not with LAP or '
                      'FGSM-MEP.')
