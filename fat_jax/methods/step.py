@@ -205,6 +205,14 @@ def _base_loss(method: Method, logits: dict, labels, start_logits, targets):
   return cross_entropy(logits['adv'], labels).mean(), {}
 
 
+def _awp_deltas(loss_fn: Callable, params, paths, gamma: float, active):
+  """AWP's v along ∇ `loss_fn` (the training objective in train-mode BN, its statistics
+  discarded, as the official proxy model); a zero gradient while not `active` gives v = 0."""
+  loss_grads = jax.lax.cond(active, jax.grad(loss_fn),
+                            lambda p: jax.tree.map(jnp.zeros_like, p), params)
+  return awp_perturbation(params, loss_grads, paths, gamma)
+
+
 def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_decay: float,
                     augment_mode: str, key):
   """``train_step(state, images_uint8, labels, indices) -> (state, metrics)``, pure, jittable.
@@ -297,14 +305,10 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
 
     start_logits = None if adv.start is None else adv.start.logits
     if method.awp is not None:
-      # The ascent direction of the same objective (train-mode BN, statistics discarded, as the
-      # official proxy model); a zero gradient during the warm-up gives v = 0.
-      paths = model.weight_layer_order(params)
       active = ts.step >= method.awp.warmup_epochs * schedule.steps_per_epoch
-      loss_grads = jax.lax.cond(
-          active, jax.grad(lambda p: objective(p, start_logits)[0]),
-          lambda p: jax.tree.map(jnp.zeros_like, p), params)
-      awp_deltas = awp_perturbation(params, loss_grads, paths, method.awp.gamma)
+      paths = model.weight_layer_order(params)
+      awp_deltas = _awp_deltas(lambda p: objective(p, start_logits)[0], params, paths,
+                               method.awp.gamma, active)
       params = add_at_paths(params, paths, awp_deltas)
       metrics['awp_norm'] = jnp.sqrt(sum(jnp.sum(d ** 2) for d in awp_deltas))
     if method.mep is not None:  # FGSM-MEP's loss also differentiates through f(x + P)
