@@ -19,11 +19,12 @@ import ml_collections
 
 from fat_jax import optim
 from fat_jax.config import default_config
-from fat_jax.data import DATASET_INFOS
-from fat_jax.methods import init_train_state, make_train_step, resolve_method
+from fat_jax.data import DATASET_INFOS, stored_frame_shape
+from fat_jax.methods import init_examples, init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
 
-# name → method config fields (the ε = 8/255 recipes: R-LAP, RS-AAER, GradAlign).
+# label → method config fields; `name` defaults to the label (the ε = 8/255 recipes: R-LAP,
+# RS-AAER, GradAlign; AT-AWP and TRADES-AWP with their official γ).
 METHODS = {
     'fgsm_rs': {},
     'n_fgsm': {},
@@ -31,14 +32,20 @@ METHODS = {
     'aaer': dict(init='uniform', init_scale=1.0, alpha=1.25, project=True, aaer_lambda1=1.0,
                  aaer_lambda2=2.5, aaer_lambda3=1.5),
     'gradalign': {},
+    'zerograd': {},
+    'atas': {},
     'pgd_at': {},
+    'trades': {},
+    'mart': {},
+    'awp_pgd_at': dict(name='pgd_at', awp_gamma=0.01),
+    'awp_trades': dict(name='trades', awp_gamma=0.005),
 }
 
 
-def method_config(name: str):
+def method_config(label: str):
   c = default_config().method
-  c.name = name
-  for k, v in METHODS[name].items():
+  c.name = label
+  for k, v in METHODS[label].items():
     c[k] = v
   return c
 
@@ -57,22 +64,25 @@ def main():
   model = build_model(ml_collections.ConfigDict(dict(name=args.model, width=args.width)), info)
   eps = 8 / 255
   schedule = optim.Schedule('cyclic', lr_max=0.2, total_steps=1000, steps_per_epoch=100)
-  state = init_train_state(model, jax.random.key(0))
+  frame = stored_frame_shape(info.image_shape, 'crop_flip')
   images = jax.random.randint(jax.random.key(1), (args.batch, 32, 32, 3), 0, 256).astype(jnp.uint8)
   labels = jax.random.randint(jax.random.key(2), (args.batch,), 0, 10)
   indices = jnp.arange(args.batch)
   names = args.methods.split(',')
-  steps = {}
+  steps, states = {}, {}
   for name in names:
-    step = jax.jit(make_train_step(model, resolve_method(method_config(name), eps), schedule,
-                                   weight_decay=5e-4, augment_mode='crop_flip',
-                                   key=jax.random.key(3)))
-    jax.block_until_ready(step(state, images, labels, indices))  # compile
+    method = resolve_method(method_config(name), eps)
+    step = jax.jit(make_train_step(model, method, schedule, weight_decay=5e-4,
+                                   augment_mode='crop_flip', key=jax.random.key(3)))
+    states[name] = init_train_state(model, jax.random.key(0),
+                                    init_examples(method, args.batch, frame))
+    jax.block_until_ready(step(states[name], images, labels, indices))  # compile
     steps[name] = step
   times = {name: [] for name in names}
   for _ in range(args.rounds):
     for name in names:
-      ts = state._replace(step=jnp.asarray(500, jnp.int32))  # lr > 0: LAP's direction ≠ 0
+      # lr > 0 (LAP's direction ≠ 0), past the warm-ups (ATAS's adaptive step).
+      ts = states[name]._replace(step=jnp.asarray(500, jnp.int32))
       start = time.perf_counter()
       for _ in range(args.steps):
         ts, metrics = steps[name](ts, images, labels, indices)

@@ -37,7 +37,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.method.init_scale = config_dict.placeholder(float)  # uniform init U(−kε, kε)
   c.method.project = config_dict.placeholder(bool)      # Π_ε after the step
   c.method.steps = config_dict.placeholder(int)         # attack steps (PGD-AT)
-  c.method.attack_bn = 'train'                          # BatchNorm mode of the attack
+  c.method.attack_bn = config_dict.placeholder(str)     # 'train' | 'eval': BN mode of the attack
+  c.method.attack_loss = config_dict.placeholder(str)   # 'ce' | 'kl' (TRADES' attack)
   # Components: setting a field switches the component on for any single-step method.
   c.method.lap_beta = config_dict.placeholder(float)    # LAP (ICML 2024) strength β
   c.method.lap_gamma = 0.3                              # λ_l = 1 − (ln l / ln L)^γ
@@ -52,6 +53,21 @@ def default_config() -> ml_collections.ConfigDict:
   c.method.mep_lambda = 10.0                            # weight of MSE(f(x + δ), f(x + P))
   c.method.mep_decay = 0.3                              # momentum decay
   c.method.mep_reset_every = 40                         # epochs between prior resets
+  # Multi-step and other baselines (SPEC §2.5); unset = off unless the method name sets it.
+  c.method.trades_beta = config_dict.placeholder(float)  # TRADES objective (β = 6 for 'trades')
+  c.method.mart_beta = config_dict.placeholder(float)   # MART objective (β = 5 for 'mart')
+  c.method.awp_gamma = config_dict.placeholder(float)   # AWP on any method (AT 0.01, TRADES 0.005)
+  c.method.awp_warmup_epochs = 0                        # epochs before AWP starts (0-based count)
+  c.method.robust_overfitting_forwards = False          # Rice et al.'s extra BN forwards
+  c.method.zerograd_q = config_dict.placeholder(float)  # ZeroGrad quantile (0.35 for 'zerograd')
+  # ATAS (init 'previous'): step clip(scale/(1 + √v/c), min, max), all three × ε.
+  c.method.atas_c = 0.01
+  c.method.atas_beta = 0.5                              # momentum of the squared gradient norm
+  c.method.atas_step_scale = 2.0                        # official: 16/255 = 2ε at ε = 8/255
+  c.method.atas_min_step = 0.5                          # official: 4/255
+  c.method.atas_max_step = 1.75                         # official: 14/255
+  c.method.atas_warmup_epochs = 5                       # constant step α before
+  c.method.atas_reset_every = 10                        # epochs between re-draws of the state
 
   c.optim = ml_collections.ConfigDict()
   c.optim.schedule = 'cyclic'     # 'cyclic' | 'piecewise' | 'multistep' | 'constant'

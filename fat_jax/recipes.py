@@ -1,4 +1,4 @@
-"""The published recipes of the seed papers, as config builders (SPEC §2.2–2.3).
+"""The published recipes of the seed papers, as config builders (SPEC §2.2–2.3, 2.5).
 
 Each maps the README flags of the official code onto the config:
 `--delta-init zero|random` and `--clamp 1|0` → `method.init/init_scale/project`
@@ -88,4 +88,18 @@ def gradalign_config(eps_255: int):
   c = _cifar(eps_255)
   c.method.name = 'gradalign'
   c.optim.lr_max = 0.3
+  return c
+
+
+def pgd_at_rice_config():
+  """PGD-AT as `locuslab/robust_overfitting train_cifar.py` runs it: PreActResNet-18, PGD-10
+  step 2/255 in train-mode BN with the loop's extra BatchNorm forwards, SGD lr 0.1, 200 epochs
+  piecewise (×0.1 at 50%, ×0.01 at 75%), weight decay 5e-4."""
+  c = _cifar(8)
+  c.method.name = 'pgd_at'
+  c.method.attack_bn = 'train'
+  c.method.robust_overfitting_forwards = True
+  c.num_epochs = 200
+  c.optim.schedule = 'piecewise'
+  c.optim.lr_max = 0.1
   return c

@@ -34,7 +34,8 @@ log = logging.getLogger('fat_jax')
 RESUMABLE_CHANGES = ('eval', 'co_monitor', 'progress', 'checkpoint_keep', 'distributed')
 NAN_CHECK_EVERY = 20
 # Component statistics shown in the epoch line (all are in metrics.jsonl).
-EXTRA_LOG = {'train_aaer_aae_fraction': 'AAE fraction', 'train_gradalign_cos': 'grad cos'}
+EXTRA_LOG = {'train_aaer_aae_fraction': 'AAE fraction', 'train_gradalign_cos': 'grad cos',
+             'train_atas_step': 'ATAS step/ε'}
 
 
 class DivergenceError(FloatingPointError):

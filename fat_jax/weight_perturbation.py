@@ -14,9 +14,15 @@ coupled weight decay, the schedule's current lr and momentum), taken on a copy
 and so undone exactly; s_l = β·λ_l with λ_l = 1 − (ln l / ln L)^γ over an
 explicit layer order l = 1..L; the perturbation is never removed.
 
-AWP (Wu et al. 2020, `csdongxian/AWP`): d is the gradient *ascent* direction
-of the loss at the adversarial point, s_l = γ; the perturbation is removed
-after the optimiser step.
+AWP (Wu et al. 2020, `csdongxian/AWP utils_awp.py`): d is the gradient of
+the training loss (CE at x + δ for AT-AWP, the TRADES loss for TRADES-AWP)
+in train-mode BatchNorm, i.e. the *ascent* direction; s_l = γ (0.01 AT-AWP,
+0.005 TRADES-AWP). The official code takes one plain-SGD step on −loss with a
+proxy copy of the model (so the model's BatchNorm statistics are untouched)
+and perturbs every ``weight`` tensor with ndim > 1: all conv/linear kernels,
+which is exactly `Model.weight_layer_order` for every fat_jax model (tested).
+The optimiser step is taken at w + v (its gradient and its coupled weight
+decay), then v is subtracted again: w ← w + v − lr·b' − v.
 """
 from __future__ import annotations
 
@@ -100,5 +106,7 @@ def lap_perturb(params, grads, momentum, hyper: optim.Hyper, weight_decay: float
 
 
 def awp_perturbation(params, loss_grads, paths: Sequence[Path], gamma: float):
-  """AWP's per-layer ascent perturbation v_l = γ·‖w_l‖·∇_l/‖∇_l‖ (∇ of the loss to increase)."""
+  """AWP's per-layer ascent perturbation v_l = γ·‖w_l‖·∇_l/(‖∇_l‖ + 1e−20) (∇ of the loss to
+  increase); a zero gradient gives v_l = 0. Add it with `add_at_paths`, take the optimiser
+  step there, and remove it with `add_at_paths(..., sign=-1.0)`."""
   return relative_perturbation(params, loss_grads, paths, [gamma] * len(paths))

@@ -16,7 +16,7 @@ from fat_jax.losses import per_example_loss
 
 ApplyFn = Callable  # (params, state, x, train) -> (logits, new_state, features)
 
-INITS = ('zero', 'uniform')
+INITS = ('zero', 'uniform', 'normal')
 
 
 class Attack(NamedTuple):
@@ -50,12 +50,15 @@ def check_eps(eps: float) -> None:
 
 
 def init_perturbation(key, x: jax.Array, eps, init: str = 'zero', scale: float = 1.0) -> jax.Array:
-  """Initial point η: 0, or U(−scale·ε, scale·ε) clipped to the box."""
+  """Initial point η: 0; U(−scale·ε, scale·ε) clipped to the box ('uniform'); or
+  scale·N(0, I), not clipped ('normal': TRADES and MART start from x + 0.001·N(0, I))."""
   if init == 'zero':
     return jnp.zeros_like(x)
   if init == 'uniform':
     eta = jax.random.uniform(key, x.shape, x.dtype, -scale * eps, scale * eps)
     return clip_to_box(x, eta)
+  if init == 'normal':
+    return scale * jax.random.normal(key, x.shape, x.dtype)
   raise ValueError(f'Unknown perturbation init {init!r}; known: {INITS}.')
 
 

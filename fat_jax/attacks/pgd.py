@@ -12,9 +12,13 @@ from fat_jax.losses import per_example_loss
 
 def pgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, alpha, steps: int,
                restarts: int = 1, loss: str = 'ce', train: bool = False,
-               freeze_misclassified: bool = True, init_scale: float = 1.0) -> Attack:
+               freeze_misclassified: bool = True, init: str = 'uniform',
+               init_scale: float = 1.0) -> Attack:
   """L∞ PGD: per restart δ ~ U(−ε, ε) (box), then `steps` updates
   δ ← box(Π_ε(δ + α·sign ∇ℓ)).
+
+  `init`/`init_scale` choose the start as `init_perturbation` does (MART's
+  training attack starts from 0.001·N(0, I): init='normal', init_scale=0.001).
 
   With `freeze_misclassified` (evaluation) an example stops moving once the
   model misclassifies it. Across restarts the δ with the highest per-example
@@ -36,7 +40,7 @@ def pgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, alpha, steps
     return moved, g.state
 
   def run_restart(r, st):
-    delta = init_perturbation(jax.random.fold_in(key, r), x, eps, 'uniform', init_scale)
+    delta = init_perturbation(jax.random.fold_in(key, r), x, eps, init, init_scale)
     return jax.lax.fori_loop(0, steps, one_step, (delta, st))
 
   if restarts == 1:
@@ -52,6 +56,6 @@ def pgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, alpha, steps
     return (jnp.where(expand(better), delta, best_delta),
             jnp.maximum(restart_loss, best_loss), st)
 
-  init = (jnp.zeros_like(x), jnp.full(x.shape[:1], -jnp.inf, jnp.float32), state)
-  delta, _, state = jax.lax.fori_loop(0, restarts, one_restart, init)
+  carry = (jnp.zeros_like(x), jnp.full(x.shape[:1], -jnp.inf, jnp.float32), state)
+  delta, _, state = jax.lax.fori_loop(0, restarts, one_restart, carry)
   return Attack(jax.lax.stop_gradient(delta), state)

@@ -1,8 +1,8 @@
 """Pure losses on logits. Per-example functions return shape (N,)."""
 from fat_jax.losses.classification import (
-    LOSSES, accuracy, cross_entropy, margin_loss, per_example_loss, smoothed_labels,
+    LOSSES, accuracy, cross_entropy, kl_divergence, margin_loss, per_example_loss, smoothed_labels,
     soft_cross_entropy)
 from fat_jax.losses.dlr import dlr_loss, dlr_targeted_loss
 
-__all__ = ['LOSSES', 'accuracy', 'cross_entropy', 'dlr_loss', 'dlr_targeted_loss', 'margin_loss',
-           'per_example_loss', 'smoothed_labels', 'soft_cross_entropy']
+__all__ = ['LOSSES', 'accuracy', 'cross_entropy', 'dlr_loss', 'dlr_targeted_loss', 'kl_divergence',
+           'margin_loss', 'per_example_loss', 'smoothed_labels', 'soft_cross_entropy']

@@ -27,6 +27,14 @@ def smoothed_labels(labels: jax.Array, num_classes: int, true_prob: float) -> ja
   return one_hot * true_prob + (1 - one_hot) * (1 - true_prob) / (num_classes - 1)
 
 
+def kl_divergence(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
+  """Per-example KL(p ‖ q) = Σ_c p_c (log p_c − log q_c) with p = softmax(logits_p),
+  q = softmax(logits_q); gradient flows through both."""
+  log_p = jax.nn.log_softmax(_at_least_f32(logits_p))
+  log_q = jax.nn.log_softmax(_at_least_f32(logits_q))
+  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
 def margin_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-example CW margin max_{i≠y} z_i − z_y (positive ⇔ misclassified)."""
   logits = _at_least_f32(logits)

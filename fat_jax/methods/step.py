@@ -1,10 +1,12 @@
 """One training step, ``make_train_step(...) -> train_step``, and the `TrainState` it updates.
 
-batch (uint8, sharded) → augment → start point η and one forward/backward there
-(∇_η; also ∇_w for LAP) → δ = box(Π_ε(η + α·sign ∇_η)) → [LAP: perturb w] →
-objective at x + δ (CE, or FGSM-MEP's loss) [+ AAER] [+ GradAlign] → ∇_w →
-SGD → per-example state written back. PGD-AT replaces the single step by
-`pgd_attack`.
+batch (uint8, sharded) → augment → the attack: a start point η and one
+forward/backward there (∇_η; also ∇_w for LAP) → [ZeroGrad: mask ∇_η] →
+δ = box(Π_ε(η + α·sign ∇_η)) (ATAS: a per-example α), or a multi-step attack
+(PGD, TRADES' KL attack) → [LAP: perturb w] → [AWP: perturb w] → objective:
+the base loss (CE at x + δ, FGSM-MEP, TRADES or MART, from the training
+forwards in the official order) [+ AAER] [+ GradAlign] → ∇_w → SGD → [AWP:
+restore w] → per-example state written back.
 """
 from __future__ import annotations
 
@@ -14,24 +16,27 @@ import jax
 import jax.numpy as jnp
 
 from fat_jax import optim
-from fat_jax.attacks import init_perturbation, input_gradient, pgd_attack, sign_step
+from fat_jax.attacks import (atas_step_sizes, clip_to_box, init_perturbation, input_gradient,
+                             kl_attack, pgd_attack, sign_step, zero_small_gradients)
 from fat_jax.attacks.prior import prior_guided_step, prior_reset
 from fat_jax.data import (Augmentation, augment_with, draw_augmentation, to_batch_frame,
                           to_stored_frame)
 from fat_jax.losses import accuracy, cross_entropy, smoothed_labels, soft_cross_entropy
 from fat_jax.losses.aaer import aaer_regularizer
 from fat_jax.losses.gradalign import gradalign_regularizer
+from fat_jax.losses.mart import mart_loss
 from fat_jax.losses.mep import mep_loss
+from fat_jax.losses.trades import trades_loss
 from fat_jax.methods.spec import Method
-from fat_jax.weight_perturbation import lap_perturb
+from fat_jax.weight_perturbation import add_at_paths, awp_perturbation, lap_perturb
 
 
 class TrainState(NamedTuple):
   """Everything a training step updates.
 
   `examples` is the per-example state of methods that keep one (FGSM-MEP's
-  prior perturbation and momentum), with the training-set index as leading
-  axis; {} otherwise.
+  prior perturbation and momentum, ATAS's previous perturbation and gradient
+  norm), with the training-set index as leading axis; {} otherwise.
   """
   step: jax.Array
   params: Any
@@ -51,14 +56,19 @@ def init_examples(method: Method, num_examples: int, frame_shape: tuple[int, ...
 
   `frame_shape` is `fat_jax.data.stored_frame_shape` of the data set: image-space
   state lives on the padded canvas of the augmentation so that it follows each
-  epoch's crop and flip. FGSM-MEP: prior P and momentum M (zeros) and the reset
-  period each row was last written in (−1: never, so the first read draws P).
+  epoch's crop and flip. FGSM-MEP: prior P and momentum M (zeros); ATAS: the
+  previous perturbation and the running squared gradient norm v (zeros); both:
+  the reset period each row was last written in (−1: never, so the first read
+  draws the perturbation).
   """
-  if method.mep is None:
-    return {}
+  never = jnp.full((num_examples,), -1, jnp.int32)
   zeros = jnp.zeros((num_examples, *frame_shape), jnp.float32)
-  return {'prior': zeros, 'momentum': zeros,
-          'period': jnp.full((num_examples,), -1, jnp.int32)}
+  if method.mep is not None:
+    return {'prior': zeros, 'momentum': zeros, 'period': never}
+  if method.atas is not None:
+    return {'delta': zeros, 'grad_norm': jnp.zeros((num_examples,), jnp.float32),
+            'period': never}
+  return {}
 
 
 class StartPoint(NamedTuple):
@@ -103,12 +113,18 @@ def _scatter(tree, indices, rows):
   return jax.tree.map(lambda a, r: a.at[indices].set(r), tree, rows)
 
 
+def _expand(v, x):
+  """Per-example values (N,) broadcastable against x (N, ...)."""
+  return v.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
 class _Adversarial(NamedTuple):
   """The attack stage's output."""
   delta: jax.Array           # stop-gradient perturbation of the training point
   start: Optional[StartPoint]
   state: Any                 # BatchNorm statistics after the attack's forwards
   rows: Any                  # updated per-example state of the batch
+  metrics: Any = None        # the attack's own statistics to log (a dict) or None
 
 
 def _mep_attack(model, method: Method, params, state, x, targets, key, rows, aug: Augmentation,
@@ -116,11 +132,10 @@ def _mep_attack(model, method: Method, params, state, x, targets, key, rows, aug
   """FGSM-MEP's step from the stored prior P (re-drawn at each reset period) on the loss
   soft-CE(·, `targets`)."""
   spec, a = method.mep, method.attack
-  stale = rows['period'] != period
+  stale = _expand(rows['period'] != period, x)
   fresh = prior_reset(key, rows['prior'].shape, eps=a.eps, alpha=a.alpha)
-  expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
-  stored_prior = jnp.where(expand(stale), fresh, rows['prior'])
-  stored_momentum = jnp.where(expand(stale), 0.0, rows['momentum'])
+  stored_prior = jnp.where(stale, fresh, rows['prior'])
+  stored_momentum = jnp.where(stale, 0.0, rows['momentum'])
   prior, momentum = (to_batch_frame(t, aug) for t in (stored_prior, stored_momentum))
   start = start_point(model, params, state, x, prior,
                       lambda z: soft_cross_entropy(z, targets), train=a.train_bn,
@@ -133,6 +148,71 @@ def _mep_attack(model, method: Method, params, state, x, targets, key, rows, aug
   return _Adversarial(jax.lax.stop_gradient(delta), start, start.state, rows)
 
 
+def _atas_reset_period(epoch, reset_every: int, num_epochs: int):
+  """How many times the official loop has re-drawn the stored perturbations by (0-based)
+  `epoch`: at the start of each 1-based epoch divisible by `reset_every`, except the last."""
+  return jnp.minimum((epoch + 1) // reset_every, (num_epochs - 1) // reset_every)
+
+
+def _atas_attack(model, method: Method, params, state, x, y, key, rows, aug: Augmentation,
+                 epoch, period) -> _Adversarial:
+  """ATAS's step from the stored previous perturbation (re-drawn U(−ε, ε) at each reset
+  period): constant α for `warmup_epochs` epochs, then the per-example adaptive α."""
+  spec, a = method.atas, method.attack
+  stale = _expand(rows['period'] != period, x)
+  fresh = jax.random.uniform(key, rows['delta'].shape, jnp.float32, -a.eps, a.eps)
+  stored = jnp.where(stale, fresh, rows['delta'])
+  eta = clip_to_box(x, to_batch_frame(stored, aug))
+  start = start_point(model, params, state, x, eta, lambda z: cross_entropy(z, y),
+                      train=a.train_bn, with_params=method.lap is not None)
+  adaptive_alpha, adaptive_norm = atas_step_sizes(
+      start.grad_eta, rows['grad_norm'], c=spec.c, beta=spec.beta, scale=spec.scale,
+      min_step=spec.min_step, max_step=spec.max_step)
+  adaptive = epoch >= spec.warmup_epochs
+  alpha = jnp.where(adaptive, adaptive_alpha, a.alpha)
+  delta = sign_step(x, eta, start.grad_eta, eps=a.eps, alpha=_expand(alpha, x))
+  rows = {'delta': to_stored_frame(stored, delta, aug),
+          'grad_norm': jnp.where(adaptive, adaptive_norm, rows['grad_norm']),
+          'period': jnp.full_like(rows['period'], period)}
+  metrics = {'atas_step': alpha.mean() / a.eps}
+  return _Adversarial(jax.lax.stop_gradient(delta), start, start.state, rows, metrics)
+
+
+def _forward_order(method: Method) -> tuple[str, ...]:
+  """The training forwards ('clean': x, 'adv': x + δ) in the order of the official code; each
+  updates the BatchNorm running statistics, and the loss uses the first of each kind.
+
+  TRADES `trades_loss`: f(x), then f(x') and f(x) inside the KL; TRADES-AWP's loop: f(x'),
+  f(x) (KL), f(x) (CE); MART: f(x), f(x').
+  """
+  if method.trades is not None:
+    return ('adv', 'clean', 'clean') if method.awp is not None else ('clean', 'adv', 'clean')
+  if method.mart is not None:
+    return ('clean', 'adv')
+  return ('adv',)
+
+
+def _base_loss(method: Method, logits: dict, labels, start_logits, targets):
+  """The objective before regularisers, and its terms to log."""
+  if method.trades is not None:
+    loss, terms = trades_loss(logits['clean'], logits['adv'], labels, beta=method.trades.beta)
+    return loss, {'trades_natural': terms.natural, 'trades_robust': terms.robust}
+  if method.mart is not None:
+    loss, terms = mart_loss(logits['clean'], logits['adv'], labels, beta=method.mart.beta)
+    return loss, {'mart_boosted_ce': terms.boosted_ce, 'mart_robust': terms.robust}
+  if method.mep is not None:
+    return mep_loss(logits['adv'], start_logits, targets, lam=method.mep.lam), {}
+  return cross_entropy(logits['adv'], labels).mean(), {}
+
+
+def _awp_deltas(loss_fn: Callable, params, paths, gamma: float, active):
+  """AWP's v along ∇ `loss_fn` (the training objective in train-mode BN, its statistics
+  discarded, as the official proxy model); a zero gradient while not `active` gives v = 0."""
+  loss_grads = jax.lax.cond(active, jax.grad(loss_fn),
+                            lambda p: jax.tree.map(jnp.zeros_like, p), params)
+  return awp_perturbation(params, loss_grads, paths, gamma)
+
+
 def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_decay: float,
                     augment_mode: str, key):
   """``train_step(state, images_uint8, labels, indices) -> (state, metrics)``, pure, jittable.
@@ -142,6 +222,8 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
   """
   attack = method.attack
   num_classes = model.module.num_classes
+  num_epochs = schedule.total_steps // schedule.steps_per_epoch
+  forward_order = _forward_order(method)
 
   def mep_targets(y):
     return smoothed_labels(y, num_classes, method.mep.label_smoothing)
@@ -151,17 +233,33 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
       period = ts.step // (schedule.steps_per_epoch * method.mep.reset_every)
       return _mep_attack(model, method, ts.params, ts.batch_stats, x, mep_targets(y), init_key,
                          rows, aug, period)
+    if method.atas is not None:
+      epoch = ts.step // schedule.steps_per_epoch
+      period = _atas_reset_period(epoch, method.atas.reset_every, num_epochs)
+      return _atas_attack(model, method, ts.params, ts.batch_stats, x, y, init_key, rows, aug,
+                          epoch, period)
+    if attack.loss == 'kl':
+      adv = kl_attack(model.apply, ts.params, ts.batch_stats, x, init_key, eps=attack.eps,
+                      alpha=attack.alpha, steps=attack.steps, init=attack.init,
+                      init_scale=attack.init_scale, train=attack.train_bn)
+      return _Adversarial(adv.delta, None, adv.state, rows)
     if attack.steps > 1:
       adv = pgd_attack(model.apply, ts.params, ts.batch_stats, x, y, init_key, eps=attack.eps,
                        alpha=attack.alpha, steps=attack.steps, train=attack.train_bn,
-                       freeze_misclassified=False, init_scale=attack.init_scale)
-      return _Adversarial(adv.delta, None, adv.state, rows)
+                       freeze_misclassified=False, init=attack.init,
+                       init_scale=attack.init_scale)
+      state = adv.state
+      if method.robust_overfitting_forwards:  # attack_pgd's restart-loss forward
+        state = model.apply(ts.params, state, x + adv.delta, attack.train_bn)[1]
+      return _Adversarial(adv.delta, None, state, rows)
     eta = init_perturbation(init_key, x, attack.eps, attack.init, attack.init_scale)
     start = start_point(model, ts.params, ts.batch_stats, x, eta,
                         lambda z: cross_entropy(z, y), train=attack.train_bn,
                         with_params=method.lap is not None)
-    delta = sign_step(x, eta, start.grad_eta, eps=attack.eps, alpha=attack.alpha,
-                      project=attack.project)
+    grad = start.grad_eta
+    if method.zerograd is not None:
+      grad = zero_small_gradients(grad, method.zerograd.q)
+    delta = sign_step(x, eta, grad, eps=attack.eps, alpha=attack.alpha, project=attack.project)
     return _Adversarial(delta, start, start.state, rows)
 
   def train_step(ts: TrainState, images, labels, indices):
@@ -171,7 +269,7 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
     x = augment_with(aug, images)
     hyper = schedule(ts.step)
     adv = adversarial(ts, x, labels, init_key, _gather(ts.examples, indices), aug)
-    params, state, metrics = ts.params, adv.state, {}
+    params, state, metrics = ts.params, adv.state, dict(adv.metrics or {})
     if method.lap is not None:
       params, metrics['lap_norm'] = lap_perturb(
           params, adv.start.grad_params, ts.momentum, hyper, weight_decay,
@@ -184,15 +282,17 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
       grad_clean, state = g.grad, g.state
 
     def objective(params, start_logits):
-      logits, new_state, _ = model.apply(params, state, x + adv.delta, True)
-      ce = cross_entropy(logits, labels).mean()
-      aux = {'ce': ce, 'accuracy': accuracy(logits, labels).mean()}
-      if method.mep is not None:
-        loss = mep_loss(logits, start_logits, mep_targets(labels), lam=method.mep.lam)
-      else:
-        loss = ce
+      logits, new_state = {}, state
+      for name in forward_order:
+        out, new_state, _ = model.apply(params, new_state, x + adv.delta if name == 'adv' else x,
+                                        True)
+        logits.setdefault(name, out)
+      loss, aux = _base_loss(method, logits, labels, start_logits,
+                             None if method.mep is None else mep_targets(labels))
+      aux.update(ce=cross_entropy(logits['adv'], labels).mean(),
+                 accuracy=accuracy(logits['adv'], labels).mean())
       if method.aaer is not None:
-        reg, stats = aaer_regularizer(start_logits, logits, labels, **vars(method.aaer))
+        reg, stats = aaer_regularizer(start_logits, logits['adv'], labels, **vars(method.aaer))
         loss += reg
         aux.update({f'aaer_{k}': v for k, v in stats._asdict().items()})
       if method.gradalign is not None:
@@ -204,6 +304,13 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
       return loss, (new_state, {**aux, 'loss': loss})
 
     start_logits = None if adv.start is None else adv.start.logits
+    if method.awp is not None:
+      active = ts.step >= method.awp.warmup_epochs * schedule.steps_per_epoch
+      paths = model.weight_layer_order(params)
+      awp_deltas = _awp_deltas(lambda p: objective(p, start_logits)[0], params, paths,
+                               method.awp.gamma, active)
+      params = add_at_paths(params, paths, awp_deltas)
+      metrics['awp_norm'] = jnp.sqrt(sum(jnp.sum(d ** 2) for d in awp_deltas))
     if method.mep is not None:  # FGSM-MEP's loss also differentiates through f(x + P)
       (grads, d_start), (batch_stats, aux) = jax.grad(objective, argnums=(0, 1), has_aux=True)(
           params, start_logits)
@@ -211,6 +318,11 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
     else:
       grads, (batch_stats, aux) = jax.grad(objective, has_aux=True)(params, start_logits)
     params, momentum = optim.sgd_update(params, grads, ts.momentum, hyper, weight_decay)
+    if method.awp is not None:
+      params = add_at_paths(params, paths, awp_deltas, sign=-1.0)
+    if method.robust_overfitting_forwards:  # the official loop's clean-accuracy forward
+      clean_logits, batch_stats, _ = model.apply(params, batch_stats, x, True)
+      metrics['clean_accuracy'] = accuracy(clean_logits, labels).mean()
     metrics.update(aux, lr=hyper.lr, momentum=hyper.momentum)
     examples = _scatter(ts.examples, indices, adv.rows)
     return TrainState(ts.step + 1, params, batch_stats, momentum, examples), metrics
