@@ -2,9 +2,15 @@
 
 batch (uint8, sharded) → augment → start point η and one forward/backward there
 (∇_η; also ∇_w for LAP) → δ = box(Π_ε(η + α·sign ∇_η)) → [LAP: perturb w] →
-objective at x + δ (CE, or FGSM-MEP's loss) [+ AAER] [+ GradAlign] → ∇_w →
-SGD → per-example state written back. PGD-AT replaces the single step by
-`pgd_attack`.
+objective at x + δ (CE, FGSM-MEP's loss, or L_co on the masked forward)
+[+ AAER] [+ GradAlign] [+ L_stable] → ∇_w → SGD → per-example state written
+back. PGD-AT replaces the single step by `pgd_attack`.
+
+Terms that compare the adversarial forward with the start forward (FGSM-MEP's
+logit pairing, L_stable, L_co's L_stable(C_p)) differentiate through both
+forwards: the start forward's features and logits come from the attack's own
+forward, and their cotangents are pulled back through it (FGSM-MEP's official
+code keeps that graph with ``retain_graph``; L_stable and L_co are built on it).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from fat_jax.data import (Augmentation, augment_with, draw_augmentation, to_batc
                           to_stored_frame)
 from fat_jax.losses import accuracy, cross_entropy, smoothed_labels, soft_cross_entropy
 from fat_jax.losses.aaer import aaer_regularizer
+from fat_jax.losses.feature_diff import co_loss, stable_loss
 from fat_jax.losses.gradalign import gradalign_regularizer
 from fat_jax.losses.mep import mep_loss
 from fat_jax.methods.spec import Method
@@ -56,8 +63,9 @@ def init_examples(method: Method, num_examples: int, frame_shape: tuple[int, ...
   """
   if method.mep is None:
     return {}
-  zeros = jnp.zeros((num_examples, *frame_shape), jnp.float32)
-  return {'prior': zeros, 'momentum': zeros,
+  # Two buffers: the train step donates the state, and one buffer cannot be donated twice.
+  zeros = lambda: jnp.zeros((num_examples, *frame_shape), jnp.float32)
+  return {'prior': zeros(), 'momentum': zeros(),
           'period': jnp.full((num_examples,), -1, jnp.int32)}
 
 
@@ -69,30 +77,44 @@ class StartPoint(NamedTuple):
   state: Any                 # BatchNorm statistics after this forward
   grad_eta: jax.Array        # ∇_η of the mean start loss
   grad_params: Any           # ∇_w of the mean start loss (None unless asked for)
-  pullback: Optional[Callable]  # logits cotangent → (∇_w, ∇_η) (None unless asked for)
+  pullback: Optional[Callable]  # (logits, {tapped node}) cotangents → (∇_w, ∇_η), or None
 
 
 def start_point(model, params, state, x, eta, loss_fn: Callable, *, train: bool,
-                with_params: bool) -> StartPoint:
+                with_params: bool, taps: tuple[str, ...] = ()) -> StartPoint:
   """One forward at x + η and one backward of mean `loss_fn(logits)`.
 
   With `with_params` the backward also gives ∇_w (LAP's proxy step) and the
-  pullback through the logits is kept (FGSM-MEP's loss differentiates through
-  f(x + η), as its official code does with ``retain_graph``).
+  pullback is kept: it maps cotangents of the logits and of the features of the
+  nodes in `taps`, ``(d_logits, {node: d_feature})``, to (∇_w, ∇_η), so a loss on
+  f(x + η) or M(x + η) differentiates through this forward (FGSM-MEP's official
+  code keeps its graph with ``retain_graph``).
   """
   def forward(params, eta):
     logits, new_state, features = model.apply(params, state, x + eta, train)
-    return logits, (new_state, features)
+    return (logits, {node: features[node] for node in taps}), (new_state, features)
 
   if with_params:
-    logits, pullback, (new_state, features) = jax.vjp(forward, params, eta, has_aux=True)
+    out, pullback, (new_state, features) = jax.vjp(forward, params, eta, has_aux=True)
   else:
-    logits, pull_eta, (new_state, features) = jax.vjp(lambda e: forward(params, e), eta,
-                                                       has_aux=True)
+    out, pull_eta, (new_state, features) = jax.vjp(lambda e: forward(params, e), eta,
+                                                   has_aux=True)
     pullback = lambda d: (None, *pull_eta(d))
-  g_params, g_eta = pullback(jax.grad(lambda z: loss_fn(z).mean())(logits))
+  logits, tapped = out
+  d_logits = jax.grad(lambda z: loss_fn(z).mean())(logits)
+  g_params, g_eta = pullback((d_logits, jax.tree.map(jnp.zeros_like, tapped)))
   return StartPoint(eta, logits, features, new_state, g_eta, g_params,
                     pullback if with_params else None)
+
+
+def feature_taps(method: Method) -> tuple[str, ...]:
+  """The nodes whose start-point features a loss of `method` differentiates through."""
+  return tuple(sorted({spec.node for spec in (method.stable, method.co) if spec is not None}))
+
+
+def pairs_with_start(method: Method) -> bool:
+  """Whether the objective differentiates through the start forward (see the module doc)."""
+  return method.mep is not None or bool(feature_taps(method))
 
 
 def _gather(tree, indices):
@@ -124,7 +146,7 @@ def _mep_attack(model, method: Method, params, state, x, targets, key, rows, aug
   prior, momentum = (to_batch_frame(t, aug) for t in (stored_prior, stored_momentum))
   start = start_point(model, params, state, x, prior,
                       lambda z: soft_cross_entropy(z, targets), train=a.train_bn,
-                      with_params=True)
+                      with_params=True, taps=feature_taps(method))
   delta, prior, momentum = prior_guided_step(x, prior, momentum, start.grad_eta, eps=a.eps,
                                              alpha=a.alpha, decay=spec.decay)
   rows = {'prior': to_stored_frame(stored_prior, prior, aug),
@@ -142,6 +164,7 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
   """
   attack = method.attack
   num_classes = model.module.num_classes
+  co_masks = None if method.co is None else {method.co.node: 1.0 - method.co.indicator()}
 
   def mep_targets(y):
     return smoothed_labels(y, num_classes, method.mep.label_smoothing)
@@ -159,7 +182,8 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
     eta = init_perturbation(init_key, x, attack.eps, attack.init, attack.init_scale)
     start = start_point(model, ts.params, ts.batch_stats, x, eta,
                         lambda z: cross_entropy(z, y), train=attack.train_bn,
-                        with_params=method.lap is not None)
+                        with_params=method.lap is not None or pairs_with_start(method),
+                        taps=feature_taps(method))
     delta = sign_step(x, eta, start.grad_eta, eps=attack.eps, alpha=attack.alpha,
                       project=attack.project)
     return _Adversarial(delta, start, start.state, rows)
@@ -183,14 +207,27 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
       g = input_gradient(model.apply, params, state, x, labels, jnp.zeros_like(x), train=True)
       grad_clean, state = g.grad, g.state
 
-    def objective(params, start_logits):
-      logits, new_state, _ = model.apply(params, state, x + adv.delta, True)
+    def objective(params, start_out):
+      start_logits, start_features = start_out
+      logits, new_state, features = model.apply(params, state, x + adv.delta, True,
+                                                masks=co_masks)
       ce = cross_entropy(logits, labels).mean()
       aux = {'ce': ce, 'accuracy': accuracy(logits, labels).mean()}
-      if method.mep is not None:
+      if method.co is not None:  # the logits are those of the forward with C_p masked
+        node = method.co.node
+        loss = co_loss(logits, labels, features[node], start_features[node],
+                       method.co.indicator(), alpha3=method.co.alpha3,
+                       saturation=method.co.saturation or None)
+        aux['co_difference'] = ce - loss
+      elif method.mep is not None:
         loss = mep_loss(logits, start_logits, mep_targets(labels), lam=method.mep.lam)
       else:
         loss = ce
+      if method.stable is not None:
+        node = method.stable.node
+        reg = stable_loss(features[node], start_features[node], alpha3=method.stable.alpha3)
+        loss += reg
+        aux['stable_loss'] = reg
       if method.aaer is not None:
         reg, stats = aaer_regularizer(start_logits, logits, labels, **vars(method.aaer))
         loss += reg
@@ -203,13 +240,14 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
         aux.update(gradalign_cos=cos, gradalign_reg=reg)
       return loss, (new_state, {**aux, 'loss': loss})
 
-    start_logits = None if adv.start is None else adv.start.logits
-    if method.mep is not None:  # FGSM-MEP's loss also differentiates through f(x + P)
+    start_out = (None, {}) if adv.start is None else (
+        adv.start.logits, {node: adv.start.features[node] for node in feature_taps(method)})
+    if pairs_with_start(method):  # the loss also differentiates through f(x + η), M(x + η)
       (grads, d_start), (batch_stats, aux) = jax.grad(objective, argnums=(0, 1), has_aux=True)(
-          params, start_logits)
+          params, start_out)
       grads = jax.tree.map(jnp.add, grads, adv.start.pullback(d_start)[0])
     else:
-      grads, (batch_stats, aux) = jax.grad(objective, has_aux=True)(params, start_logits)
+      grads, (batch_stats, aux) = jax.grad(objective, has_aux=True)(params, start_out)
     params, momentum = optim.sgd_update(params, grads, ts.momentum, hyper, weight_decay)
     metrics.update(aux, lr=hyper.lr, momentum=hyper.momentum)
     examples = _scatter(ts.examples, indices, adv.rows)
