@@ -1,5 +1,6 @@
 """A run's files in its workdir: ``config.json``, ``metrics.jsonl`` (one JSON
-record per epoch) and ``results.json`` (the final evaluation)."""
+record per epoch), ``monitor.jsonl`` (the monitor every `eval.monitor_every_steps`
+steps inside epochs, if set) and ``results.json`` (the final evaluation)."""
 from __future__ import annotations
 
 import json
@@ -7,17 +8,19 @@ import os
 
 CONFIG = 'config.json'
 METRICS = 'metrics.jsonl'
+MONITOR = 'monitor.jsonl'
 RESULTS = 'results.json'
 
 
-def append_record(workdir: str, record: dict) -> None:
-  with open(os.path.join(workdir, METRICS), 'a') as f:
+def append_record(workdir: str, record: dict, name: str = METRICS) -> None:
+  with open(os.path.join(workdir, name), 'a') as f:
     f.write(json.dumps(record) + '\n')
 
 
-def read_records(workdir: str, up_to_epoch: int | None = None) -> list[dict]:
-  """The epoch records, keeping only epochs ≤ `up_to_epoch` (rewriting the file)."""
-  path = os.path.join(workdir, METRICS)
+def read_records(workdir: str, up_to_epoch: int | None = None,
+                 name: str = METRICS) -> list[dict]:
+  """The records of `name`, keeping only epochs ≤ `up_to_epoch` (rewriting the file)."""
+  path = os.path.join(workdir, name)
   if not os.path.exists(path):
     return []
   with open(path) as f:
