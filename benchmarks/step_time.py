@@ -19,12 +19,17 @@ import ml_collections
 
 from fat_jax import optim
 from fat_jax.config import default_config
-from fat_jax.data import DATASET_INFOS
-from fat_jax.methods import init_train_state, make_train_step, resolve_method
+from fat_jax.data import DATASET_INFOS, stored_frame_shape
+from fat_jax.methods import init_examples, init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
 
-# name → method config fields (the ε = 8/255 recipes: R-LAP, RS-AAER, GradAlign).
+# name → method config fields (the ε = 8/255 recipes: R-LAP, RS-AAER, GradAlign); 'name'
+# overrides the method name (a component on another method).
 METHODS = {
+    'fgsm': {},
+    'fgsm_stable': dict(name='fgsm', stable_alpha3=200.0),
+    'fgsm_mep': {},
+    'fd': {},
     'fgsm_rs': {},
     'n_fgsm': {},
     'lap': dict(init='uniform', init_scale=1.0, alpha=1.25, project=True, lap_beta=0.002),
@@ -62,17 +67,20 @@ def main():
   labels = jax.random.randint(jax.random.key(2), (args.batch,), 0, 10)
   indices = jnp.arange(args.batch)
   names = args.methods.split(',')
-  steps = {}
+  steps, states = {}, {}
   for name in names:
-    step = jax.jit(make_train_step(model, resolve_method(method_config(name), eps), schedule,
-                                   weight_decay=5e-4, augment_mode='crop_flip',
-                                   key=jax.random.key(3)))
-    jax.block_until_ready(step(state, images, labels, indices))  # compile
+    method = resolve_method(method_config(name), eps)
+    step = jax.jit(make_train_step(model, method, schedule, weight_decay=5e-4,
+                                   augment_mode='crop_flip', key=jax.random.key(3)))
+    # lr > 0 (LAP's direction ≠ 0); per-example state (FGSM-MEP) for the batch's examples.
+    states[name] = state._replace(step=jnp.asarray(500, jnp.int32), examples=init_examples(
+        method, args.batch, stored_frame_shape(info.image_shape, info.augment)))
+    jax.block_until_ready(step(states[name], images, labels, indices))  # compile
     steps[name] = step
   times = {name: [] for name in names}
   for _ in range(args.rounds):
     for name in names:
-      ts = state._replace(step=jnp.asarray(500, jnp.int32))  # lr > 0: LAP's direction ≠ 0
+      ts = states[name]
       start = time.perf_counter()
       for _ in range(args.steps):
         ts, metrics = steps[name](ts, images, labels, indices)
