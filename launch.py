@@ -5,6 +5,9 @@
       --config.data.dir=/data/cifar10 --config.num_epochs=15
   python launch.py --config=configs/fgsm_rs_eps8.py --workdir=runs/fgsm_rs --mode=eval \\
       --config.eval.suite=aa_standard --config.eval.n=1000
+  python launch.py --config=configs/fd.py --workdir=runs/fd --mode=analyze
+  python launch.py --config=configs/fd.py --workdir=runs/fd --mode=noise_eval \\
+      --config.eval.input_noise=0.0627
 
 ``--config.<field>=<value>`` overrides any field; the configs are locked, so a
 misspelt field is an error.
@@ -16,16 +19,22 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from fat_jax.evaluate import evaluate_checkpoint
+from fat_jax.feature_analysis import analyze_checkpoint
+from fat_jax.noise_eval import evaluate_noise_checkpoint
 from fat_jax.parallel import initialize_distributed, is_writer
 from fat_jax.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file in configs/.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'analyze', 'noise_eval'],
                           'train: train (resuming from --workdir) and evaluate; eval: evaluate '
                           'the latest checkpoint in --workdir with the suite config.eval.suite '
-                          'into WORKDIR/eval_<suite>.json.')
+                          'into WORKDIR/eval_<suite>.json; analyze: feature-activation '
+                          'differences (V_act, T_act, channel masking; config.analysis) into '
+                          'WORKDIR/analysis.json and WORKDIR/tact.npz; noise_eval: inference '
+                          'noise config.eval.input_noise attacked non-adaptively and with EOT '
+                          'into WORKDIR/eval_noise.json.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -38,6 +47,15 @@ def main(argv):
   # Process 0 reports; the others only warn.
   logging.getLogger('fat_jax').setLevel(logging.INFO if is_writer() else logging.WARNING)
   config.progress = config.progress and is_writer()
+  if _MODE.value == 'analyze':
+    analyze_checkpoint(config, _WORKDIR.value)
+    logging.getLogger('fat_jax').info('Results: %s/analysis.json, %s/tact.npz', _WORKDIR.value,
+                                      _WORKDIR.value)
+    return
+  if _MODE.value == 'noise_eval':
+    evaluate_noise_checkpoint(config, _WORKDIR.value)
+    logging.getLogger('fat_jax').info('Results: %s/eval_noise.json', _WORKDIR.value)
+    return
   if _MODE.value == 'eval':
     report = evaluate_checkpoint(config, _WORKDIR.value)
     logging.getLogger('fat_jax').info(

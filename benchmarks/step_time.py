@@ -26,6 +26,10 @@ from fat_jax.models import build_model
 # label → method config fields; `name` defaults to the label (the ε = 8/255 recipes: R-LAP,
 # RS-AAER, GradAlign; AT-AWP and TRADES-AWP with their official γ).
 METHODS = {
+    'fgsm': {},
+    'fgsm_stable': dict(name='fgsm', stable_alpha3=200.0),
+    'fgsm_mep': {},
+    'fd': {},
     'fgsm_rs': {},
     'n_fgsm': {},
     'lap': dict(init='uniform', init_scale=1.0, alpha=1.25, project=True, lap_beta=0.002),

@@ -68,6 +68,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.method.atas_max_step = 1.75                         # official: 14/255
   c.method.atas_warmup_epochs = 5                       # constant step α before
   c.method.atas_reset_every = 10                        # epochs between re-draws of the state
+  # Feature-activation differences (Zhao et al., ECCV 2024): L_stable and L_co at one node.
+  c.method.feature_node = 'B'                           # node of L_stable and L_co
+  c.method.stable_alpha3 = config_dict.placeholder(float)  # L_stable weight α3 (fd: 200)
+  c.method.co_tact_file = ''                            # L_co: T_act file (--mode=analyze)
+  c.method.co_percent = 10.0                            # L_co: top p% channels by T_act
+  c.method.co_alpha3 = 200.0                            # L_co: weight of −L_stable(C_p)
+  c.method.co_saturation = 100.0                        # L_co: tanh(a·D)/a bound; 0 = Eq. 9
 
   c.optim = ml_collections.ConfigDict()
   c.optim.schedule = 'cyclic'     # 'cyclic' | 'piecewise' | 'multistep' | 'constant'
@@ -88,6 +95,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.monitor_n = 1000         # per-epoch monitor: first n test points
   c.eval.monitor_pgd_steps = 10
   c.eval.monitor_pgd_restarts = 1
+  c.eval.monitor_every_steps = 0  # > 0: also monitor every k steps into monitor.jsonl
   # `launch.py --mode=eval`: an attack suite on a checkpoint (fat_jax.evaluate.evaluate).
   c.eval.suite = 'pgd'            # 'aa_standard' | 'aa_rand' | 'pgd' | 'transfer' | 'custom'
   c.eval.attacks = ()             # 'custom' (and 'transfer'): names in fat_jax.evaluate.ATTACKS
@@ -103,11 +111,22 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.n_draws = 100            # M fresh draws score each point of a randomised model
   c.eval.input_noise = 0.0        # > 0: evaluate f(x + r), r ~ U(±a) or N(0, a²)
   c.eval.noise_kind = 'uniform'   # 'uniform' | 'gaussian'
+  c.eval.noise_clip = False       # clip x + r to [0, 1]
   c.eval.surrogate_workdir = ''   # 'transfer': the run whose latest checkpoint attacks
   c.eval.checks = True            # sanity checks (fat_jax.sanity)
   c.eval.check_pgd_steps = 20
   c.eval.square_check = False     # run Square after a suite without it
   c.eval.eps_sweep = False        # APGD-CE over ε ∈ {0, ε/2, ε, 2ε, 1}
+
+  # `launch.py --mode=analyze`: feature-activation differences of a checkpoint (SPEC §2.4).
+  c.analysis = ml_collections.ConfigDict()
+  c.analysis.n_train = 5000       # training points for V_act and T_act (first n; 0 = all)
+  c.analysis.n = 1000             # test points for the masked accuracies (first n; 0 = all)
+  c.analysis.attack = 'fgsm'      # δ of V_act and T_act: 'fgsm' (zero init, α = ε) | 'pgd'
+  c.analysis.tact_scale = 100.0   # a in T_act = tanh(a · mean squared difference)
+  c.analysis.alpha2 = (1.0, 0.99, 0.5, 0.1)  # mask channels with T_act > α2
+  c.analysis.pgd_steps = 10       # PGD (step ε/4, 1 restart) of the analysis
+  c.analysis.batch_size = 256
 
   c.co_monitor = ml_collections.ConfigDict()
   c.co_monitor.drop = 0.2         # PGD accuracy below its best by more than this ...

@@ -37,6 +37,7 @@ from fat_jax.attacks.eot import (eot_loss_and_grad, randomized_gradient, randomi
 from fat_jax.checkpoint import Checkpointer
 from fat_jax.data import augment, load_dataset, shard_batch
 from fat_jax.losses import accuracy, cross_entropy
+from fat_jax.losses.feature_diff import feature_distance
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
 from fat_jax.parallel import to_host
@@ -59,16 +60,22 @@ class PGDSettings:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def robust_flags(model, settings: PGDSettings, params, state, images, labels, key):
-  """Per-example correctness {'clean', 'fgsm', 'pgd'} in eval mode (BN running stats)."""
+  """Per-example correctness {'clean', 'fgsm', 'pgd'} in eval mode (BN running stats), and
+  'vact': {'fgsm'|'pgd': {node: ‖M(x) − M(x + δ)‖₂ per example}} from the same forwards."""
   x = augment(key, images, mode='none')
-  clean = accuracy(model.apply(params, state, x, False)[0], labels)
+  clean_logits, _, clean_features = model.apply(params, state, x, False)
+  clean = accuracy(clean_logits, labels)
   eps = settings.eps
   fgsm = fgsm_attack(model.apply, params, state, x, labels, key, eps=eps, alpha=eps, train=False)
   pgd = pgd_attack(model.apply, params, state, x, labels, key, eps=eps, alpha=settings.alpha,
                    steps=settings.steps, restarts=settings.restarts)
-  fgsm_ok = accuracy(model.apply(params, state, x + fgsm.delta, False)[0], labels)
-  pgd_ok = accuracy(model.apply(params, state, x + pgd.delta, False)[0], labels)
-  return {'clean': clean, 'fgsm': clean * fgsm_ok, 'pgd': clean * pgd_ok}
+  flags, vact = {'clean': clean}, {}
+  for name, delta in (('fgsm', fgsm.delta), ('pgd', pgd.delta)):
+    logits, _, features = model.apply(params, state, x + delta, False)
+    flags[name] = clean * accuracy(logits, labels)
+    vact[name] = {node: feature_distance(clean_features[node], features[node])
+                  for node in features}
+  return {**flags, 'vact': vact}
 
 
 def evaluate_robustness(model, params, state, images, labels, settings: PGDSettings, *,
@@ -76,7 +83,9 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
                         progress: bool = True) -> dict:
   """Clean / FGSM / PGD accuracy over uint8 `images`, padded to whole batches.
 
-  Returns the accuracies, the per-point flags, the settings and the wall time.
+  Returns the accuracies, the per-point flags, the settings, the wall time and
+  V_act = mean ‖M_i(x) − M_i(x + δ)‖₂ per feature node i (SPEC §2.4) at the FGSM
+  point ('vact') and at the PGD point ('vact_pgd').
   """
   n = len(images)
   start = time.time()
@@ -90,10 +99,14 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
     xb, yb = shard_batch((x, y), mesh)
     key = jax.random.fold_in(jax.random.key(seed), i)
     out = robust_flags(model, settings, params, state, xb, yb, key)
-    chunks.append({k: to_host(v)[:batch_size - pad] for k, v in out.items()})
-  flags = {k: np.concatenate([c[k] for c in chunks]).astype(bool) for k in chunks[0]}
+    chunks.append(jax.tree.map(lambda v, keep=batch_size - pad: to_host(v)[:keep], out))
+  merged = jax.tree.map(lambda *c: np.concatenate(c), *chunks)
+  vact = {point: {node: float(v.mean()) for node, v in nodes.items()}
+          for point, nodes in merged.pop('vact').items()}
+  flags = {k: v.astype(bool) for k, v in merged.items()}
   return {
       **{f'{k}_accuracy': float(v.mean()) for k, v in flags.items()},
+      'vact': vact['fgsm'], 'vact_pgd': vact['pgd'],
       'n': n, 'eps': settings.eps, 'pgd_steps': settings.steps,
       'pgd_restarts': settings.restarts, 'pgd_step_size': settings.alpha,
       'seed': seed, 'wall_time_s': time.time() - start, 'flags': flags,
@@ -648,8 +661,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     other, other_ts, _ = restore_model(ml_collections.ConfigDict(stored['model']), data.info,
                                        e.surrogate_workdir)
     surrogate = (other.apply, other_ts.params, other_ts.batch_stats)
-  apply_fn = (with_input_noise(model.apply, e.input_noise, e.noise_kind) if e.input_noise
-              else model.apply)
+  apply_fn = (with_input_noise(model.apply, e.input_noise, e.noise_kind, e.noise_clip)
+              if e.input_noise else model.apply)
   options = {f.name: e[f.name] for f in dataclasses.fields(SuiteOptions)
              if e.get(f.name) is not None}
   report = evaluate(apply_fn, ts.params, ts.batch_stats, x, data.test_labels[:n], suite=e.suite,

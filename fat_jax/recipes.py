@@ -103,3 +103,69 @@ def pgd_at_rice_config():
   c.optim.schedule = 'piecewise'
   c.optim.lr_max = 0.1
   return c
+
+
+# Feature-difference paper (Zhao et al., ECCV 2024) grids and FGSM-MEP's per-data reset period
+# (`jiaxiaojunQAQ/FGSM-PGI`: --epochs_reset 40 in FGSM_MEP.py, 10 in FGSM_MEP_cifar100.py).
+FD_EPS = (8, 10, 12, 14, 16)
+FD_ALPHA3 = (100, 200, 300, 400, 1000)
+FD_PERCENT = (1, 3, 10, 20)
+FD_EVAL_EPS = 16
+MEP_RESET_EVERY = {'cifar10': 40, 'cifar100': 10}
+
+
+def mep_config(eps_255: int = 8, data: str = 'cifar10'):
+  """FGSM-MEP with the defaults of `jiaxiaojunQAQ/FGSM-PGI FGSM_MEP.py`: ResNet-18, batch 128,
+  110 epochs, multistep lr 0.1 (× 0.1 after epochs 100 and 105), SGD momentum 0.9, weight
+  decay 5e-4, α = ε, label smoothing 0.6, λ = 10, momentum decay 0.3."""
+  if data not in MEP_RESET_EVERY:
+    raise ValueError(f'FGSM-MEP recipes exist for {sorted(MEP_RESET_EVERY)}, got {data!r}.')
+  c = _cifar(eps_255, data)
+  c.model.name = 'resnet18'
+  c.method.name = 'fgsm_mep'
+  c.method.mep_reset_every = MEP_RESET_EVERY[data]
+  c.num_epochs = 110
+  c.optim.schedule = 'multistep'
+  c.optim.lr_max = 0.1
+  c.optim.milestones = (100, 105)
+  c.optim.gamma = 0.1
+  return c
+
+
+def parse_fd_arg(arg: str) -> dict:
+  """``<data>_eps<E>[_a<α3>|_p<P>|_mep]`` → {'data', 'eps', 'alpha3' | 'percent' | 'mep'}."""
+  fields, parts = {}, arg.split('_')
+  if len(parts) < 2 or parts[0] not in MEP_RESET_EVERY or not parts[1].startswith('eps'):
+    raise ValueError(f'Expected <data>_eps<E>[_a<alpha3>|_p<percent>|_mep] with data in '
+                     f'{sorted(MEP_RESET_EVERY)}, got {arg!r}.')
+  fields['data'], fields['eps'] = parts[0], int(parts[1][3:])
+  for part in parts[2:]:
+    if part == 'mep':
+      fields['mep'] = True
+    elif part[:1] == 'a' and part[1:].isdigit():
+      fields['alpha3'] = float(part[1:])
+    elif part[:1] == 'p' and part[1:].isdigit():
+      fields['percent'] = float(part[1:])
+    else:
+      raise ValueError(f'Unknown part {part!r} of {arg!r}; expected a<alpha3>, p<percent> or mep.')
+  return fields
+
+
+def fd_config(eps_255: int = 12, data: str = 'cifar10', alpha3: float = 200.0):
+  """FD = FGSM-MEP + L_stable (node B, weight α3) on the FGSM-MEP recipe, evaluated at
+  ε = 16/255 as in the feature-difference paper."""
+  c = mep_config(eps_255, data)
+  c.method.name = 'fd'
+  c.method.stable_alpha3 = alpha3
+  c.eval.eps = FD_EVAL_EPS / 255
+  return c
+
+
+def induce_co_config(eps_255: int = 8, data: str = 'cifar10', percent: float = 10.0):
+  """FGSM-MEP's attack with L_co on the top `percent`% channels of node B by T_act (the T_act
+  file comes from ``--mode=analyze`` of a checkpoint: ``--config.method.co_tact_file``)."""
+  c = mep_config(eps_255, data)
+  c.method.name = 'induce_co'
+  c.method.co_percent = percent
+  c.eval.eps = FD_EVAL_EPS / 255
+  return c

@@ -1,5 +1,6 @@
 """A run's files in its workdir: ``config.json``, ``metrics.jsonl`` (one JSON
-record per epoch), ``results.json`` (the final evaluation) and per-point arrays
+record per epoch), ``monitor.jsonl`` (the monitor every `eval.monitor_every_steps`
+steps inside epochs, if set), ``results.json`` (the final evaluation) and per-point arrays
 (``.npz``). Only process 0 of a multi-host run writes (`fat_jax.parallel.is_writer`);
 every process can read.
 """
@@ -14,19 +15,21 @@ from fat_jax.parallel import is_writer
 
 CONFIG = 'config.json'
 METRICS = 'metrics.jsonl'
+MONITOR = 'monitor.jsonl'
 RESULTS = 'results.json'
 
 
-def append_record(workdir: str, record: dict) -> None:
+def append_record(workdir: str, record: dict, name: str = METRICS) -> None:
   if not is_writer():
     return
-  with open(os.path.join(workdir, METRICS), 'a') as f:
+  with open(os.path.join(workdir, name), 'a') as f:
     f.write(json.dumps(record) + '\n')
 
 
-def read_records(workdir: str, up_to_epoch: int | None = None) -> list[dict]:
-  """The epoch records, keeping only epochs ≤ `up_to_epoch` (rewriting the file)."""
-  path = os.path.join(workdir, METRICS)
+def read_records(workdir: str, up_to_epoch: int | None = None,
+                 name: str = METRICS) -> list[dict]:
+  """The records of `name`, keeping only epochs ≤ `up_to_epoch` (rewriting the file)."""
+  path = os.path.join(workdir, name)
   if not os.path.exists(path):
     return []
   with open(path) as f:

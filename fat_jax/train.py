@@ -1,7 +1,8 @@
 """`train_and_evaluate(config, workdir)`: the training loop.
 
-Per epoch: train, evaluate clean / FGSM / PGD on a fixed test subset, check for
-catastrophic overfitting, append a record to ``metrics.jsonl``, checkpoint. A
+Per epoch: train, evaluate clean / FGSM / PGD on a fixed test subset (with the
+feature-activation differences V_act per node at the FGSM and PGD points), check
+for catastrophic overfitting, append a record to ``metrics.jsonl``, checkpoint. A
 rerun with the same workdir resumes from the last checkpoint; the data order
 (seed, epoch) and the step keys (seed, step) make the resumed run identical to
 an uninterrupted one. At the end the last good state is evaluated with PGD-k-r
@@ -31,11 +32,13 @@ from fat_jax.parallel import make_data_mesh, replicate
 log = logging.getLogger('fat_jax')
 
 # Config sections that may change between a run and its resumption.
-RESUMABLE_CHANGES = ('eval', 'co_monitor', 'progress', 'checkpoint_keep', 'distributed')
+RESUMABLE_CHANGES = ('eval', 'co_monitor', 'progress', 'checkpoint_keep', 'distributed',
+                     'analysis')
 NAN_CHECK_EVERY = 20
 # Component statistics shown in the epoch line (all are in metrics.jsonl).
 EXTRA_LOG = {'train_aaer_aae_fraction': 'AAE fraction', 'train_gradalign_cos': 'grad cos',
-             'train_atas_step': 'ATAS step/ε'}
+             'train_atas_step': 'ATAS step/ε', 'train_stable_loss': 'L_stable',
+             'train_co_difference': 'L_stable(C_p)'}
 
 
 class DivergenceError(FloatingPointError):
@@ -63,8 +66,12 @@ def _check_resumable(workdir: str, config) -> None:
   run_log.write_json(workdir, run_log.CONFIG, current)
 
 
-def _train_epoch(train_step, ts, data, config, epoch: int, mesh, steps: int, workdir: str):
-  """One epoch of training; returns the state and the epoch-mean metrics."""
+def _train_epoch(train_step, ts, data, config, epoch: int, mesh, steps: int, workdir: str,
+                 after_step=None):
+  """One epoch of training; returns the state and the epoch-mean metrics.
+
+  `after_step(ts, i)` (optional) runs after the epoch's step i (0-based).
+  """
   batches = iterate_batches(data.train_images, data.train_labels, config.batch_size,
                             config.seed, epoch)
   bar = tqdm(batches, total=steps, desc=f'epoch {epoch}/{config.num_epochs}', leave=False,
@@ -72,6 +79,8 @@ def _train_epoch(train_step, ts, data, config, epoch: int, mesh, steps: int, wor
   sums = None
   for i, (indices, images, labels) in enumerate(bar):
     ts, metrics = train_step(ts, *shard_batch((images, labels, indices), mesh))
+    if after_step is not None:
+      after_step(ts, i)
     sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b, sums, metrics)
     if (i + 1) % NAN_CHECK_EVERY == 0 or i + 1 == steps:
       loss = float(sums['loss']) / (i + 1)
@@ -126,6 +135,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ts = checkpointer.restore(start, ts)
     log.info('Resuming from the checkpoint of epoch %d in %s.', start, workdir)
   history = run_log.read_records(workdir, up_to_epoch=start)
+  run_log.read_records(workdir, up_to_epoch=start, name=run_log.MONITOR)
 
   train_step = jax.jit(make_train_step(model, method, schedule,
                                        weight_decay=config.optim.weight_decay,
@@ -139,17 +149,35 @@ def train_and_evaluate(config, workdir: str) -> dict:
   cm = config.co_monitor
   onset = co_onset(history, drop=cm.drop, gap=cm.gap)
   ts_epoch = start
+  every = config.eval.monitor_every_steps
+  monitor_time = [0.0]  # time of the within-epoch monitor, not counted as training time
+
+  def monitor_within_epoch(epoch):
+    """Every `every` steps inside an epoch: the monitor into monitor.jsonl (SPEC §3)."""
+    def after_step(ts, i):
+      if not every or ((epoch - 1) * steps + i + 1) % every or i + 1 == steps:
+        return
+      r = evaluate_robustness(model, ts.params, ts.batch_stats, monitor_x, monitor_y, monitor,
+                              desc='monitor', **eval_kwargs)
+      monitor_time[0] += r['wall_time_s']
+      run_log.append_record(workdir, {
+          'epoch': epoch - 1 + (i + 1) / steps, 'step': (epoch - 1) * steps + i + 1,
+          **{f'{k}_accuracy': r[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
+          'vact': r['vact'], 'vact_pgd': r['vact_pgd']}, name=run_log.MONITOR)
+    return after_step
 
   for epoch in range(start + 1, config.num_epochs + 1):
     if onset is not None and cm.early_stop:
       break
-    t0 = time.time()
-    ts, record = _train_epoch(train_step, ts, data, config, epoch, mesh, steps, workdir)
-    train_time = time.time() - t0
+    t0, monitor_time[0] = time.time(), 0.0
+    ts, record = _train_epoch(train_step, ts, data, config, epoch, mesh, steps, workdir,
+                              monitor_within_epoch(epoch))
+    train_time = time.time() - t0 - monitor_time[0]
     result = evaluate_robustness(model, ts.params, ts.batch_stats, monitor_x, monitor_y,
                                  monitor, desc='monitor', **eval_kwargs)
     record = {'epoch': epoch, **record,
               **{f'{k}_accuracy': result[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
+              'vact': result['vact'], 'vact_pgd': result['vact_pgd'],
               'train_time_s': train_time, 'eval_time_s': result['wall_time_s']}
     history.append(record)
     onset = co_onset(history, drop=cm.drop, gap=cm.gap)
@@ -157,6 +185,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     run_log.append_record(workdir, record)
     extras = ''.join(f'  {label} {record[key]:.3f}' for key, label in EXTRA_LOG.items()
                      if key in record)
+    if record['vact']:
+      extras += '  V_act ' + ' '.join(f'{node} {v:.3g}' for node, v in record['vact'].items())
     log.info('epoch %d  loss %.4f  train acc %.3f  test clean %.3f  fgsm %.3f  pgd-%d %.3f'
              '%s  (%.0f s)%s', epoch, record['train_loss'], record['train_accuracy'],
              record['clean_accuracy'], record['fgsm_accuracy'], monitor.steps,

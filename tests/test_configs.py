@@ -3,6 +3,7 @@ import glob
 import importlib
 import os
 
+import numpy as np
 import pytest
 
 from fat_jax.methods import resolve_method
@@ -10,7 +11,9 @@ from fat_jax.methods import resolve_method
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
                  if not p.endswith('__init__.py'))
-VARIANTS = {'lap': ('v', 'r', 'n'), 'aaer': ('rs', 'n')}
+VARIANTS = {'lap': ('v', 'r', 'n'), 'aaer': ('rs', 'n'),
+            'fd': ('cifar10_eps12_a200', 'cifar100_eps16_a1000', 'cifar10_eps8_mep'),
+            'induce': ('cifar10_eps8_p10', 'cifar100_eps16_p3')}
 
 
 def configs_with_args():
@@ -21,10 +24,13 @@ def configs_with_args():
 
 
 @pytest.mark.parametrize('name, arg', list(configs_with_args()))
-def test_config_resolves(name, arg):
+def test_config_resolves(name, arg, tmp_path):
   module = importlib.import_module(f'configs.{name}')
   assert 'python launch.py --config=configs/' in module.__doc__ and 'Expected' in module.__doc__
   config = module.get_config(arg) if arg else module.get_config()
+  if config.method.name == 'induce_co':  # its channels come from the T_act file of a checkpoint
+    np.savez(tmp_path / 'tact.npz', B=np.linspace(0, 1, 64))
+    config.method.co_tact_file = str(tmp_path / 'tact.npz')
   method = resolve_method(config.method, config.eps)
   if name.startswith('lap'):
     assert method.lap is not None and method.lap.gamma == 0.3
@@ -43,3 +49,21 @@ def test_recipe_values_follow_the_readmes():
   assert not resolve_method(n.method, n.eps).attack.project
   with pytest.raises(ValueError, match='variant'):
     lap_eps8.get_config('rs_typo')
+
+
+def test_feature_difference_recipes():
+  from configs import fd, fgsm_mep
+  mep = fgsm_mep.get_config()   # jiaxiaojunQAQ/FGSM-PGI FGSM_MEP.py defaults
+  assert (mep.model.name, mep.num_epochs, mep.optim.schedule, mep.optim.lr_max) == (
+      'resnet18', 110, 'multistep', 0.1)
+  assert tuple(mep.optim.milestones) == (100, 105) and mep.method.mep_reset_every == 40
+  method = resolve_method(mep.method, mep.eps)
+  assert method.attack.alpha == method.attack.eps == 8 / 255 and method.stable is None
+  assert fgsm_mep.get_config('cifar100').method.mep_reset_every == 10
+  c = fd.get_config('cifar100_eps14_a400')
+  method = resolve_method(c.method, c.eps)
+  assert (c.data.name, c.eps, c.eval.eps) == ('cifar100', 14 / 255, 16 / 255)
+  assert method.stable.alpha3 == 400.0 and method.mep is not None
+  assert resolve_method(fd.get_config('cifar10_eps12_mep').method, 12 / 255).stable is None
+  with pytest.raises(ValueError, match='data'):
+    fd.get_config('svhn_eps8')

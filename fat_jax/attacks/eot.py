@@ -12,6 +12,7 @@ import dataclasses
 from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from fat_jax.attacks.core import ApplyFn
 
@@ -75,12 +76,14 @@ def eot_loss_and_grad(random_apply_fn: Callable, params, state, x, loss_fn: Logi
 class InputNoise:
   """A randomised model f(x + r): r ~ U(−scale, scale) ('uniform') or N(0, scale²) ('gaussian').
 
-  The inference-noise defence of SPEC §2.4; x + r is not clipped to the box.
-  Hashable, so it can be a static jit argument.
+  The inference-noise defence of SPEC §2.4. With `clip`, x + r is clipped to the
+  box [0, 1] (a valid image); without, it is not (the paper adds the noise
+  to the input as is). Hashable, so it can be a static jit argument.
   """
   apply_fn: ApplyFn
   scale: float
   kind: str = 'uniform'
+  clip: bool = False
 
   def __post_init__(self):
     if self.kind not in NOISE_KINDS:
@@ -91,12 +94,15 @@ class InputNoise:
       noise = jax.random.uniform(key, x.shape, x.dtype, -self.scale, self.scale)
     else:
       noise = self.scale * jax.random.normal(key, x.shape, x.dtype)
-    return self.apply_fn(params, state, x + noise, train)
+    noisy = jnp.clip(x + noise, 0.0, 1.0) if self.clip else x + noise
+    return self.apply_fn(params, state, noisy, train)
 
 
-def with_input_noise(apply_fn: ApplyFn, scale: float, kind: str = 'uniform') -> InputNoise:
-  """The randomised apply function ``(params, state, x, train, key)`` of f(x + r)."""
-  return InputNoise(apply_fn, float(scale), kind)
+def with_input_noise(apply_fn: ApplyFn, scale: float, kind: str = 'uniform',
+                     clip: bool = False) -> InputNoise:
+  """The randomised apply function ``(params, state, x, train, key)`` of f(x + r) (of
+  f(clip(x + r, 0, 1)) with `clip`)."""
+  return InputNoise(apply_fn, float(scale), kind, bool(clip))
 
 
 def randomized_gradient(apply_fn: Callable, params, state, x, loss_fn: LogitsLoss, key, *,

@@ -12,6 +12,8 @@ regularisers × a weight perturbation, and a training objective:
 | `lap`       | uniform (2)   | 1.0    | no  | 1     | train | LAP (needs `lap_beta`)           |
 | `aaer`      | uniform (2)   | 1.0    | no  | 1     | train | AAER (needs `aaer_lambda1..3`)   |
 | `fgsm_mep`  | prior         | 1.0    | yes | 1     | train | FGSM-MEP loss                    |
+| `fd`        | prior         | 1.0    | yes | 1     | train | FGSM-MEP loss + L_stable (α3 200)|
+| `induce_co` | prior         | 1.0    | yes | 1     | train | L_co (needs `co_tact_file`)      |
 | `zerograd`  | uniform (1)   | 2.0    | yes | 1     | train | ZeroGrad, q = 0.35               |
 | `atas`      | previous      | 1.0    | yes | 1     | eval  | ATAS adaptive step               |
 | `pgd_at`    | uniform (1)   | 0.25   | yes | 10    | train |                                  |
@@ -20,25 +22,32 @@ regularisers × a weight perturbation, and a training objective:
 
 † 0.007·255/8: a step of 0.007 at ε = 8/255 (the official code: 0.007 at ε = 0.031).
 Config fields left unset (None) take the method's default. The components
-compose: setting `lap_beta`, `aaer_lambda*`, `gradalign_lambda` or
-`zerograd_q` switches LAP, AAER, GradAlign or ZeroGrad on for any single-step
-method (e.g. N-FGSM + AAER + LAP); `trades_beta` / `mart_beta` choose the
-TRADES / MART objective and `awp_gamma` adds AWP to any method (AT-AWP:
-`pgd_at` + AWP; TRADES-AWP: `trades` + AWP). A resolved `Method` is a frozen,
-hashable tree of specs: a static jit argument.
+compose: setting `lap_beta`, `aaer_lambda*`, `gradalign_lambda`, `zerograd_q`,
+`stable_alpha3` or `co_tact_file` switches LAP, AAER, GradAlign, ZeroGrad,
+L_stable or L_co on for any single-step method (e.g. N-FGSM + AAER + LAP,
+FGSM + L_stable); `trades_beta` / `mart_beta` choose the TRADES / MART objective
+and `awp_gamma` adds AWP to any method (AT-AWP: `pgd_at` + AWP; TRADES-AWP:
+`trades` + AWP). A resolved `Method` is a frozen, hashable tree of specs: a
+static jit argument.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Optional
 
+import math
+import os
+
+import numpy as np
+
+from fat_jax.losses.feature_diff import STABLE_ALPHA3, top_channels
 from fat_jax.losses.gradalign import gradalign_lambda
 
 INITS = ('zero', 'uniform', 'normal', 'prior', 'previous')
 ATTACK_LOSSES = ('ce', 'kl')
 # Components that need the single-step CE attack (its start point) and those that pick the
 # training objective.
-SINGLE_STEP_COMPONENTS = ('lap', 'aaer', 'gradalign', 'mep', 'zerograd', 'atas')
+SINGLE_STEP_COMPONENTS = ('lap', 'aaer', 'gradalign', 'mep', 'zerograd', 'atas', 'stable', 'co')
 OBJECTIVES = ('mep', 'trades', 'mart')
 
 
@@ -128,6 +137,34 @@ class ATASSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class StableSpec:
+  """L_stable (Eq. 8 of the feature-difference paper): α3 × the activation difference of
+  `node` between the adversarial point and the attack's start point."""
+  alpha3: float = STABLE_ALPHA3
+  node: str = 'B'
+
+
+@dataclasses.dataclass(frozen=True)
+class COSpec:
+  """L_co (Eq. 9): the classification loss with the channels C_p of `node` masked, minus
+  L_stable on C_p. `channels`: the indices of C_p (the top `percent`% by T_act of
+  `tact_file`) among `num_channels`."""
+  channels: tuple[int, ...]
+  num_channels: int
+  node: str = 'B'
+  alpha3: float = STABLE_ALPHA3
+  saturation: float = 100.0   # 0: Eq. 9 as written (unbounded); see losses.feature_diff.co_loss
+  percent: float = 10.0
+  tact_file: str = ''
+
+  def indicator(self) -> np.ndarray:
+    """The 0/1 indicator (C,) of C_p."""
+    out = np.zeros((self.num_channels,), np.float32)
+    out[list(self.channels)] = 1.0
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
   """A resolved method (hashable: a static jit argument).
 
@@ -149,6 +186,8 @@ class Method:
   zerograd: Optional[ZeroGradSpec] = None
   atas: Optional[ATASSpec] = None
   robust_overfitting_forwards: bool = False
+  stable: Optional[StableSpec] = None
+  co: Optional[COSpec] = None
 
 
 UNIFORM2 = dict(init='uniform', init_scale=2.0, alpha=1.0, project=False, steps=1)
@@ -163,6 +202,8 @@ METHOD_DEFAULTS = {
     'zerograd': dict(init='uniform', init_scale=1.0, alpha=2.0, project=True, steps=1),
     'atas': dict(init='previous', init_scale=1.0, alpha=1.0, project=True, steps=1,
                  attack_bn='eval'),
+    'fd': dict(init='prior', init_scale=1.0, alpha=1.0, project=True, steps=1),
+    'induce_co': dict(init='prior', init_scale=1.0, alpha=1.0, project=True, steps=1),
     'pgd_at': dict(init='uniform', init_scale=1.0, alpha=0.25, project=True, steps=10),
     'trades': dict(init='normal', init_scale=0.001, alpha=0.007 * 255 / 8, project=True,
                    steps=10, attack_bn='eval', attack_loss='kl'),
@@ -214,6 +255,19 @@ def _resolve_components(c, attack: AttackSpec, eps: float) -> dict:
     components['mep'] = MEPSpec(float(c.mep_label_smoothing), float(c.mep_lambda),
                                 float(c.mep_decay), int(c.mep_reset_every))
   components.update(_resolve_baselines(c, attack, eps))
+  if c.get('stable_alpha3') is not None or c.name == 'fd':
+    alpha3 = c.get('stable_alpha3')
+    components['stable'] = StableSpec(STABLE_ALPHA3 if alpha3 is None else float(alpha3),
+                                      c.feature_node)
+  if c.get('co_tact_file'):
+    components['co'] = _resolve_co(c)
+  elif c.name == 'induce_co':
+    raise ValueError("method 'induce_co' needs method.co_tact_file, the T_act file of a "
+                     'checkpoint (python launch.py --mode=analyze --workdir=RUN writes '
+                     'RUN/tact.npz).')
+  if 'stable' in components and 'co' in components:
+    raise ValueError('L_stable (method.stable_alpha3) and L_co (method.co_tact_file) pull the '
+                     'same activation differences in opposite directions; set only one.')
   return components
 
 
@@ -274,6 +328,28 @@ def _check_compatible(attack: AttackSpec, components: dict, extra_forwards: bool
   if extra_forwards and (attack.steps == 1 or attack.loss != 'ce'):
     raise ValueError('method.robust_overfitting_forwards replays the PGD-AT loop of '
                      'locuslab/robust_overfitting: it needs a multi-step CE attack.')
+
+
+def _resolve_co(c) -> COSpec:
+  """L_co's channels: the top `co_percent`% of `feature_node` by the T_act in `co_tact_file`."""
+  path = c.co_tact_file
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'method.co_tact_file {path!r} does not exist; write it with '
+                            'python launch.py --mode=analyze --workdir=RUN (RUN/tact.npz).')
+  with np.load(path) as tact:
+    if c.feature_node not in tact:
+      raise ValueError(f'{path} has no T_act of node {c.feature_node!r} (has '
+                       f'{sorted(tact.files)}); set method.feature_node.')
+    saliency = np.asarray(tact[c.feature_node], np.float32)
+  if saliency.ndim != 1 or not math.isfinite(float(saliency.sum())):
+    raise ValueError(f'{path}: T_act of node {c.feature_node!r} must be a finite (C,) vector, '
+                     f'got shape {saliency.shape}.')
+  channels = np.flatnonzero(np.asarray(top_channels(saliency, float(c.co_percent))))
+  if c.co_saturation < 0:
+    raise ValueError(f'method.co_saturation must be ≥ 0 (0: Eq. 9 as written), got '
+                     f'{c.co_saturation}.')
+  return COSpec(tuple(int(k) for k in channels), len(saliency), c.feature_node,
+                float(c.co_alpha3), float(c.co_saturation), float(c.co_percent), path)
 
 
 def resolve_method(method_config, eps: float) -> Method:

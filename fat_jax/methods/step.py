@@ -4,9 +4,16 @@ batch (uint8, sharded) → augment → the attack: a start point η and one
 forward/backward there (∇_η; also ∇_w for LAP) → [ZeroGrad: mask ∇_η] →
 δ = box(Π_ε(η + α·sign ∇_η)) (ATAS: a per-example α), or a multi-step attack
 (PGD, TRADES' KL attack) → [LAP: perturb w] → [AWP: perturb w] → objective:
-the base loss (CE at x + δ, FGSM-MEP, TRADES or MART, from the training
-forwards in the official order) [+ AAER] [+ GradAlign] → ∇_w → SGD → [AWP:
-restore w] → per-example state written back.
+the base loss (CE at x + δ, FGSM-MEP, TRADES, MART, or L_co on the masked
+forward, from the training forwards in the official order) [+ AAER]
+[+ GradAlign] [+ L_stable] → ∇_w → SGD → [AWP: restore w] → per-example state
+written back.
+
+Terms that compare the adversarial forward with the start forward (FGSM-MEP's
+logit pairing, L_stable, L_co's L_stable(C_p)) differentiate through both
+forwards: the start forward's features and logits come from the attack's own
+forward, and their cotangents are pulled back through it (FGSM-MEP's official
+code keeps that graph with ``retain_graph``; L_stable and L_co are built on it).
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from fat_jax.data import (Augmentation, augment_with, draw_augmentation, to_batc
                           to_stored_frame)
 from fat_jax.losses import accuracy, cross_entropy, smoothed_labels, soft_cross_entropy
 from fat_jax.losses.aaer import aaer_regularizer
+from fat_jax.losses.feature_diff import co_loss, stable_loss
 from fat_jax.losses.gradalign import gradalign_regularizer
 from fat_jax.losses.mart import mart_loss
 from fat_jax.losses.mep import mep_loss
@@ -61,12 +69,13 @@ def init_examples(method: Method, num_examples: int, frame_shape: tuple[int, ...
   the reset period each row was last written in (−1: never, so the first read
   draws the perturbation).
   """
+  # One buffer per leaf: the train step donates the state, and a buffer cannot be donated twice.
   never = jnp.full((num_examples,), -1, jnp.int32)
-  zeros = jnp.zeros((num_examples, *frame_shape), jnp.float32)
+  zeros = lambda: jnp.zeros((num_examples, *frame_shape), jnp.float32)
   if method.mep is not None:
-    return {'prior': zeros, 'momentum': zeros, 'period': never}
+    return {'prior': zeros(), 'momentum': zeros(), 'period': never}
   if method.atas is not None:
-    return {'delta': zeros, 'grad_norm': jnp.zeros((num_examples,), jnp.float32),
+    return {'delta': zeros(), 'grad_norm': jnp.zeros((num_examples,), jnp.float32),
             'period': never}
   return {}
 
@@ -79,30 +88,44 @@ class StartPoint(NamedTuple):
   state: Any                 # BatchNorm statistics after this forward
   grad_eta: jax.Array        # ∇_η of the mean start loss
   grad_params: Any           # ∇_w of the mean start loss (None unless asked for)
-  pullback: Optional[Callable]  # logits cotangent → (∇_w, ∇_η) (None unless asked for)
+  pullback: Optional[Callable]  # (logits, {tapped node}) cotangents → (∇_w, ∇_η), or None
 
 
 def start_point(model, params, state, x, eta, loss_fn: Callable, *, train: bool,
-                with_params: bool) -> StartPoint:
+                with_params: bool, taps: tuple[str, ...] = ()) -> StartPoint:
   """One forward at x + η and one backward of mean `loss_fn(logits)`.
 
   With `with_params` the backward also gives ∇_w (LAP's proxy step) and the
-  pullback through the logits is kept (FGSM-MEP's loss differentiates through
-  f(x + η), as its official code does with ``retain_graph``).
+  pullback is kept: it maps cotangents of the logits and of the features of the
+  nodes in `taps`, ``(d_logits, {node: d_feature})``, to (∇_w, ∇_η), so a loss on
+  f(x + η) or M(x + η) differentiates through this forward (FGSM-MEP's official
+  code keeps its graph with ``retain_graph``).
   """
   def forward(params, eta):
     logits, new_state, features = model.apply(params, state, x + eta, train)
-    return logits, (new_state, features)
+    return (logits, {node: features[node] for node in taps}), (new_state, features)
 
   if with_params:
-    logits, pullback, (new_state, features) = jax.vjp(forward, params, eta, has_aux=True)
+    out, pullback, (new_state, features) = jax.vjp(forward, params, eta, has_aux=True)
   else:
-    logits, pull_eta, (new_state, features) = jax.vjp(lambda e: forward(params, e), eta,
-                                                       has_aux=True)
+    out, pull_eta, (new_state, features) = jax.vjp(lambda e: forward(params, e), eta,
+                                                   has_aux=True)
     pullback = lambda d: (None, *pull_eta(d))
-  g_params, g_eta = pullback(jax.grad(lambda z: loss_fn(z).mean())(logits))
+  logits, tapped = out
+  d_logits = jax.grad(lambda z: loss_fn(z).mean())(logits)
+  g_params, g_eta = pullback((d_logits, jax.tree.map(jnp.zeros_like, tapped)))
   return StartPoint(eta, logits, features, new_state, g_eta, g_params,
                     pullback if with_params else None)
+
+
+def feature_taps(method: Method) -> tuple[str, ...]:
+  """The nodes whose start-point features a loss of `method` differentiates through."""
+  return tuple(sorted({spec.node for spec in (method.stable, method.co) if spec is not None}))
+
+
+def pairs_with_start(method: Method) -> bool:
+  """Whether the objective differentiates through the start forward (see the module doc)."""
+  return method.mep is not None or bool(feature_taps(method))
 
 
 def _gather(tree, indices):
@@ -139,7 +162,7 @@ def _mep_attack(model, method: Method, params, state, x, targets, key, rows, aug
   prior, momentum = (to_batch_frame(t, aug) for t in (stored_prior, stored_momentum))
   start = start_point(model, params, state, x, prior,
                       lambda z: soft_cross_entropy(z, targets), train=a.train_bn,
-                      with_params=True)
+                      with_params=True, taps=feature_taps(method))
   delta, prior, momentum = prior_guided_step(x, prior, momentum, start.grad_eta, eps=a.eps,
                                              alpha=a.alpha, decay=spec.decay)
   rows = {'prior': to_stored_frame(stored_prior, prior, aug),
@@ -164,7 +187,8 @@ def _atas_attack(model, method: Method, params, state, x, y, key, rows, aug: Aug
   stored = jnp.where(stale, fresh, rows['delta'])
   eta = clip_to_box(x, to_batch_frame(stored, aug))
   start = start_point(model, params, state, x, eta, lambda z: cross_entropy(z, y),
-                      train=a.train_bn, with_params=method.lap is not None)
+                      train=a.train_bn, taps=feature_taps(method),
+                      with_params=method.lap is not None or pairs_with_start(method))
   adaptive_alpha, adaptive_norm = atas_step_sizes(
       start.grad_eta, rows['grad_norm'], c=spec.c, beta=spec.beta, scale=spec.scale,
       min_step=spec.min_step, max_step=spec.max_step)
@@ -192,8 +216,16 @@ def _forward_order(method: Method) -> tuple[str, ...]:
   return ('adv',)
 
 
-def _base_loss(method: Method, logits: dict, labels, start_logits, targets):
-  """The objective before regularisers, and its terms to log."""
+def _base_loss(method: Method, logits: dict, features: dict, labels, start_out, targets):
+  """The objective before regularisers, and its terms to log (`features`: the adversarial
+  forward's; `start_out`: the start forward's logits and tapped features)."""
+  start_logits, start_features = start_out
+  if method.co is not None:  # the adversarial logits are those of the forward with C_p masked
+    node = method.co.node
+    loss = co_loss(logits['adv'], labels, features[node], start_features[node],
+                   method.co.indicator(), alpha3=method.co.alpha3,
+                   saturation=method.co.saturation or None)
+    return loss, {'co_difference': cross_entropy(logits['adv'], labels).mean() - loss}
   if method.trades is not None:
     loss, terms = trades_loss(logits['clean'], logits['adv'], labels, beta=method.trades.beta)
     return loss, {'trades_natural': terms.natural, 'trades_robust': terms.robust}
@@ -224,6 +256,7 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
   num_classes = model.module.num_classes
   num_epochs = schedule.total_steps // schedule.steps_per_epoch
   forward_order = _forward_order(method)
+  co_masks = None if method.co is None else {method.co.node: 1.0 - method.co.indicator()}
 
   def mep_targets(y):
     return smoothed_labels(y, num_classes, method.mep.label_smoothing)
@@ -255,7 +288,8 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
     eta = init_perturbation(init_key, x, attack.eps, attack.init, attack.init_scale)
     start = start_point(model, ts.params, ts.batch_stats, x, eta,
                         lambda z: cross_entropy(z, y), train=attack.train_bn,
-                        with_params=method.lap is not None)
+                        with_params=method.lap is not None or pairs_with_start(method),
+                        taps=feature_taps(method))
     grad = start.grad_eta
     if method.zerograd is not None:
       grad = zero_small_gradients(grad, method.zerograd.q)
@@ -281,18 +315,21 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
       g = input_gradient(model.apply, params, state, x, labels, jnp.zeros_like(x), train=True)
       grad_clean, state = g.grad, g.state
 
-    def objective(params, start_logits):
-      logits, new_state = {}, state
+    def objective(params, start_out):
+      logits, features, new_state = {}, {}, state
       for name in forward_order:
-        out, new_state, _ = model.apply(params, new_state, x + adv.delta if name == 'adv' else x,
-                                        True)
+        adversarial_forward = name == 'adv'
+        out, new_state, out_features = model.apply(
+            params, new_state, x + adv.delta if adversarial_forward else x, True,
+            masks=co_masks if adversarial_forward else None)
         logits.setdefault(name, out)
-      loss, aux = _base_loss(method, logits, labels, start_logits,
+        features.setdefault(name, out_features)
+      loss, aux = _base_loss(method, logits, features['adv'], labels, start_out,
                              None if method.mep is None else mep_targets(labels))
       aux.update(ce=cross_entropy(logits['adv'], labels).mean(),
                  accuracy=accuracy(logits['adv'], labels).mean())
       if method.aaer is not None:
-        reg, stats = aaer_regularizer(start_logits, logits['adv'], labels, **vars(method.aaer))
+        reg, stats = aaer_regularizer(start_out[0], logits['adv'], labels, **vars(method.aaer))
         loss += reg
         aux.update({f'aaer_{k}': v for k, v in stats._asdict().items()})
       if method.gradalign is not None:
@@ -301,22 +338,28 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
             grad_clean=grad_clean, lam=method.gradalign.lam)
         loss += reg
         aux.update(gradalign_cos=cos, gradalign_reg=reg)
+      if method.stable is not None:
+        node = method.stable.node
+        reg = stable_loss(features['adv'][node], start_out[1][node], alpha3=method.stable.alpha3)
+        loss += reg
+        aux['stable_loss'] = reg
       return loss, (new_state, {**aux, 'loss': loss})
 
-    start_logits = None if adv.start is None else adv.start.logits
+    start_out = (None, {}) if adv.start is None else (
+        adv.start.logits, {node: adv.start.features[node] for node in feature_taps(method)})
     if method.awp is not None:
       active = ts.step >= method.awp.warmup_epochs * schedule.steps_per_epoch
       paths = model.weight_layer_order(params)
-      awp_deltas = _awp_deltas(lambda p: objective(p, start_logits)[0], params, paths,
+      awp_deltas = _awp_deltas(lambda p: objective(p, start_out)[0], params, paths,
                                method.awp.gamma, active)
       params = add_at_paths(params, paths, awp_deltas)
       metrics['awp_norm'] = jnp.sqrt(sum(jnp.sum(d ** 2) for d in awp_deltas))
-    if method.mep is not None:  # FGSM-MEP's loss also differentiates through f(x + P)
+    if pairs_with_start(method):  # the loss also differentiates through f(x + η), M(x + η)
       (grads, d_start), (batch_stats, aux) = jax.grad(objective, argnums=(0, 1), has_aux=True)(
-          params, start_logits)
+          params, start_out)
       grads = jax.tree.map(jnp.add, grads, adv.start.pullback(d_start)[0])
     else:
-      grads, (batch_stats, aux) = jax.grad(objective, has_aux=True)(params, start_logits)
+      grads, (batch_stats, aux) = jax.grad(objective, has_aux=True)(params, start_out)
     params, momentum = optim.sgd_update(params, grads, ts.momentum, hyper, weight_decay)
     if method.awp is not None:
       params = add_at_paths(params, paths, awp_deltas, sign=-1.0)

@@ -1,9 +1,11 @@
 """The `Model` wrapper, torch-default layer helpers and `build_model`.
 
-Every model is a `flax.linen.Module` whose ``__call__(x, train)`` returns
-``(logits, features)`` and which defines ``weight_paths() -> list[Path]``, the
-explicit forward order of its conv/linear kernels. Layers are built with the
-helpers below so that padding, initialisation and BatchNorm match torch:
+Every model is a `flax.linen.Module` whose ``__call__(x, train, masks=None)``
+returns ``(logits, features)`` and which defines ``weight_paths() -> list[Path]``,
+the explicit forward order of its conv/linear kernels. ``features`` are the
+activation nodes 'A', 'B', ... (SPEC §2.4), recorded with `tap`, which also
+applies the optional channel masks. Layers are built with the helpers below so
+that padding, initialisation and BatchNorm match torch:
 
 * conv / linear weights and biases ~ U(±1/√fan_in), fan_in = in_ch·kh·kw
   (torch's ``kaiming_uniform_(a=√5)`` weight default and its bias default);
@@ -69,6 +71,29 @@ def normalize(x: Array, mean: tuple[float, ...], std: tuple[float, ...]) -> Arra
   return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
 
 
+def tap(features: dict[str, Array], name: str, x: Array,
+        masks: dict[str, Array] | None) -> Array:
+  """Records node `name` in `features` and returns what flows on from it.
+
+  The recorded value is the node's activation before any mask; with
+  ``masks[name]`` (an array broadcastable to the node, e.g. (C,) of 0/1) the
+  returned value is ``x · masks[name]``, so zeroed channels reach no later layer
+  (channel masking, Eq. 7 of the feature-difference paper). Without a mask for
+  the node it is ``x`` itself: the unmasked forward is unchanged.
+  """
+  features[name] = x
+  if masks is None or name not in masks:
+    return x
+  return x * jnp.asarray(masks[name], x.dtype)
+
+
+def check_mask_nodes(masks: dict[str, Array] | None, features: dict[str, Array]) -> None:
+  """ValueError for a mask of a node the model does not have."""
+  unknown = sorted(set(masks or ()) - set(features))
+  if unknown:
+    raise ValueError(f'masks for unknown nodes {unknown}; this model has nodes {sorted(features)}.')
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
   """A Flax module plus its input shape; hashable, so usable as a static jit arg."""
@@ -82,15 +107,19 @@ class Model:
     variables = jax.jit(functools.partial(self.module.init, train=False))(key, x)
     return variables['params'], variables.get('batch_stats', {})
 
-  def apply(self, params: Params, state: Params, x: Array,
-            train: bool) -> tuple[Array, Params, dict[str, Array]]:
-    """Pure forward on pixel-space NHWC x: ``(logits, new_state, features)``."""
+  def apply(self, params: Params, state: Params, x: Array, train: bool,
+            masks: dict[str, Array] | None = None) -> tuple[Array, Params, dict[str, Array]]:
+    """Pure forward on pixel-space NHWC x: ``(logits, new_state, features)``.
+
+    `masks` (optional) maps node names to channel masks multiplied into what
+    flows on from the node (see `tap`); `features` are the unmasked node values.
+    """
     variables = {'params': params, 'batch_stats': state}
     if train:
       (logits, features), updates = self.module.apply(
-          variables, x, train=True, mutable=['batch_stats'])
+          variables, x, train=True, masks=masks, mutable=['batch_stats'])
       return logits, updates.get('batch_stats', {}), features
-    logits, features = self.module.apply(variables, x, train=False)
+    logits, features = self.module.apply(variables, x, train=False, masks=masks)
     return logits, state, features
 
   def weight_layer_order(self, params: Params) -> list[Path]:

@@ -14,30 +14,45 @@ Feature nodes (activations the forward computes anyway):
   stage's first block (``relu(bn1(·))`` of stage{2,3,4}_block0);
 * 'E': the stage-4 output after the head's BN-ReLU.
 
+A pre-activation network has no post-ReLU stage output; these are the
+activations SPEC §2.4 asks for ("the stage outputs after their next BN-ReLU").
 For a 32×32 input with base width w: A, B 32×32×w; C 16×16×2w; D 8×8×4w;
 E 4×4×8w.
+
+A channel mask of a node (``masks``, see `fat_jax.models.core.tap`) zeroes the
+channel where the node is read, i.e. in the block's residual branch (conv1);
+the block's shortcut taps the raw input x (identity or conv1×1), so the
+masked channel of A–D still reaches the block output through it. A mask of E
+zeroes the channel before pooling.
 """
 from __future__ import annotations
 
 import flax.linen as nn
+import jax.numpy as jnp
 
-from fat_jax.models.core import Array, Path, batch_norm, conv, dense, normalize
+from fat_jax.models.core import (Array, Path, batch_norm, check_mask_nodes, conv, dense, normalize,
+                                 tap)
 from fat_jax.models.resnet import resnet18_blocks, resnet18_weight_paths
 
 
 class PreActBlock(nn.Module):
-  """Returns ``(conv2(relu(bn2(conv1(relu(bn1(x)))))) + shortcut(x), relu(bn1(x)))``."""
+  """Returns ``(conv2(relu(bn2(conv1(relu(bn1(x))·m)))) + shortcut(x), relu(bn1(x)))``.
+
+  m is the optional channel mask `pre_mask` (1 without one).
+  """
   features: int
   stride: int
   shortcut: bool
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
+  def __call__(self, x: Array, train: bool,
+               pre_mask: Array | None = None) -> tuple[Array, Array]:
     pre = nn.relu(batch_norm(x, train, name='bn1'))
+    branch = pre if pre_mask is None else pre * jnp.asarray(pre_mask, pre.dtype)
     # PreActBlock.forward: `shortcut = self.shortcut(x) if hasattr(self, 'shortcut') else x`
     # (the raw input x; locuslab's PreActBottleneck uses `out` instead).
     skip = conv(x, self.features, 1, stride=self.stride, name='shortcut') if self.shortcut else x
-    out = conv(pre, self.features, 3, stride=self.stride, padding=1, name='conv1')
+    out = conv(branch, self.features, 3, stride=self.stride, padding=1, name='conv1')
     out = conv(nn.relu(batch_norm(out, train, name='bn2')), self.features, 3, padding=1,
                name='conv2')
     return out + skip, pre
@@ -51,15 +66,19 @@ class PreActResNet18(nn.Module):
   std: tuple[float, ...] = ()
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
+  def __call__(self, x: Array, train: bool,
+               masks: dict[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
     x = conv(normalize(x, self.mean, self.std), self.width, 3, padding=1, name='stem')
     features = {}
     for spec in resnet18_blocks(self.width):
-      x, pre = PreActBlock(spec.features, spec.stride, spec.shortcut, name=spec.name)(x, train)
-      if spec.index == 0:
-        features['ABCD'[spec.stage]] = pre
-    x = nn.relu(batch_norm(x, train, name='head_bn'))
-    features['E'] = x
+      node = 'ABCD'[spec.stage] if spec.index == 0 else None
+      pre_mask = (masks or {}).get(node)
+      x, pre = PreActBlock(spec.features, spec.stride, spec.shortcut, name=spec.name)(
+          x, train, pre_mask)
+      if node:
+        features[node] = pre
+    x = tap(features, 'E', nn.relu(batch_norm(x, train, name='head_bn')), masks)
+    check_mask_nodes(masks, features)
     return dense(x.mean(axis=(1, 2)), self.num_classes, name='linear'), features
 
   def weight_paths(self) -> list[Path]:

@@ -8,7 +8,9 @@ same on 32×32 inputs); linear.
 
 Feature nodes: 'A' the stem output (after its ReLU), 'B'..'E' the outputs of
 stages 1–4 (after the last block's ReLU). For a 32×32 input with base width w:
-A, B 32×32×w; C 16×16×2w; D 8×8×4w; E 4×4×8w.
+A, B 32×32×w; C 16×16×2w; D 8×8×4w; E 4×4×8w. A channel mask of a node
+(``masks``, see `fat_jax.models.core.tap`) zeroes the channel in everything
+that reads the node: the next block's residual branch and its shortcut.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from typing import NamedTuple
 
 import flax.linen as nn
 
-from fat_jax.models.core import Array, Path, batch_norm, conv, dense, normalize
+from fat_jax.models.core import (Array, Path, batch_norm, check_mask_nodes, conv, dense, normalize,
+                                 tap)
 
 BLOCKS_PER_STAGE = 2
 
@@ -78,15 +81,18 @@ class ResNet18(nn.Module):
   std: tuple[float, ...] = ()
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
+  def __call__(self, x: Array, train: bool,
+               masks: dict[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
     x = normalize(x, self.mean, self.std)
     x = nn.relu(batch_norm(conv(x, self.width, 3, padding=1, name='stem'), train,
                            name='stem_bn'))
-    features = {'A': x}
+    features = {}
+    x = tap(features, 'A', x, masks)
     for spec in resnet18_blocks(self.width):
       x = BasicBlock(spec.features, spec.stride, spec.shortcut, name=spec.name)(x, train)
       if spec.index == BLOCKS_PER_STAGE - 1:
-        features['BCDE'[spec.stage]] = x
+        x = tap(features, 'BCDE'[spec.stage], x, masks)
+    check_mask_nodes(masks, features)
     return dense(x.mean(axis=(1, 2)), self.num_classes, name='linear'), features
 
   def weight_paths(self) -> list[Path]:

@@ -5,7 +5,8 @@ import string
 
 import flax.linen as nn
 
-from fat_jax.models.core import Array, Path, batch_norm, conv, dense, normalize
+from fat_jax.models.core import (Array, Path, batch_norm, check_mask_nodes, conv, dense, normalize,
+                                 tap)
 
 
 class MNISTNet(nn.Module):
@@ -24,12 +25,17 @@ class MNISTNet(nn.Module):
   std: tuple[float, ...] = ()
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
+  def __call__(self, x: Array, train: bool,
+               masks: dict[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
     x = normalize(x, self.mean, self.std)
-    a = nn.relu(conv(x, 16, 4, stride=2, padding=1, bias=True, name='conv1'))
-    b = nn.relu(conv(a, 32, 4, stride=2, padding=1, bias=True, name='conv2'))
+    features = {}
+    a = tap(features, 'A', nn.relu(conv(x, 16, 4, stride=2, padding=1, bias=True, name='conv1')),
+            masks)
+    b = tap(features, 'B', nn.relu(conv(a, 32, 4, stride=2, padding=1, bias=True, name='conv2')),
+            masks)
+    check_mask_nodes(masks, features)
     h = nn.relu(dense(b.reshape(b.shape[0], -1), 100, name='fc1'))
-    return dense(h, self.num_classes, name='fc2'), {'A': a, 'B': b}
+    return dense(h, self.num_classes, name='fc2'), features
 
   def weight_paths(self) -> list[Path]:
     return [('conv1', 'kernel'), ('conv2', 'kernel'), ('fc1', 'kernel'), ('fc2', 'kernel')]
@@ -51,7 +57,8 @@ class SmallCNN(nn.Module):
   std: tuple[float, ...] = ()
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
+  def __call__(self, x: Array, train: bool,
+               masks: dict[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
     if not 1 <= self.depth <= len(string.ascii_uppercase):
       raise ValueError(f'depth must be in [1, 26], got {self.depth}')
     x = normalize(x, self.mean, self.std)
@@ -61,8 +68,8 @@ class SmallCNN(nn.Module):
                bias=not self.batchnorm, name=f'conv{i}')
       if self.batchnorm:
         x = batch_norm(x, train, name=f'bn{i}')
-      x = nn.relu(x)
-      features[string.ascii_uppercase[i]] = x
+      x = tap(features, string.ascii_uppercase[i], nn.relu(x), masks)
+    check_mask_nodes(masks, features)
     return dense(x.mean(axis=(1, 2)), self.num_classes, name='linear'), features
 
   def weight_paths(self) -> list[Path]:

@@ -1,0 +1,28 @@
+"""Inducing catastrophic overfitting with L_co (Zhao et al., ECCV 2024, Eq. 9).
+
+FGSM-MEP's attack and recipe (configs/fgsm_mep.py) with the loss
+L_co = CE(f(x + δ; C_p masked), y) − L_stable(C_p), C_p the top p% channels of node B by
+T_act on the training set, read from the T_act file of a checkpoint (`--mode=analyze` writes
+WORKDIR/tact.npz). L_stable(C_p) is bounded by default (`method.co_saturation`, see
+fat_jax.losses.feature_diff.co_loss; 0 gives Eq. 9 as written, which diverges). The argument
+is `<data>_eps<E>_p<P>` (default cifar10_eps8_p10), p ∈ {1, 3, 10, 20} in the paper.
+
+  python launch.py --config=configs/fd.py:cifar10_eps8_mep --workdir=runs/mep_eps8 \\
+      --config.data.dir=PATH_WITH_cifar-10-batches-py
+  python launch.py --config=configs/fd.py:cifar10_eps8_mep --workdir=runs/mep_eps8 --mode=analyze
+  python launch.py --config=configs/induce_co.py:cifar10_eps8_p10 --workdir=runs/co_eps8_p10 \\
+      --config.data.dir=PATH_WITH_cifar-10-batches-py \\
+      --config.method.co_tact_file=runs/mep_eps8/tact.npz
+
+Expected (paper): p = 10% induces catastrophic overfitting (PGD accuracy collapses while
+clean accuracy stays high), and the CO model evaluated with input noise U(−16/255, 16/255)
+keeps high clean accuracy (`--mode=noise_eval`: also check the adaptive EOT row).
+"""
+from fat_jax.recipes import induce_co_config, parse_fd_arg
+
+
+def get_config(arg: str = 'cifar10_eps8_p10'):
+  fields = parse_fd_arg(arg)
+  if set(fields) - {'data', 'eps', 'percent'}:
+    raise ValueError(f'{arg!r}: expected <data>_eps<E>_p<percent>.')
+  return induce_co_config(fields['eps'], fields['data'], fields.get('percent', 10.0))
