@@ -209,10 +209,9 @@ def wiggly_apply(params, state, x, train):
 
 
 @functools.lru_cache
-def noisy_problem(n=40):
-  """f(x + r), r ~ U(±0.05), of `wiggly_apply` on n points; labels of the noise-free linear
-  part."""
-  x, _ = toy_data(jax.random.key(8), n, classes=5, shape=(8,), noise=0.03)
+def noisy_problem():
+  """f(x + r), r ~ U(±0.05), of `wiggly_apply`; labels of the noise-free linear part."""
+  x, _ = toy_data(jax.random.key(8), 40, classes=5, shape=(8,), noise=0.03)
   k1, k2 = jax.random.split(jax.random.key(9))
   params = {'w': jax.random.normal(k1, (8, 5)), 'v': jax.random.normal(k2, (8, 5))}
   return with_input_noise(wiggly_apply, 0.05), params, x, (x @ params['w']).argmax(-1)
