@@ -117,6 +117,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.check_pgd_steps = 20
   c.eval.square_check = False     # run Square after a suite without it
   c.eval.eps_sweep = False        # APGD-CE over ε ∈ {0, ε/2, ε, 2ε, 1}
+  c.eval.eot_check_n = 0          # randomised models: rerun the suite with K = 100 on n points
 
   # `launch.py --mode=analyze`: feature-activation differences of a checkpoint (SPEC §2.4).
   c.analysis = ml_collections.ConfigDict()

@@ -32,8 +32,8 @@ from fat_jax.attacks import (apgd_attack, clip_to_box, fab_attack, fgsm_attack, 
                              project_linf, square_attack)
 from fat_jax.attacks.apgd import top_targets
 from fat_jax.attacks.core import check_eps
-from fat_jax.attacks.eot import (eot_loss_and_grad, randomized_gradient, randomized_logits,
-                                 with_input_noise)
+from fat_jax.attacks.eot import (InputNoise, eot_loss_and_grad, freeze_noise, randomized_gradient,
+                                 randomized_logits, with_input_noise)
 from fat_jax.checkpoint import Checkpointer
 from fat_jax.data import augment, load_dataset, shard_batch
 from fat_jax.losses import accuracy, cross_entropy
@@ -128,6 +128,7 @@ EOT_ATTACKS = ('fgsm', 'apgd-ce', 'apgd-dlr', 'apgd-t')  # usable on randomised 
 TARGETED = ('apgd-t', 'fab-t')
 APGD_LOSS = {'apgd-ce': 'ce', 'apgd-dlr': 'dlr', 'apgd-t': 'dlr_targeted'}
 SWEEP_FRACTIONS = (0.0, 0.5, 1.0, 2.0)  # × ε, then ε = 1
+EOT_CHECK_SAMPLES = 100  # K of the EOT check (SPEC §4.3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +164,17 @@ class Classifier(NamedTuple):
   params: object
   state: object
   randomized: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class _OneDraw:
+  """`freeze_noise` with the draw's key carried in the parameters, ``(params, key)``: the
+  attacks compile once per randomised model, not once per draw."""
+  random_apply_fn: Callable
+
+  def __call__(self, params_and_key, state, x, train):
+    params, key = params_and_key
+    return freeze_noise(self.random_apply_fn, key)(params, state, x, train)
 
 
 @functools.partial(jax.jit, static_argnames=('apply_fn', 'name', 'options', 'randomized'))
@@ -280,8 +292,10 @@ class _Run:
     return np.concatenate(out)
 
   def attack(self, name: str, attacker: Classifier, scores: np.ndarray, x_adv: np.ndarray, key,
-             eps: float | None = None, options: SuiteOptions | None = None) -> tuple[int, int]:
-    """Runs attack `name` of `attacker` on the points with score > 0.
+             eps: float | None = None, options: SuiteOptions | None = None,
+             every_point: bool = False) -> tuple[int, int]:
+    """Runs attack `name` of `attacker` on the points with score > 0 (all with `every_point`,
+    which keeps every point in the same place of the same batches as `score`).
 
     Each unit (one per target for targeted attacks) runs only on the points
     still (partly) robust; a point takes a new adversarial example when it
@@ -290,13 +304,17 @@ class _Run:
     """
     eps = self.eps if eps is None else eps
     options = options or self.options
+    # A static jit argument: the fields this attack does not use are fixed (no recompilation).
+    options = dataclasses.replace(options, n_draws=0,
+                                  eot_samples=options.eot_samples if attacker.randomized else 1)
     units = options.n_target_classes if name in TARGETED else 1
+    targets = lambda: np.arange(len(scores)) if every_point else np.flatnonzero(scores > 0)
     forward = backward = 0
-    with tqdm(total=units * int(np.sum(scores > 0)), desc=name, leave=False, unit='pt',
+    with tqdm(total=units * len(targets()), desc=name, leave=False, unit='pt',
               disable=not self.progress) as bar:
       for unit in range(units):
         unit_key = jax.random.fold_in(key, unit)
-        for b, (chunk, size) in enumerate(_batches(np.flatnonzero(scores > 0), self.batch_size)):
+        for b, (chunk, size) in enumerate(_batches(targets(), self.batch_size)):
           attack_key, score_key = jax.random.split(jax.random.fold_in(unit_key, b))
           xb, yb = _pad(self.x[chunk], size), _pad(self.y[chunk], size)
           delta, fwd, bwd = attack_batch(
@@ -386,8 +404,8 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
              seed: int = 0, attacks: Sequence[str] | None = None, surrogate=None,
              randomized: bool = False, batch_size: int = 256, checks: bool = True,
              eps_sweep: bool | Sequence[float] = False, square_check: bool = False,
-             check_pgd_steps: int = 20, sweep_steps: int = 20, progress: bool = True,
-             **options) -> dict:
+             check_pgd_steps: int = 20, sweep_steps: int = 20, eot_check_n: int = 0,
+             progress: bool = True, **options) -> dict:
   """Robust accuracy of any JAX classifier under an attack suite, with sanity checks.
 
   `apply_fn(params, state, x, train) -> (logits, state, features)`, or with
@@ -407,10 +425,14 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
   majority vote; the final number re-scores the chosen adversarial examples
   with fresh draws. `**options` are `SuiteOptions` fields.
 
-  With `checks`, the sanity checks of `fat_jax.sanity` run too (FGSM and a
-  PGD-`check_pgd_steps` for the per-point order; `eps_sweep` adds APGD-CE with
-  `sweep_steps` steps at ε ∈ {0, ε/2, ε, 2ε, 1} or the given values;
-  `square_check` runs Square after a suite without it). Same seed ⇒ same result.
+  With `checks`, the sanity checks of `fat_jax.sanity` run too: FGSM and
+  PGD-`check_pgd_steps` for the per-point order, PGD-2·`check_pgd_steps` with 2
+  restarts against it (more iterations), and for a randomised model the suite's
+  attacks on one frozen draw (and on the noise-free model of `with_input_noise`);
+  `eps_sweep` adds APGD-CE with `sweep_steps` steps at ε ∈ {0, ε/2, ε, 2ε, 1}
+  or the given values; `square_check` runs Square after a suite without it;
+  `eot_check_n` > 0 reruns a randomised model's suite with K = 100 on the first
+  `eot_check_n` points. Same seed ⇒ same result.
 
   Returns a JSON-ready report (see `save_report`) plus the arrays 'flags'
   (per-point 'clean' and 'robust'), 'scores' and 'x_adv'.
@@ -450,7 +472,7 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
       'settings': {**dataclasses.asdict(opts), 'batch_size': batch_size, 'checks': checks,
                    'check_pgd_steps': check_pgd_steps, 'square_check': square_check,
                    'eps_sweep': eps_sweep if isinstance(eps_sweep, bool) else list(eps_sweep),
-                   'sweep_steps': sweep_steps},
+                   'sweep_steps': sweep_steps, 'eot_check_n': eot_check_n},
       'clean_accuracy': float(clean.mean()), 'robust_accuracy': float(final.mean()),
       'robust_accuracy_by_attack': by_attack, 'time_by_attack_s': times,
       'forward_passes': sum(p['forward'] for p in passes.values()),
@@ -472,7 +494,7 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
     report['checks'], passes['checks'] = _sanity_checks(
         run, names, suite, clean, scores, final, x_adv, by_attack, check_key,
         eps_sweep=eps_sweep, square_check=square_check, check_pgd_steps=check_pgd_steps,
-        sweep_steps=sweep_steps)
+        sweep_steps=sweep_steps, eot_check_n=eot_check_n)
     times['checks'] = time.time() - t0
   report['wall_time_s'] = time.time() - start
   log.info('%s', format_table(report))
@@ -505,25 +527,36 @@ def _probe(run: _Run, key):
 
 
 def _sanity_checks(run: _Run, names, suite, clean, scores, final, x_adv, by_attack, key, *,
-                   eps_sweep, square_check, check_pgd_steps, sweep_steps):
+                   eps_sweep, square_check, check_pgd_steps, sweep_steps, eot_check_n):
   """The checks of `fat_jax.sanity` for one evaluation, and their forward/backward passes.
 
-  The extra attacks (FGSM, PGD, Square, ε sweep) run white-box on the evaluated
-  model, from the clean points, and do not change the suite's result.
+  The extra attacks (FGSM, PGD, Square, ε sweep, frozen noise, EOT with K = 100) run
+  white-box from the clean points and do not change the suite's result.
   """
   n, draws, randomized = len(run.x), run.draws(), run.model.randomized
-  keys = [jax.random.fold_in(key, i) for i in range(8)]
+  keys = {name: jax.random.fold_in(key, i) for i, name in enumerate((
+      'rescore', 'fgsm', 'pgd', 'square', 'sweep', 'probe', 'draw', 'frozen_draw', 'frozen',
+      'noise_free', 'eot', 'eot_rescore'))}
   counts = {'forward': 0, 'backward': 0}
 
+  def side_attacks(scorer: _Run, attack_names, start_scores, k, **kw):
+    """`attack_names` in turn on `scorer.model` (per-point worst case): scores and x_adv."""
+    s, xa = start_scores.copy(), scorer.x.copy()
+    for i, name in enumerate(attack_names):
+      f, b = scorer.attack(name, scorer.model, s, xa, jax.random.fold_in(k, i), **kw)
+      counts['forward'] += f
+      counts['backward'] += b
+    return s, xa
+
   def side_attack(name, start_scores, k, **kw):
-    s, xa = start_scores.copy(), run.x.copy()
-    f, b = run.attack(name, run.model, s, xa, k, **kw)
-    counts['forward'] += f
-    counts['backward'] += b
-    return s
+    return side_attacks(run, (name,), start_scores, k, **kw)[0]
+
+  def clean_scores(scorer: _Run, k):
+    counts['forward'] += len(scorer.x) * scorer.draws()
+    return scorer.score(scorer.x, k)
 
   checks = {'validity': sanity.check_validity(run.x, x_adv, run.eps)}
-  again = run.score(x_adv, keys[0])
+  again = run.score(x_adv, keys['rescore'])
   counts['forward'] += n * draws
   if randomized:
     checks['reevaluation'] = {
@@ -534,14 +567,22 @@ def _sanity_checks(run: _Run, names, suite, clean, scores, final, x_adv, by_atta
   else:
     checks['reevaluation'] = sanity.check_reevaluation(scores > 0.5, again > 0.5)
 
-  fgsm = side_attack('fgsm', clean, keys[1])
+  fgsm = side_attack('fgsm', clean, keys['fgsm'])
   levels = [('clean', clean > 0.5), ('fgsm', fgsm > 0.5)]
   if randomized:
     levels.append((suite, final > 0.5))
+    checks['more_iterations'] = sanity.skipped(
+        'deterministic models only (randomised models: frozen_noise, eot_samples)')
   else:
-    pgd = scores if names == ('pgd',) else side_attack(
-        'pgd', clean, keys[2], options=dataclasses.replace(
-            run.options, pgd_steps=check_pgd_steps, pgd_restarts=1))
+    # PGD-k and PGD-2k with 2 restarts; the same key gives both the same first start.
+    pgd_options = lambda steps, restarts: dataclasses.replace(
+        run.options, pgd_steps=steps, pgd_restarts=restarts)
+    weak = side_attack('pgd', clean, keys['pgd'], options=pgd_options(check_pgd_steps, 1))
+    strong = side_attack('pgd', clean, keys['pgd'], options=pgd_options(2 * check_pgd_steps, 2))
+    checks['more_iterations'] = sanity.check_more_iterations(
+        f'PGD-{check_pgd_steps}', float(weak.mean()), f'PGD-{2 * check_pgd_steps}-2',
+        float(strong.mean()), int(np.sum((strong > 0.5) & (weak < 0.5))))
+    pgd = scores if names == ('pgd',) else weak
     levels.append(('pgd', pgd > 0.5))
     checks['fgsm_pgd_gap'] = sanity.check_fgsm_pgd_gap(float(fgsm.mean()), float(pgd.mean()))
     if suite not in ('pgd', 'transfer'):
@@ -552,8 +593,8 @@ def _sanity_checks(run: _Run, names, suite, clean, scores, final, x_adv, by_atta
     before = list(by_attack.values())[names.index('square') - 1]
     checks['square'] = sanity.check_square(before, by_attack['square'])
   elif square_check and 'square' not in names and suite != 'transfer' and not randomized:
-    checks['square'] = sanity.check_square(float(final.mean()),
-                                           float(side_attack('square', final, keys[3]).mean()))
+    checks['square'] = sanity.check_square(
+        float(final.mean()), float(side_attack('square', final, keys['square']).mean()))
   else:
     checks['square'] = sanity.skipped(
         'Square needs a deterministic model and white-box attacks before it' if 'square' in names
@@ -564,21 +605,57 @@ def _sanity_checks(run: _Run, names, suite, clean, scores, final, x_adv, by_atta
     values = sorted(set(eps_sweep if not isinstance(eps_sweep, bool) else
                         [min(f * run.eps, 1.0) for f in SWEEP_FRACTIONS] + [1.0]))
     sweep_options = dataclasses.replace(run.options, apgd_steps=sweep_steps, apgd_restarts=1)
-    accuracies = [float(side_attack('apgd-ce', clean, jax.random.fold_in(keys[4], i), eps=e,
-                                    options=sweep_options).mean())
+    accuracies = [float(side_attack('apgd-ce', clean, jax.random.fold_in(keys['sweep'], i),
+                                    eps=e, options=sweep_options).mean())
                   for i, e in enumerate(values)]
     checks['eps_sweep'] = sanity.check_eps_sweep(values, accuracies)
   else:
     checks['eps_sweep'] = sanity.skipped('off (eps_sweep=True runs APGD-CE over an ε sweep)')
 
-  logits, logits_again, zero = _probe(run, keys[5])
+  if not randomized or suite == 'transfer':
+    reason = 'randomised models only' if not randomized else 'transfer attacks use no EOT'
+    checks['frozen_noise'] = checks['eot_samples'] = sanity.skipped(reason)
+  else:
+    # The suite's attacks on one frozen draw and, for `with_input_noise`, on the noise-free
+    # model. They run on every point, so that a draw whose noise depends on a point's place in
+    # its batch stays the same draw for that point throughout.
+    m = run.model
+    references = {'frozen': Classifier(_OneDraw(m.apply_fn), (m.params, keys['frozen_draw']),
+                                       m.state)}
+    if isinstance(m.apply_fn, InputNoise):
+      references['noise_free'] = Classifier(m.apply_fn.apply_fn, m.params, m.state)
+    robust = {}
+    for name, model in references.items():
+      scorer = dataclasses.replace(run, model=model)
+      robust[name], _ = side_attacks(scorer, names, clean_scores(scorer, keys[name]), keys[name],
+                                     every_point=True)
+    checks['frozen_noise'] = sanity.check_frozen_noise(robust['frozen'], final,
+                                                       robust.get('noise_free'))
+    k = run.options.eot_samples
+    if not eot_check_n:
+      checks['eot_samples'] = sanity.skipped(
+          f'off (eot_check_n=N reruns the suite with K = {EOT_CHECK_SAMPLES} on N points)')
+    elif k >= EOT_CHECK_SAMPLES:
+      checks['eot_samples'] = sanity.skipped(f'the suite already uses K = {k}')
+    else:
+      m_check = min(eot_check_n, n)
+      subset = dataclasses.replace(run, x=run.x[:m_check], y=run.y[:m_check],
+                                   options=dataclasses.replace(run.options,
+                                                               eot_samples=EOT_CHECK_SAMPLES))
+      _, x_check = side_attacks(subset, names, clean[:m_check], keys['eot'])
+      rescored = subset.score(x_check, keys['eot_rescore'])
+      counts['forward'] += m_check * draws
+      checks['eot_samples'] = sanity.check_eot_samples(k, final[:m_check], EOT_CHECK_SAMPLES,
+                                                       rescored)
+
+  logits, logits_again, zero = _probe(run, keys['probe'])
   counts['forward'] += 2 * n
   counts['backward'] += 2 * n
   checks['logits'] = sanity.check_logits(logits)
   checks['zero_gradients'] = sanity.check_zero_gradients(zero)
   draw_change = None
   if randomized:
-    other, _, _ = _probe(run, keys[6])
+    other, _, _ = _probe(run, keys['draw'])
     draw_change = float(np.abs(other - logits).max())
     counts['forward'] += 2 * n
     counts['backward'] += 2 * n
@@ -670,7 +747,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
                     attacks=tuple(e.attacks) or None, surrogate=surrogate,
                     randomized=bool(e.input_noise), batch_size=e.batch_size, checks=e.checks,
                     eps_sweep=e.eps_sweep, square_check=e.square_check,
-                    check_pgd_steps=e.check_pgd_steps, progress=config.progress, **options)
+                    check_pgd_steps=e.check_pgd_steps, eot_check_n=e.eot_check_n,
+                    progress=config.progress, **options)
   report.update(evaluated_epoch=epoch, method=config.method.name, dataset=config.data.name,
                 model=config.model.name, workdir=workdir)
   save_report(report, os.path.join(workdir, f'eval_{e.suite}.json'))

@@ -18,6 +18,8 @@ PROBABILITY_TOLERANCE = 1e-5
 SQUARE_TOLERANCE = 0.002   # 0.2 percentage points, as AutoAttack's check_square_sr
 CO_GAP, CO_RATIO = 0.1, 0.5  # PGD accuracy < ½·FGSM accuracy, 0.1 below it: CO-like
 SWEEP_TOLERANCE = 0.01
+FROZEN_NOISE_TOLERANCE = 0.02  # one frozen draw: at most 2 points (or chance) above a reference
+EOT_TOLERANCE = 0.02       # K = 100: at most 2 points (or chance) below the suite's K
 
 
 def _record(ok: bool, message: str, **numbers) -> dict:
@@ -99,6 +101,67 @@ def check_eps_sweep(eps_values: Sequence[float], accuracies: Sequence[float]) ->
   return _record(not problems, '; '.join(problems) or 'accuracy falls with ε'
                  + (' and is ≈ 0 at ε = 1' if at_one else ''),
                  eps=[float(e) for e in eps_values], accuracy=[float(a) for a in accuracies])
+
+
+def check_more_iterations(weak: str, weak_accuracy: float, strong: str, strong_accuracy: float,
+                          raised: int) -> dict:
+  """More iterations and restarts do not raise accuracy: the `strong` attack must not end
+  above the `weak` one. `raised`: points robust to the strong attack only."""
+  ok = strong_accuracy <= weak_accuracy
+  return _record(ok, f'{weak} {weak_accuracy:.4f}, {strong} {strong_accuracy:.4f}' + (
+      '' if ok else f': more iterations and restarts raised accuracy ({raised} points robust '
+      'to the stronger attack only): the attack is not monotone in its effort, so its result '
+      'is no reliable bound'),
+                 weak_accuracy=weak_accuracy, strong_accuracy=strong_accuracy, raised=raised)
+
+
+def _excess(higher: np.ndarray, lower: np.ndarray, tolerance: float) -> tuple[float, float]:
+  """Mean of the paired per-point differences `higher − lower` and the margin it may reach:
+  `tolerance`, or 1.96 standard errors of that mean if larger (chance at 95%)."""
+  d = np.asarray(higher, np.float64) - np.asarray(lower, np.float64)
+  se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+  return float(d.mean()), float(max(tolerance, 1.96 * se))
+
+
+def check_frozen_noise(frozen: np.ndarray, eot: np.ndarray,
+                       noise_free: np.ndarray | None = None) -> dict:
+  """With one noise draw frozen the model is deterministic, and the same attacks must bring its
+  accuracy down to the noise-free model's level (SPEC §4.3).
+
+  Per-point robust scores: `frozen` (0/1, the suite's attacks on one frozen draw), `eot` (the
+  suite's result, mean over fresh draws) and `noise_free` (0/1, the same attacks on the model
+  without noise, when known). An attacker who knows the draw does at least as well as one who
+  does not, so the frozen accuracy may exceed neither reference by more than
+  `FROZEN_NOISE_TOLERANCE` and chance (paired, 95%); above it, the attacks fail on the model
+  even without its randomness (gradients masked by something else).
+  """
+  references = {'EOT': eot} if noise_free is None else {'EOT': eot, 'noise-free': noise_free}
+  excess = {name: _excess(frozen, ref, FROZEN_NOISE_TOLERANCE) for name, ref in references.items()}
+  above = [f'{name} by {d:.4f} > {margin:.4f}' for name, (d, margin) in excess.items()
+           if d > margin]
+  message = f'one frozen draw {np.mean(frozen):.4f}, ' + ', '.join(
+      f'{name} {np.mean(ref):.4f}' for name, ref in references.items())
+  return _record(not above, message + ('' if not above else ': the frozen draw stays above '
+                 + ' and '.join(above) + ', the attacks fail on this model even without its '
+                 'randomness'), frozen_accuracy=float(np.mean(frozen)),
+                 eot_accuracy=float(np.mean(eot)),
+                 noise_free_accuracy=None if noise_free is None else float(np.mean(noise_free)))
+
+
+def check_eot_samples(samples: int, scores: np.ndarray, check_samples: int,
+                      check_scores: np.ndarray) -> dict:
+  """EOT with `check_samples` (100) gradient draws must not lower the suite's accuracy
+  (K = `samples`) on the same points by more than `EOT_TOLERANCE` and chance (paired, 95%);
+  otherwise K is too small. `scores`, `check_scores`: per-point mean over fresh draws."""
+  drop, margin = _excess(scores, check_scores, EOT_TOLERANCE)
+  ok = drop <= margin
+  n = len(scores)
+  accuracy, check_accuracy = float(np.mean(scores)), float(np.mean(check_scores))
+  return _record(ok, f'first {n} points: K = {samples} {accuracy:.4f}, K = {check_samples} '
+                 f'{check_accuracy:.4f}' + ('' if ok else f': K = {check_samples} is lower by '
+                 f'{drop:.4f} > {margin:.4f}, use more EOT samples'), n=n, samples=samples,
+                 accuracy=accuracy, check_samples=check_samples, check_accuracy=check_accuracy,
+                 drop=drop, margin=margin)
 
 
 def check_logits(logits: np.ndarray) -> dict:

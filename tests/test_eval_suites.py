@@ -41,6 +41,9 @@ def test_aa_standard_report(report, trained, tmp_path):  # noqa: F811
   assert curve == sorted(curve, reverse=True) and curve[-1] == report['robust_accuracy']
   assert report['clean_accuracy'] > 0.9 and 0.1 < report['robust_accuracy'] < 0.9
   assert {c['status'] for c in report['checks'].values()} <= {sanity.PASS, sanity.SKIPPED}
+  more = report['checks']['more_iterations']
+  assert more['strong_accuracy'] <= more['weak_accuracy'] < report['clean_accuracy']
+  assert report['checks']['frozen_noise']['status'] == sanity.SKIPPED
   # APGD-CE on each clean-correct point: 1 clean + 11 gradient forwards, 1 scoring forward.
   correct = round(report['clean_accuracy'] * len(x))
   assert report['passes']['apgd-ce'] == {'forward': 13 * correct, 'backward': 11 * correct}
@@ -99,6 +102,42 @@ def test_gradient_masking_is_flagged_and_broken_by_square(trained):  # noqa: F81
   assert sanity.check_logits(np.asarray(probabilities))['status'] == sanity.WARN
 
 
+def two_sided_apply(params, state, x, train):
+  """Three classes along t = mean(x) − ½ ∈ [−0.3, 0.3]; at t = 0 class 0 wins. CE ascent runs
+  to the side it starts on: t < −0.13 is misclassified with CE ≈ 0.7–0.8, while t = 0.3 stays
+  correct with CE ≈ 1.05. PGD's max-CE restart rule thus prefers a failed restart on the
+  right to a successful one on the left."""
+  t = x.reshape(len(x), -1).mean(axis=1) - 0.5
+  logits = [jnp.zeros_like(t), 2.2 * t ** 2 - 0.5 * t - 0.1, 10.0 * t - 3.1]
+  return jnp.stack(logits, axis=1), state, {}
+
+
+def test_more_iterations_check_catches_an_attack_that_is_not_monotone():
+  x, y = np.full((32, 1), 0.5, np.float32), np.zeros(32, np.int32)
+  result = evaluate(two_sided_apply, {}, {}, x, y, suite='custom', attacks=['fgsm'], eps=0.3,
+                    check_pgd_steps=4, batch_size=32, progress=False)
+  more = result['checks']['more_iterations']
+  assert more['status'] == sanity.WARN and 'PGD-8-2' in more['message']
+  assert more['strong_accuracy'] >= more['weak_accuracy'] + 0.1
+  assert more['raised'] == round((more['strong_accuracy'] - more['weak_accuracy']) * 32)
+
+
+def test_checks_of_more_effort_frozen_noise_and_eot_as_functions():
+  assert sanity.check_more_iterations('PGD-20', 0.5, 'PGD-40-2', 0.5, 0)['status'] == sanity.PASS
+  assert sanity.check_more_iterations('PGD-20', 0.5, 'PGD-40-2', 0.51, 3)['status'] == sanity.WARN
+  ones, zeros, half = np.ones(100), np.zeros(100), np.full(100, 0.5)
+  assert sanity.check_frozen_noise(zeros, half, ones)['status'] == sanity.PASS
+  # Above the EOT result, or above the noise-free result, by more than 2 points and chance.
+  assert sanity.check_frozen_noise(half, zeros)['status'] == sanity.WARN
+  assert sanity.check_frozen_noise(half, ones, zeros)['status'] == sanity.WARN
+  frozen = np.r_[np.ones(53), np.zeros(47)]
+  assert sanity.check_frozen_noise(frozen, half)['status'] == sanity.PASS  # 3 points: chance
+  assert sanity.check_frozen_noise(frozen, half + 0.02)['status'] == sanity.PASS
+  assert sanity.check_eot_samples(20, half, 100, half - 0.01)['status'] == sanity.PASS
+  drop = sanity.check_eot_samples(20, half, 100, half - 0.05)
+  assert drop['status'] == sanity.WARN and abs(drop['drop'] - 0.05) < 1e-9
+
+
 def test_aa_rand_scores_a_randomized_model_over_fresh_draws():
   noisy, params, x, y = noisy_problem()
   result = evaluate(noisy, params, {}, x, y, suite='aa_rand', eps=0.1, randomized=True,
@@ -112,6 +151,26 @@ def test_aa_rand_scores_a_randomized_model_over_fresh_draws():
   assert result['checks']['determinism']['draw_change'] > 0
   assert result['checks']['reevaluation']['status'] == sanity.INFO
   assert result['checks']['validity']['status'] == sanity.PASS
+  # The sin term masks single-draw gradients with or without the noise: frozen to one draw,
+  # the model keeps an accuracy far above the EOT result (the rule: test_checks_..._functions).
+  frozen = result['checks']['frozen_noise']
+  assert frozen['eot_accuracy'] == result['robust_accuracy']
+  assert frozen['frozen_accuracy'] > frozen['eot_accuracy'] + 0.08
+  assert abs(frozen['frozen_accuracy'] - frozen['noise_free_accuracy']) < 0.1
+  assert 'eot_check_n' in result['checks']['eot_samples']['message']
+  assert result['checks']['more_iterations']['status'] == sanity.SKIPPED
+
+
+def test_eot_check_warns_when_k_is_too_small():
+  noisy, params, x, y = noisy_problem()
+  result = evaluate(noisy, params, {}, x, y, suite='aa_rand', eps=0.1, randomized=True,
+                    apgd_steps=10, eot_samples=1, eot_check_n=len(x), progress=False)
+  check = result['checks']['eot_samples']
+  assert check['status'] == sanity.WARN and (check['samples'], check['n']) == (1, len(x))
+  assert check['accuracy'] == result['robust_accuracy'] > check['check_accuracy'] + 0.1
+  # A single-draw attack is weak here: the frozen draw falls below it and the noise-free model.
+  frozen = result['checks']['frozen_noise']
+  assert frozen['status'] == sanity.PASS and frozen['frozen_accuracy'] < result['clean_accuracy']
 
 
 def test_transfer_from_the_model_itself_equals_white_box(trained):  # noqa: F811

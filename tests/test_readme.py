@@ -17,3 +17,4 @@ def test_readme_python_example_runs():
       exec(compile(block, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
   lines = out.getvalue().splitlines()
   assert lines[0].startswith('robust accuracy') and lines[1].startswith('AAE fraction')
+  assert lines[2].startswith('aa_standard robust accuracy') and "'validity': 'pass'" in lines[3]
