@@ -16,6 +16,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from fat_jax.evaluate import evaluate_checkpoint
+from fat_jax.summary import run_summary
 from fat_jax.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file in configs/.',
@@ -40,9 +41,8 @@ def main(argv):
         report['suite'], report['evaluated_epoch'], report['clean_accuracy'],
         report['robust_accuracy'])
     return
-  results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  logging.getLogger('fat_jax').info('Results: %s/results.json (clean %.4f, PGD %.4f)', _WORKDIR.value,
-               results['clean_accuracy'], results['pgd_accuracy'])
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  print(run_summary(_WORKDIR.value))
 
 
 if __name__ == '__main__':

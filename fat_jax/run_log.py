@@ -1,5 +1,6 @@
 """A run's files in its workdir: ``config.json``, ``metrics.jsonl`` (one JSON
-record per epoch) and ``results.json`` (the final evaluation)."""
+record per epoch), ``results.json`` (the final evaluation) and ``report/report.md``
+(`fat_jax.report`)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import os
 CONFIG = 'config.json'
 METRICS = 'metrics.jsonl'
 RESULTS = 'results.json'
+REPORT = os.path.join('report', 'report.md')
 
 
 def append_record(workdir: str, record: dict) -> None:

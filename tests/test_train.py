@@ -34,7 +34,7 @@ def tiny_config(data_dir, method='fgsm_rs', **overrides):
   c.eps, c.batch_size, c.num_epochs = 0.1, 16, 2
   c.eval.n, c.eval.monitor_n, c.eval.batch_size = 16, 16, 16
   c.eval.pgd_steps, c.eval.pgd_restarts, c.eval.monitor_pgd_steps = 2, 1, 2
-  c.progress = False
+  c.progress = c.report = False
   for key, value in overrides.items():
     section, _, field = key.rpartition('.')
     (c[section] if section else c)[field] = value
