@@ -25,13 +25,17 @@ fixed at each checkpoint (not recomputed per grid point):
 * ``clean``: x̃ = x;
 * ``train_attack``: the run's own training attack (its η, α, projection; PGD for
   PGD-AT) computed at the checkpoint — the loss single-step training sees;
-* ``pgd``: PGD-k-r with the run's final-evaluation settings at the checkpoint.
+* ``pgd``: PGD-k-r with the run's final-evaluation settings (ε, steps, restarts,
+  step size) at the checkpoint, maximising the CE of every point (misclassified
+  points keep moving, as in PGD training, so the loss is not stopped at the
+  decision boundary as the evaluation's early-stopping PGD is).
 
 The model runs in evaluation mode (BatchNorm running statistics), so each
 point's loss does not depend on the rest of the batch, and a = 0 is exactly
 the checkpoint's loss at those points. Under catastrophic overfitting the
-``train_attack`` loss stays low while the ``pgd`` loss is high and sharp in the
-first layers. The grid is evaluated by a jitted ``lax.map`` (vmap over chunks of
+``train_attack`` loss falls below the ``pgd`` loss (the single-step attack stops
+finding the adversarial examples), and the LAP paper reports that the first
+layers' landscapes sharpen first. The grid is evaluated by a jitted ``lax.map`` (vmap over chunks of
 `grid_batch` grid points) per data batch.
 """
 from __future__ import annotations
@@ -49,8 +53,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from fat_jax import run_log
+from fat_jax.aggregate import method_label
 from fat_jax.attacks import fgsm_attack, pgd_attack
 from fat_jax.checkpoint import Checkpointer
 from fat_jax.data import load_dataset
@@ -107,6 +113,9 @@ def eval_eps(config) -> float:
 def adversarial_inputs(params, state, x, y, key, *, model, attack, pgd):
   """{'clean', 'train_attack', 'pgd'}: the inputs x̃ at a checkpoint, evaluation mode.
 
+  PGD maximises the CE of every point (no freezing of misclassified points, unlike
+  the evaluation's PGD, which stops at the decision boundary).
+
   `model`: a `fat_jax.models.Model` (static: equal models share the compiled
   function); `attack`: the run's `methods.AttackSpec`; `pgd`: `evaluate.PGDSettings`.
   """
@@ -121,7 +130,7 @@ def adversarial_inputs(params, state, x, y, key, *, model, attack, pgd):
                               alpha=attack.alpha, init=attack.init, init_scale=attack.init_scale,
                               project=attack.project, train=False).delta
   pgd_delta = pgd_attack(apply_fn, params, state, x, y, pgd_key, eps=pgd.eps, alpha=pgd.alpha,
-                         steps=pgd.steps, restarts=pgd.restarts).delta
+                         steps=pgd.steps, restarts=pgd.restarts, freeze_misclassified=False).delta
   return {'clean': x, 'train_attack': x + train_delta, 'pgd': x + pgd_delta}
 
 
@@ -329,7 +338,7 @@ def compute_landscape(workdir: str, *, epochs: Sequence[int] = (), dims: int = 1
       per_layer.append(grid.T.reshape((len(kinds),) + (points,) * dims))
     losses.append(np.stack(per_layer))
   names = [layer_name(paths[l - 1]) for l in chosen] + [ALL_LAYERS]
-  meta = {'workdir': workdir, 'method': config.method.name, 'dims': dims, 'split': split,
+  meta = {'workdir': workdir, 'method': method_label(config.method.to_dict()), 'dims': dims, 'split': split,
           'n': int(n), 'seed': seed, 'radius': radius, 'eps': float(config.eps),
           'train_attack': dataclasses.asdict(attack), 'pgd': dataclasses.asdict(pgd)}
   return Landscape(np.stack(losses), axis, list(epochs), names, chosen + [0], kinds, meta)
@@ -362,6 +371,9 @@ def plot_landscape(landscape: Landscape, path: str, *, kind: str = '', title: st
           color, label = KIND_STYLE[kind_name]
           ax.plot(a, losses[r, c, k], color=color, lw=1.2, label=label)
         ax.set_yscale('log')
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
+        ax.yaxis.set_minor_formatter(NullFormatter())
       else:
         contour = ax.contourf(a, a, values[r, c].T, levels=levels, cmap='viridis')
         ax.plot(0, 0, 'w+', ms=6)

@@ -15,7 +15,8 @@ folder is self-contained. Sections:
 * Evaluation — results.json and every eval_<suite>.json, with the sanity checks;
 * Adversarial examples — the first `ADV_EXAMPLES` test points at the evaluated
   checkpoint (the latest kept one if it is gone): clean, the run's own training
-  attack and PGD with the final-evaluation settings, all in evaluation mode,
+  attack and PGD with the final-evaluation settings maximising the CE
+  (`landscape.adversarial_inputs`), all in evaluation mode,
   with the predictions and the perturbations δ (scaled by max |δ| of the row);
 * Layer-wise loss landscapes — the ``landscape_*.png`` that
   ``python -m fat_jax.landscape`` wrote into the workdir;
@@ -42,6 +43,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from fat_jax import aggregate, landscape, run_log, summary
+from fat_jax.config import default_config
 from fat_jax.aggregate import Run
 from fat_jax.data import DatasetNotFoundError, load_dataset
 from fat_jax.evaluate import restore_model
@@ -67,7 +69,7 @@ def _epochs(run: Run, key: str):
   return [r['epoch'] for r in records], [r[key] for r in records]
 
 
-def _panels(n: int, *, width: float = 3.6, height: float = 2.6, max_cols: int = 3):
+def _panels(n: int, *, width: float = 3.6, height: float = 2.6, max_cols: int = 4):
   cols = min(n, max_cols)
   rows = -(-n // cols)
   fig = Figure(figsize=(width * cols, height * rows))
@@ -196,7 +198,7 @@ def plot_vact(runs: Sequence[Run], out_dir: str) -> str:
   fig, axes = _panels(len(runs))
   for ax, run in zip(axes, runs):
     epochs, vact = _epochs(run, 'vact')
-    for j, node in enumerate(sorted(vact[0])):
+    for j, node in enumerate(sorted(set().union(*vact))):
       ax.plot(epochs, [v.get(node, np.nan) for v in vact], 'o-', ms=3, color=_color(j),
               label=f'node {node}')
     _mark_onset(ax, run)
@@ -296,8 +298,10 @@ def _slug(name: str) -> str:
 
 def _settings(run: Run) -> str:
   c = run.config
-  m, o, d, mo = c['method'], c['optim'], c['data'], c['model']
-  method = ', '.join(f'{k}={v}' for k, v in sorted(m.items()) if v is not None and v is not False)
+  m, o, mo = c['method'], c['optim'], c['model']
+  defaults = default_config().method
+  method = ', '.join(f'{k}={v}' for k, v in sorted(m.items())
+                     if k == 'name' or v != defaults.get(k))
   return (f"| {run.name} | {method} | {o['schedule']} lr {o['lr_max']}, {c['num_epochs']} epochs, "
           f"batch {c['batch_size']} | {mo['name']} (width {mo.get('width')}) | "
           f"{aggregate.COLUMNS['data'].value(run)} |")
@@ -408,8 +412,8 @@ def write_report(workdirs: Sequence[str], out_dir: str = '', *, examples: bool =
 
   md += ['## Adversarial examples', '',
          f'The first {ADV_EXAMPLES} test points at the evaluated checkpoint, evaluation mode: '
-         "the run's training attack and PGD with the final-evaluation settings; titles are "
-         'label→prediction (red: wrong).', '']
+         "the run's training attack and PGD with the final-evaluation settings (maximising "
+         'the CE, no early stop); titles are label→prediction (red: wrong).', '']
   for run in runs:
     if not examples:
       md += [f'{run.name}: skipped.', '']
