@@ -22,6 +22,7 @@ from fat_jax.evaluate import evaluate_checkpoint
 from fat_jax.feature_analysis import analyze_checkpoint
 from fat_jax.noise_eval import evaluate_noise_checkpoint
 from fat_jax.parallel import initialize_distributed, is_writer
+from fat_jax.summary import run_summary
 from fat_jax.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file in configs/.',
@@ -63,9 +64,9 @@ def main(argv):
         report['suite'], report['evaluated_epoch'], report['clean_accuracy'],
         report['robust_accuracy'])
     return
-  results = train_and_evaluate(config, _WORKDIR.value)
-  logging.getLogger('fat_jax').info('Results: %s/results.json (clean %.4f, PGD %.4f)', _WORKDIR.value,
-               results['clean_accuracy'], results['pgd_accuracy'])
+  train_and_evaluate(config, _WORKDIR.value)
+  if is_writer():
+    print(run_summary(_WORKDIR.value))
 
 
 if __name__ == '__main__':

@@ -708,7 +708,9 @@ def restore_model(model_config, info, workdir: str, epoch: int = 0):
     if epoch is None or epoch not in checkpointer.epochs():
       raise FileNotFoundError(f'No checkpoint of epoch {epoch} in {workdir} (have '
                               f'{checkpointer.epochs()}).')
-    return model, checkpointer.restore(epoch, init_train_state(model, jax.random.key(0))), epoch
+    # The shapes of a fresh state suffice (eval_shape: no initialisation is compiled or run).
+    like = jax.eval_shape(lambda: init_train_state(model, jax.random.key(0)))
+    return model, checkpointer.restore(epoch, like), epoch
   finally:
     checkpointer.close()
 

@@ -1,8 +1,8 @@
 """A run's files in its workdir: ``config.json``, ``metrics.jsonl`` (one JSON
 record per epoch), ``monitor.jsonl`` (the monitor every `eval.monitor_every_steps`
-steps inside epochs, if set), ``results.json`` (the final evaluation) and per-point arrays
-(``.npz``). Only process 0 of a multi-host run writes (`fat_jax.parallel.is_writer`);
-every process can read.
+steps inside epochs, if set), ``results.json`` (the final evaluation), per-point arrays
+(``.npz``) and ``report/report.md`` (`fat_jax.report`). Only process 0 of a multi-host run
+writes (`fat_jax.parallel.is_writer`); every process can read.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ CONFIG = 'config.json'
 METRICS = 'metrics.jsonl'
 MONITOR = 'monitor.jsonl'
 RESULTS = 'results.json'
+REPORT = os.path.join('report', 'report.md')
 
 
 def append_record(workdir: str, record: dict, name: str = METRICS) -> None:

@@ -9,6 +9,7 @@ import os
 import sys
 
 from fat_jax import run_log
+from fat_jax.aggregate import method_label
 
 
 def epoch_table(workdir: str) -> str:
@@ -33,6 +34,43 @@ def final_line(workdir: str) -> str:
           f"FGSM {r['fgsm_accuracy']:.3f}, PGD-{r['pgd_steps']}-{r['pgd_restarts']} "
           f"{r['pgd_accuracy']:.3f}; CO {'at epoch %d' % onset if onset else 'not detected'}; "
           f"{r['train_time_s']:.0f} s training")
+
+
+def run_summary(workdir: str) -> str:
+  """One screen at the end of a run: the final result and where its files are."""
+  workdir = os.path.abspath(workdir)
+  records = run_log.read_records(workdir)
+  r = run_log.read_json(workdir, run_log.RESULTS)
+  if r is None:
+    return f'{workdir}: no results.json yet'
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  kept = sorted(int(e) for e in os.listdir(checkpoints) if e.isdigit()) \
+      if os.path.isdir(checkpoints) else []
+  pgd = [e['pgd_accuracy'] for e in records]
+  report = os.path.join(workdir, run_log.REPORT)
+  onset = r['co_onset_epoch']
+  config = run_log.read_json(workdir, run_log.CONFIG)
+  rule = '─' * 78
+  lines = [
+      rule,
+      f"{method_label(config['method'])} on {r['dataset']}, {r['model']}, "
+      f"eps {r['train_eps']:.4g}, seed {r['seed']}: {len(records)} epochs, "
+      f"{r['train_time_s']:.0f} s training",
+      f"final (epoch {r['evaluated_epoch']}, n={r['n']}): clean {r['clean_accuracy']:.3f}  "
+      f"FGSM {r['fgsm_accuracy']:.3f}  PGD-{r['pgd_steps']}-{r['pgd_restarts']} "
+      f"{r['pgd_accuracy']:.3f}",
+      f"monitor PGD accuracy best {max(pgd):.3f}, last {pgd[-1]:.3f}; "
+      f"CO {'detected at epoch %d' % onset if onset else 'not detected'}" if pgd else
+      'no epoch records',
+      f"checkpoint  {os.path.join(checkpoints, str(kept[-1])) if kept else '(none)'}"
+      f"{'  (kept epochs %s)' % kept if kept else ''}",
+      f'metrics     {os.path.join(workdir, run_log.METRICS)}',
+      f"results     {os.path.join(workdir, run_log.RESULTS)}  (per point: eval_flags.npz)",
+      f'report      {report}' if os.path.exists(report) else
+      f'report      (none: python -m fat_jax.report {workdir})',
+      rule,
+  ]
+  return '\n'.join(lines)
 
 
 def summarize(workdirs) -> str:

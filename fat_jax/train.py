@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from fat_jax import optim, run_log
+from fat_jax import optim, report, run_log
 from fat_jax.checkpoint import Checkpointer
 from fat_jax.data import (iterate_batches, load_dataset, shard_batch, steps_per_epoch,
                           stored_frame_shape)
@@ -27,13 +27,13 @@ from fat_jax.diagnostics import co_onset
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
 from fat_jax.methods import init_examples, init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
-from fat_jax.parallel import make_data_mesh, replicate
+from fat_jax.parallel import is_writer, make_data_mesh, replicate
 
 log = logging.getLogger('fat_jax')
 
 # Config sections that may change between a run and its resumption.
 RESUMABLE_CHANGES = ('eval', 'co_monitor', 'progress', 'checkpoint_keep', 'distributed',
-                     'analysis')
+                     'analysis', 'report')
 NAN_CHECK_EVERY = 20
 # Component statistics shown in the epoch line (all are in metrics.jsonl).
 EXTRA_LOG = {'train_aaer_aae_fraction': 'AAE fraction', 'train_gradalign_cos': 'grad cos',
@@ -214,4 +214,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   log.info('Final (epoch %d, n=%d, eps=%.4f): clean %.4f  FGSM %.4f  PGD-%d-%d %.4f',
            ts_epoch, final['n'], settings.eps, final['clean_accuracy'],
            final['fgsm_accuracy'], settings.steps, settings.restarts, final['pgd_accuracy'])
+  if config.report and is_writer():
+    report.try_write_report(workdir)
   return results

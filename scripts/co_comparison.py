@@ -5,9 +5,9 @@
 
 Each run is `launch.py --config=configs/quickstart.py:METHOD` (plus the overrides
 given), so every row can be reproduced on its own; `--jobs` runs that many at once.
-The table: final clean / FGSM / PGD accuracy (the config's final evaluation),
-the best and last monitor PGD accuracy and the CO onset epoch. Runs whose
-workdir already holds results.json are not trained again.
+The table (`fat_jax.aggregate`): final clean / FGSM / PGD accuracy (the config's
+final evaluation), the best and last monitor PGD accuracy and the CO onset
+epoch. Runs whose workdir already holds results.json are not trained again.
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from fat_jax import run_log  # pylint: disable=wrong-import-position
+from fat_jax import aggregate, run_log  # pylint: disable=wrong-import-position
 
 METHODS = 'fgsm,fgsm_rs,n_fgsm,gradalign,v_lap,r_lap,n_lap,rs_aaer,n_aaer'
+COLUMNS = ('method', 'seed', 'clean', 'fgsm', 'pgd', 'monitor_pgd', 'co_epoch')
 
 
 def run(method: str, seed: int, args) -> str:
@@ -41,15 +42,6 @@ def run(method: str, seed: int, args) -> str:
   return workdir
 
 
-def row(method: str, seed: int, workdir: str) -> str:
-  r = run_log.read_json(workdir, run_log.RESULTS)
-  pgd = [e['pgd_accuracy'] for e in run_log.read_records(workdir)]
-  onset = r['co_onset_epoch']
-  return (f"| {method} | {seed} | {r['clean_accuracy']:.3f} | {r['fgsm_accuracy']:.3f} | "
-          f"{r['pgd_accuracy']:.3f} | {max(pgd):.3f} / {pgd[-1]:.3f} | "
-          f"{onset if onset else '–'} |")
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--out', required=True)
@@ -63,10 +55,7 @@ def main():
   jobs = [(m, int(s)) for s in args.seeds.split(',') for m in args.methods.split(',')]
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
     workdirs = list(pool.map(lambda job: run(*job, args), jobs))
-  print('| method | seed | clean | FGSM | PGD | monitor PGD best / last | CO epoch |')
-  print('|---|---:|---:|---:|---:|---:|---:|')
-  for (method, seed), workdir in zip(jobs, workdirs):
-    print(row(method, seed, workdir))
+  print(aggregate.markdown_table(aggregate.load_runs(workdirs), COLUMNS))
 
 
 if __name__ == '__main__':

@@ -34,7 +34,7 @@ def tiny_config(data_dir, method='fgsm_rs', **overrides):
   c.eps, c.batch_size, c.num_epochs = 0.1, 16, 2
   c.eval.n, c.eval.monitor_n, c.eval.batch_size = 16, 16, 16
   c.eval.pgd_steps, c.eval.pgd_restarts, c.eval.monitor_pgd_steps = 2, 1, 2
-  c.progress = False
+  c.progress = c.report = False
   for key, value in overrides.items():
     section, _, field = key.rpartition('.')
     (c[section] if section else c)[field] = value
@@ -172,4 +172,5 @@ def test_launch_runs_a_config_and_rejects_typos(data_dir, tmp_path):
   done = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert 'Final (epoch 1' in done.stderr
+  assert os.path.join(str(tmp_path), run_log.REPORT) in done.stdout  # the end-of-run summary
   assert run_log.read_json(str(tmp_path), run_log.RESULTS)['evaluated_epoch'] == 1

@@ -1,0 +1,436 @@
+"""Layer-wise loss landscapes (SPEC §3; the figure of the LAP paper, Lin et al. ICML 2024).
+
+  python -m fat_jax.landscape WORKDIR --epochs=1,2,6
+  python -m fat_jax.landscape WORKDIR --epochs=1,6 --dims=2 --losses=pgd
+
+The loss along random directions in weight space (Li et al. 2018, "Visualizing
+the loss landscape of neural nets"):
+
+    L(a) = mean_i CE(f(x̃_i; w + a·d), y_i)            (1-D),
+    L(a, b) = mean_i CE(f(x̃_i; w + a·d1 + b·d2), y_i)    (2-D),
+
+with *filter-normalised* Gaussian directions: for every output filter j of a
+conv/linear kernel (the last axis of a Flax kernel), d_j ← d_j·‖w_j‖/(‖d_j‖ + 1e−10);
+biases and BatchNorm parameters get d = 0 (Li et al.'s ``ignore='biasbn'``).
+A *layer* landscape keeps d only on that kernel (one layer at a time, in the
+explicit order of `Model.weight_layer_order`, numbered l = 1..L as in LAP);
+the *all* landscape uses d on every kernel. The draw is the same for every
+checkpoint (same seed), rescaled to each checkpoint's filters, and the layer
+directions are the all-layer direction restricted to one kernel.
+
+Which loss, on which points: the first `n` points of a split (default: the
+training split, the points the training objective is about), with inputs x̃
+fixed at each checkpoint (not recomputed per grid point):
+
+* ``clean``: x̃ = x;
+* ``train_attack``: the run's own training attack (its η, α, projection; PGD for
+  PGD-AT) computed at the checkpoint — the loss single-step training sees;
+* ``pgd``: PGD-k-r with the run's final-evaluation settings (ε, steps, restarts,
+  step size) at the checkpoint, maximising the CE of every point (misclassified
+  points keep moving, as in PGD training, so the loss is not stopped at the
+  decision boundary as the evaluation's early-stopping PGD is).
+
+The model runs in evaluation mode (BatchNorm running statistics), so each
+point's loss does not depend on the rest of the batch, and a = 0 is exactly
+the checkpoint's loss at those points. Under catastrophic overfitting the
+``train_attack`` loss falls below the ``pgd`` loss (the single-step attack stops
+finding the adversarial examples), and the LAP paper reports that the first
+layers' landscapes sharpen first. The grid is evaluated by a jitted ``lax.map`` (vmap over chunks of
+`grid_batch` grid points) per data batch.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import operator
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from fat_jax import run_log
+from fat_jax.aggregate import method_label
+from fat_jax.attacks import fgsm_attack, pgd_attack
+from fat_jax.checkpoint import Checkpointer
+from fat_jax.data import load_dataset
+from fat_jax.evaluate import PGDSettings, restore_model
+from fat_jax.losses import cross_entropy
+from fat_jax.methods import resolve_method
+
+LOSS_KINDS = ('clean', 'train_attack', 'pgd')
+SPLITS = ('train', 'test')
+FILTER_NORM_EPS = 1e-10  # as Li et al.'s net_plotter.normalize_direction
+ALL_LAYERS = 'all'
+
+
+# ---------------------------------------------------------------------------
+# A run's checkpoint and the fixed inputs of its landscape.
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config of the run in `workdir` (its config.json)."""
+  stored = run_log.read_json(workdir, run_log.CONFIG)
+  if stored is None:
+    raise FileNotFoundError(f'No {run_log.CONFIG} in {workdir}: pass the --workdir of a run.')
+  return ml_collections.ConfigDict(stored)
+
+
+def checkpoint_epochs(workdir: str) -> list[int]:
+  """The epochs with a checkpoint in `workdir`."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    return []
+  checkpointer = Checkpointer(workdir)
+  try:
+    return checkpointer.epochs()
+  finally:
+    checkpointer.close()
+
+
+def restored_checkpoints(config, info, workdir: str, epochs: Sequence[int]):
+  """Yields (epoch, model, train state) for each of `epochs` of the run in `workdir`."""
+  model, ts, _ = restore_model(config.model, info, workdir, epochs[0])
+  checkpointer = Checkpointer(workdir)
+  try:
+    for epoch in epochs:
+      if epoch != epochs[0]:
+        ts = checkpointer.restore(epoch, ts)
+      yield epoch, model, ts
+  finally:
+    checkpointer.close()
+
+
+def eval_eps(config) -> float:
+  return float(config.eval.eps if config.eval.get('eps') is not None else config.eps)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'attack', 'pgd'))
+def adversarial_inputs(params, state, x, y, key, *, model, attack, pgd):
+  """{'clean', 'train_attack', 'pgd'}: the inputs x̃ at a checkpoint, evaluation mode.
+
+  PGD maximises the CE of every point (no freezing of misclassified points, unlike
+  the evaluation's PGD, which stops at the decision boundary).
+
+  `model`: a `fat_jax.models.Model` (static: equal models share the compiled
+  function); `attack`: the run's `methods.AttackSpec`; `pgd`: `evaluate.PGDSettings`.
+  """
+  apply_fn = model.apply
+  train_key, pgd_key = jax.random.split(key)
+  if attack.steps > 1:
+    train_delta = pgd_attack(apply_fn, params, state, x, y, train_key, eps=attack.eps,
+                             alpha=attack.alpha, steps=attack.steps, train=False,
+                             freeze_misclassified=False, init_scale=attack.init_scale).delta
+  else:
+    train_delta = fgsm_attack(apply_fn, params, state, x, y, train_key, eps=attack.eps,
+                              alpha=attack.alpha, init=attack.init, init_scale=attack.init_scale,
+                              project=attack.project, train=False).delta
+  pgd_delta = pgd_attack(apply_fn, params, state, x, y, pgd_key, eps=pgd.eps, alpha=pgd.alpha,
+                         steps=pgd.steps, restarts=pgd.restarts, freeze_misclassified=False).delta
+  return {'clean': x, 'train_attack': x + train_delta, 'pgd': x + pgd_delta}
+
+
+def final_pgd_settings(config) -> PGDSettings:
+  """The run's final-evaluation PGD (`eval.pgd_steps`, `pgd_restarts`, step `pgd_step_size`·ε)."""
+  eps = eval_eps(config)
+  return PGDSettings(eps=eps, steps=int(config.eval.pgd_steps),
+                     restarts=int(config.eval.pgd_restarts),
+                     step_size=float(config.eval.pgd_step_size) * eps)
+
+
+# ---------------------------------------------------------------------------
+# Directions and the grid.
+
+def _names(key_path) -> tuple[str, ...]:
+  return tuple(k.key for k in key_path)
+
+
+def filter_normalized_direction(key, params, paths: Sequence[tuple[str, ...]]):
+  """A Gaussian direction on the kernels at `paths`, zero on every other leaf.
+
+  One N(0, I) draw over all kernels (kernel l takes the l-th slice), each
+  output filter j (last axis) rescaled to the same filter of w:
+  d_j·‖w_j‖/(‖d_j‖ + 1e−10).
+  """
+  kernels = [functools.reduce(operator.getitem, p, params) for p in paths]
+  sizes = [w.size for w in kernels]
+  draw = jax.random.normal(key, (sum(sizes),), kernels[0].dtype)
+  chunks = jnp.split(draw, np.cumsum(sizes)[:-1])
+  filter_norm = lambda a: jnp.sqrt(jnp.sum(a * a, axis=tuple(range(a.ndim - 1))))
+  index = {tuple(p): l for l, p in enumerate(paths)}
+
+  def leaf(key_path, w):
+    l = index.get(_names(key_path))
+    if l is None:
+      return jnp.zeros_like(w)
+    d = chunks[l].reshape(w.shape)
+    return d * filter_norm(w) / (filter_norm(d) + FILTER_NORM_EPS)
+
+  return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+@functools.partial(jax.jit, static_argnames=('paths', 'dims'))
+def random_directions(key, params, *, paths: tuple, dims: int):
+  """`dims` filter-normalised directions (keys ``fold_in(key, k)``), stacked on a leading axis."""
+  directions = [filter_normalized_direction(jax.random.fold_in(key, k), params, paths)
+                for k in range(dims)]
+  return jax.tree.map(lambda *d: jnp.stack(d), *directions)
+
+
+def mask_layers(direction, paths: Sequence[tuple[str, ...]], mask):
+  """`direction` with the kernel at ``paths[l]`` scaled by ``mask[l]`` (1 keeps, 0 drops)."""
+  index = {tuple(p): l for l, p in enumerate(paths)}
+  return jax.tree_util.tree_map_with_path(
+      lambda kp, d: d * mask[index[_names(kp)]] if _names(kp) in index else d, direction)
+
+
+def grid_coefficients(axis: np.ndarray, dims: int) -> np.ndarray:
+  """(G, dims) grid rows: every combination of `axis` values (G = len(axis)^dims, 'ij' order)."""
+  if dims not in (1, 2):
+    raise ValueError(f'dims must be 1 or 2, got {dims}.')
+  mesh = np.meshgrid(*([np.asarray(axis, np.float32)] * dims), indexing='ij')
+  return np.stack([m.ravel() for m in mesh], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'paths', 'grid_batch'))
+def grid_loss_sums(params, state, directions, layer_mask, coefficients, inputs, labels, *,
+                   model, paths: tuple, grid_batch: int):
+  """Σ_i CE(f(x̃_i; w + Σ_k c_k·d_k), y_i) for every grid row c: (G, kinds).
+
+  `directions`: params-shaped pytree with a leading axis K (one per grid
+  dimension), restricted to the kernels ``paths[l]`` with ``layer_mask[l]`` = 1;
+  `coefficients`: (G, K); `inputs`: (kinds, B, ...) in [0, 1]; `model`: a
+  `fat_jax.models.Model` (any hashable object with its `apply`), evaluation mode.
+  """
+  directions = mask_layers(directions, paths, layer_mask)
+  kinds, batch = inputs.shape[:2]
+  x = inputs.reshape((kinds * batch,) + inputs.shape[2:])
+  y = jnp.tile(labels, kinds)
+
+  def loss_at(c):
+    w = jax.tree.map(lambda p, d: p + jnp.tensordot(c, d, axes=1), params, directions)
+    logits = model.apply(w, state, x, False)[0]
+    return cross_entropy(logits, y).reshape(kinds, batch).sum(axis=1)
+
+  return jax.lax.map(loss_at, coefficients, batch_size=grid_batch)
+
+
+def landscape_losses(model, params, state, directions, layer_mask, coefficients, inputs,
+                     labels, *, paths, batch_size: int = 256, grid_batch: int = 8) -> np.ndarray:
+  """Mean CE (G, kinds) over all points, in data batches of `batch_size` (see `grid_loss_sums`)."""
+  n = len(labels)
+  total = 0.0
+  for lo in range(0, n, batch_size):
+    total = total + np.asarray(grid_loss_sums(
+        params, state, directions, layer_mask, coefficients, inputs[:, lo:lo + batch_size],
+        labels[lo:lo + batch_size], model=model, paths=tuple(paths),
+        grid_batch=grid_batch), np.float64)
+  return total / n
+
+
+# ---------------------------------------------------------------------------
+# A run's landscapes.
+
+@dataclasses.dataclass
+class Landscape:
+  """Losses (epochs, layer sets, kinds, *grid) along `dims` filter-normalised directions."""
+  losses: np.ndarray
+  axis: np.ndarray          # the coefficients of one grid axis
+  epochs: list[int]
+  layers: list[str]         # kernel names (LAP order) and 'all'
+  layer_indices: list[int]  # l = 1..L of each layer set; 0 for 'all'
+  kinds: list[str]
+  meta: dict                # workdir, method, dims, split, n, seed, radius, attacks
+
+  def save(self, out_dir: str) -> str:
+    """Writes ``landscape_{dims}d.npz`` (arrays + JSON metadata) into `out_dir`."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"landscape_{self.meta['dims']}d.npz")
+    np.savez_compressed(path, losses=self.losses, axis=self.axis, meta=json.dumps(
+        {**self.meta, 'epochs': self.epochs, 'layers': self.layers,
+         'layer_indices': self.layer_indices, 'kinds': self.kinds}))
+    return path
+
+  @classmethod
+  def load(cls, path: str) -> 'Landscape':
+    with np.load(path) as f:
+      meta = json.loads(str(f['meta']))
+      return cls(f['losses'], f['axis'], meta.pop('epochs'), meta.pop('layers'),
+                 meta.pop('layer_indices'), meta.pop('kinds'), meta)
+
+
+def layer_name(path: tuple[str, ...]) -> str:
+  return '/'.join(path[:-1]) if len(path) > 1 else path[0]
+
+
+def default_layers(num_layers: int) -> list[int]:
+  """All layers up to 6, else the first five and the last (as the LAP figure's columns)."""
+  return list(range(1, num_layers + 1)) if num_layers <= 6 else [1, 2, 3, 4, 5, num_layers]
+
+
+def compute_landscape(workdir: str, *, epochs: Sequence[int] = (), dims: int = 1,
+                      layers: Sequence[int] = (), kinds: Sequence[str] = LOSS_KINDS,
+                      split: str = 'train', n: int = 500, radius: float = 1.0,
+                      points: int = 0, seed: int = 0, batch_size: int = 256,
+                      grid_batch: int = 8) -> Landscape:
+  """Landscapes of the run in `workdir` at checkpoints `epochs` (default: every kept one).
+
+  `layers`: 1-based indices in the LAP layer order (default `default_layers`);
+  the all-layer landscape is always added. `points` per grid axis (default 41
+  for 1-D, 21 for 2-D).
+  """
+  workdir = os.path.abspath(workdir)
+  config = read_config(workdir)
+  kinds = list(kinds)
+  unknown = [k for k in kinds if k not in LOSS_KINDS]
+  if unknown or not kinds:
+    raise ValueError(f'Unknown loss kinds {unknown}; choose from {LOSS_KINDS}.')
+  if split not in SPLITS:
+    raise ValueError(f'split must be one of {SPLITS}, got {split!r}.')
+  available = checkpoint_epochs(workdir)
+  epochs = list(epochs) or available
+  missing = [e for e in epochs if e not in available]
+  if missing or not epochs:
+    raise FileNotFoundError(
+        f'No checkpoint of epochs {missing or "any"} in {workdir} (kept: {available}). Runs keep '
+        f'the last checkpoint_keep={config.checkpoint_keep} epochs; retrain with '
+        '--config.checkpoint_keep=NUM_EPOCHS to keep the epochs you want to compare.')
+  points = points or (41 if dims == 1 else 21)
+  if points < 1 or radius < 0:
+    raise ValueError(f'Need points ≥ 1 and radius ≥ 0 (got points={points}, radius={radius}).')
+  axis = np.linspace(-radius, radius, points, dtype=np.float32)
+  coefficients = jnp.asarray(grid_coefficients(axis, dims))
+  data = load_dataset(config.data)
+  images, labels = ((data.train_images, data.train_labels) if split == 'train'
+                    else (data.test_images, data.test_labels))
+  n = min(n or len(labels), len(labels))
+  x = jnp.asarray(images[:n], jnp.float32) / 255.0
+  y = jnp.asarray(labels[:n])
+  attack = resolve_method(config.method, config.eps).attack
+  pgd = final_pgd_settings(config)
+  key = jax.random.key(seed)
+  direction_key, attack_key = jax.random.split(key)
+
+  losses = []
+  for epoch, model, ts in restored_checkpoints(config, data.info, workdir, epochs):
+    paths = tuple(model.weight_layer_order(ts.params))
+    chosen = list(layers) or default_layers(len(paths))
+    if not all(1 <= l <= len(paths) for l in chosen):
+      raise ValueError(f'layers must be in 1..{len(paths)} (the LAP layer order), got {chosen}.')
+    inputs = []
+    for lo in range(0, n, batch_size):
+      adv = adversarial_inputs(ts.params, ts.batch_stats, x[lo:lo + batch_size],
+                               y[lo:lo + batch_size], jax.random.fold_in(attack_key, lo),
+                               model=model, attack=attack, pgd=pgd)
+      inputs.append(jnp.stack([adv[k] for k in kinds]))
+    inputs = jnp.concatenate(inputs, axis=1)
+    directions = random_directions(direction_key, ts.params, paths=paths, dims=dims)
+    masks = [jax.nn.one_hot(l - 1, len(paths)) for l in chosen] + [jnp.ones(len(paths))]
+    per_layer = []
+    for mask in masks:
+      grid = landscape_losses(model, ts.params, ts.batch_stats, directions, mask,
+                              coefficients, inputs, y, paths=paths, batch_size=batch_size,
+                              grid_batch=grid_batch)
+      per_layer.append(grid.T.reshape((len(kinds),) + (points,) * dims))
+    losses.append(np.stack(per_layer))
+  names = [layer_name(paths[l - 1]) for l in chosen] + [ALL_LAYERS]
+  meta = {'workdir': workdir, 'method': method_label(config.method.to_dict()), 'dims': dims, 'split': split,
+          'n': int(n), 'seed': seed, 'radius': radius, 'eps': float(config.eps),
+          'train_attack': dataclasses.asdict(attack), 'pgd': dataclasses.asdict(pgd)}
+  return Landscape(np.stack(losses), axis, list(epochs), names, chosen + [0], kinds, meta)
+
+
+# ---------------------------------------------------------------------------
+# The figure: rows = checkpoints, columns = layers (+ all).
+
+KIND_STYLE = {'clean': ('tab:blue', 'clean'), 'train_attack': ('tab:orange', 'training attack'),
+              'pgd': ('tab:red', 'PGD')}
+
+
+def plot_landscape(landscape: Landscape, path: str, *, kind: str = '', title: str = '') -> str:
+  """Grid of panels (checkpoints × layers): curves per loss kind (1-D) or log10-loss contours
+  of `kind` (2-D; default the last kind, i.e. PGD when computed) on one shared scale."""
+  losses, a = landscape.losses, landscape.axis
+  rows, cols = len(landscape.epochs), len(landscape.layers)
+  fig = Figure(figsize=(1.9 * cols + 0.6, 1.7 * rows + 0.7))
+  axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+  dims = landscape.meta['dims']
+  if dims == 2:
+    k = landscape.kinds.index(kind) if kind else len(landscape.kinds) - 1
+    values = np.log10(np.maximum(losses[:, :, k], 1e-6))
+    levels = np.linspace(values.min(), max(values.max(), values.min() + 1e-3), 15)
+  for r, epoch in enumerate(landscape.epochs):
+    for c, name in enumerate(landscape.layers):
+      ax = axes[r, c]
+      if dims == 1:
+        for k, kind_name in enumerate(landscape.kinds):
+          color, label = KIND_STYLE[kind_name]
+          ax.plot(a, losses[r, c, k], color=color, lw=1.2, label=label)
+        ax.set_yscale('log')
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+      else:
+        contour = ax.contourf(a, a, values[r, c].T, levels=levels, cmap='viridis')
+        ax.plot(0, 0, 'w+', ms=6)
+      if r == 0:
+        index = landscape.layer_indices[c]
+        ax.set_title(f'{index}: {name}' if index else 'all layers', fontsize=8)
+      if c == 0:
+        ax.set_ylabel(f'epoch {epoch}', fontsize=8)
+      ax.tick_params(labelsize=7)
+  if dims == 1:
+    axes[0, 0].legend(fontsize=6, loc='upper center')
+  else:
+    cbar = fig.colorbar(contour, ax=axes, shrink=0.8)
+    cbar.set_label(f'log10 CE ({KIND_STYLE[landscape.kinds[k]][1]})', fontsize=8)
+  meta = landscape.meta
+  fig.suptitle(title or f"{meta['method']}: CE along a filter-normalised direction per layer "
+               f"({meta['split']} n={meta['n']}, ε={meta['eps']:.3g})", fontsize=9)
+  if dims == 1:
+    fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=90)
+  return path
+
+
+def _int_list(text: str) -> list[int]:
+  return [int(v) for v in text.split(',') if v.strip()]
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('workdir')
+  parser.add_argument('--epochs', default='', help='checkpoint epochs, e.g. 1,2,6 (default: all '
+                      'kept checkpoints)')
+  parser.add_argument('--dims', type=int, default=1, choices=(1, 2))
+  parser.add_argument('--layers', default='', help='1-based layer indices in the LAP order '
+                      '(default: all up to 6 layers, else 1-5 and the last)')
+  parser.add_argument('--losses', default=','.join(LOSS_KINDS),
+                      help=f'comma-separated, from {LOSS_KINDS}')
+  parser.add_argument('--split', default='train', choices=SPLITS)
+  parser.add_argument('--n', type=int, default=500, help='first n points of the split')
+  parser.add_argument('--radius', type=float, default=1.0)
+  parser.add_argument('--points', type=int, default=0, help='per axis (default 41 / 21)')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--batch_size', type=int, default=256)
+  parser.add_argument('--grid_batch', type=int, default=8, help='grid points per vmap chunk')
+  parser.add_argument('--out', default='', help='output folder (default: WORKDIR)')
+  args = parser.parse_args(argv)
+  landscape = compute_landscape(
+      args.workdir, epochs=_int_list(args.epochs), dims=args.dims, layers=_int_list(args.layers),
+      kinds=[k for k in args.losses.split(',') if k], split=args.split, n=args.n,
+      radius=args.radius, points=args.points, seed=args.seed, batch_size=args.batch_size,
+      grid_batch=args.grid_batch)
+  out = args.out or args.workdir
+  npz = landscape.save(out)
+  png = plot_landscape(landscape, npz[:-len('.npz')] + '.png')
+  print(f'{npz}\n{png}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,478 @@
+"""Run reports: ``python -m fat_jax.report WORKDIR [WORKDIR ...] [--out DIR]``.
+
+Writes ``report.md`` and its PNG figures into one folder (default
+``WORKDIR/report`` for one run, ``<common parent>/report`` for several), so the
+folder is self-contained. Sections:
+
+* Runs — the `fat_jax.aggregate` table and each run's settings;
+* Accuracy per epoch — monitor clean / FGSM / PGD accuracy and training accuracy
+  per run, the detected CO onset (dashed line) and the final evaluation
+  (markers at the evaluated epoch); Comparison — the runs overlaid (≥ 2 runs);
+* Learning rate and momentum — their values at the last step of each epoch;
+* AAER statistics (AAE fraction m/n, V_A, V_N, C_A), LAP perturbation norms
+  (per layer), feature-activation differences V_act (per node), GradAlign
+  cosine — each when the runs record it;
+* Evaluation — results.json and every eval_<suite>.json, with the sanity checks;
+* Adversarial examples — the first `ADV_EXAMPLES` test points at the evaluated
+  checkpoint (the latest kept one if it is gone): clean, the run's own training
+  attack and PGD with the final-evaluation settings maximising the CE
+  (`landscape.adversarial_inputs`), all in evaluation mode,
+  with the predictions and the perturbations δ (scaled by max |δ| of the row);
+* Layer-wise loss landscapes — the ``landscape_*.png`` that
+  ``python -m fat_jax.landscape`` wrote into the workdir;
+* Per-epoch records — the `fat_jax.summary` tables.
+
+`train_and_evaluate` calls `try_write_report` at the end of a run. Figures
+use matplotlib's object API (no pyplot, no global backend change).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import re
+import shutil
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from fat_jax import aggregate, landscape, run_log, summary
+from fat_jax.config import default_config
+from fat_jax.aggregate import Run
+from fat_jax.data import DatasetNotFoundError, load_dataset
+from fat_jax.evaluate import restore_model
+from fat_jax.methods import resolve_method
+
+log = logging.getLogger('fat_jax')
+
+DPI = 72
+ADV_EXAMPLES = 8
+ACCURACY_STYLE = (('clean_accuracy', 'clean', 'tab:blue'), ('fgsm_accuracy', 'FGSM', 'tab:orange'),
+                  ('pgd_accuracy', 'PGD', 'tab:red'))
+AAER_KEYS = ('train_aaer_aae_fraction', 'train_aaer_abnormal_variation',
+             'train_aaer_normal_variation', 'train_aaer_loss_variation')
+
+
+def _color(i: int) -> str:
+  return f'C{i % 10}'
+
+
+def _epochs(run: Run, key: str):
+  """(epochs, values) of the records that hold `key`."""
+  records = [r for r in run.records if key in r]
+  return [r['epoch'] for r in records], [r[key] for r in records]
+
+
+def _panels(n: int, *, width: float = 3.6, height: float = 2.6, max_cols: int = 4):
+  cols = min(n, max_cols)
+  rows = -(-n // cols)
+  fig = Figure(figsize=(width * cols, height * rows))
+  axes = fig.subplots(rows, cols, squeeze=False).ravel()
+  for ax in axes[n:]:
+    ax.set_visible(False)
+  return fig, axes[:n]
+
+
+def _save(fig: Figure, out_dir: str, name: str) -> str:
+  fig.savefig(os.path.join(out_dir, name), dpi=DPI)
+  return name
+
+
+def _title(run: Run) -> str:
+  return f"{run.name} ({run.label}, ε={aggregate.COLUMNS['eps'].text(run.config.get('eps'))})"
+
+
+def _co_onset(run: Run):
+  """The CO onset epoch of results.json, else the first epoch the monitor flagged."""
+  if run.results:
+    return run.results.get('co_onset_epoch')
+  return next((r['epoch'] for r in run.records if r.get('co_detected')), None)
+
+
+def _mark_onset(ax, run: Run) -> None:
+  onset = _co_onset(run)
+  if onset is not None:
+    ax.axvline(onset, color='k', ls='--', lw=1)
+
+
+# ---------------------------------------------------------------------------
+# Figures from metrics.jsonl and results.json.
+
+def plot_accuracy(runs: Sequence[Run], out_dir: str) -> str:
+  """Per run: monitor clean / FGSM / PGD and training accuracy, CO onset, final evaluation."""
+  fig, axes = _panels(len(runs))
+  for ax, run in zip(axes, runs):
+    for key, label, color in ACCURACY_STYLE:
+      ax.plot(*_epochs(run, key), 'o-', ms=3, color=color, label=f'{label} (monitor)')
+    ax.plot(*_epochs(run, 'train_accuracy'), ':', color='grey', label='train (adversarial)')
+    if run.results:
+      for key, _, color in ACCURACY_STYLE:
+        ax.plot(run.results['evaluated_epoch'], run.results[key], 'D', mfc='none', color=color,
+                ms=7)
+    ax.plot([], [], 'D', mfc='none', color='k', label='final evaluation')
+    ax.plot([], [], 'k--', lw=1, label='CO onset')
+    _mark_onset(ax, run)
+    ax.set(title=_title(run), xlabel='epoch', ylabel='accuracy', ylim=(0, 1))
+    ax.title.set_fontsize(9)
+  fig.legend(*axes[0].get_legend_handles_labels(), loc='lower center', ncol=6, fontsize=7,
+             frameon=False)
+  fig.tight_layout(rect=(0, 0.1 if len(runs) <= 3 else 0.05, 1, 1))
+  return _save(fig, out_dir, 'accuracy.png')
+
+
+def plot_comparison(runs: Sequence[Run], out_dir: str) -> str:
+  """Clean, FGSM and PGD monitor accuracy of all runs overlaid; × marks each CO onset."""
+  fig, axes = _panels(3)
+  for ax, (key, label, _) in zip(axes, ACCURACY_STYLE):
+    for i, run in enumerate(runs):
+      epochs, values = _epochs(run, key)
+      ax.plot(epochs, values, 'o-', ms=3, color=_color(i), label=run.name)
+      onset = _co_onset(run)
+      if onset in epochs:
+        ax.plot(onset, values[epochs.index(onset)], 'kx', ms=8, mew=2)
+    ax.set(title=f'{label} accuracy (monitor)', xlabel='epoch', ylim=(0, 1))
+  axes[0].set_ylabel('accuracy')
+  axes[-1].plot([], [], 'kx', mew=2, label='CO onset')
+  axes[-1].legend(fontsize=7)
+  fig.tight_layout()
+  return _save(fig, out_dir, 'comparison.png')
+
+
+def plot_schedule(runs: Sequence[Run], out_dir: str) -> str:
+  fig, axes = _panels(2)
+  for i, run in enumerate(runs):
+    for ax, key in zip(axes, ('lr', 'momentum')):
+      ax.plot(*_epochs(run, key), 'o-', ms=3, color=_color(i), label=run.name)
+  for ax, key in zip(axes, ('learning rate', 'momentum')):
+    ax.set(title=f'{key} at the last step of each epoch', xlabel='epoch')
+    ax.title.set_fontsize(9)
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  return _save(fig, out_dir, 'schedule.png')
+
+
+def plot_aaer(runs: Sequence[Run], out_dir: str) -> str:
+  """AAE fraction m/n, V_A (solid) and V_N (dashed), C_A: epoch means of the AAER statistics."""
+  fig, axes = _panels(3)
+  for i, run in enumerate(runs):
+    fraction, v_a, v_n, c_a = (_epochs(run, k) for k in AAER_KEYS)
+    axes[0].plot(*fraction, 'o-', ms=3, color=_color(i), label=run.name)
+    axes[1].plot(*v_a, 'o-', ms=3, color=_color(i), label=f'{run.name} V_A')
+    axes[1].plot(*v_n, 's--', ms=3, color=_color(i), label=f'{run.name} V_N')
+    axes[2].plot(*c_a, 'o-', ms=3, color=_color(i), label=run.name)
+  axes[0].set(title='AAE fraction m/n', xlabel='epoch')
+  axes[1].set(title='logit variation V_A (AAE), V_N (normal)', xlabel='epoch', yscale='log')
+  axes[2].set(title='loss decrease C_A of the AAEs', xlabel='epoch')
+  for ax in axes:
+    ax.title.set_fontsize(9)
+  axes[1].legend(fontsize=6)
+  fig.tight_layout()
+  return _save(fig, out_dir, 'aaer.png')
+
+
+def plot_lap(runs: Sequence[Run], out_dir: str) -> str:
+  """Per run: the epoch-mean perturbation norm β·λ_l·‖w_l‖ of each layer l (colour), log scale."""
+  fig, axes = _panels(len(runs))
+  for ax, run in zip(axes, runs):
+    epochs, norms = _epochs(run, 'train_lap_norm')
+    norms = np.asarray(norms)
+    num_layers = norms.shape[1]
+    norm = Normalize(1, max(num_layers, 2))
+    for l in range(num_layers):
+      ax.plot(epochs, norms[:, l], 'o-', ms=2, color=ScalarMappable(norm, 'viridis').to_rgba(l + 1))
+    ax.set(title=_title(run), xlabel='epoch', ylabel='‖Δw_l‖ (epoch mean)', yscale='log')
+    ax.title.set_fontsize(9)
+    fig.colorbar(ScalarMappable(norm, 'viridis'), ax=ax, label='layer l')
+  fig.tight_layout()
+  return _save(fig, out_dir, 'lap_norms.png')
+
+
+def plot_vact(runs: Sequence[Run], out_dir: str) -> str:
+  """Per run: V_act per feature node, mean ‖M_i(x) − M_i(x + δ)‖₂ on the monitor points."""
+  fig, axes = _panels(len(runs))
+  for ax, run in zip(axes, runs):
+    epochs, vact = _epochs(run, 'vact')
+    for j, node in enumerate(sorted(set().union(*vact))):
+      ax.plot(epochs, [v.get(node, np.nan) for v in vact], 'o-', ms=3, color=_color(j),
+              label=f'node {node}')
+    _mark_onset(ax, run)
+    ax.set(title=_title(run), xlabel='epoch', ylabel='V_act')
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=6)
+  fig.tight_layout()
+  return _save(fig, out_dir, 'vact.png')
+
+
+def plot_gradalign(runs: Sequence[Run], out_dir: str) -> str:
+  fig, axes = _panels(1)
+  for i, run in enumerate(runs):
+    axes[0].plot(*_epochs(run, 'train_gradalign_cos'), 'o-', ms=3, color=_color(i),
+                 label=run.name)
+  axes[0].set(title='GradAlign: mean cos(∇ℓ(x), ∇ℓ(x + η))', xlabel='epoch')
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  return _save(fig, out_dir, 'gradalign.png')
+
+
+# ---------------------------------------------------------------------------
+# Adversarial examples from a checkpoint.
+
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(model, params, state, x):
+  return model.apply(params, state, x, False)[0].argmax(-1)
+
+
+def adversarial_examples(run: Run, n: int = ADV_EXAMPLES, seed: int = 0) -> dict:
+  """Clean, training-attack and PGD inputs of the first `n` test points at the evaluated
+  checkpoint, with labels and predictions (host arrays)."""
+  config = landscape.read_config(run.workdir)
+  epochs = landscape.checkpoint_epochs(run.workdir)
+  if not epochs:
+    raise FileNotFoundError(f'no checkpoints in {run.workdir}')
+  wanted = run.results.get('evaluated_epoch') if run.results else None
+  epoch = wanted if wanted in epochs else epochs[-1]
+  data = load_dataset(config.data)
+  model, ts, _ = restore_model(config.model, data.info, run.workdir, epoch)
+  x = jnp.asarray(data.test_images[:n], jnp.float32) / 255.0
+  y = jnp.asarray(data.test_labels[:n])
+  inputs = landscape.adversarial_inputs(
+      ts.params, ts.batch_stats, x, y, jax.random.key(seed), model=model,
+      attack=resolve_method(config.method, config.eps).attack,
+      pgd=landscape.final_pgd_settings(config))
+  predictions = {k: np.asarray(_predict(model, ts.params, ts.batch_stats, v))
+                 for k, v in inputs.items()}
+  return {'epoch': epoch, 'labels': np.asarray(y), 'predictions': predictions,
+          'inputs': {k: np.asarray(v) for k, v in inputs.items()},
+          'eps': landscape.eval_eps(config)}
+
+
+def _show(ax, image: np.ndarray, **kwargs) -> None:
+  ax.imshow(image[..., 0] if image.shape[-1] == 1 else image,
+            cmap='gray' if image.shape[-1] == 1 else None, interpolation='nearest', **kwargs)
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def plot_adversarial_examples(run: Run, examples: dict, out_dir: str) -> str:
+  """Rows: clean, training attack x + δ and δ, PGD x + δ and δ; titles 'label→prediction'."""
+  x, labels = examples['inputs']['clean'], examples['labels']
+  n = len(labels)
+  rows = [('clean', 'clean', None), ('train_attack', 'training attack', None),
+          ('train_attack', 'δ (training attack)', 'delta'), ('pgd', 'PGD', None),
+          ('pgd', 'δ (PGD)', 'delta')]
+  fig = Figure(figsize=(0.95 * n + 1.1, 1.1 * len(rows) + 0.4))
+  axes = fig.subplots(len(rows), n, squeeze=False)
+  for r, (kind, label, what) in enumerate(rows):
+    xk = examples['inputs'][kind]
+    delta = xk - x
+    scale = max(float(np.abs(delta).max()), 1e-12)
+    for i in range(n):
+      ax = axes[r, i]
+      if what == 'delta':
+        image = delta[i] / (2 * scale) + 0.5  # grey = 0, black/white = ∓max|δ|
+        _show(ax, np.clip(image, 0, 1), vmin=0, vmax=1)
+      else:
+        _show(ax, xk[i], vmin=0, vmax=1)
+        pred = examples['predictions'][kind][i]
+        ax.set_title(f'{labels[i]}→{pred}', fontsize=7,
+                     color='tab:green' if pred == labels[i] else 'tab:red')
+    axes[r, 0].set_ylabel(label + (f'\nmax|δ|={scale:.3f}' if what else ''), fontsize=7)
+  fig.suptitle(f"{_title(run)}: test points at epoch {examples['epoch']} "
+               f"(label→prediction; δ scaled by max|δ|)", fontsize=8)
+  fig.tight_layout()
+  return _save(fig, out_dir, f'adversarial_{_slug(run.name)}.png')
+
+
+def _slug(name: str) -> str:
+  return re.sub(r'[^A-Za-z0-9_.-]+', '_', name)
+
+
+# ---------------------------------------------------------------------------
+# Markdown.
+
+def _settings(run: Run) -> str:
+  c = run.config
+  m, o, mo = c['method'], c['optim'], c['model']
+  defaults = default_config().method
+  method = ', '.join(f'{k}={v}' for k, v in sorted(m.items())
+                     if k == 'name' or v != defaults.get(k))
+  return (f"| {run.name} | {method} | {o['schedule']} lr {o['lr_max']}, {c['num_epochs']} epochs, "
+          f"batch {c['batch_size']} | {mo['name']} (width {mo.get('width')}) | "
+          f"{aggregate.COLUMNS['data'].value(run)} |")
+
+
+def _results_table(runs: Sequence[Run]) -> str:
+  lines = ['| run | epoch | n | ε | step | clean | FGSM | PGD | PGD-k-r | CO onset | train (s) |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|']
+  for run in runs:
+    r = run.results
+    if r is None:
+      lines.append(f'| {run.name} | no results.json yet |' + ' |' * 9)
+      continue
+    lines.append(
+        f"| {run.name} | {r['evaluated_epoch']} | {r['n']} | {r['eps']:.4g} | "
+        f"{r['pgd_step_size']:.4g} | {r['clean_accuracy']:.3f} | {r['fgsm_accuracy']:.3f} | "
+        f"{r['pgd_accuracy']:.3f} | {r['pgd_steps']}-{r['pgd_restarts']} | "
+        f"{r['co_onset_epoch'] or '–'} | {r['train_time_s']:.0f} |")
+  return '\n'.join(lines)
+
+
+def _evaluation_section(run: Run, suite: str, report: dict) -> str:
+  head = (f"#### {run.name}: `eval_{suite}.json` (epoch {report.get('evaluated_epoch', '?')}, "
+          f"n={report['n']}, ε={report['eps']:.4g}, seed {report['seed']})")
+  rows = ['| attack | accuracy after it | time (s) |', '|---|---:|---:|',
+          f"| clean | {report['clean_accuracy']:.4f} | "
+          f"{report.get('time_by_attack_s', {}).get('clean', 0):.1f} |"]
+  for name, acc in report['robust_accuracy_by_attack'].items():
+    rows.append(f"| {name} | {acc:.4f} | {report.get('time_by_attack_s', {}).get(name, 0):.1f} |")
+  final = f"Robust accuracy **{report['robust_accuracy']:.4f}**"
+  if report.get('randomized'):
+    lo, hi = report['robust_accuracy_ci95']
+    final += (f" (95% interval [{lo:.4f}, {hi:.4f}] over {report['n_draws']} draws; majority "
+              f"vote {report['robust_majority_accuracy']:.4f})")
+  checks = report.get('checks', {})
+  parts = [head, '', '\n'.join(rows), '', final + '.']
+  if checks:
+    lines = ['| check | verdict | message |', '|---|---|---|']
+    for name, check in checks.items():
+      status = check['status']
+      lines.append(f"| {name} | {'**WARN**' if status == 'warn' else status} | "
+                   f"{check['message'].replace('|', '/')} |")
+    warns = sum(c['status'] == 'warn' for c in checks.values())
+    parts += ['', f'Sanity checks: {len(checks) - warns} without warning, {warns} warning(s).',
+              '', '\n'.join(lines)]
+  return '\n'.join(parts)
+
+
+def _figure(name: str, caption: str) -> str:
+  return f'![{caption}]({name})\n\n{caption}'
+
+
+def write_report(workdirs: Sequence[str], out_dir: str = '', *, examples: bool = True) -> str:
+  """Writes report.md and its figures for the runs in `workdirs` into `out_dir`; returns its path.
+
+  `examples=False` skips the adversarial examples (no checkpoint or data needed).
+  """
+  runs = aggregate.load_runs(workdirs)
+  if not out_dir:
+    paths = [os.path.abspath(r.workdir) for r in runs]
+    out_dir = os.path.dirname(os.path.join(
+        paths[0] if len(paths) == 1 else os.path.commonpath(paths), run_log.REPORT))
+  os.makedirs(out_dir, exist_ok=True)
+  with_records = [r for r in runs if r.records]
+  md = ['# fat_jax report', '', ', '.join(f'`{r.workdir}`' for r in runs), '', '## Runs', '',
+        aggregate.markdown_table(runs, aggregate.DEFAULT_COLUMNS), '',
+        '| run | method | optimiser | model | data |', '|---|---|---|---|---|',
+        *[_settings(r) for r in runs], '']
+
+  md += ['## Accuracy per epoch', '']
+  if with_records:
+    md += [_figure(plot_accuracy(with_records, out_dir),
+                   'Monitor accuracy on the fixed test subset after each epoch (lines), training '
+                   'accuracy on the adversarial training points (dotted), the final evaluation '
+                   '(diamonds) and the detected CO onset (dashed).'), '']
+  else:
+    md += ['No epoch records yet.', '']
+  if len(with_records) > 1:
+    md += ['## Comparison', '', _figure(plot_comparison(with_records, out_dir),
+                                        'Monitor accuracy of all runs; × marks the CO onset.'), '']
+  if with_records:
+    md += ['## Learning rate and momentum', '',
+           _figure(plot_schedule(with_records, out_dir),
+                   'Learning rate and momentum at the last step of each epoch.'), '']
+  statistics = (
+      ('AAER statistics', 'train_aaer_aae_fraction', plot_aaer,
+       'Epoch means of the AAE fraction m/n (the AAER paper\'s CO indicator), of the logit '
+       'variations V_A (AAEs) and V_N (normal examples), and of C_A.'),
+      ('LAP perturbation norms', 'train_lap_norm', plot_lap,
+       'Epoch mean of the norm of the perturbation LAP adds to each layer l (LAP order).'),
+      ('Feature-activation differences (V_act)', 'vact', plot_vact,
+       'V_act per feature node: mean ‖M_i(x) − M_i(x + δ)‖₂ on the monitor points.'),
+      ('GradAlign', 'train_gradalign_cos', plot_gradalign,
+       'Epoch mean of the gradient alignment that GradAlign regularises.'))
+  for heading, key, plot, caption in statistics:
+    having = [r for r in with_records if any(key in e for e in r.records)]
+    if having:
+      md += [f'## {heading}', '', _figure(plot(having, out_dir), caption), '']
+
+  md += ['## Evaluation', '', 'Final evaluation (`results.json`, the last good epoch):', '',
+         _results_table(runs), '']
+  for run in runs:
+    for suite, report in run.evaluations.items():
+      md += [_evaluation_section(run, suite, report), '']
+  if not any(r.evaluations for r in runs):
+    md += ['No attack-suite evaluations yet (`python launch.py --mode=eval '
+           '--config.eval.suite=aa_standard ...` writes `eval_aa_standard.json`).', '']
+
+  md += ['## Adversarial examples', '',
+         f'The first {ADV_EXAMPLES} test points at the evaluated checkpoint, evaluation mode: '
+         "the run's training attack and PGD with the final-evaluation settings (maximising "
+         'the CE, no early stop); titles are label→prediction (red: wrong).', '']
+  for run in runs:
+    if not examples:
+      md += [f'{run.name}: skipped.', '']
+      continue
+    try:
+      md += [f'![{run.name}]({plot_adversarial_examples(run, adversarial_examples(run), out_dir)})',
+             '']
+    except (FileNotFoundError, DatasetNotFoundError) as e:
+      md += [f'{run.name}: not available ({e}).', '']
+
+  md += ['## Layer-wise loss landscapes', '']
+  found = False
+  for run in runs:
+    figures = sorted(p for p in os.listdir(run.workdir) if re.fullmatch(r'landscape_\dd\.png', p))
+    for path in figures:
+      name = f'{_slug(run.name)}_{path}'
+      shutil.copyfile(os.path.join(run.workdir, path), os.path.join(out_dir, name))
+      md += [f'![{run.name} {path}]({name})', '']
+      found = True
+  if not found:
+    md += ['None computed: `python -m fat_jax.landscape WORKDIR --epochs=E1,E2` writes them into '
+           'the workdir.', '']
+  else:
+    md += ['CE along a random filter-normalised direction applied to one layer at a time '
+           '(columns; l in the LAP order) and to all layers, at each checkpoint (rows), with '
+           'inputs fixed at the checkpoint: clean, the training attack and PGD (see '
+           '`fat_jax/landscape.py`).', '']
+
+  md += ['## Per-epoch records', '']
+  for run in with_records:
+    md += [f'### {run.name}', '', summary.epoch_table(run.workdir), '']
+  path = os.path.join(out_dir, os.path.basename(run_log.REPORT))
+  with open(path, 'w') as f:
+    f.write('\n'.join(md))
+  return path
+
+
+def try_write_report(workdir: str) -> str | None:
+  """`write_report([workdir])`, logging instead of raising: the run's results are saved
+  before, and a failing figure must not lose them."""
+  try:
+    return write_report([workdir])
+  except Exception as e:  # pylint: disable=broad-except
+    log.warning('The report of %s failed (%s: %s); the run\'s results are saved. Retry with '
+                'python -m fat_jax.report %s', workdir, type(e).__name__, e, workdir)
+    return None
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('workdirs', nargs='+', help='run directories (a folder of runs counts as '
+                      'its runs)')
+  parser.add_argument('--out', default='', help='output folder (default: WORKDIR/report, or '
+                      'the common parent folder/report for several runs)')
+  parser.add_argument('--no_examples', action='store_true',
+                      help='skip the adversarial examples (no checkpoint or data needed)')
+  args = parser.parse_args(argv)
+  print(write_report(args.workdirs, args.out, examples=not args.no_examples))
+
+
+if __name__ == '__main__':
+  main()
