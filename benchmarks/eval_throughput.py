@@ -9,7 +9,8 @@ Without --workdir the model is freshly initialised and labelled with its own pre
 its full course: the worst case for AutoAttack's cost. With --workdir, the run's latest
 checkpoint and the first n test points of its data set (its config.json). Each suite runs
 once on the same points (checks off); the time JAX spends tracing and compiling (reported by
-`jax.monitoring`) is subtracted. The table lists that time, points/s, passes per point, robust
+`jax.monitoring`) is subtracted. Batches are split over all devices (a `data` mesh);
+`--dtype=bfloat16` runs the model in mixed precision. The table lists that time, points/s, passes per point, robust
 accuracy per attack, and AA's cost relative to PGD.
 
 On CPU, XLA runs convolutions inside loops several times slower than outside
@@ -35,6 +36,7 @@ from fat_jax.data import DATASET_INFOS, load_dataset  # noqa: E402
 from fat_jax.evaluate import evaluate, restore_model  # noqa: E402
 from fat_jax.methods import init_train_state  # noqa: E402
 from fat_jax.models import build_model  # noqa: E402
+from fat_jax.parallel import make_data_mesh  # noqa: E402
 
 
 def parse_args():
@@ -49,6 +51,7 @@ def parse_args():
   p.add_argument('--batch-size', type=int, default=64)
   p.add_argument('--square-queries', type=int, default=5000)
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--dtype', default='float32', help='float32 | bfloat16 (mixed precision)')
   return p.parse_args()
 
 
@@ -56,7 +59,7 @@ def random_model(args):
   """A fresh model and n random images labelled with its own predictions."""
   info = DATASET_INFOS[args.dataset]
   config = ml_collections.ConfigDict(dict(name=args.model, width=args.width, depth=args.depth,
-                                          batchnorm=True))
+                                          batchnorm=True, dtype=args.dtype))
   model = build_model(config, info)
   ts = init_train_state(model, jax.random.key(args.seed))
   x = np.asarray(jax.random.uniform(jax.random.key(args.seed + 1), (args.n, *info.image_shape)))
@@ -69,6 +72,7 @@ def trained_model(args):
   """The latest checkpoint of the run in --workdir and the first n test points."""
   stored = ml_collections.ConfigDict(run_log.read_json(args.workdir, run_log.CONFIG))
   data = load_dataset(stored.data)
+  stored.model.dtype = args.dtype
   model, ts, _ = restore_model(stored.model, data.info, os.path.abspath(args.workdir))
   eps = stored.eval.eps if stored.eval.eps is not None else stored.eps
   return (model, ts, data.test_images[:args.n].astype(np.float32) / 255,
@@ -97,9 +101,11 @@ def main():
   for name, kw in suites.items():
     compile_s[0], t0 = 0.0, time.time()
     report = evaluate(model.apply, ts.params, ts.batch_stats, x, y, eps=eps, seed=args.seed,
-                      batch_size=args.batch_size, checks=False, progress=False, **kw)
+                      batch_size=args.batch_size, checks=False, progress=False,
+                      mesh=make_data_mesh(), **kw)
     rows[name] = (report, time.time() - t0 - compile_s[0], compile_s[0])
-  print(f'device {jax.devices()[0].device_kind} ({jax.default_backend()}), model '
+  print(f'{jax.device_count()} × {jax.devices()[0].device_kind} ({jax.default_backend()}), '
+        f'{args.dtype}, model '
         f'{args.workdir or f"{args.model} width {args.width}"}, n {len(x)}, eps {eps:.5f}, '
         f'batch {args.batch_size}')
   print(f"{'suite':<12} {'run (s)':>9} {'points/s':>9} {'fwd/pt':>8} {'bwd/pt':>8} "

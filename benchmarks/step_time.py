@@ -1,11 +1,17 @@
-"""Training-step time of each method relative to FGSM-RS, measured side by side.
+"""Training-step throughput of each method, data-parallel over the devices, relative to FGSM-RS.
 
-  python benchmarks/step_time.py                         # PreActResNet-18 width 16, batch 64
-  python benchmarks/step_time.py --width=64 --batch=128  # the paper's model (GPU)
+  python benchmarks/step_time.py                                  # PreActResNet-18 width 16
+  python benchmarks/step_time.py --width=64 --batch-per-device=128 \\
+      --methods=fgsm_rs,n_fgsm,lap,aaer,gradalign,pgd_at --dtype=bfloat16 --torch   # GPU
 
-Every method's jitted step runs on the same model, batch and device; the
-methods are timed in interleaved rounds (median per method) so that machine
-noise hits all of them alike.
+Every method's jitted step runs on the same model and global batch (`--batch-per-device` ×
+the devices of a ``data`` mesh: parameters replicated, the batch split, BatchNorm over the
+global batch, state donated), with on-device crop/flip augmentation; methods are timed in
+interleaved rounds (median per method) so that machine noise hits all of them alike.
+`--dtype=bfloat16` computes the forwards in bfloat16 with float32 weights (model.dtype).
+`--torch` adds a straightforward PyTorch FGSM-RS step (locuslab's PreActResNet-18 with the
+same width, SGD momentum 0.9 and weight decay 5e-4, the same augmentation, ε and α, on one
+device at the per-device batch, in float32), timed in the same rounds.
 """
 from __future__ import annotations
 
@@ -16,12 +22,14 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from fat_jax import optim
 from fat_jax.config import default_config
-from fat_jax.data import DATASET_INFOS, stored_frame_shape
+from fat_jax.data import DATASET_INFOS, shard_batch, stored_frame_shape
 from fat_jax.methods import init_examples, init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
+from fat_jax.parallel import make_data_mesh, replicate
 
 # label → method config fields; `name` defaults to the label (the ε = 8/255 recipes: R-LAP,
 # RS-AAER, GradAlign; AT-AWP and TRADES-AWP with their official γ).
@@ -44,6 +52,7 @@ METHODS = {
     'awp_pgd_at': dict(name='pgd_at', awp_gamma=0.01),
     'awp_trades': dict(name='trades', awp_gamma=0.005),
 }
+EPS = 8 / 255
 
 
 def method_config(label: str):
@@ -54,51 +63,161 @@ def method_config(label: str):
   return c
 
 
+def torch_fgsm_rs_step(width: int, batch: int):
+  """A plain PyTorch FGSM-RS step (`locuslab/fast_adversarial` CIFAR-10 loop) → (step, device)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from torch import nn  # pylint: disable=import-outside-toplevel
+  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
+
+  class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+      self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+      self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False)
+                       if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+      out = F.relu(self.bn1(x))
+      shortcut = self.shortcut(out) if self.shortcut is not None else x
+      out = self.conv2(F.relu(self.bn2(self.conv1(out))))
+      return out + shortcut
+
+  class PreActResNet18(nn.Module):
+    def __init__(self):
+      super().__init__()
+      info = DATASET_INFOS['cifar10']
+      self.register_buffer('mean', torch.tensor(info.mean).view(1, 3, 1, 1))
+      self.register_buffer('std', torch.tensor(info.std).view(1, 3, 1, 1))
+      self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+      blocks, cin = [], width
+      for stage, stride in enumerate((1, 2, 2, 2)):
+        cout = width * 2 ** stage
+        blocks += [Block(cin, cout, stride), Block(cout, cout, 1)]
+        cin = cout
+      self.blocks = nn.Sequential(*blocks)
+      self.bn, self.linear = nn.BatchNorm2d(cin), nn.Linear(cin, 10)
+
+    def forward(self, x):
+      out = F.relu(self.bn(self.blocks(self.conv1((x - self.mean) / self.std))))
+      return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  model = PreActResNet18().to(device).train()
+  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+  images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)
+  labels = torch.randint(0, 10, (batch,), device=device)
+  rows = torch.arange(32, device=device)
+
+  def step():
+    # Random crop (4-pixel zero padding) and flip, as fat_jax's on-device augmentation.
+    x = F.pad(images.float() / 255, (4, 4, 4, 4))
+    dy, dx = torch.randint(0, 9, (2, batch, 1), device=device)
+    x = x[torch.arange(batch, device=device)[:, None, None], :, (dy + rows)[:, :, None],
+          (dx + rows)[:, None, :]].permute(0, 3, 1, 2)
+    flip = torch.rand(batch, device=device) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    delta = (torch.rand_like(x) * 2 - 1) * EPS
+    delta = (delta.clamp(-x, 1 - x)).requires_grad_(True)
+    loss = F.cross_entropy(model(x + delta), labels)
+    grad, = torch.autograd.grad(loss, delta)
+    delta = (delta + 1.25 * EPS * grad.sign()).clamp(-EPS, EPS)
+    delta = torch.max(torch.min(delta, 1 - x), -x).detach()
+    loss = F.cross_entropy(model(x + delta), labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+  def run(steps: int):
+    for _ in range(steps):
+      loss = step()
+    if device.type == 'cuda':
+      torch.cuda.synchronize()
+    return float(loss)
+
+  return run, f'{torch.__version__} on {device}'
+
+
+def jax_runner(step, ts, inputs):
+  """`run(steps)`: `steps` training steps from the last state, waited for."""
+  state = [ts]
+
+  def run(steps: int):
+    for _ in range(steps):
+      state[0], metrics = step(state[0], *inputs)
+    jax.block_until_ready(metrics)
+
+  return run
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--model', default='preact_resnet18')
   parser.add_argument('--width', type=int, default=16)
-  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--batch-per-device', type=int, default=64)
+  parser.add_argument('--devices', type=int, default=0, help='how many devices (0 = all)')
+  parser.add_argument('--dtype', default='float32', help='float32 | bfloat16 (mixed precision)')
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--steps', type=int, default=3, help='steps per method per round')
   parser.add_argument('--methods', default='fgsm_rs,lap,aaer,gradalign')
+  parser.add_argument('--torch', action='store_true', help='add the PyTorch FGSM-RS step')
   args = parser.parse_args()
 
+  devices = jax.devices()[:args.devices or None]
+  mesh = make_data_mesh(devices)
+  batch = args.batch_per_device * len(devices)
   info = DATASET_INFOS['cifar10']
-  model = build_model(ml_collections.ConfigDict(dict(name=args.model, width=args.width)), info)
-  eps = 8 / 255
+  model = build_model(ml_collections.ConfigDict(dict(name=args.model, width=args.width,
+                                                     dtype=args.dtype)), info)
   schedule = optim.Schedule('cyclic', lr_max=0.2, total_steps=1000, steps_per_epoch=100)
   frame = stored_frame_shape(info.image_shape, 'crop_flip')
-  images = jax.random.randint(jax.random.key(1), (args.batch, 32, 32, 3), 0, 256).astype(jnp.uint8)
-  labels = jax.random.randint(jax.random.key(2), (args.batch,), 0, 10)
-  indices = jnp.arange(args.batch)
+  images = np.asarray(jax.random.randint(jax.random.key(1), (batch, 32, 32, 3), 0, 256), np.uint8)
+  labels = np.asarray(jax.random.randint(jax.random.key(2), (batch,), 0, 10), np.int32)
+  inputs = shard_batch((images, labels, np.arange(batch, dtype=np.int32)), mesh)
   names = args.methods.split(',')
-  steps, states = {}, {}
+  unknown = [n for n in names if n not in METHODS]
+  if unknown:
+    raise SystemExit(f'Unknown methods {unknown}; known: {sorted(METHODS)}.')
+  runs = {}
   for name in names:
-    method = resolve_method(method_config(name), eps)
+    method = resolve_method(method_config(name), EPS)
     step = jax.jit(make_train_step(model, method, schedule, weight_decay=5e-4,
-                                   augment_mode='crop_flip', key=jax.random.key(3)))
-    states[name] = init_train_state(model, jax.random.key(0),
-                                    init_examples(method, args.batch, frame))
-    jax.block_until_ready(step(states[name], images, labels, indices))  # compile
-    steps[name] = step
-  times = {name: [] for name in names}
+                                   augment_mode='crop_flip', key=jax.random.key(3)),
+                   donate_argnums=0)
+    # lr > 0 (LAP's direction ≠ 0), past the warm-ups (ATAS's adaptive step).
+    ts = init_train_state(model, jax.random.key(0), init_examples(method, batch, frame))
+    ts = replicate(ts._replace(step=jnp.asarray(500, jnp.int32)), mesh)
+    runs[name] = jax_runner(step, ts, inputs)
+    runs[name](1)  # compile
+  torch_label = None
+  if args.torch:
+    runs['pytorch fgsm_rs'], torch_label = torch_fgsm_rs_step(args.width, args.batch_per_device)
+    runs['pytorch fgsm_rs'](1)  # warm-up (cuDNN autotuning)
+  times = {name: [] for name in runs}
   for _ in range(args.rounds):
-    for name in names:
-      # lr > 0 (LAP's direction ≠ 0), past the warm-ups (ATAS's adaptive step).
-      ts = states[name]._replace(step=jnp.asarray(500, jnp.int32))
+    for name, run in runs.items():
       start = time.perf_counter()
-      for _ in range(args.steps):
-        ts, metrics = steps[name](ts, images, labels, indices)
-      jax.block_until_ready(metrics)
+      run(args.steps)
       times[name].append((time.perf_counter() - start) / args.steps)
+
   base = statistics.median(times[names[0]])
-  print(f'{args.model} width {args.width}, batch {args.batch}, {jax.devices()[0].device_kind} '
-        f'({jax.default_backend()}), median of {args.rounds} rounds × {args.steps} steps')
-  print(f'{"method":<12}{"s/step":>10}{"images/s":>12}{"× " + names[0]:>14}')
+  print(f'{args.model} width {args.width}, {len(devices)} × {devices[0].device_kind} '
+        f'({jax.default_backend()}), batch {args.batch_per_device}/device = {batch}, '
+        f'{args.dtype}, median of {args.rounds} rounds × {args.steps} steps')
+  print(f'{"method":<18}{"s/step":>10}{"images/s":>12}{"× " + names[0]:>14}')
   for name in names:
     t = statistics.median(times[name])
-    print(f'{name:<12}{t:>10.4f}{args.batch / t:>12.1f}{t / base:>14.3f}')
+    print(f'{name:<18}{t:>10.4f}{batch / t:>12.1f}{t / base:>14.3f}')
+  if torch_label:
+    t = statistics.median(times['pytorch fgsm_rs'])
+    per_device = args.batch_per_device / t
+    print(f'{"pytorch fgsm_rs":<18}{t:>10.4f}{per_device:>12.1f}   (PyTorch {torch_label}, '
+          f'batch {args.batch_per_device}, float32)')
+    if 'fgsm_rs' in names:
+      jax_per_device = batch / statistics.median(times['fgsm_rs']) / len(devices)
+      print(f'fat_jax fgsm_rs images/s per device / PyTorch FGSM-RS: '
+            f'{jax_per_device / per_device:.2f}x')
 
 
 if __name__ == '__main__':

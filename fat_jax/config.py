@@ -29,6 +29,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.width = 64
   c.model.depth = 4               # 'cnn' only
   c.model.batchnorm = False       # 'cnn' only
+  c.model.dtype = 'float32'       # compute dtype: 'bfloat16' = mixed precision (fp32 weights)
 
   c.method = ml_collections.ConfigDict()
   c.method.name = 'fgsm_rs'

@@ -19,12 +19,13 @@ import json
 import logging
 import os
 import time
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from fat_jax import run_log, sanity
@@ -40,7 +41,7 @@ from fat_jax.losses import accuracy, cross_entropy
 from fat_jax.losses.feature_diff import feature_distance
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
-from fat_jax.parallel import to_host
+from fat_jax.parallel import is_writer, make_data_mesh, replicate, to_host
 
 log = logging.getLogger('fat_jax')
 
@@ -245,20 +246,23 @@ def probe_batch(params, state, x, y, key, *, apply_fn, randomized: bool = False)
   return g.logits, jnp.all(g.grad.reshape(len(x), -1) == 0, axis=1)
 
 
-def _bucket(m: int, batch_size: int) -> int:
+def _bucket(m: int, batch_size: int, multiple: int = 1) -> int:
   """Padded batch length: the smallest of batch_size, ⌈batch_size/4⌉, ⌈batch_size/16⌉, …
-  that holds m points (a few compilations per attack, at most 4× padding)."""
+  (each rounded up to a multiple of `multiple`, the devices of the data axis) that holds m
+  points (a few compilations per attack, at most 4× padding)."""
   size = batch_size
-  while size > 1 and -(-size // 4) >= m:
-    size = -(-size // 4)
-  return size
+  while True:
+    smaller = -(-(-(-size // 4)) // multiple) * multiple
+    if smaller >= size or smaller < m:
+      return size
+    size = smaller
 
 
-def _batches(idx: np.ndarray, batch_size: int):
+def _batches(idx: np.ndarray, batch_size: int, multiple: int = 1):
   """(indices, padded length) of consecutive chunks of `idx`."""
   for lo in range(0, len(idx), batch_size):
     chunk = idx[lo:lo + batch_size]
-    yield chunk, _bucket(len(chunk), batch_size)
+    yield chunk, _bucket(len(chunk), batch_size, multiple)
 
 
 def _pad(a: np.ndarray, size: int) -> np.ndarray:
@@ -276,19 +280,27 @@ class _Run:
   options: SuiteOptions
   batch_size: int
   progress: bool
+  mesh: Optional[Mesh] = None   # data parallelism: batches split over its 'data' axis
 
   def draws(self) -> int:
     return self.options.n_draws if self.model.randomized else 1
 
+  def batches(self, idx: np.ndarray):
+    return _batches(idx, self.batch_size, 1 if self.mesh is None else self.mesh.shape['data'])
+
+  def put(self, *arrays):
+    """Padded host batches on the devices (split over the mesh's data axis, if any)."""
+    return arrays if self.mesh is None else shard_batch(arrays, self.mesh)
+
   def score(self, x: np.ndarray, key) -> np.ndarray:
     """Scores of all points at `x` (fixed batches; batch b uses ``fold_in(key, b)``)."""
     out = []
-    for b, (chunk, size) in enumerate(_batches(np.arange(len(x)), self.batch_size)):
+    for b, (chunk, size) in enumerate(self.batches(np.arange(len(x)))):
       m = self.model
-      s = score_batch(m.params, m.state, _pad(x[chunk], size), _pad(self.y[chunk], size),
+      s = score_batch(m.params, m.state, *self.put(_pad(x[chunk], size), _pad(self.y[chunk], size)),
                       jax.random.fold_in(key, b), apply_fn=m.apply_fn, randomized=m.randomized,
                       draws=self.draws())
-      out.append(np.asarray(s)[:len(chunk)])
+      out.append(to_host(s)[:len(chunk)])
     return np.concatenate(out)
 
   def attack(self, name: str, attacker: Classifier, scores: np.ndarray, x_adv: np.ndarray, key,
@@ -314,23 +326,23 @@ class _Run:
               disable=not self.progress) as bar:
       for unit in range(units):
         unit_key = jax.random.fold_in(key, unit)
-        for b, (chunk, size) in enumerate(_batches(targets(), self.batch_size)):
+        for b, (chunk, size) in enumerate(self.batches(targets())):
           attack_key, score_key = jax.random.split(jax.random.fold_in(unit_key, b))
-          xb, yb = _pad(self.x[chunk], size), _pad(self.y[chunk], size)
+          xb, yb = self.put(_pad(self.x[chunk], size), _pad(self.y[chunk], size))
           delta, fwd, bwd = attack_batch(
               attacker.params, attacker.state, xb, yb, attack_key, eps, unit,
               apply_fn=attacker.apply_fn, name=name, options=options,
               randomized=attacker.randomized)
           candidate = xb + delta
           m, n = self.model, len(chunk)
-          s = np.asarray(score_batch(m.params, m.state, candidate, yb, score_key,
-                                     apply_fn=m.apply_fn, randomized=m.randomized,
-                                     draws=self.draws()))[:n]
+          s = to_host(score_batch(m.params, m.state, candidate, yb, score_key,
+                                  apply_fn=m.apply_fn, randomized=m.randomized,
+                                  draws=self.draws()))[:n]
           lower = s < scores[chunk]
           scores[chunk[lower]] = s[lower]
-          x_adv[chunk[lower]] = np.asarray(candidate)[:n][lower]
-          forward += int(np.asarray(fwd)[:n].sum()) + n * self.draws()
-          backward += int(np.asarray(bwd)[:n].sum())
+          x_adv[chunk[lower]] = to_host(candidate)[:n][lower]
+          forward += int(to_host(fwd)[:n].sum()) + n * self.draws()
+          backward += int(to_host(bwd)[:n].sum())
           bar.update(n)
     return forward, backward
 
@@ -405,7 +417,7 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
              randomized: bool = False, batch_size: int = 256, checks: bool = True,
              eps_sweep: bool | Sequence[float] = False, square_check: bool = False,
              check_pgd_steps: int = 20, sweep_steps: int = 20, eot_check_n: int = 0,
-             progress: bool = True, **options) -> dict:
+             progress: bool = True, mesh: Mesh | None = None, **options) -> dict:
   """Robust accuracy of any JAX classifier under an attack suite, with sanity checks.
 
   `apply_fn(params, state, x, train) -> (logits, state, features)`, or with
@@ -434,6 +446,10 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
   `eot_check_n` > 0 reruns a randomised model's suite with K = 100 on the first
   `eot_check_n` points. Same seed ⇒ same result.
 
+  With a `mesh` (`fat_jax.parallel.make_data_mesh()`), every batch is split over its
+  ``data`` axis (`batch_size` a multiple of its size) and the parameters are replicated:
+  data parallelism over all devices (and processes), the same result as one device.
+
   Returns a JSON-ready report (see `save_report`) plus the arrays 'flags'
   (per-point 'clean' and 'robust'), 'scores' and 'x_adv'.
   """
@@ -442,6 +458,13 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
   check_eps(eps)
   names = _suite_attacks(suite, attacks)
   x, y = _check_data(x, y)
+  if mesh is not None:
+    if batch_size % mesh.shape['data']:
+      raise ValueError(f"batch_size={batch_size} cannot be split over the {mesh.shape['data']} "
+                       "devices of the mesh's data axis: make it a multiple of the device count.")
+    params, state = replicate((params, state), mesh)
+    if surrogate is not None:
+      surrogate = (surrogate[0], *replicate(tuple(surrogate[1:]), mesh))
   model = Classifier(apply_fn, params, state, randomized)
   attacker = _attacker(model, suite, surrogate)
   key = jax.random.key(seed)
@@ -449,7 +472,7 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
   n_classes = int(jax.eval_shape(lambda: _logits_of(model, x[:1], clean_key)).shape[-1])
   _check_compatible(names, randomized, n_classes)
   opts = _suite_options(suite, options, n_classes)
-  run = _Run(model, x, y, eps, opts, batch_size, progress)
+  run = _Run(model, x, y, eps, opts, batch_size, progress, mesh)
 
   t0 = time.time()
   clean = run.score(x, clean_key)
@@ -513,16 +536,16 @@ def _logits_of(model: Classifier, x, key):
 def _probe(run: _Run, key):
   """Clean logits and zero-gradient flags of all points, and the same logits again."""
   m, logits, again, zero = run.model, [], [], []
-  for b, (chunk, size) in enumerate(_batches(np.arange(len(run.x)), run.batch_size)):
-    xb, yb = _pad(run.x[chunk], size), _pad(run.y[chunk], size)
+  for b, (chunk, size) in enumerate(run.batches(np.arange(len(run.x)))):
+    xb, yb = run.put(_pad(run.x[chunk], size), _pad(run.y[chunk], size))
     k = jax.random.fold_in(key, b)
     first, z = probe_batch(m.params, m.state, xb, yb, k, apply_fn=m.apply_fn,
                            randomized=m.randomized)
     second, _ = probe_batch(m.params, m.state, xb, yb, k, apply_fn=m.apply_fn,
                             randomized=m.randomized)
-    logits.append(np.asarray(first)[:len(chunk)])
-    again.append(np.asarray(second)[:len(chunk)])
-    zero.append(np.asarray(z)[:len(chunk)])
+    logits.append(to_host(first)[:len(chunk)])
+    again.append(to_host(second)[:len(chunk)])
+    zero.append(to_host(z)[:len(chunk)])
   return np.concatenate(logits), np.concatenate(again), np.concatenate(zero)
 
 
@@ -750,9 +773,10 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
                     randomized=bool(e.input_noise), batch_size=e.batch_size, checks=e.checks,
                     eps_sweep=e.eps_sweep, square_check=e.square_check,
                     check_pgd_steps=e.check_pgd_steps, eot_check_n=e.eot_check_n,
-                    progress=config.progress, **options)
+                    progress=config.progress, mesh=make_data_mesh(), **options)
   report.update(evaluated_epoch=epoch, method=config.method.name, dataset=config.data.name,
                 model=config.model.name, workdir=workdir)
-  save_report(report, os.path.join(workdir, f'eval_{e.suite}.json'))
-  np.savez_compressed(os.path.join(workdir, f'eval_{e.suite}_flags.npz'), **report['flags'])
+  if is_writer():
+    save_report(report, os.path.join(workdir, f'eval_{e.suite}.json'))
+  run_log.write_arrays(workdir, f'eval_{e.suite}_flags.npz', report['flags'])
   return report

@@ -306,5 +306,5 @@ def analyze_checkpoint(config, workdir: str) -> dict:
                          'eps': eps, 'seed': config.seed},
             'train_statistics': _jsonable(stats), 'masking': rows}
   run_log.write_json(workdir, ANALYSIS, report)
-  np.savez(os.path.join(workdir, TACT), **stats['tact'])
+  run_log.write_arrays(workdir, TACT, stats['tact'])
   return report

@@ -245,3 +245,21 @@ def test_model_is_hashable_static_argument_and_vmappable():
 def test_unknown_model_name():
   with pytest.raises(ValueError, match='preact_resnet18.*resnet18.*mnist_net.*cnn'):
     make_model('vgg16')
+
+
+def test_bfloat16_compute_keeps_float32_weights_state_and_outputs(preact):
+  model, params, state, _ = preact
+  low = dataclasses.replace(model, compute_dtype='bfloat16')
+  x = batch(model, 4)
+  logits, new_state, features = low.apply(params, state, x, True)
+  reference, _, _ = model.apply(params, state, x, True)
+  assert logits.dtype == jnp.float32 and all(f.dtype == jnp.float32 for f in features.values())
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(new_state))
+  # bfloat16 has an 8-bit mantissa: close to the float32 forward, but not equal to it.
+  np.testing.assert_allclose(logits, reference, atol=0.05 * float(jnp.abs(reference).max()))
+  assert not np.array_equal(np.asarray(logits), np.asarray(reference))
+  grads = jax.grad(lambda p: low.apply(p, state, x, True)[0].sum())(params)
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+  assert make_model('cnn', dtype='bfloat16').compute_dtype == 'bfloat16'
+  with pytest.raises(ValueError, match='model.dtype'):
+    make_model('cnn', dtype='float16')

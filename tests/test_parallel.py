@@ -15,23 +15,31 @@ from tests.fixtures import write_idx_dir
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EIGHT_DEVICES = '''
+import tempfile
 import jax, jax.numpy as jnp, numpy as np, ml_collections
 from fat_jax import optim
 from fat_jax.config import default_config
 from fat_jax.data import DATASET_INFOS, shard_batch, stored_frame_shape
-from fat_jax.evaluate import PGDSettings, evaluate_robustness
+from fat_jax.evaluate import PGDSettings, evaluate, evaluate_robustness
 from fat_jax.methods import (METHOD_DEFAULTS, init_examples, init_train_state, make_train_step,
                              resolve_method)
 from fat_jax.models import build_model
 from fat_jax.parallel import make_data_mesh, replicate, to_host
 
 assert jax.device_count() == 8
-# Fields a method needs beyond its defaults (the published values are not needed here).
-REQUIRED = {'lap': dict(lap_beta=0.03), 'aaer': dict(aaer_lambda1=1.0, aaer_lambda2=2.5,
-                                                      aaer_lambda3=1.5)}
 info = DATASET_INFOS['fashion_mnist']
 model = build_model(ml_collections.ConfigDict(dict(name='cnn', width=4, depth=2, batchnorm=True)),
                     info)
+# L_co's channels: a T_act file for node B of this model.
+channels = model.apply(*model.init(jax.random.key(0)), jnp.zeros((1, 28, 28, 1)), False)[2]['B']
+tact_file = tempfile.mkdtemp() + '/tact.npz'
+np.savez(tact_file, B=np.linspace(0.0, 1.0, channels.shape[-1]))
+# Every method with the fields it needs beyond its defaults (not the published values), and AWP.
+CASES = {name: dict(name=name) for name in METHOD_DEFAULTS}
+CASES['lap'].update(lap_beta=0.03)
+CASES['aaer'].update(aaer_lambda1=1.0, aaer_lambda2=2.5, aaer_lambda3=1.5)
+CASES['induce_co'].update(co_tact_file=tact_file, co_percent=50.0)
+CASES['awp_trades'] = dict(name='trades', awp_gamma=0.005)
 n, eps = 32, 0.1
 images = np.asarray(jax.random.randint(jax.random.key(1), (n, 28, 28, 1), 0, 256), np.uint8)
 labels = np.asarray(jax.random.randint(jax.random.key(2), (n,), 0, 10))
@@ -40,8 +48,7 @@ meshes = {1: make_data_mesh(jax.devices()[:1]), 8: make_data_mesh()}
 
 def run(name, devices, steps):
   c = default_config().method
-  c.name = name
-  for k, v in REQUIRED.get(name, {}).items():
+  for k, v in CASES[name].items():
     c[k] = v
   method = resolve_method(c, eps)
   mesh = meshes[devices]
@@ -57,7 +64,7 @@ def run(name, devices, steps):
     out.append(jax.tree.map(to_host, (ts, metrics)))
   return out
 
-for name in sorted(METHOD_DEFAULTS):
+for name in sorted(CASES):
   one, eight = run(name, 1, 3), run(name, 8, 3)
   for s, (a, b) in enumerate(zip(one, eight)):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -71,6 +78,15 @@ flags = {d: evaluate_robustness(model, ts.params, ts.batch_stats, images, labels
          for d in (1, 8)}
 for k in flags[1]:
   np.testing.assert_array_equal(flags[1][k], flags[8][k], err_msg=k)
+x = images.astype(np.float32) / 255
+reports = {d: evaluate(model.apply, ts.params, ts.batch_stats, x, labels, suite='aa_standard',
+                       eps=eps, batch_size=16, progress=False, apgd_steps=5, fab_steps=5,
+                       square_queries=20, n_target_classes=2, check_pgd_steps=2,
+                       mesh=meshes[d]) for d in (1, 8)}
+for k in ('clean', 'robust'):
+  np.testing.assert_array_equal(reports[1]['flags'][k], reports[8]['flags'][k], err_msg=k)
+np.testing.assert_allclose(reports[1]['x_adv'], reports[8]['x_adv'], atol=1e-5)
+assert reports[1]['robust_accuracy_by_attack'] == reports[8]['robust_accuracy_by_attack']
 print('same evaluation', flush=True)
 '''
 

@@ -12,6 +12,12 @@ that padding, initialisation and BatchNorm match torch:
 * BatchNorm: scale 1, bias 0, torch momentum 0.1 (Flax 0.9), eps 1e-5. One
   difference remains: Flax updates the running variance with the biased batch
   variance, torch with the unbiased one (factor n/(n−1), n = B·H·W).
+
+Mixed precision (``Model.compute_dtype = 'bfloat16'``, config ``model.dtype``):
+parameters, BatchNorm statistics and optimiser state stay float32; each forward
+casts the parameters and the input to bfloat16 and its logits and features back
+to float32, so every loss, attack step and gradient outside the network is float32
+(BatchNorm reduces in float32).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ Path = tuple[str, ...]
 Initializer = Callable[..., Array]
 
 MODEL_NAMES = ('preact_resnet18', 'resnet18', 'mnist_net', 'cnn')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
 def torch_uniform(fan_in: int) -> Initializer:
@@ -99,6 +106,7 @@ class Model:
   """A Flax module plus its input shape; hashable, so usable as a static jit arg."""
   module: nn.Module
   input_shape: tuple[int, int, int]  # (H, W, C)
+  compute_dtype: str = 'float32'     # 'bfloat16': mixed precision (see the module doc)
 
   def init(self, key: Array) -> tuple[Params, Params]:
     """Returns ``(params, state)``; state is 'batch_stats' ({} without BatchNorm)."""
@@ -114,12 +122,20 @@ class Model:
     `masks` (optional) maps node names to channel masks multiplied into what
     flows on from the node (see `tap`); `features` are the unmasked node values.
     """
+    if self.compute_dtype != 'float32':
+      low = lambda a: a.astype(self.compute_dtype)
+      params, x = jax.tree.map(low, params), low(x)
     variables = {'params': params, 'batch_stats': state}
     if train:
       (logits, features), updates = self.module.apply(
           variables, x, train=True, masks=masks, mutable=['batch_stats'])
-      return logits, updates.get('batch_stats', {}), features
-    logits, features = self.module.apply(variables, x, train=False, masks=masks)
+      state = updates.get('batch_stats', {})
+    else:
+      logits, features = self.module.apply(variables, x, train=False, masks=masks)
+    if self.compute_dtype != 'float32':
+      high = lambda a: a.astype(jnp.float32)
+      logits, features, state = high(logits), jax.tree.map(high, features), jax.tree.map(
+          high, state)
     return logits, state, features
 
   def weight_layer_order(self, params: Params) -> list[Path]:
@@ -158,6 +174,9 @@ def build_model(config: Any, info: Any) -> Model:
   std = tuple(float(s) for s in info.std)
   if len(mean) != len(std):
     raise ValueError(f'mean {mean} and std {std} differ in length')
+  dtype = config.get('dtype', 'float32')
+  if dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'model.dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}.')
   module = builders[config.name](config, num_classes=int(info.num_classes),
                                  mean=mean, std=std)
-  return Model(module, tuple(int(d) for d in info.image_shape))
+  return Model(module, tuple(int(d) for d in info.image_shape), dtype)
