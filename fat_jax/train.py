@@ -112,9 +112,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   method = resolve_method(config.method, config.eps)  # fail on a bad method before loading data
   mesh = make_data_mesh()
-  if config.batch_size % mesh.size:
-    raise ValueError(f'batch_size={config.batch_size} is not divisible by the {mesh.size} '
-                     'devices; choose a multiple of the device count.')
+  for field, size in (('batch_size', config.batch_size),
+                      ('eval.batch_size', config.eval.batch_size)):
+    if size % mesh.size:
+      raise ValueError(f'{field}={size} is not divisible by the {mesh.size} devices; choose a '
+                       'multiple of the device count.')
   data = load_dataset(config.data)
   model = build_model(config.model, data.info)
   steps = steps_per_epoch(len(data.train_images), config.batch_size)

@@ -88,6 +88,20 @@ for k in ('clean', 'robust'):
 np.testing.assert_allclose(reports[1]['x_adv'], reports[8]['x_adv'], atol=1e-5)
 assert reports[1]['robust_accuracy_by_attack'] == reports[8]['robust_accuracy_by_attack']
 print('same evaluation', flush=True)
+
+# A global batch that does not split over the devices is refused with the fix.
+from fat_jax.train import train_and_evaluate
+config = default_config()
+config.batch_size = 12
+for call in (lambda: train_and_evaluate(config, tempfile.mkdtemp()),
+             lambda: evaluate(model.apply, ts.params, ts.batch_stats, x, labels, suite='pgd',
+                              eps=eps, batch_size=12, mesh=meshes[8])):
+  try:
+    call()
+    raise AssertionError('no error for a batch of 12 on 8 devices')
+  except ValueError as e:
+    assert 'multiple of the device count' in str(e), e
+print('batch checks', flush=True)
 '''
 
 
@@ -98,7 +112,7 @@ def test_eight_devices_give_the_one_device_result_for_every_method():
   done = subprocess.run([sys.executable, '-c', EIGHT_DEVICES], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stdout + done.stderr[-4000:]
-  assert 'same fgsm_mep' in done.stdout and 'same evaluation' in done.stdout
+  assert 'same fgsm_mep' in done.stdout and 'batch checks' in done.stdout
 
 
 CONFIG = '''

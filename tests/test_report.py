@@ -73,12 +73,11 @@ def test_training_writes_the_report_and_the_summary_lists_the_files(run):
   _, workdir = run
   path = os.path.join(workdir, run_log.REPORT)
   markdown = open(path).read()
-  single_run = [s for s in SECTIONS if s not in ('Comparison', 'Feature-activation differences '
-                                                 '(V_act)')]
+  single_run = [s for s in SECTIONS if s != 'Comparison']
   assert sections(markdown) == single_run
   names = assert_images_exist(markdown, os.path.dirname(path))
   assert {'accuracy.png', 'schedule.png', 'aaer.png', 'lap_norms.png', 'gradalign.png',
-          'adversarial_composed.png'} <= set(names)
+          'vact.png', 'adversarial_composed.png'} <= set(names)
   screen = run_summary(workdir)
   for line in (os.path.join(workdir, 'checkpoints', '2'), os.path.join(workdir, 'metrics.jsonl'),
                os.path.join(workdir, 'results.json'), path, 'PGD-2-1'):
