@@ -451,11 +451,11 @@ def write_report(workdirs: Sequence[str], out_dir: str = '', *, examples: bool =
   return path
 
 
-def try_write_report(workdir: str) -> str | None:
-  """`write_report([workdir])`, logging instead of raising: the run's results are saved
-  before, and a failing figure must not lose them."""
+def try_write_report(workdir: str, *, examples: bool = True) -> str | None:
+  """`write_report([workdir], examples=examples)`, logging instead of raising: the run's
+  results are saved before, and a failing figure must not lose them."""
   try:
-    return write_report([workdir])
+    return write_report([workdir], examples=examples)
   except Exception as e:  # pylint: disable=broad-except
     log.warning('The report of %s failed (%s: %s); the run\'s results are saved. Retry with '
                 'python -m fat_jax.report %s', workdir, type(e).__name__, e, workdir)

@@ -217,5 +217,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
            ts_epoch, final['n'], settings.eps, final['clean_accuracy'],
            final['fgsm_accuracy'], settings.steps, settings.restarts, final['pgd_accuracy'])
   if config.report and is_writer():
-    report.try_write_report(workdir)
+    # The adversarial examples restore a checkpoint, which every process of a multi-host run
+    # would have to join: there, `python -m fat_jax.report WORKDIR` adds them afterwards.
+    report.try_write_report(workdir, examples=jax.process_count() == 1)
   return results
