@@ -134,7 +134,7 @@ def torch_fgsm_rs_step(width: int, batch: int):
       loss = step()
     if device.type == 'cuda':
       torch.cuda.synchronize()
-    return float(loss)
+    return float(loss.detach())
 
   return run, f'{torch.__version__} on {device}'
 
