@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from fat_jax import optim, report, run_log
 from fat_jax.checkpoint import Checkpointer
+from fat_jax.config import default_config
 from fat_jax.data import (iterate_batches, load_dataset, shard_batch, steps_per_epoch,
                           stored_frame_shape)
 from fat_jax.diagnostics import co_onset
@@ -53,13 +54,26 @@ def make_schedule(config, steps: int) -> optim.Schedule:
                         gamma=o.gamma)
 
 
+def _same_run(stored, current, default) -> bool:
+  """Whether a stored config (section) trains the same run as the current one. A field the
+  stored one lacks (added to fat_jax after the run started) counts as unchanged while it holds
+  its default value."""
+  if not (isinstance(stored, dict) and isinstance(current, dict)):
+    return stored == current
+  default = default if isinstance(default, dict) else {}
+  return set(stored) <= set(current) and all(
+      _same_run(stored[k], v, default.get(k)) if k in stored else v == default.get(k)
+      for k, v in current.items())
+
+
 def _check_resumable(workdir: str, config) -> None:
   """Write config.json, or check that the one in `workdir` trains the same run."""
   current = json.loads(config.to_json_best_effort())
   stored = run_log.read_json(workdir, run_log.CONFIG)
   if stored is not None:
-    differ = sorted(k for k in set(stored) | set(current)
-                    if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
+    default = json.loads(default_config().to_json_best_effort())
+    differ = sorted(k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and
+                    not _same_run(stored.get(k), current.get(k), default.get(k)))
     if differ:
       raise ValueError(f'{workdir} holds a run with a different config (sections {differ}); '
                        'use a new --workdir or the original config.')

@@ -99,6 +99,18 @@ def test_resume_with_another_config_is_refused(data_dir, tmp_path):
     train_and_evaluate(tiny_config(data_dir, num_epochs=1, eps=0.2), str(tmp_path))
 
 
+def test_fields_added_since_the_run_started_do_not_block_resuming(data_dir, tmp_path):
+  config = tiny_config(data_dir, num_epochs=1)
+  train_and_evaluate(config, str(tmp_path))
+  stored = run_log.read_json(str(tmp_path), run_log.CONFIG)
+  del stored['model']['dtype'], stored['method']['co_percent']  # as written by an older fat_jax
+  run_log.write_json(str(tmp_path), run_log.CONFIG, stored)
+  train_and_evaluate(config, str(tmp_path))  # resumes (nothing left to train)
+  config.model.dtype = 'bfloat16'  # a new field away from its default is a different run
+  with pytest.raises(ValueError, match=r"different config \(sections \['model'\]\)"):
+    train_and_evaluate(config, str(tmp_path))
+
+
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
   # lr × 1e30 from epoch 2 on: epoch 1 trains, epoch 2 overflows.
   config = tiny_config(data_dir, **{'optim.schedule': 'multistep', 'optim.lr_max': 0.01,
