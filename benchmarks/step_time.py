@@ -2,13 +2,14 @@
 
   python benchmarks/step_time.py                                  # PreActResNet-18 width 16
   python benchmarks/step_time.py --width=64 --batch-per-device=128 \\
-      --methods=fgsm_rs,n_fgsm,lap,aaer,gradalign,pgd_at --dtype=bfloat16 --torch   # GPU
+      --methods=fgsm_rs,n_fgsm,lap,aaer,gradalign,pgd_at --dtypes=float32,bfloat16 --torch  # GPU
 
 Every method's jitted step runs on the same model and global batch (`--batch-per-device` ×
 the devices of a ``data`` mesh: parameters replicated, the batch split, BatchNorm over the
 global batch, state donated), with on-device crop/flip augmentation; methods are timed in
 interleaved rounds (median per method) so that machine noise hits all of them alike.
-`--dtype=bfloat16` computes the forwards in bfloat16 with float32 weights (model.dtype).
+`--dtypes=float32,bfloat16` times every method in both compute dtypes (bfloat16: forwards in
+bfloat16 with float32 weights, model.dtype), labelled "method/bf16".
 `--torch` adds a straightforward PyTorch FGSM-RS step (locuslab's PreActResNet-18 with the
 same width, SGD momentum 0.9 and weight decay 5e-4, the same augmentation, ε and α, on one
 device at the per-device batch, in float32), timed in the same rounds.
@@ -53,6 +54,7 @@ METHODS = {
     'awp_trades': dict(name='trades', awp_gamma=0.005),
 }
 EPS = 8 / 255
+DTYPE_LABELS = {'bfloat16': 'bf16'}
 
 
 def method_config(label: str):
@@ -157,7 +159,8 @@ def main():
   parser.add_argument('--width', type=int, default=16)
   parser.add_argument('--batch-per-device', type=int, default=64)
   parser.add_argument('--devices', type=int, default=0, help='how many devices (0 = all)')
-  parser.add_argument('--dtype', default='float32', help='float32 | bfloat16 (mixed precision)')
+  parser.add_argument('--dtypes', default='float32',
+                      help='comma-separated compute dtypes: float32, bfloat16 (mixed precision)')
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--steps', type=int, default=3, help='steps per method per round')
   parser.add_argument('--methods', default='fgsm_rs,lap,aaer,gradalign')
@@ -168,28 +171,31 @@ def main():
   mesh = make_data_mesh(devices)
   batch = args.batch_per_device * len(devices)
   info = DATASET_INFOS['cifar10']
-  model = build_model(ml_collections.ConfigDict(dict(name=args.model, width=args.width,
-                                                     dtype=args.dtype)), info)
   schedule = optim.Schedule('cyclic', lr_max=0.2, total_steps=1000, steps_per_epoch=100)
   frame = stored_frame_shape(info.image_shape, 'crop_flip')
   images = np.asarray(jax.random.randint(jax.random.key(1), (batch, 32, 32, 3), 0, 256), np.uint8)
   labels = np.asarray(jax.random.randint(jax.random.key(2), (batch,), 0, 10), np.int32)
   inputs = shard_batch((images, labels, np.arange(batch, dtype=np.int32)), mesh)
-  names = args.methods.split(',')
-  unknown = [n for n in names if n not in METHODS]
+  methods, dtypes = args.methods.split(','), args.dtypes.split(',')
+  unknown = [n for n in methods if n not in METHODS]
   if unknown:
     raise SystemExit(f'Unknown methods {unknown}; known: {sorted(METHODS)}.')
   runs = {}
-  for name in names:
-    method = resolve_method(method_config(name), EPS)
-    step = jax.jit(make_train_step(model, method, schedule, weight_decay=5e-4,
-                                   augment_mode='crop_flip', key=jax.random.key(3)),
-                   donate_argnums=0)
-    # lr > 0 (LAP's direction ≠ 0), past the warm-ups (ATAS's adaptive step).
-    ts = init_train_state(model, jax.random.key(0), init_examples(method, batch, frame))
-    ts = replicate(ts._replace(step=jnp.asarray(500, jnp.int32)), mesh)
-    runs[name] = jax_runner(step, ts, inputs)
-    runs[name](1)  # compile
+  for dtype in dtypes:
+    model = build_model(ml_collections.ConfigDict(dict(name=args.model, width=args.width,
+                                                       dtype=dtype)), info)
+    for label in methods:
+      method = resolve_method(method_config(label), EPS)
+      step = jax.jit(make_train_step(model, method, schedule, weight_decay=5e-4,
+                                     augment_mode='crop_flip', key=jax.random.key(3)),
+                     donate_argnums=0)
+      # lr > 0 (LAP's direction ≠ 0), past the warm-ups (ATAS's adaptive step).
+      ts = init_train_state(model, jax.random.key(0), init_examples(method, batch, frame))
+      ts = replicate(ts._replace(step=jnp.asarray(500, jnp.int32)), mesh)
+      name = label if dtype == 'float32' else f'{label}/{DTYPE_LABELS.get(dtype, dtype)}'
+      runs[name] = jax_runner(step, ts, inputs)
+      runs[name](1)  # compile
+  names = list(runs)
   torch_label = None
   if args.torch:
     runs['pytorch fgsm_rs'], torch_label = torch_fgsm_rs_step(args.width, args.batch_per_device)
@@ -204,7 +210,7 @@ def main():
   base = statistics.median(times[names[0]])
   print(f'{args.model} width {args.width}, {len(devices)} × {devices[0].device_kind} '
         f'({jax.default_backend()}), batch {args.batch_per_device}/device = {batch}, '
-        f'{args.dtype}, median of {args.rounds} rounds × {args.steps} steps')
+        f'median of {args.rounds} rounds × {args.steps} steps')
   print(f'{"method":<18}{"s/step":>10}{"images/s":>12}{"× " + names[0]:>14}')
   for name in names:
     t = statistics.median(times[name])
