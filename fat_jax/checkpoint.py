@@ -44,7 +44,11 @@ class Checkpointer:
     abstract = {k: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, v))
                 for k, v in _items(like).items()}
     try:
-      restored = self._manager.restore(epoch, args=ocp.args.Composite(**abstract))
+      if os.path.isdir(os.path.join(self.directory, str(epoch), 'state')):
+        restored = self._manager.restore(epoch, args=ocp.args.Composite(**abstract))
+      else:  # written before per-example state: one unnamed item, the state without it
+        restored = {'state': self._manager.restore(epoch, args=abstract['state']),
+                    'examples': like.examples}
     except Exception as e:  # orbax raises many types for unreadable files
       raise CorruptCheckpointError(
           f'Cannot restore the checkpoint of epoch {epoch} in {self.directory}: {e}. Delete '

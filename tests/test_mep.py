@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 from fat_jax import optim
 from fat_jax.attacks.prior import prior_guided_step, prior_reset
@@ -133,4 +134,20 @@ def test_checkpoint_keeps_per_example_state_apart(tmp_path):
     np.testing.assert_array_equal(a, b)
   assert model_only.examples == {}
   for a, b in zip(jax.tree.leaves(model_only.params), jax.tree.leaves(ts.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoints_written_before_per_example_state_restore(tmp_path):
+  # The earlier layout: the state without `examples` as one unnamed orbax item.
+  model, _, _, _, _ = tiny_problem()
+  ts = init_train_state(model, jax.random.key(4))
+  manager = ocp.CheckpointManager(str(tmp_path / 'checkpoints'))
+  manager.save(3, args=ocp.args.StandardSave({k: v for k, v in ts._asdict().items()
+                                              if k != 'examples'}))
+  manager.wait_until_finished()
+  manager.close()
+  checkpointer = Checkpointer(str(tmp_path))
+  restored = checkpointer.restore(3, init_train_state(model, jax.random.key(5)))
+  checkpointer.close()
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(ts)):
     np.testing.assert_array_equal(a, b)
