@@ -250,9 +250,10 @@ def _bucket(m: int, batch_size: int, multiple: int = 1) -> int:
   """Padded batch length: the smallest of batch_size, ⌈batch_size/4⌉, ⌈batch_size/16⌉, …
   (each rounded up to a multiple of `multiple`, the devices of the data axis) that holds m
   points (a few compilations per attack, at most 4× padding)."""
+  round_up = lambda v: -(-v // multiple) * multiple
   size = batch_size
   while True:
-    smaller = -(-(-(-size // 4)) // multiple) * multiple
+    smaller = round_up(-(-size // 4))
     if smaller >= size or smaller < m:
       return size
     size = smaller
