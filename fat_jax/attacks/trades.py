@@ -8,7 +8,8 @@ from fat_jax.losses import kl_divergence
 
 
 def kl_attack(apply_fn: ApplyFn, params, state, x, key, *, eps, alpha, steps: int,
-              init: str = 'normal', init_scale: float = 0.001, train: bool = False) -> Attack:
+              init: str = 'normal', init_scale: float = 0.001, train: bool = False,
+              unroll: bool = False) -> Attack:
   """From η = 0.001·N(0, I) (not clipped), `steps` updates
   δ ← box(Π_ε(δ + α·sign ∇_δ Σ_i KL(p(x_i) ‖ p(x_i + δ_i)))),  p = softmax ∘ f.
 
@@ -16,7 +17,7 @@ def kl_attack(apply_fn: ApplyFn, params, state, x, key, *, eps, alpha, steps: in
   constant p(x) at every step; here p(x) is computed once, and with
   `train=True` (batch statistics) each step still runs the clean forward after
   the adversarial one, so the running statistics are updated as the official
-  loop would. TRADES: ε = 0.031, α = 0.007, 10 steps.
+  loop would. TRADES: ε = 0.031, α = 0.007, 10 steps. `unroll`: as `pgd_attack`'s.
   """
   check_eps(eps)
   clean_logits, _, _ = apply_fn(params, state, x, train)
@@ -35,5 +36,5 @@ def kl_attack(apply_fn: ApplyFn, params, state, x, key, *, eps, alpha, steps: in
     return sign_step(x, delta, grad, eps=eps, alpha=alpha), st
 
   delta = init_perturbation(key, x, eps, init, init_scale)
-  delta, state = jax.lax.fori_loop(0, steps, one_step, (delta, state))
+  delta, state = jax.lax.fori_loop(0, steps, one_step, (delta, state), unroll=unroll)
   return Attack(jax.lax.stop_gradient(delta), state)

@@ -274,13 +274,13 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
     if attack.loss == 'kl':
       adv = kl_attack(model.apply, ts.params, ts.batch_stats, x, init_key, eps=attack.eps,
                       alpha=attack.alpha, steps=attack.steps, init=attack.init,
-                      init_scale=attack.init_scale, train=attack.train_bn)
+                      init_scale=attack.init_scale, train=attack.train_bn, unroll=True)
       return _Adversarial(adv.delta, None, adv.state, rows)
     if attack.steps > 1:
       adv = pgd_attack(model.apply, ts.params, ts.batch_stats, x, y, init_key, eps=attack.eps,
                        alpha=attack.alpha, steps=attack.steps, train=attack.train_bn,
                        freeze_misclassified=False, init=attack.init,
-                       init_scale=attack.init_scale)
+                       init_scale=attack.init_scale, unroll=True)
       state = adv.state
       if method.robust_overfitting_forwards:  # attack_pgd's restart-loss forward
         state = model.apply(ts.params, state, x + adv.delta, attack.train_bn)[1]
