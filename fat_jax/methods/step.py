@@ -239,9 +239,12 @@ def _base_loss(method: Method, logits: dict, features: dict, labels, start_out, 
 
 def _awp_deltas(loss_fn: Callable, params, paths, gamma: float, active):
   """AWP's v along ∇ `loss_fn` (the training objective in train-mode BN, its statistics
-  discarded, as the official proxy model); a zero gradient while not `active` gives v = 0."""
-  loss_grads = jax.lax.cond(active, jax.grad(loss_fn),
-                            lambda p: jax.tree.map(jnp.zeros_like, p), params)
+  discarded, as the official proxy model); a zero gradient while not `active` gives v = 0.
+
+  The gradient is computed during the warm-up too (one pass per step, then discarded):
+  under `lax.cond` XLA's CPU backend runs the convolutions an order of magnitude slower.
+  """
+  loss_grads = jax.tree.map(lambda g: jnp.where(active, g, 0.0), jax.grad(loss_fn)(params))
   return awp_perturbation(params, loss_grads, paths, gamma)
 
 
