@@ -153,3 +153,12 @@ def test_pgd_matches_a_reference_transcription(problem, loss, loss_fn):
   ours = run_pgd(problem, key=key, steps=3, restarts=3, loss=loss).delta
   ref = reference_pgd(problem, key, steps=3, restarts=3, loss_fn=loss_fn)
   np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_unrolled_pgd_equals_the_loop(problem):
+  """`unroll` changes how XLA compiles the steps, not what they compute (state included)."""
+  for restarts in (1, 2):
+    looped = run_pgd(problem, restarts=restarts, train=True)
+    unrolled = run_pgd(problem, restarts=restarts, train=True, unroll=True)
+    np.testing.assert_allclose(unrolled.delta, looped.delta, atol=1e-6)
+    assert float(unrolled.state['count']) == float(looped.state['count']) == 10 * restarts
