@@ -96,7 +96,8 @@ def load_runs(paths: Sequence[str]) -> list[Run]:
 
 
 def method_label(method: dict) -> str:
-  """The recipe name of a method config: 'fgsm', 'n_lap', 'rs_aaer', 'n_fgsm+aaer', ..."""
+  """The recipe name of a method config: 'fgsm', 'n_lap', 'rs_aaer', 'n_fgsm+aaer',
+  'awp_trades', ..."""
   name = method.get('name', '?')
   spec = tuple(method.get(k) for k in ('init', 'init_scale', 'alpha', 'project'))
   for variant in VARIANT_NAMES.get(name, ()):
@@ -105,7 +106,8 @@ def method_label(method: dict) -> str:
       break
   extras = [c for c, field in COMPONENT_FIELDS
             if method.get(field) is not None and not name.endswith(c)]
-  return '+'.join([name] + extras)
+  label = '+'.join([name] + extras)
+  return f'awp_{label}' if method.get('awp_gamma') is not None else label
 
 
 # ---------------------------------------------------------------------------

@@ -220,6 +220,7 @@ def test_aggregate_table_matches_the_runs_json(run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('name', ['fgsm', 'fgsm_rs', 'n_fgsm', 'gradalign', 'v_lap', 'r_lap',
-                                  'n_lap', 'rs_aaer', 'n_aaer'])
+                                  'n_lap', 'rs_aaer', 'n_aaer', 'zerograd', 'atas', 'pgd_at',
+                                  'trades', 'mart', 'awp_pgd_at', 'awp_trades'])
 def test_method_labels_name_the_quickstart_recipes(name):
   assert aggregate.method_label(quickstart.get_config(name).method.to_dict()) == name
