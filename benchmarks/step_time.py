@@ -31,6 +31,7 @@ from fat_jax.data import DATASET_INFOS, shard_batch, stored_frame_shape
 from fat_jax.methods import init_examples, init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
 from fat_jax.parallel import make_data_mesh, replicate
+from fat_jax.recipes import AWP_GAMMA
 
 # label → method config fields; `name` defaults to the label (the ε = 8/255 recipes: R-LAP,
 # RS-AAER, GradAlign; AT-AWP and TRADES-AWP with their official γ).
@@ -50,8 +51,8 @@ METHODS = {
     'pgd_at': {},
     'trades': {},
     'mart': {},
-    'awp_pgd_at': dict(name='pgd_at', awp_gamma=0.01),
-    'awp_trades': dict(name='trades', awp_gamma=0.005),
+    'awp_pgd_at': dict(name='pgd_at', awp_gamma=AWP_GAMMA['pgd_at']),
+    'awp_trades': dict(name='trades', awp_gamma=AWP_GAMMA['trades']),
 }
 EPS = 8 / 255
 DTYPE_LABELS = {'bfloat16': 'bf16'}

@@ -14,11 +14,11 @@ Expected: robust overfitting largely removed (the last checkpoint close to the b
 authors' AT-AWP WideResNet-34-10 reaches clean 85.36%, AutoAttack 53.97% (`csdongxian/AWP`
 README).
 """
-from fat_jax.recipes import pgd_at_rice_config
+from fat_jax.recipes import AWP_GAMMA, pgd_at_rice_config
 
 
 def get_config():
   config = pgd_at_rice_config()
-  config.method.awp_gamma = 0.01
+  config.method.awp_gamma = AWP_GAMMA['pgd_at']
   config.method.awp_warmup_epochs = 0
   return config

@@ -16,13 +16,14 @@ Expected (official WideResNet-34-10): clean 85.36%, AutoAttack 56.17% (`csdongxi
 README).
 """
 from fat_jax.config import default_config
+from fat_jax.recipes import AWP_GAMMA
 
 
 def get_config():
   config = default_config()
   config.method.name = 'trades'
   config.method.alpha = 0.25             # 2/255 at ε = 8/255
-  config.method.awp_gamma = 0.005
+  config.method.awp_gamma = AWP_GAMMA['trades']
   config.method.awp_warmup_epochs = 9
   config.num_epochs = 200
   config.optim.schedule = 'multistep'

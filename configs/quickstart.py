@@ -21,7 +21,7 @@ epochs, scaled to 6).
 Expected: see README "Quickstart" (measured numbers, with the wall time on 2 CPU cores).
 """
 from fat_jax.config import default_config
-from fat_jax.recipes import set_aaer, set_lap
+from fat_jax.recipes import AWP_GAMMA, set_aaer, set_lap
 
 
 def get_config(method: str = 'fgsm'):
@@ -37,7 +37,7 @@ def get_config(method: str = 'fgsm'):
     config.method.gradalign_lambda = 0.2
   if method.startswith('awp_'):
     config.method.name = method[len('awp_'):]
-    config.method.awp_gamma = {'pgd_at': 0.01, 'trades': 0.005}[config.method.name]
+    config.method.awp_gamma = AWP_GAMMA[config.method.name]
   if method == 'atas':
     config.method.atas_warmup_epochs = 1
     config.method.atas_reset_every = 2

@@ -38,6 +38,9 @@ AAER_LAMBDAS = {
     ('cifar100', 32): {'rs': (1.0, 5.0, 0.75), 'n': (1.0, 3.5, 0.5)},
 }
 
+# csdongxian/AWP: weight-perturbation strength γ per base method (AT-AWP, TRADES-AWP).
+AWP_GAMMA = {'pgd_at': 0.01, 'trades': 0.005}
+
 
 def _pick(table: dict, variant: str, what: str):
   if variant not in table:
