@@ -73,6 +73,12 @@ def test_dart_with_infinite_threshold_returns_the_start(problem):
                      steps=0, freeze_misclassified=False)
   np.testing.assert_array_equal(out.delta, start.delta)
   assert int(out.steps.max()) == 0
+  # the official code's first step is unconditional: one PGD step, then none
+  one = run_dart(problem, jnp.inf, min_steps=1)
+  first = pgd_attack(mlp_apply, params, state, x, y, jax.random.key(1), eps=EPS, alpha=EPS / 4,
+                     steps=1, freeze_misclassified=False)
+  np.testing.assert_array_equal(one.delta, first.delta)
+  assert int(one.steps.min()) == int(one.steps.max()) == 1
 
 
 @pytest.mark.parametrize('train', [False, True])
@@ -115,3 +121,16 @@ def test_fosc_matches_the_official_per_example_formula(problem):
   expected = [-g[i] @ d[i] + EPS * np.abs(g[i]).sum() for i in range(len(x))]
   np.testing.assert_allclose(fosc_at(mlp_apply, params, state, x, y, delta, eps=EPS), expected,
                              rtol=1e-5)
+
+
+def test_dart_jits_with_a_traced_threshold_and_unrolls(problem):
+  params, state, x, y = problem
+  attack = lambda p, s, c, unroll: dart_attack(mlp_apply, p, s, x, y, jax.random.key(1), eps=EPS,
+                                               alpha=EPS / 4, steps=3, threshold=c, unroll=unroll)
+  c = dart_threshold(40, c_max=0.5, control_epochs=100)
+  jitted = jax.jit(attack, static_argnums=3)
+  eager = attack(params, state, c, False)
+  for unroll in (False, True):
+    out = jitted(params, state, c, unroll)
+    np.testing.assert_allclose(out.delta, eager.delta, atol=1e-7)
+    np.testing.assert_array_equal(out.steps, eager.steps)

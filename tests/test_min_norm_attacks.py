@@ -1,6 +1,8 @@
 """DeepFool and C&W-L2 on affine classifiers, where the minimal perturbation is known in closed
 form: the distance from x to {z_k ≥ z_y} is min_{k≠y} |f_k|/‖w_k‖ with f_k = z_k − z_y,
 w_k = ∇f_k (‖·‖₂ for L2; the dual norm ‖·‖₁ for L∞); and MI-FGSM's invariants."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,3 +145,26 @@ def test_mifgsm_without_momentum_is_iterated_fgsm(mlp):
   with_momentum = mifgsm_attack(mlp_apply, params, state, x, y, eps=eps, alpha=eps / 4)
   without = mifgsm_attack(mlp_apply, params, state, x, y, eps=eps, alpha=eps / 4, momentum=0.0)
   assert float(jnp.abs(with_momentum.delta - without.delta).max()) > 0  # μ changes the path
+
+
+@pytest.mark.parametrize('norm', ['l2', 'linf'])
+def test_deepfool_on_images_fools_a_nonlinear_model_and_jits(mlp, norm):
+  params, state, x, y = mlp
+  y = mlp_apply(params, state, x, False)[0].argmax(-1)  # attack correctly classified points
+  attack = functools.partial(deepfool_attack, mlp_apply, norm=norm, train=True)
+  eager = attack(params, state, x, y)
+  jitted = jax.jit(attack)(params, state, x, y)
+  np.testing.assert_allclose(jitted.delta, eager.delta, atol=1e-6)
+  fooled = mlp_apply(params, state, x + eager.delta, False)[0].argmax(-1) != y
+  assert bool(fooled.all())
+  assert int(eager.state['count']) == int(eager.steps.max()) + 1  # one forward per iteration
+
+
+def test_cw_and_mifgsm_jit(mlp):
+  params, state, x, y = mlp
+  cw = functools.partial(cw_l2_attack, mlp_apply, max_iterations=20, binary_search_steps=2)
+  np.testing.assert_allclose(jax.jit(cw)(params, state, x, y).delta,
+                             cw(params, state, x, y).delta, atol=1e-6)
+  mi = functools.partial(mifgsm_attack, mlp_apply, eps=8 / 255)
+  np.testing.assert_allclose(jax.jit(mi)(params, state, x, y).delta,
+                             mi(params, state, x, y).delta, atol=1e-7)

@@ -38,17 +38,21 @@ def dart_threshold(epoch, *, c_max: float = 0.5, control_epochs: float = 100):
 
 
 def dart_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, alpha, steps: int,
-                threshold, loss: str = 'ce', train: bool = False, init: str = 'uniform',
-                init_scale: float = 1.0, unroll: bool = False) -> DARTAttack:
+                threshold, min_steps: int = 0, loss: str = 'ce', train: bool = False,
+                init: str = 'uniform', init_scale: float = 1.0,
+                unroll: bool = False) -> DARTAttack:
   """L∞ PGD with a per-example FOSC stopping rule.
 
   From δ⁰ = `init_perturbation` (U(−ε, ε) clipped to the box by default), each
   of the `steps` iterations computes c(x + δ) = ε‖∇ℓ‖₁ − ⟨δ, ∇ℓ⟩ and moves only
   the examples with c > `threshold` (c_t of `dart_threshold`):
   δ ← box(Π_ε(δ + α·sign ∇ℓ)). An example with c ≤ c_t keeps its point (in eval
-  mode it then never moves again: same point, same gradient). c_t = −∞ is plain
-  PGD without early stopping (`pgd_attack`, ``freeze_misclassified=False``); c_t =
-  +∞ returns δ⁰. ∇ℓ is each example's own loss gradient (FOSC's scale).
+  mode it then never moves again: same point, same gradient). The first
+  `min_steps` steps move every example (the official ``LinfPGDAttack.perturb``
+  always takes its first step: `min_steps=1`). c_t = −∞ is plain PGD without
+  early stopping (`pgd_attack`, ``freeze_misclassified=False``); c_t = +∞ returns
+  δ⁰ (after `min_steps` PGD steps). ∇ℓ is each example's own loss gradient
+  (FOSC's scale).
 
   `train` is the BatchNorm mode of the attack's forwards (the official code
   attacks in inference mode); `unroll` as in `pgd_attack`.
@@ -57,10 +61,10 @@ def dart_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, alpha, step
   loss_fn = per_example_loss(loss)
   expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
 
-  def one_step(_, carry):
+  def one_step(k, carry):
     delta, st, taken = carry
     lg = loss_and_grad(apply_fn, params, st, x + delta, lambda z: loss_fn(z, y), train=train)
-    moves = fosc(x + delta, x, lg.grad, eps) > threshold
+    moves = (fosc(x + delta, x, lg.grad, eps) > threshold) | (k < min_steps)
     moved = sign_step(x, delta, lg.grad, eps=eps, alpha=alpha)
     return jnp.where(expand(moves), moved, delta), lg.state, taken + moves.astype(jnp.int32)
 
