@@ -99,6 +99,9 @@ def test_cw_l2_is_no_larger_than_deepfool(classes):
   # space) moves x' by up to ≈ 0.005·√D ≈ 0.017 in L2, its resolution. Where neither applies
   # it lands within 0.1% of DeepFool's (1 + overshoot)-scaled optimum or below.
   comparable = nearest_is_runner_up(params, x, y) & (exact > 0.05)
+  print(f'\n{classes} classes, d, C&W/d, DeepFool/d, comparable:\n'
+        + np.array2string(np.c_[exact, found / exact, norm_of(deepfool.delta, 2) / exact,
+                                comparable], precision=5, suppress_small=True))
   assert comparable.sum() >= 6
   assert np.all(found[comparable] <= norm_of(deepfool.delta, 2)[comparable] * (1 + 1e-3))
 
