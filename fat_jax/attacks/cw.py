@@ -1,5 +1,5 @@
 """The Carlini–Wagner L2 attack (Carlini & Wagner, IEEE S&P 2017, "Towards Evaluating the
-Robustness of Neural Networks", §V), untargeted, as `carlini/nn_robust_attacks`
+Robustness of Neural Networks"), untargeted, as `carlini/nn_robust_attacks`
 ``l2_attack.py`` runs it, on images in [0, 1].
 
 Change of variables x' = (tanh(x_w + m) + 1)/2 with x_w = artanh((2x − 1)·0.999999),

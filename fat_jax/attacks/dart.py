@@ -1,5 +1,5 @@
 """The training attack and schedule of Dynamic Adversarial Training (DART; Wang et al.,
-ICML 2019, "On the Convergence and Robustness of Adversarial Training", Algorithm 1;
+ICML 2019, "On the Convergence and Robustness of Adversarial Training";
 official code `YisenWang/dynamic_adv_training`).
 
 Early epochs train on weakly converged adversarial examples, later ones on

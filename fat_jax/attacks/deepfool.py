@@ -1,6 +1,6 @@
 """DeepFool, multi-class, L2 and L∞ (Moosavi-Dezfooli, Fawzi & Frossard, CVPR 2016,
-"DeepFool: a simple and accurate method to fool deep neural networks", Algorithms 2
-and 3), batch-wise as `bethgelab/foolbox` 3's ``L2DeepFoolAttack`` /
+"DeepFool: a simple and accurate method to fool deep neural networks", Algorithm 2
+and its ℓp extension), batch-wise as `bethgelab/foolbox` 3's ``L2DeepFoolAttack`` /
 ``LinfDeepFoolAttack`` (logits loss, overshoot 0.02, 50 steps).
 
 A minimum-norm attack: at each step the classifier is linearised around the

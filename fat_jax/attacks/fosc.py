@@ -1,5 +1,5 @@
 """First-Order Stationary Condition (FOSC) of an L∞ attack's point (Wang et al., ICML 2019,
-"On the Convergence and Robustness of Adversarial Training", eq. 4).
+"On the Convergence and Robustness of Adversarial Training").
 
 For the inner maximisation max_{x ∈ X} ℓ(x) over X = {x : ‖x − x⁰‖∞ ≤ ε},
 
