@@ -134,3 +134,20 @@ def test_dart_jits_with_a_traced_threshold_and_unrolls(problem):
     out = jitted(params, state, c, unroll)
     np.testing.assert_allclose(out.delta, eager.delta, atol=1e-7)
     np.testing.assert_array_equal(out.steps, eager.steps)
+
+
+def test_fosc_falls_along_pgd_and_dart_steps_fall_with_the_threshold(problem):
+  params, state, x, y = problem
+  mean_fosc = lambda delta: float(fosc_at(mlp_apply, params, state, x, y, delta, eps=EPS).mean())
+  pgd = jax.jit(lambda k: pgd_attack(mlp_apply, params, state, x, y, jax.random.key(1), eps=EPS,
+                                     alpha=EPS / 4, steps=k, freeze_misclassified=False).delta,
+                static_argnums=0)
+  dart = jax.jit(lambda c: run_dart(problem, c))
+  along_pgd = [mean_fosc(pgd(k)) for k in (0, 2, 10)]
+  thresholds = (0.5, 0.1, 0.01, 0.0)
+  runs = [dart(c) for c in thresholds]
+  steps = [float(r.steps.mean()) for r in runs]
+  print(f'\nmean FOSC after PGD-0/2/10: {along_pgd}\nDART c_t {thresholds}: mean steps {steps}, '
+        f'mean FOSC {[mean_fosc(r.delta) for r in runs]}')
+  assert along_pgd[0] > along_pgd[1] > along_pgd[2]
+  assert steps == sorted(steps) and steps[0] < steps[-1] == 10
