@@ -52,10 +52,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from matplotlib.figure import Figure
+
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from fat_jax import run_log
+from fat_jax import figures, run_log
 from fat_jax.aggregate import method_label
 from fat_jax.attacks import fgsm_attack, pgd_attack
 from fat_jax.checkpoint import Checkpointer
@@ -356,7 +356,7 @@ def plot_landscape(landscape: Landscape, path: str, *, kind: str = '', title: st
   of `kind` (2-D; default the last kind, i.e. PGD when computed) on one shared scale."""
   losses, a = landscape.losses, landscape.axis
   rows, cols = len(landscape.epochs), len(landscape.layers)
-  fig = Figure(figsize=(1.9 * cols + 0.6, 1.7 * rows + 0.7))
+  fig = figures.new_figure(2.1 * cols + 0.9, 1.8 * rows + 0.9)
   axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
   dims = landscape.meta['dims']
   if dims == 2:
@@ -379,23 +379,24 @@ def plot_landscape(landscape: Landscape, path: str, *, kind: str = '', title: st
         ax.plot(0, 0, 'w+', ms=6)
       if r == 0:
         index = landscape.layer_indices[c]
-        ax.set_title(f'{index}: {name}' if index else 'all layers', fontsize=8)
+        ax.set_title(figures.wrap(f'{index}: {name}' if index else 'all layers', 24),
+                     fontsize=figures.TEXT_PT)
       if c == 0:
-        ax.set_ylabel(f'epoch {epoch}', fontsize=8)
-      ax.tick_params(labelsize=7)
+        ax.set_ylabel(f'epoch {epoch}', fontsize=figures.TEXT_PT)
+      ax.tick_params(labelsize=figures.TICK_PT)
   if dims == 1:
-    axes[0, 0].legend(fontsize=6, loc='upper center')
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc='outside lower center',
+               ncol=len(landscape.kinds), fontsize=figures.TEXT_PT, frameon=False)
   else:
     cbar = fig.colorbar(contour, ax=axes, shrink=0.8)
-    cbar.set_label(f'log10 CE ({KIND_STYLE[landscape.kinds[k]][1]})', fontsize=8)
+    cbar.set_label(f'log10 CE ({KIND_STYLE[landscape.kinds[k]][1]})', fontsize=figures.TEXT_PT)
+    cbar.ax.tick_params(labelsize=figures.TICK_PT)
   meta = landscape.meta
-  fig.suptitle(title or f"{meta['method']}: CE along a filter-normalised direction per layer "
-               f"({meta['split']} n={meta['n']}, ε={meta['eps']:.3g})", fontsize=9)
-  if dims == 1:
-    fig.tight_layout()
+  suptitle = title or (f"{meta['method']}: CE along a filter-normalised direction per layer "
+                       f"({meta['split']} n={meta['n']}, ε={meta['eps']:.3g})")
+  fig.suptitle(figures.wrap(suptitle, int(12 * fig.get_figwidth())), fontsize=figures.TITLE_PT)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=90)
-  return path
+  return figures.save(fig, path)
 
 
 def _int_list(text: str) -> list[int]:

@@ -23,7 +23,7 @@ folder is self-contained. Sections:
 * Per-epoch records — the `fat_jax.summary` tables.
 
 `train_and_evaluate` calls `try_write_report` at the end of a run. Figures
-use matplotlib's object API (no pyplot, no global backend change).
+follow `fat_jax.figures` (150 dpi, constrained layout, everything inside the canvas).
 """
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from fat_jax import aggregate, landscape, run_log, summary
+from fat_jax import aggregate, figures, landscape, run_log, summary
 from fat_jax.config import default_config
 from fat_jax.aggregate import Run
 from fat_jax.data import DatasetNotFoundError, load_dataset
@@ -51,7 +52,6 @@ from fat_jax.methods import resolve_method
 
 log = logging.getLogger('fat_jax')
 
-DPI = 72
 ADV_EXAMPLES = 8
 ACCURACY_STYLE = (('clean_accuracy', 'clean', 'tab:blue'), ('fgsm_accuracy', 'FGSM', 'tab:orange'),
                   ('pgd_accuracy', 'PGD', 'tab:red'))
@@ -72,20 +72,24 @@ def _epochs(run: Run, key: str):
 def _panels(n: int, *, width: float = 3.6, height: float = 2.6, max_cols: int = 4):
   cols = min(n, max_cols)
   rows = -(-n // cols)
-  fig = Figure(figsize=(width * cols, height * rows))
+  fig = figures.new_figure(width * cols, height * rows)
   axes = fig.subplots(rows, cols, squeeze=False).ravel()
   for ax in axes[n:]:
     ax.set_visible(False)
+  for ax in axes[:n]:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
   return fig, axes[:n]
 
 
 def _save(fig: Figure, out_dir: str, name: str) -> str:
-  fig.savefig(os.path.join(out_dir, name), dpi=DPI)
+  figures.save(fig, os.path.join(out_dir, name))
   return name
 
 
 def _title(run: Run) -> str:
-  return f"{run.name} ({run.label}, ε={aggregate.COLUMNS['eps'].text(run.config.get('eps'))})"
+  """The run's name over its method and ε (two lines that fit a panel)."""
+  return (f"{run.name}\n{figures.wrap(run.label, 36)}, "
+          f"ε={aggregate.COLUMNS['eps'].text(run.config.get('eps'))}")
 
 
 def _co_onset(run: Run):
@@ -119,15 +123,15 @@ def plot_accuracy(runs: Sequence[Run], out_dir: str) -> str:
     ax.plot([], [], 'k--', lw=1, label='CO onset')
     _mark_onset(ax, run)
     ax.set(title=_title(run), xlabel='epoch', ylabel='accuracy', ylim=(0, 1))
-    ax.title.set_fontsize(9)
-  fig.legend(*axes[0].get_legend_handles_labels(), loc='lower center', ncol=6, fontsize=7,
-             frameon=False)
-  fig.tight_layout(rect=(0, 0.1 if len(runs) <= 3 else 0.05, 1, 1))
+    ax.title.set_fontsize(figures.TITLE_PT)
+  fig.legend(*axes[0].get_legend_handles_labels(), loc='outside lower center',
+             ncol=2 * min(len(axes), 3), fontsize=figures.TEXT_PT, frameon=False)
   return _save(fig, out_dir, 'accuracy.png')
 
 
 def plot_comparison(runs: Sequence[Run], out_dir: str) -> str:
-  """Clean, FGSM and PGD monitor accuracy of all runs overlaid; × marks each CO onset."""
+  """Clean, FGSM and PGD monitor accuracy of all runs overlaid; × and a dotted line in the
+  run's colour mark each CO onset."""
   fig, axes = _panels(3)
   for ax, (key, label, _) in zip(axes, ACCURACY_STYLE):
     for i, run in enumerate(runs):
@@ -135,12 +139,14 @@ def plot_comparison(runs: Sequence[Run], out_dir: str) -> str:
       ax.plot(epochs, values, 'o-', ms=3, color=_color(i), label=run.name)
       onset = _co_onset(run)
       if onset in epochs:
+        ax.axvline(onset, color=_color(i), ls=':', lw=1)
         ax.plot(onset, values[epochs.index(onset)], 'kx', ms=8, mew=2)
     ax.set(title=f'{label} accuracy (monitor)', xlabel='epoch', ylim=(0, 1))
+    ax.title.set_fontsize(figures.TITLE_PT)
   axes[0].set_ylabel('accuracy')
-  axes[-1].plot([], [], 'kx', mew=2, label='CO onset')
-  axes[-1].legend(fontsize=7)
-  fig.tight_layout()
+  axes[0].plot([], [], 'kx', mew=2, label='CO onset')
+  fig.legend(*axes[0].get_legend_handles_labels(), loc='outside lower center',
+             ncol=min(len(runs) + 1, 6), fontsize=figures.TEXT_PT, frameon=False)
   return _save(fig, out_dir, 'comparison.png')
 
 
@@ -151,9 +157,8 @@ def plot_schedule(runs: Sequence[Run], out_dir: str) -> str:
       ax.plot(*_epochs(run, key), 'o-', ms=3, color=_color(i), label=run.name)
   for ax, key in zip(axes, ('learning rate', 'momentum')):
     ax.set(title=f'{key} at the last step of each epoch', xlabel='epoch')
-    ax.title.set_fontsize(9)
-  axes[0].legend(fontsize=7)
-  fig.tight_layout()
+    ax.title.set_fontsize(figures.TITLE_PT)
+  axes[0].legend(fontsize=figures.TEXT_PT)
   return _save(fig, out_dir, 'schedule.png')
 
 
@@ -170,9 +175,8 @@ def plot_aaer(runs: Sequence[Run], out_dir: str) -> str:
   axes[1].set(title='logit variation V_A (AAE), V_N (normal)', xlabel='epoch', yscale='log')
   axes[2].set(title='loss decrease C_A of the AAEs', xlabel='epoch')
   for ax in axes:
-    ax.title.set_fontsize(9)
-  axes[1].legend(fontsize=6)
-  fig.tight_layout()
+    ax.title.set_fontsize(figures.TITLE_PT)
+  axes[1].legend(fontsize=figures.TEXT_PT)
   return _save(fig, out_dir, 'aaer.png')
 
 
@@ -187,9 +191,8 @@ def plot_lap(runs: Sequence[Run], out_dir: str) -> str:
     for l in range(num_layers):
       ax.plot(epochs, norms[:, l], 'o-', ms=2, color=ScalarMappable(norm, 'viridis').to_rgba(l + 1))
     ax.set(title=_title(run), xlabel='epoch', ylabel='‖Δw_l‖ (epoch mean)', yscale='log')
-    ax.title.set_fontsize(9)
+    ax.title.set_fontsize(figures.TITLE_PT)
     fig.colorbar(ScalarMappable(norm, 'viridis'), ax=ax, label='layer l')
-  fig.tight_layout()
   return _save(fig, out_dir, 'lap_norms.png')
 
 
@@ -203,9 +206,8 @@ def plot_vact(runs: Sequence[Run], out_dir: str) -> str:
               label=f'node {node}')
     _mark_onset(ax, run)
     ax.set(title=_title(run), xlabel='epoch', ylabel='V_act')
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=6)
-  fig.tight_layout()
+    ax.title.set_fontsize(figures.TITLE_PT)
+    ax.legend(fontsize=figures.TEXT_PT)
   return _save(fig, out_dir, 'vact.png')
 
 
@@ -215,8 +217,8 @@ def plot_gradalign(runs: Sequence[Run], out_dir: str) -> str:
     axes[0].plot(*_epochs(run, 'train_gradalign_cos'), 'o-', ms=3, color=_color(i),
                  label=run.name)
   axes[0].set(title='GradAlign: mean cos(∇ℓ(x), ∇ℓ(x + η))', xlabel='epoch')
-  axes[0].legend(fontsize=7)
-  fig.tight_layout()
+  axes[0].title.set_fontsize(figures.TITLE_PT)
+  axes[0].legend(fontsize=figures.TEXT_PT)
   return _save(fig, out_dir, 'gradalign.png')
 
 
@@ -266,7 +268,7 @@ def plot_adversarial_examples(run: Run, examples: dict, out_dir: str) -> str:
   rows = [('clean', 'clean', None), ('train_attack', 'training attack', None),
           ('train_attack', 'δ (training attack)', 'delta'), ('pgd', 'PGD', None),
           ('pgd', 'δ (PGD)', 'delta')]
-  fig = Figure(figsize=(0.95 * n + 1.1, 1.1 * len(rows) + 0.4))
+  fig = figures.new_figure(0.95 * n + 1.3, 1.15 * len(rows) + 0.6)
   axes = fig.subplots(len(rows), n, squeeze=False)
   for r, (kind, label, what) in enumerate(rows):
     xk = examples['inputs'][kind]
@@ -280,12 +282,12 @@ def plot_adversarial_examples(run: Run, examples: dict, out_dir: str) -> str:
       else:
         _show(ax, xk[i], vmin=0, vmax=1)
         pred = examples['predictions'][kind][i]
-        ax.set_title(f'{labels[i]}→{pred}', fontsize=7,
+        ax.set_title(f'{labels[i]}→{pred}', fontsize=figures.TEXT_PT,
                      color='tab:green' if pred == labels[i] else 'tab:red')
-    axes[r, 0].set_ylabel(label + (f'\nmax|δ|={scale:.3f}' if what else ''), fontsize=7)
+    axes[r, 0].set_ylabel(label + (f'\nmax|δ|={scale:.3f}' if what else ''),
+                          fontsize=figures.TEXT_PT)
   fig.suptitle(f"{_title(run)}: test points at epoch {examples['epoch']} "
-               f"(label→prediction; δ scaled by max|δ|)", fontsize=8)
-  fig.tight_layout()
+               f"(label→prediction; δ scaled by max|δ|)", fontsize=figures.TITLE_PT)
   return _save(fig, out_dir, f'adversarial_{_slug(run.name)}.png')
 
 
@@ -380,8 +382,9 @@ def write_report(workdirs: Sequence[str], out_dir: str = '', *, examples: bool =
   else:
     md += ['No epoch records yet.', '']
   if len(with_records) > 1:
-    md += ['## Comparison', '', _figure(plot_comparison(with_records, out_dir),
-                                        'Monitor accuracy of all runs; × marks the CO onset.'), '']
+    md += ['## Comparison', '',
+           _figure(plot_comparison(with_records, out_dir),
+                   'Monitor accuracy of all runs; × and a dotted line mark each CO onset.'), '']
   if with_records:
     md += ['## Learning rate and momentum', '',
            _figure(plot_schedule(with_records, out_dir),

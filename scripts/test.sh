@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up, then run the default test suite (pass `-m slow` for the long checks, which use the
-# real Fashion-MNIST that the set-up installs).
+# Set up (with the test tools and TFDS, whose tests are skipped without it), then run the
+# default test suite (pass `-m slow` for the long checks, which use the real Fashion-MNIST that
+# the set-up installs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh test,tfds
 .venv/bin/python -m pytest -q "$@"

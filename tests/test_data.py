@@ -1,5 +1,6 @@
 """Data loading (original formats and TFDS), batching, augmentation and sharding."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -166,6 +167,12 @@ def test_auto_uses_prepared_tfds_copy(monkeypatch):
   with tfds.testing.mock_data(num_examples=3):
     ds = data.load_dataset(make_config('cifar10', source='auto'))
   assert ds.train_images.shape == (3, 32, 32, 3)
+
+
+def test_tfds_source_without_tfds_says_which_extra_to_install(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)  # import raises ImportError
+  with pytest.raises(ImportError, match=re.escape("pip install 'fat_jax[tfds]'")):
+    data.load_dataset(make_config('cifar10', source='tfds'))
 
 
 # -------------------------------------------------------------------- batching

@@ -5,8 +5,9 @@
 * ``dir``: the original distribution files in a local folder (CIFAR python
   pickles, MNIST/Fashion-MNIST IDX files, SVHN ``*_32x32.mat``);
 * ``tfds``: TensorFlow Datasets through `tfds.data_source` (array_record
-  files). Reading prepared data needs no TensorFlow; downloading and
-  preparing it does (``pip install tensorflow-cpu``).
+  files), imported only here (``pip install 'fat_jax[tfds]'``). Reading
+  prepared data needs no TensorFlow; downloading and preparing it does
+  (``pip install tensorflow-cpu``).
 
 ``auto`` picks ``dir`` when a folder is given (or Fashion-MNIST's Debian
 package is installed), else a locally prepared TFDS copy, else fails with a
@@ -187,7 +188,7 @@ def _import_tfds() -> Any:
   try:
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError('source=tfds needs TFDS: pip install tensorflow-datasets'
+    raise ImportError("data.source=tfds needs TensorFlow Datasets: pip install 'fat_jax[tfds]'"
                       ) from e
   return tfds
 
@@ -240,8 +241,8 @@ class _Source:
   default_dir: str | None = None
 
 
-_TFDS_HINT = ('or run online with --config.data.source=tfds (TFDS needs '
-              'TensorFlow to download and prepare: pip install tensorflow-cpu)')
+_TFDS_HINT = ("or run online with --config.data.source=tfds (pip install 'fat_jax[tfds]'; "
+              'downloading and preparing also needs pip install tensorflow-cpu)')
 _IDX_FILES = ('train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, '
               't10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz')
 

@@ -1,0 +1,112 @@
+"""The launcher: ``fat-jax-train`` (installed) or ``python launch.py`` (checkout).
+
+  fat-jax-train --config=configs/quickstart.py --workdir=/tmp/quickstart
+  fat-jax-train --config=configs/fgsm_rs_eps8.py --workdir=runs/fgsm_rs \\
+      --config.data.dir=/data/cifar10 --config.num_epochs=15
+  fat-jax-train --config=configs/fgsm_rs_eps8.py --workdir=runs/fgsm_rs --mode=eval \\
+      --config.eval.suite=aa_standard --config.eval.n=1000
+  fat-jax-train --config=configs/fd.py --workdir=runs/fd --mode=analyze
+  fat-jax-train --config=configs/fd.py --workdir=runs/fd --mode=noise_eval \\
+      --config.eval.input_noise=0.0627
+
+``--config.<field>=<value>`` overrides any field; the configs are locked, so a
+misspelt field is an error. ``--config=configs/NAME.py`` is the file in the
+current folder when it exists (a checkout), else the recipe shipped in the
+package (`fat_jax.configs`, the repository's configs/ folder).
+"""
+import logging
+import os
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from fat_jax.evaluate import evaluate_checkpoint
+from fat_jax.feature_analysis import analyze_checkpoint
+from fat_jax.noise_eval import evaluate_noise_checkpoint
+from fat_jax.parallel import initialize_distributed, is_writer
+from fat_jax.summary import run_summary
+from fat_jax.train import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file in configs/.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'analyze', 'noise_eval'],
+                          'train: train (resuming from --workdir) and evaluate; eval: evaluate '
+                          'the latest checkpoint in --workdir with the suite config.eval.suite '
+                          'into WORKDIR/eval_<suite>.json; analyze: feature-activation '
+                          'differences (V_act, T_act, channel masking; config.analysis) into '
+                          'WORKDIR/analysis.json and WORKDIR/tact.npz; noise_eval: inference '
+                          'noise config.eval.input_noise attacked non-adaptively and with EOT '
+                          'into WORKDIR/eval_noise.json.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  initialize_distributed(config.distributed)
+  absl_logging.set_verbosity(absl_logging.WARNING)  # quiet the libraries (orbax, ...)
+  # Process 0 reports; the others only warn.
+  logging.getLogger('fat_jax').setLevel(logging.INFO if is_writer() else logging.WARNING)
+  config.progress = config.progress and is_writer()
+  if _MODE.value == 'analyze':
+    analyze_checkpoint(config, _WORKDIR.value)
+    logging.getLogger('fat_jax').info('Results: %s/analysis.json, %s/tact.npz', _WORKDIR.value,
+                                      _WORKDIR.value)
+    return
+  if _MODE.value == 'noise_eval':
+    evaluate_noise_checkpoint(config, _WORKDIR.value)
+    logging.getLogger('fat_jax').info('Results: %s/eval_noise.json', _WORKDIR.value)
+    return
+  if _MODE.value == 'eval':
+    report = evaluate_checkpoint(config, _WORKDIR.value)
+    logging.getLogger('fat_jax').info(
+        'Results: %s/eval_%s.json (epoch %d: clean %.4f, robust %.4f)', _WORKDIR.value,
+        report['suite'], report['evaluated_epoch'], report['clean_accuracy'],
+        report['robust_accuracy'])
+    return
+  train_and_evaluate(config, _WORKDIR.value)
+  if is_writer():
+    print(run_summary(_WORKDIR.value))
+
+
+PACKAGED_CONFIGS = 'configs'
+
+
+def resolve_config_path(value: str) -> str:
+  """`value` of --config (``PATH[:ARG]``) with a missing ``configs/NAME.py`` replaced by the
+  recipe shipped in the package; any other value unchanged."""
+  path, sep, arg = value.partition(':')
+  folder, name = os.path.split(os.path.normpath(path))
+  if os.path.exists(path) or folder != PACKAGED_CONFIGS:
+    return value
+  try:
+    from fat_jax import configs  # pylint: disable=import-outside-toplevel
+  except ModuleNotFoundError:  # a checkout on PYTHONPATH: configs/ is only at the top
+    return value
+  packaged = os.path.join(os.path.dirname(configs.__file__), name)
+  return packaged + sep + arg if os.path.exists(packaged) else value
+
+
+def resolve_config_args(argv: list[str]) -> list[str]:
+  """`argv` with the value of ``--config=V`` / ``--config V`` passed through
+  `resolve_config_path`."""
+  out = list(argv)
+  for i, a in enumerate(out):
+    if a.startswith('--config='):
+      out[i] = '--config=' + resolve_config_path(a[len('--config='):])
+    elif a == '--config' and i + 1 < len(out):
+      out[i + 1] = resolve_config_path(out[i + 1])
+  return out
+
+
+def run():
+  """The ``fat-jax-train`` console command."""
+  app.run(main, argv=resolve_config_args(sys.argv))
+
+
+if __name__ == '__main__':
+  run()
