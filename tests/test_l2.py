@@ -12,7 +12,7 @@ import pytest
 from fat_jax.attacks import (apgd_attack, apgd_targeted_attack, fab_attack, fab_targeted_attack,
                              fab_untargeted_attack, pgd_attack, square_attack)
 from fat_jax.attacks.apgd import apgd_step
-from fat_jax.attacks.fab import project_hyperplane_l2
+from fat_jax.attacks.fab import project_hyperplane_l2, project_hyperplane_linf
 from fat_jax.attacks.square import eta_pattern, square_l2_sides, square_l2_update
 from fat_jax.losses import cross_entropy
 from tests.test_apgd import init_mlp, mlp_apply, toy_data, trained  # noqa: F401  (fixture)
@@ -281,6 +281,62 @@ def test_apgd_l2_matches_a_transcription_of_the_reference(images):
   # float32 (ours) against float64 (the transcription) over 30 normalised steps.
   np.testing.assert_allclose(np.asarray(ours)[clean_ok], ref[clean_ok], atol=1e-4)
   assert not np.asarray(ours)[~clean_ok].any()
+
+
+def reference_fab_untargeted(params, x, y, steps, norm, alpha_max=0.1, eta=1.05, beta=0.9):
+  """fab_base.py's attack_single_run (untargeted, no random start) with Python loops and numpy
+  masks: ``get_diff_logits_grads_batch`` by one gradient per class, the closest linearised
+  boundary, then the targeted run's update; projections `reference_projection_l2` (L2) and
+  `project_hyperplane_linf` (L∞, checked against linear programming in tests/test_fab.py)."""
+  n = len(x)
+  x0 = np.asarray(x, np.float64).reshape(n, -1)
+  x1, adv, res = x0.copy(), x0.copy(), np.full(n, 1e10)
+  logits_of = lambda v: mlp_apply(params, {}, jnp.asarray(v, jnp.float32).reshape(
+      (-1,) + x.shape[1:]), False)[0]
+  jacobian = jax.jit(jax.vmap(jax.jacrev(lambda v: logits_of(v[None])[0])))
+  rows, y = np.arange(n), np.asarray(y)
+  if norm == 'L2':
+    dual, size = (lambda v: np.sqrt((v ** 2).sum(-1))), l2
+    project = reference_projection_l2
+  else:
+    dual, size = (lambda v: np.abs(v).sum(-1)), (lambda v: np.abs(v).max(1))
+    project = lambda *a: np.asarray(project_hyperplane_linf(*(jnp.asarray(v, jnp.float32)
+                                                                for v in a)), np.float64)
+  for _ in range(steps):
+    z = np.asarray(logits_of(x1), np.float64)
+    g = np.asarray(jacobian(jnp.asarray(x1, jnp.float32)), np.float64)   # (N, C, D)
+    df = z - z[rows, y][:, None]
+    dg = g - g[rows, y][:, None]
+    df[rows, y] = 1e10
+    ind = (np.abs(df) / (1e-12 + dual(dg))).argmin(1)
+    dg2 = dg[rows, ind]
+    b = -df[rows, ind] + (dg2 * x1).sum(-1)
+    d3 = project(np.r_[x1, x0], np.r_[dg2, dg2], np.r_[b, b])
+    d1, d2 = d3[:n], d3[n:]
+    a0 = np.maximum(size(d3)[:, None], 1e-8)
+    alpha = np.clip(a0[:n] / (a0[:n] + a0[n:]), 0, alpha_max)
+    x1 = np.clip((x1 + eta * d1) * (1 - alpha) + (x0 + d2 * eta) * alpha, 0, 1)
+    is_adv = np.asarray(logits_of(x1).argmax(-1)) != y
+    if is_adv.any():
+      t = size(x1[is_adv] - x0[is_adv])
+      closer = t < res[is_adv]
+      idx = np.flatnonzero(is_adv)[closer]
+      adv[idx], res[idx] = x1[idx], t[closer]
+      x1[is_adv] = x0[is_adv] + (x1[is_adv] - x0[is_adv]) * beta
+  return adv - x0, res
+
+
+@pytest.mark.parametrize('norm', ['Linf', 'L2'])
+def test_untargeted_fab_matches_a_transcription_of_the_reference(images, norm):
+  params, x, y = images
+  ours = np.asarray(fab_untargeted_attack(mlp_apply, params, {}, x, y, jax.random.key(0),
+                                          eps=10.0, steps=10, norm=norm).delta).reshape(len(x), -1)
+  ref, dist = reference_fab_untargeted(params, x, y, steps=10, norm=norm)
+  clean_ok = np.asarray(mlp_apply(params, {}, x, False)[0].argmax(-1) == y)
+  found = clean_ok & (dist < 1e10)
+  assert found.sum() >= 10
+  np.testing.assert_allclose(ours[found], ref[found], atol=1e-4)
+  assert not ours[~found].any()
 
 
 L2_ATTACKS = {
