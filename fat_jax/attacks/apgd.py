@@ -1,11 +1,15 @@
-"""Auto-PGD (APGD) in L∞ and its targeted version APGD-T (Croce & Hein 2020), following
-``fra31/auto-attack autoattack/autopgd_base.py`` (SPEC §4.2).
+"""Auto-PGD (APGD) in L∞ and L2 and its targeted version APGD-T (Croce & Hein 2020),
+following ``fra31/auto-attack autoattack/autopgd_base.py``.
 
 One run of N iterations, per example:
 
-* start on the ε-sphere: x⁰ = box(x + ε·t/‖t‖∞), t ~ U(−1, 1);
-* step size η = 2ε; with z = box(Π_ε(xᵏ + η·sign ∇ℓ(xᵏ))),
-  xᵏ⁺¹ = box(Π_ε(xᵏ + α(z − xᵏ) + (1 − α)(xᵏ − xᵏ⁻¹))), α = 1 at k = 0, then 0.75;
+* start on the ε-sphere: x⁰ = box(x + ε·t/(‖t‖ + 1e−12)), t ~ U(−1, 1) in L∞
+  (‖·‖∞), t ~ N(0, I) in L2 (‖·‖₂);
+* step size η = 2ε; with z = box(Π_ε(xᵏ + η·u(∇ℓ(xᵏ)))),
+  xᵏ⁺¹ = box(Π_ε(xᵏ + α(z − xᵏ) + (1 − α)(xᵏ − xᵏ⁻¹))), α = 1 at k = 0, then 0.75,
+  where u(g) = sign g and Π_ε clips to [−ε, ε] in L∞, u(g) = g/(‖g‖₂ + 1e−12) and
+  Π_ε(δ) = δ/(‖δ‖₂ + 1e−12)·min(ε, ‖δ‖₂) in L2 (the box clip after the L2
+  projection only shrinks coordinates, so the point stays in the ball);
 * at the checkpoints `apgd_checkpoints(N)` (window w since the previous one) the
   step is halved and the iterate jumps back to the best-loss point (with its
   gradient) if (1) the loss increased in at most ρ·w of the window's steps
@@ -26,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fat_jax.attacks.core import Attack, ApplyFn, check_eps, clip_to_box, project_linf
+from fat_jax.attacks.core import (Attack, ApplyFn, check_eps, clip_to_box, normalize_l2,
+                                  project_l2, project_linf)
 from fat_jax.attacks.eot import randomized_gradient, randomized_logits
 from fat_jax.losses import cross_entropy
 from fat_jax.losses.dlr import dlr_loss, dlr_targeted_loss
@@ -87,19 +92,38 @@ def _expand(v, x):
   return v.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-def _sphere_start(key, x, eps):
-  """box(x + ε·t/‖t‖∞) − x with t ~ U(−1, 1) per example (the reference's ``normalize``)."""
+def _sphere_start(key, x, eps, norm: str):
+  """box(x + ε·t/(‖t‖ + 1e−12)) − x per example (the reference's ``normalize``):
+  t ~ U(−1, 1) and ‖·‖∞ in L∞, t ~ N(0, I) and ‖·‖₂ in L2."""
+  if norm == 'L2':
+    return clip_to_box(x, eps * normalize_l2(jax.random.normal(key, x.shape, x.dtype)))
   t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
-  norm = jnp.abs(t).reshape(len(x), -1).max(axis=1)
-  return clip_to_box(x, eps * t / (_expand(norm, x) + 1e-12))
+  size = jnp.abs(t).reshape(len(x), -1).max(axis=1)
+  return clip_to_box(x, eps * t / (_expand(size, x) + 1e-12))
 
 
-def _apgd_run(gradient, misclassified, x, key, *, eps, steps: int, rho: float, state) -> _Run:
+def apgd_step(x, delta, delta_old, grad, step, a, *, eps, norm: str = 'Linf'):
+  """One APGD update in δ = x_adv − x coordinates, as ``attack_single_run`` does it:
+  z = box(Π_ε(δ + η·u(g))), then box(Π_ε(δ + a(z − δ) + (1 − a)(δ − δ_old))).
+
+  `step` η is per example (broadcast to δ), `a` the momentum weight (1 at the
+  first iteration, then 0.75); u and Π_ε as in the module docstring.
+  """
+  if norm == 'L2':
+    direction, project = normalize_l2(grad), project_l2
+  else:
+    direction, project = jnp.sign(grad), project_linf
+  z = clip_to_box(x, project(delta + step * direction, eps))
+  return clip_to_box(x, project(delta + a * (z - delta) + (1 - a) * (delta - delta_old), eps))
+
+
+def _apgd_run(gradient, misclassified, x, key, *, eps, steps: int, rho: float, state,
+              norm: str) -> _Run:
   """One APGD run; `gradient(delta, key, state) -> LossGrad` at x + δ,
   `misclassified(logits)` the per-example success test."""
   start_key, draw_key = jax.random.split(key)
   is_check, window = map(jnp.asarray, _check_tables(steps))
-  delta = _sphere_start(start_key, x, eps)
+  delta = _sphere_start(start_key, x, eps, norm)
   g = gradient(delta, jax.random.fold_in(draw_key, 0), state)
   wrong = misclassified(g.logits)
   n = len(x)
@@ -111,10 +135,8 @@ def _apgd_run(gradient, misclassified, x, key, *, eps, steps: int, rho: float, s
 
   def iteration(k, c):
     a = jnp.where(k > 0, MOMENTUM, 1.0)
-    step = _expand(c['step'], x)
-    z = clip_to_box(x, project_linf(c['delta'] + step * jnp.sign(c['grad']), eps))
-    z = clip_to_box(x, project_linf(
-        c['delta'] + a * (z - c['delta']) + (1 - a) * (c['delta'] - c['delta_old']), eps))
+    z = apgd_step(x, c['delta'], c['delta_old'], c['grad'], _expand(c['step'], x), a, eps=eps,
+                  norm=norm)
     g = gradient(z, jax.random.fold_in(draw_key, k + 1), c['state'])
     wrong = misclassified(g.logits)
     improved = g.loss > c['loss_best']
@@ -143,7 +165,7 @@ def _apgd_run(gradient, misclassified, x, key, *, eps, steps: int, rho: float, s
 
 
 def _apgd_runs(gradient_for_run, misclassified, x, key, fooled, state, *, runs: int, eps,
-               steps: int, rho: float):
+               steps: int, rho: float, norm: str):
   """`runs` APGD runs; run r uses `gradient_for_run(r)` and only changes examples not yet fooled.
 
   Returns (δ, state): for fooled examples the misclassified point of the
@@ -155,7 +177,7 @@ def _apgd_runs(gradient_for_run, misclassified, x, key, fooled, state, *, runs: 
 
     def attack(st):
       return _apgd_run(gradient_for_run(r), misclassified, x, jax.random.fold_in(key, r),
-                       eps=eps, steps=steps, rho=rho, state=st)
+                       eps=eps, steps=steps, rho=rho, state=st, norm=norm)
 
     def skip(st):
       zeros = jnp.zeros_like(x)
@@ -191,9 +213,10 @@ def _gradient_fn(apply_fn, params, x, loss_fn, *, train, randomized, eot_samples
 
 def apgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, steps: int = 100,
                 restarts: int = 1, loss: str = 'ce', target=None, rho: float = 0.75,
-                train: bool = False, randomized: bool = False,
+                norm: str = 'Linf', train: bool = False, randomized: bool = False,
                 eot_samples: int = 1) -> Attack:
-  """L∞ APGD on `loss` ('ce', 'dlr', or 'dlr_targeted' with `target` classes (N,)).
+  """APGD in the `norm` ball ('Linf' or 'L2') on `loss` ('ce', 'dlr', or
+  'dlr_targeted' with `target` classes (N,)).
 
   Examples misclassified at x are not attacked (δ = 0); each restart runs only
   on examples not yet fooled. The per-example result: the misclassified
@@ -207,7 +230,7 @@ def apgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, steps: int 
   point (a single draw's misclassification decides nothing; score the result
   over many draws). `train` is the BatchNorm mode (evaluation: False).
   """
-  check_eps(eps)
+  check_eps(eps, norm)
   loss_fn = attack_loss(loss, y, target)
   gradient = _gradient_fn(apply_fn, params, x, loss_fn, train=train, randomized=randomized,
                           eot_samples=eot_samples)
@@ -216,7 +239,7 @@ def apgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, steps: int 
                                     randomized=randomized, train=train)
   misclassified = _misclassified_fn(y, randomized)
   delta, state = _apgd_runs(lambda r: gradient, misclassified, x, key, misclassified(logits),
-                               state, runs=restarts, eps=eps, steps=steps, rho=rho)
+                               state, runs=restarts, eps=eps, steps=steps, rho=rho, norm=norm)
   return Attack(delta, state)
 
 
@@ -230,11 +253,12 @@ def top_targets(logits: jax.Array, n_target_classes: int) -> jax.Array:
 
 def apgd_targeted_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, steps: int = 100,
                          restarts: int = 1, n_target_classes: int = 9, rho: float = 0.75,
-                         train: bool = False, randomized: bool = False,
+                         norm: str = 'Linf', train: bool = False, randomized: bool = False,
                          eot_samples: int = 1) -> Attack:
-  """APGD-T: APGD on the targeted DLR loss for each of the top `n_target_classes`
-  classes by the clean logits (2nd, 3rd, …), each only on examples still robust."""
-  check_eps(eps)
+  """APGD-T: APGD in the `norm` ball on the targeted DLR loss for each of the top
+  `n_target_classes` classes by the clean logits (2nd, 3rd, …), each only on
+  examples still robust."""
+  check_eps(eps, norm)
   clean_key, key = jax.random.split(key)
   logits, state = randomized_logits(apply_fn, params, state, x, clean_key,
                                     randomized=randomized, train=train)
@@ -248,5 +272,5 @@ def apgd_targeted_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, st
   misclassified = _misclassified_fn(y, randomized)
   delta, state = _apgd_runs(gradient_for_run, misclassified, x, key, misclassified(logits),
                                state, runs=n_target_classes * restarts, eps=eps, steps=steps,
-                               rho=rho)
+                               rho=rho, norm=norm)
   return Attack(delta, state)

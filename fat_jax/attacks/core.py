@@ -1,4 +1,4 @@
-"""Building blocks of L∞ attacks in pixel space [0, 1].
+"""Building blocks of L∞ and L2 attacks in pixel space [0, 1].
 
 An apply function has the signature of `fat_jax.models.Model.apply`:
 ``apply_fn(params, state, x, train) -> (logits, new_state, features)``.
@@ -17,6 +17,7 @@ from fat_jax.losses import per_example_loss
 ApplyFn = Callable  # (params, state, x, train) -> (logits, new_state, features)
 
 INITS = ('zero', 'uniform', 'normal')
+NORMS = ('Linf', 'L2')
 
 
 class Attack(NamedTuple):
@@ -43,17 +44,54 @@ def project_linf(delta: jax.Array, eps) -> jax.Array:
   return jnp.clip(delta, -eps, eps)
 
 
-def check_eps(eps: float) -> None:
-  """Reject a negative radius given as a Python number (checked before tracing)."""
+def l2_norm(v: jax.Array) -> jax.Array:
+  """‖v_i‖₂ of each example (row of the leading axis), shape (N,)."""
+  return jnp.sqrt((v ** 2).reshape(len(v), -1).sum(axis=1))
+
+
+def _expand(v, x):
+  return v.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def normalize_l2(v: jax.Array) -> jax.Array:
+  """v_i / (‖v_i‖₂ + 1e−12) per example (AutoAttack's ``normalize``)."""
+  return v / (_expand(l2_norm(v), v) + 1e-12)
+
+
+def project_l2(delta: jax.Array, eps) -> jax.Array:
+  """Π_ε in L2, written as AutoAttack does: δ/(‖δ‖₂ + 1e−12)·min(ε, ‖δ‖₂) per example."""
+  return normalize_l2(delta) * jnp.minimum(eps, _expand(l2_norm(delta), delta))
+
+
+def check_norm(norm: str) -> None:
+  """Reject a threat model other than 'Linf' and 'L2'."""
+  if norm not in NORMS:
+    raise ValueError(f'Unknown norm={norm!r}; known threat models: {NORMS}.')
+
+
+def check_eps(eps: float, norm: str = 'Linf') -> None:
+  """Reject an unknown `norm` and a negative radius given as a Python number (checked
+  before tracing)."""
+  check_norm(norm)
   if isinstance(eps, (int, float)) and eps < 0:
-    raise ValueError(f'The L∞ radius must be ≥ 0, got eps={eps}.')
+    name = 'L∞' if norm == 'Linf' else norm
+    raise ValueError(f'The {name} radius must be ≥ 0, got eps={eps}.')
 
 
-def init_perturbation(key, x: jax.Array, eps, init: str = 'zero', scale: float = 1.0) -> jax.Array:
-  """Initial point η: 0; U(−scale·ε, scale·ε) clipped to the box ('uniform'); or
-  scale·N(0, I), not clipped ('normal': TRADES and MART start from x + 0.001·N(0, I))."""
+def init_perturbation(key, x: jax.Array, eps, init: str = 'zero', scale: float = 1.0,
+                      norm: str = 'Linf') -> jax.Array:
+  """Initial point η: 0; uniform in the scale·ε ball of `norm`, clipped to the box
+  ('uniform': U(−scale·ε, scale·ε) per pixel in L∞; in L2 the radius scale·ε·u^{1/D},
+  u ~ U(0, 1), times a direction t/‖t‖₂, t ~ N(0, I)); or scale·N(0, I), not clipped
+  ('normal': TRADES and MART start from x + 0.001·N(0, I))."""
   if init == 'zero':
     return jnp.zeros_like(x)
+  if init == 'uniform' and norm == 'L2':
+    direction_key, radius_key = jax.random.split(key)
+    dim = x[0].size
+    radius = scale * eps * jax.random.uniform(radius_key, (len(x),), x.dtype) ** (1.0 / dim)
+    eta = _expand(radius, x) * normalize_l2(jax.random.normal(direction_key, x.shape, x.dtype))
+    return clip_to_box(x, eta)
   if init == 'uniform':
     eta = jax.random.uniform(key, x.shape, x.dtype, -scale * eps, scale * eps)
     return clip_to_box(x, eta)
@@ -73,6 +111,11 @@ def input_gradient(apply_fn: ApplyFn, params, state, x, y, delta, *, train: bool
 
   grad, (logits, new_state, features) = jax.grad(objective, has_aux=True)(delta)
   return InputGradient(grad, logits, new_state, features)
+
+
+def l2_step(x, delta, grad, *, eps, alpha) -> jax.Array:
+  """δ ← box(Π_ε(δ + α·g/‖g‖₂)), the L2 projection `project_l2`."""
+  return clip_to_box(x, project_l2(delta + alpha * normalize_l2(grad), eps))
 
 
 def sign_step(x, delta, grad, *, eps, alpha, project: bool = True) -> jax.Array:
