@@ -75,7 +75,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.method.co_tact_file = ''                            # L_co: T_act file (--mode=analyze)
   c.method.co_percent = 10.0                            # L_co: top p% channels by T_act
   c.method.co_alpha3 = 200.0                            # L_co: weight of −L_stable(C_p)
-  c.method.co_saturation = 100.0                        # L_co: tanh(a·D)/a bound; 0 = Eq. 9
+  c.method.co_saturation = 0.0                          # L_co: 0 = Eq. 9; a > 0: tanh(a·D)/a bound
 
   c.optim = ml_collections.ConfigDict()
   c.optim.schedule = 'cyclic'     # 'cyclic' | 'piecewise' | 'multistep' | 'constant'
