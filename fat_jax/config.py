@@ -30,6 +30,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.depth = 4               # 'cnn' only
   c.model.batchnorm = False       # 'cnn' only
   c.model.dtype = 'float32'       # compute dtype: 'bfloat16' = mixed precision (fp32 weights)
+  c.model.normalize = True        # (x − μ)/σ as the first op; False: raw [0, 1] pixels
+  c.model.init = 'torch'          # preact_resnet18: 'torch' | 'he_normal' (GradAlign's models.py)
+  c.model.head_bn_relu = True     # preact_resnet18: BN-ReLU before pooling (GradAlign's: none)
 
   c.method = ml_collections.ConfigDict()
   c.method.name = 'fgsm_rs'
@@ -78,7 +81,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.method.co_saturation = 0.0                          # L_co: 0 = Eq. 9; a > 0: tanh(a·D)/a bound
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.schedule = 'cyclic'     # 'cyclic' | 'piecewise' | 'multistep' | 'constant'
+  c.optim.schedule = 'cyclic'     # 'cyclic' | 'piecewise' | 'piecewise_linear' | 'multistep'
+                                  # | 'constant' (fat_jax.optim.Schedule)
   c.optim.lr_max = 0.2
   c.optim.momentum = 0.9
   c.optim.base_momentum = 0.8     # cyclic schedule: momentum at the lr peak
