@@ -129,7 +129,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.analysis.n_train = 5000       # training points for V_act and T_act (first n; 0 = all)
   c.analysis.n = 1000             # test points for the masked accuracies (first n; 0 = all)
   c.analysis.attack = 'fgsm'      # δ of V_act and T_act: 'fgsm' (zero init, α = ε) | 'pgd'
-  c.analysis.tact_scale = 100.0   # a in T_act = tanh(a · mean squared difference)
+  c.analysis.tact_scale = 100.0   # a in T_act = tanh(a · Σ‖M_k(x) − M_k(x + δ)‖² / count)
+  c.analysis.tact_reduction = 'example_mean'  # count |D|·H·W; 'eq6': C·H·W (Eq. 6 as written)
   c.analysis.alpha2 = (1.0, 0.99, 0.5, 0.1)  # mask channels with T_act > α2
   c.analysis.pgd_steps = 10       # PGD (step ε/4, 1 restart) of the analysis
   c.analysis.batch_size = 256

@@ -106,6 +106,33 @@ def test_activation_statistics_over_a_data_set_by_hand():
   np.testing.assert_array_equal(variance_masks(np.array([0.3, 0.1, 0.5]), 2), [0, 1, 0])
 
 
+def test_tact_eq6_as_written_on_a_hand_made_data_set():
+  """Eq. 6: T_act^{i,k} = tanh(α · Σ_{x∈D} ‖M_{i,k}(x) − M_{i,k}(x + δ)‖² / (N·H·W)), N the
+  number of channels, the sum over the whole data set; numpy over a 7-point data set."""
+  x = jax.random.uniform(jax.random.key(7), (7, 2, 3, 2), minval=0.1, maxval=0.9)
+  y = jnp.arange(7) % 3
+  params = {'w': jax.random.normal(jax.random.key(8), (12, 3))}
+  alpha = 2.0  # small enough that tanh does not saturate, so the normaliser is visible
+  stats = activation_statistics(linear_features, params, {}, x, y, eps=EPS, batch_size=3,
+                                scale=alpha, tact_reduction='eq6')
+  delta = np.asarray(fgsm_attack(linear_features, params, {}, x, y, None, eps=EPS, alpha=EPS,
+                                 train=False).delta, np.float64)
+  n_channels, height, width = 2, 2, 3
+  for node, factor in (('A', 1.0), ('B', 2.0)):   # M(x) − M(x + δ) = −factor·δ
+    per_channel = np.array([np.sum((factor * delta[:, :, :, k]) ** 2) for k in range(n_channels)])
+    expected = np.tanh(alpha * per_channel / (n_channels * height * width))
+    np.testing.assert_allclose(stats['tact'][node], expected, rtol=1e-5)
+    assert np.all((0 < expected) & (expected < 0.99))
+    # The default divides by |D|·H·W instead (the mean over examples).
+    default = activation_statistics(linear_features, params, {}, x, y, eps=EPS, batch_size=3,
+                                    scale=alpha)['tact'][node]
+    np.testing.assert_allclose(default, np.tanh(alpha * per_channel / (7 * height * width)),
+                               rtol=1e-5)
+  assert stats['tact_reduction'] == 'eq6'
+  with pytest.raises(ValueError, match='tact_reduction'):
+    activation_statistics(linear_features, params, {}, x, y, eps=EPS, tact_reduction='sum')
+
+
 def cut_inputs(params, consumers, keep):
   """`params` with the input channels `keep` = 0 of the layers at `consumers` zeroed (the
   input-channel axis of a conv kernel (H, W, in, out) or a dense kernel (in, out))."""
