@@ -1,12 +1,15 @@
 """GradAlign (Andriushchenko & Flammarion, NeurIPS 2020) on CIFAR-10 at ε = 16/255.
 
 FGSM from zero with α = 1.25ε plus λ·(1 − cos(∇ℓ(x), ∇ℓ(x + η))), λ = 0.02·10^(ε·255/8),
-PreActResNet-18, 30 epochs, cyclic lr 0 → 0.3 → 0.
+GradAlign's own recipe (`tml-epfl/understanding-fast-adv-training` train.py, utils.py,
+models.py): its PreActResNet-18 (un-normalised [0, 1] inputs, He-normal init, zero linear
+bias, no BN-ReLU before pooling), 30 epochs, lr 0 → 0.3 at epoch 12 (2/5) → 0 interpolated per
+iteration, SGD momentum fixed at 0.9.
 
   python launch.py --config=configs/gradalign_eps16.py --workdir=runs/gradalign_eps16 \\
       --config.data.dir=PATH_WITH_cifar-10-batches-py
 
-Expected (paper): AutoAttack ≈ 19.07%; no catastrophic overfitting.
+Expected (paper, for this network and schedule): AutoAttack ≈ 19.07%; no catastrophic overfitting.
 """
 from fat_jax.recipes import gradalign_config
 

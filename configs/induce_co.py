@@ -1,11 +1,18 @@
 """Inducing catastrophic overfitting with L_co (Zhao et al., ECCV 2024, Eq. 9).
 
-FGSM-MEP's attack and recipe (configs/fgsm_mep.py) with the loss
-L_co = CE(f(x + δ; C_p masked), y) − L_stable(C_p), C_p the top p% channels of node B by
-T_act on the training set, read from the T_act file of a checkpoint (`--mode=analyze` writes
-WORKDIR/tact.npz). L_stable(C_p) is bounded by default (`method.co_saturation`, see
-fat_jax.losses.feature_diff.co_loss; 0 gives Eq. 9 as written, which diverges). The argument
-is `<data>_eps<E>_p<P>` (default cifar10_eps8_p10), p ∈ {1, 3, 10, 20} in the paper.
+FGSM-MEP's attack, loss and recipe (configs/fgsm_mep.py) plus L_co (the paper's "supplemental
+constraint"): L_co = CE(f(x + δ; C_p masked), y) − L_stable(C_p), C_p the top p% channels of
+node B by T_act on the training set, read from the T_act file of a checkpoint (`--mode=analyze`
+writes WORKDIR/tact.npz); L_stable(C_p) at Eq. 8's scale (α3 = 200, N = channels). Eq. 9 as
+written by default; `method.co_saturation` = a > 0 bounds each channel's term by tanh(a·D)/a
+(a labelled deviation, fat_jax.losses.feature_diff.co_loss). The argument is
+`<data>_eps<E>_p<P>` (default cifar10_eps8_p10), p ∈ {1, 3, 10, 20} in the paper.
+
+Inputs: un-normalised [0, 1] pixels (`model.normalize = False`), as the official ResNet-18 of
+`jiaxiaojunQAQ/FGSM-PGI`. Deliberate deviation (docs/deviations.md): fat_jax keeps the
+per-example prior P and momentum on the padded canvas of the augmentation, so they follow each
+epoch's crop and flip; the official code stores P in the frame of the cropped, flipped batch it
+was computed on and adds it unchanged to the next epoch's differently augmented image.
 
   python launch.py --config=configs/fd.py:cifar10_eps8_mep --workdir=runs/mep_eps8 \\
       --config.data.dir=PATH_WITH_cifar-10-batches-py
@@ -17,11 +24,6 @@ is `<data>_eps<E>_p<P>` (default cifar10_eps8_p10), p ∈ {1, 3, 10, 20} in the 
 Expected (paper): p = 10% induces catastrophic overfitting (PGD accuracy collapses while
 clean accuracy stays high), and the CO model evaluated with input noise U(−16/255, 16/255)
 keeps high clean accuracy (`--mode=noise_eval`: also check the adaptive EOT row).
-The bound that removes robustness depends on the model's activation scale: on the quickstart
-CNN (README "Feature-activation differences / At CPU scale") a = 4–5 at ε = 0.1, where plain
-FGSM is stable, lowered PGD accuracy in every seed (to ≤ 0.13 in half the runs, classic CO in
-one), while a = 10 cost less robustness and a ≤ 3 broke the unmasked model; sweep
-`--config.method.co_saturation` when the default leaves PGD accuracy up.
 """
 from fat_jax.recipes import induce_co_config, parse_fd_arg
 

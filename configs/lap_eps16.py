@@ -8,6 +8,8 @@ PreActResNet-18, 30 epochs, cyclic lr 0.2.
       --config.data.dir=PATH_WITH_cifar-10-batches-py
 
 Expected (paper, R-LAP): clean ≈ 64.83%, AutoAttack ≈ 15.69%.
+Evaluated as the official CIFAR-10 script: PGD-50 with 1 restart (eval.pgd_restarts = 1);
+PGD-50-10: --config.eval.pgd_restarts=10.
 """
 from fat_jax.recipes import lap_config
 

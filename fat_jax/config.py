@@ -30,6 +30,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.depth = 4               # 'cnn' only
   c.model.batchnorm = False       # 'cnn' only
   c.model.dtype = 'float32'       # compute dtype: 'bfloat16' = mixed precision (fp32 weights)
+  c.model.normalize = True        # (x − μ)/σ as the first op; False: raw [0, 1] pixels
+  c.model.init = 'torch'          # preact_resnet18: 'torch' | 'he_normal' (GradAlign's models.py)
+  c.model.head_bn_relu = True     # preact_resnet18: BN-ReLU before pooling (GradAlign's: none)
 
   c.method = ml_collections.ConfigDict()
   c.method.name = 'fgsm_rs'
@@ -75,10 +78,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.method.co_tact_file = ''                            # L_co: T_act file (--mode=analyze)
   c.method.co_percent = 10.0                            # L_co: top p% channels by T_act
   c.method.co_alpha3 = 200.0                            # L_co: weight of −L_stable(C_p)
-  c.method.co_saturation = 100.0                        # L_co: tanh(a·D)/a bound; 0 = Eq. 9
+  c.method.co_saturation = 0.0                          # L_co: 0 = Eq. 9; a > 0: tanh(a·D)/a bound
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.schedule = 'cyclic'     # 'cyclic' | 'piecewise' | 'multistep' | 'constant'
+  c.optim.schedule = 'cyclic'     # 'cyclic' | 'piecewise' | 'piecewise_linear' | 'multistep'
+                                  # | 'constant' (fat_jax.optim.Schedule)
   c.optim.lr_max = 0.2
   c.optim.momentum = 0.9
   c.optim.base_momentum = 0.8     # cyclic schedule: momentum at the lr peak
@@ -125,7 +129,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.analysis.n_train = 5000       # training points for V_act and T_act (first n; 0 = all)
   c.analysis.n = 1000             # test points for the masked accuracies (first n; 0 = all)
   c.analysis.attack = 'fgsm'      # δ of V_act and T_act: 'fgsm' (zero init, α = ε) | 'pgd'
-  c.analysis.tact_scale = 100.0   # a in T_act = tanh(a · mean squared difference)
+  c.analysis.tact_scale = 100.0   # a in T_act = tanh(a · Σ‖M_k(x) − M_k(x + δ)‖² / count)
+  c.analysis.tact_reduction = 'example_mean'  # count |D|·H·W; 'eq6': C·H·W (Eq. 6 as written)
   c.analysis.alpha2 = (1.0, 0.99, 0.5, 0.1)  # mask channels with T_act > α2
   c.analysis.pgd_steps = 10       # PGD (step ε/4, 1 restart) of the analysis
   c.analysis.batch_size = 256

@@ -4,6 +4,12 @@
 * `activation_statistics`: over a data set, V_act per node, T_act per node and
   channel (`fat_jax.losses.feature_diff`), and the variance of each channel's
   adversarial activations.
+* T_act's normaliser (`TACT_REDUCTIONS`, config `analysis.tact_reduction`):
+  'example_mean' (default) tanh(a · Σ_x ‖M_k(x) − M_k(x + δ)‖² / (|D|·H·W)), the
+  per-example mean of the channel's squared difference summed over positions;
+  'eq6' tanh(a · Σ_x ‖·‖² / (N·H·W)) with N = channels and the sum over the data
+  set, Eq. 6 exactly as written (it grows with |D|). docs/feature_difference.md
+  shows why the default is 'example_mean' (the paper's Fig. 3 pattern).
 * `threshold_masks` (Eq. 7: zero channel k of node i when T_act^{i,k} > α2) and
   `variance_masks` (the same number of channels with the largest variance, the
   comparison); masks are keep-masks (1 = keep) for ``Model.apply(..., masks=)``.
@@ -48,6 +54,7 @@ log = logging.getLogger('fat_jax')
 
 ATTACKS = ('fgsm', 'pgd')
 ALPHA2 = (1.0, 0.99, 0.5, 0.1)
+TACT_REDUCTIONS = ('example_mean', 'eq6')
 ANALYSIS = 'analysis.json'
 TACT = 'tact.npz'
 
@@ -98,24 +105,41 @@ def _check_points(x, y) -> tuple[np.ndarray, np.ndarray]:
   return x, y
 
 
+def _check_reduction(reduction: str) -> None:
+  if reduction not in TACT_REDUCTIONS:
+    raise ValueError(f'Unknown T_act reduction {reduction!r}; known: {TACT_REDUCTIONS} '
+                     '(analysis.tact_reduction).')
+
+
+def tact_count(reduction: str, num_examples: int, shape: tuple[int, ...]) -> int:
+  """The divisor of T_act's Σ_x ‖M_k(x) − M_k(x + δ)‖² for a node of per-example `shape`
+  (H, W, C) or (C,): |D|·H·W ('example_mean') or C·H·W ('eq6', Eq. 6 as written)."""
+  _check_reduction(reduction)
+  spatial = int(np.prod(shape[:-1]))
+  return spatial * (num_examples if reduction == 'example_mean' else int(shape[-1]))
+
+
 def activation_statistics(apply_fn, params, state, x, y, *, eps: float, attack: str = 'fgsm',
                           scale: float = TACT_SCALE, pgd_steps: int = 10,
-                          batch_size: int = 256, seed: int = 0) -> dict:
+                          batch_size: int = 256, seed: int = 0,
+                          tact_reduction: str = 'example_mean') -> dict:
   """V_act, T_act and channel variances of `apply_fn`'s feature nodes over (x, y).
 
   `x` float in [0, 1] (N, H, W, C), `y` labels; δ from `attack` ('fgsm' or
   'pgd', see the module doc) with radius `eps`; batch b uses the key
   ``fold_in(key(seed), b)``. Returns {'vact': {node: V_act}, 'tact': {node:
-  (C,) T_act}, 'mean_squared_difference': {node: (C,) the argument of T_act's
-  tanh divided by a, Σ‖·‖²/(N·H·W), which does not saturate}, 'variance':
-  {node: (C,) variance of M_k(x + δ) over examples and positions}, 'n',
-  'attack', 'eps', 'scale'}. At radii well above CIFAR's 8/255, a = 100 can
+  (C,) T_act with `tact_reduction`'s normaliser (`tact_count`)},
+  'mean_squared_difference': {node: (C,) Σ‖·‖²/(|D|·H·W), the mean over examples and
+  positions, which does not saturate}, 'variance': {node: (C,) variance of
+  M_k(x + δ) over examples and positions}, 'n', 'attack', 'eps', 'scale',
+  'tact_reduction'}. At radii well above CIFAR's 8/255, a = 100 can
   saturate T_act at 1 for most channels (the log shows it): lower `scale`.
   """
   if attack not in ATTACKS:
     raise ValueError(f'Unknown attack {attack!r}; known: {ATTACKS}.')
+  _check_reduction(tact_reduction)
   x, y = _check_points(x, y)
-  sums, positions = None, {}
+  sums, positions, counts = None, {}, {}
   for b, (rows, weight) in enumerate(_padded_batches(len(x), batch_size)):
     out = _statistics_batch(params, state, x[rows], y[rows], weight,
                             jax.random.fold_in(jax.random.key(seed), b), apply_fn=apply_fn,
@@ -127,16 +151,17 @@ def activation_statistics(apply_fn, params, state, x, y, *, eps: float, attack: 
   shapes = jax.eval_shape(lambda: apply_fn(params, state, x[:1], False)[2])
   for node, shape in shapes.items():
     positions[node] = len(x) * int(np.prod(shape.shape[1:-1]))
+    counts[node] = tact_count(tact_reduction, len(x), shape.shape[1:])
   tact, variance, msd = {}, {}, {}
   for node, s in sums.items():
     msd[node] = s['squared_difference'] / positions[node]
-    tact[node] = np.asarray(channel_saliency(s['squared_difference'], positions[node],
+    tact[node] = np.asarray(channel_saliency(s['squared_difference'], counts[node],
                                              scale=scale), np.float64)
     mean = s['sum'] / positions[node]
     variance[node] = np.maximum(s['square_sum'] / positions[node] - mean * mean, 0.0)
   return {'vact': {node: float(s['distance'] / len(x)) for node, s in sums.items()},
           'tact': tact, 'mean_squared_difference': msd, 'variance': variance, 'n': len(x),
-          'attack': attack, 'eps': float(eps), 'scale': scale}
+          'attack': attack, 'eps': float(eps), 'scale': scale, 'tact_reduction': tact_reduction}
 
 
 def threshold_masks(tact: np.ndarray, alpha2: float) -> np.ndarray:
@@ -257,7 +282,7 @@ def format_masking_table(rows: list[dict]) -> str:
 def format_statistics(stats: dict, num_top: int = 5) -> str:
   """V_act per node and the largest T_act values, one line per node."""
   lines = [f"V_act and T_act ({stats['attack']} δ, ε = {stats['eps']:.4g}, n = {stats['n']}, "
-           f"a = {stats['scale']:g})"]
+           f"a = {stats['scale']:g}, {stats['tact_reduction']})"]
   for node, vact in stats['vact'].items():
     t = np.sort(stats['tact'][node])[::-1]
     top = ' '.join(f'{v:.3f}' for v in t[:num_top])
@@ -292,7 +317,8 @@ def analyze_checkpoint(config, workdir: str) -> dict:
                                 to_float(data.train_images[:n_train]),
                                 data.train_labels[:n_train], eps=eps, attack=a.attack,
                                 scale=a.tact_scale, pgd_steps=a.pgd_steps,
-                                batch_size=a.batch_size, seed=config.seed)
+                                batch_size=a.batch_size, seed=config.seed,
+                                tact_reduction=a.tact_reduction)
   log.info('%s', format_statistics(stats))
   rows = masking_study(model.apply, ts.params, ts.batch_stats,
                        to_float(data.test_images[:n_test]), data.test_labels[:n_test],

@@ -50,6 +50,11 @@ class Schedule:
                 the T = total_steps iterations, momentum 0.9 → 0.8 → 0.9;
                 the first iteration runs with lr = 0.
     'piecewise' lr_max, ×0.1 after 50% and again after 75% of the epochs.
+    'piecewise_linear'  GradAlign's own schedule (`tml-epfl/understanding-fast-adv-training`
+                `utils.get_lr_schedule('cyclic')` with `train.py`'s call): lr =
+                np.interp(t, [0, ⌊2E/5⌋, E], [0, lr_max, 0]) at the fractional epoch
+                t = (step + 1)/steps_per_epoch (E epochs), i.e. interpolated per iteration,
+                peak at 2/5 of training; momentum fixed at `momentum` (0.9).
     'multistep' lr_max × gamma^(number of `milestones` epochs passed).
     'constant'  lr_max.
   """
@@ -94,6 +99,14 @@ def _piecewise(s: Schedule, step):
   return _constant_momentum(s, s.lr_max * factor)
 
 
+def _piecewise_linear(s: Schedule, step):
+  num_epochs = s.total_steps // s.steps_per_epoch
+  epoch = (step + 1) / s.steps_per_epoch
+  lr = jnp.interp(epoch, jnp.array([0.0, num_epochs * 2 // 5, num_epochs], jnp.float32),
+                  jnp.array([0.0, s.lr_max, 0.0], jnp.float32))
+  return _constant_momentum(s, lr)
+
+
 def _multistep(s: Schedule, step):
   epoch = jnp.floor(step / s.steps_per_epoch)
   passed = sum((epoch >= m).astype(jnp.float32) for m in s.milestones)
@@ -105,5 +118,5 @@ def _constant(s: Schedule, step):
   return _constant_momentum(s, s.lr_max)
 
 
-SCHEDULES = {'cyclic': _cyclic, 'piecewise': _piecewise,
+SCHEDULES = {'cyclic': _cyclic, 'piecewise': _piecewise, 'piecewise_linear': _piecewise_linear,
              'multistep': _multistep, 'constant': _constant}

@@ -73,9 +73,11 @@ def _cifar(eps_255: int, data: str = 'cifar10'):
 
 
 def lap_config(eps_255: int, variant: str = 'n'):
-  """V-, R- or N-LAP on CIFAR-10 at ε = eps_255/255 with the README's β, γ = 0.3."""
+  """V-, R- or N-LAP on CIFAR-10 at ε = eps_255/255 with the README's β, γ = 0.3; final
+  evaluation PGD-50 with 1 restart, as the official CIFAR-10 script (`tmllab/2024_ICML_LAP`)."""
   c = _cifar(eps_255)
   set_lap(c, variant, eps_255)
+  c.eval.pgd_restarts = 1
   return c
 
 
@@ -87,10 +89,17 @@ def aaer_config(eps_255: int, variant: str = 'n', data: str = 'cifar10'):
 
 
 def gradalign_config(eps_255: int):
-  """GradAlign (FGSM zero init, α = 1.25ε) on CIFAR-10, λ = 0.02·10^(ε·255/8), lr_max 0.3."""
+  """GradAlign (FGSM zero init, α = 1.25ε) on CIFAR-10, λ = 0.02·10^(ε·255/8), with its own
+  recipe (`tml-epfl/understanding-fast-adv-training` train.py, utils.py, models.py): lr
+  0 → 0.3 at 2/5 of training → 0 interpolated per iteration, momentum fixed at 0.9, and its
+  PreActResNet-18 (no input normalisation, He-normal init, no head BN-ReLU)."""
   c = _cifar(eps_255)
   c.method.name = 'gradalign'
+  c.optim.schedule = 'piecewise_linear'
   c.optim.lr_max = 0.3
+  c.model.normalize = False
+  c.model.init = 'he_normal'
+  c.model.head_bn_relu = False
   return c
 
 
@@ -118,13 +127,15 @@ MEP_RESET_EVERY = {'cifar10': 40, 'cifar100': 10}
 
 
 def mep_config(eps_255: int = 8, data: str = 'cifar10'):
-  """FGSM-MEP with the defaults of `jiaxiaojunQAQ/FGSM-PGI FGSM_MEP.py`: ResNet-18, batch 128,
-  110 epochs, multistep lr 0.1 (× 0.1 after epochs 100 and 105), SGD momentum 0.9, weight
-  decay 5e-4, α = ε, label smoothing 0.6, λ = 10, momentum decay 0.3."""
+  """FGSM-MEP with the defaults of `jiaxiaojunQAQ/FGSM-PGI FGSM_MEP.py`: ResNet-18 on
+  un-normalised [0, 1] inputs, batch 128, 110 epochs, multistep lr 0.1 (× 0.1 after epochs 100
+  and 105), SGD momentum 0.9, weight decay 5e-4, α = ε, label smoothing 0.6, λ = 10, momentum
+  decay 0.3."""
   if data not in MEP_RESET_EVERY:
     raise ValueError(f'FGSM-MEP recipes exist for {sorted(MEP_RESET_EVERY)}, got {data!r}.')
   c = _cifar(eps_255, data)
   c.model.name = 'resnet18'
+  c.model.normalize = False   # the official ResNet-18 reads [0, 1] pixels
   c.method.name = 'fgsm_mep'
   c.method.mep_reset_every = MEP_RESET_EVERY[data]
   c.num_epochs = 110

@@ -67,3 +67,18 @@ def test_feature_difference_recipes():
   assert resolve_method(fd.get_config('cifar10_eps12_mep').method, 12 / 255).stable is None
   with pytest.raises(ValueError, match='data'):
     fd.get_config('svhn_eps8')
+
+
+def test_official_networks_schedules_and_evaluations():
+  from configs import fd, fgsm_mep, gradalign_eps8, gradalign_eps16, induce_co, lap_eps8, lap_eps32
+  # FGSM-MEP, FD, L_co: the official ResNet-18 reads un-normalised [0, 1] inputs.
+  for c in (fgsm_mep.get_config(), fd.get_config(), induce_co.get_config()):
+    assert c.model.name == 'resnet18' and c.model.normalize is False
+  # GradAlign: its own schedule and PreActResNet-18 (tml-epfl/understanding-fast-adv-training).
+  for c in (gradalign_eps8.get_config(), gradalign_eps16.get_config()):
+    assert (c.optim.schedule, c.optim.lr_max, c.optim.momentum) == ('piecewise_linear', 0.3, 0.9)
+    assert (c.model.name, c.model.normalize, c.model.init, c.model.head_bn_relu) == (
+        'preact_resnet18', False, 'he_normal', False)
+  # LAP's official CIFAR-10 evaluation: PGD-50 with 1 restart.
+  for c in (lap_eps8.get_config('n'), lap_eps32.get_config('v')):
+    assert (c.eval.pgd_steps, c.eval.pgd_restarts) == (50, 1)

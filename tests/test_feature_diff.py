@@ -49,16 +49,30 @@ def test_vact_and_tact_by_hand():
   np.testing.assert_allclose(channel_saliency(sq, 4), np.tanh(100 * np.array([9, 4, 20]) / 4))
   np.testing.assert_allclose(channel_saliency(sq, 4, scale=0.01),
                              np.tanh(0.01 * np.array([9, 4, 20]) / 4), rtol=1e-6)
-  # L_stable = α3/(N·H·W) Σ_k ‖·‖² = 200·33/4; on C_p = {0, 2}: 200·29/4.
-  np.testing.assert_allclose(stable_loss(a, b), 200 * 33 / 4, rtol=1e-6)
+  # L_stable = α3/(N·H·W) Σ_k ‖·‖² per example with N = C = 3 channels, H·W = 2, averaged
+  # over the B = 2 examples: 200·33/(2·2·3); on C_p = {0, 2}: 200·29/12 (Eq. 8's normaliser).
+  np.testing.assert_allclose(stable_loss(a, b), 200 * 33 / 12, rtol=1e-6)
   np.testing.assert_allclose(stable_loss(a, b, alpha3=1.0, channels=jnp.array([1., 0., 1.])),
-                             29 / 4, rtol=1e-6)
+                             29 / 12, rtol=1e-6)
   np.testing.assert_array_equal(top_channels(jnp.array([0.2, 0.9, 0.1, 0.9]), 50), [0, 1, 0, 1])
   assert int(top_channels(jnp.ones(64), 10).sum()) == 7    # ⌈6.4⌉
   assert int(top_channels(jnp.ones(64), 1).sum()) == 1
   assert int(top_channels(jnp.ones(16), 20).sum()) == 4    # ⌈3.2⌉
   with pytest.raises(ValueError, match='percent'):
     top_channels(jnp.ones(4), 0)
+
+
+def test_stable_loss_is_alpha3_times_the_mean_squared_difference():
+  """Eq. 8 with N = channels: per example α3 × the mean over (channel, h, w), then the batch
+  mean, i.e. α3 · mean over (batch, h, w, channel); not C times that (a sum over channels)."""
+  a = np.asarray(jax.random.normal(jax.random.key(0), (3, 4, 5, 8)), np.float64)
+  b = np.asarray(jax.random.normal(jax.random.key(1), (3, 4, 5, 8)), np.float64)
+  expected = 200.0 * np.mean((a - b) ** 2)
+  per_example = [200.0 / (8 * 4 * 5) * np.sum((a[n] - b[n]) ** 2) for n in range(3)]
+  np.testing.assert_allclose(expected, np.mean(per_example))
+  value = float(stable_loss(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
+  np.testing.assert_allclose(value, expected, rtol=1e-5)
+  assert abs(value - 8 * expected) > 0.5 * expected  # the channel-summed (× C) scale fails
 
 
 def linear_features(params, state, x, train, masks=None):
@@ -90,6 +104,33 @@ def test_activation_statistics_over_a_data_set_by_hand():
   np.testing.assert_array_equal(threshold_masks(np.array([0.2, 0.995, 1.0]), 0.99), [1, 0, 0])
   np.testing.assert_array_equal(threshold_masks(np.array([0.2, 0.995, 1.0]), 1.0), [1, 1, 1])
   np.testing.assert_array_equal(variance_masks(np.array([0.3, 0.1, 0.5]), 2), [0, 1, 0])
+
+
+def test_tact_eq6_as_written_on_a_hand_made_data_set():
+  """Eq. 6: T_act^{i,k} = tanh(α · Σ_{x∈D} ‖M_{i,k}(x) − M_{i,k}(x + δ)‖² / (N·H·W)), N the
+  number of channels, the sum over the whole data set; numpy over a 7-point data set."""
+  x = jax.random.uniform(jax.random.key(7), (7, 2, 3, 2), minval=0.1, maxval=0.9)
+  y = jnp.arange(7) % 3
+  params = {'w': jax.random.normal(jax.random.key(8), (12, 3))}
+  alpha = 2.0  # small enough that tanh does not saturate, so the normaliser is visible
+  stats = activation_statistics(linear_features, params, {}, x, y, eps=EPS, batch_size=3,
+                                scale=alpha, tact_reduction='eq6')
+  delta = np.asarray(fgsm_attack(linear_features, params, {}, x, y, None, eps=EPS, alpha=EPS,
+                                 train=False).delta, np.float64)
+  n_channels, height, width = 2, 2, 3
+  for node, factor in (('A', 1.0), ('B', 2.0)):   # M(x) − M(x + δ) = −factor·δ
+    per_channel = np.array([np.sum((factor * delta[:, :, :, k]) ** 2) for k in range(n_channels)])
+    expected = np.tanh(alpha * per_channel / (n_channels * height * width))
+    np.testing.assert_allclose(stats['tact'][node], expected, rtol=1e-5)
+    assert np.all((0 < expected) & (expected < 0.99))
+    # The default divides by |D|·H·W instead (the mean over examples).
+    default = activation_statistics(linear_features, params, {}, x, y, eps=EPS, batch_size=3,
+                                    scale=alpha)['tact'][node]
+    np.testing.assert_allclose(default, np.tanh(alpha * per_channel / (7 * height * width)),
+                               rtol=1e-5)
+  assert stats['tact_reduction'] == 'eq6'
+  with pytest.raises(ValueError, match='tact_reduction'):
+    activation_statistics(linear_features, params, {}, x, y, eps=EPS, tact_reduction='sum')
 
 
 def cut_inputs(params, consumers, keep):
@@ -171,10 +212,12 @@ def test_co_loss_sign_and_bound():
   labels = jnp.array([0, 1])
   channels = jnp.array([0.0, 0.0, 1.0])
   ce = float(cross_entropy(logits, labels).mean())
-  exact = co_loss(logits, labels, a, b, channels, alpha3=1.0, saturation=None)
-  np.testing.assert_allclose(exact, ce - 20 / 4, rtol=1e-6)   # CE − L_stable(C_p)
+  exact = co_loss(logits, labels, a, b, channels, alpha3=1.0)
+  np.testing.assert_allclose(exact, ce - 20 / 12, rtol=1e-6)   # CE − L_stable(C_p), N·H·W = 6
+  np.testing.assert_allclose(exact, ce - stable_loss(a, b, alpha3=1.0, channels=channels),
+                             rtol=1e-6)
   bounded = co_loss(logits, labels, a, b, channels, alpha3=1.0, saturation=100.0)
-  np.testing.assert_allclose(bounded, ce - np.tanh(100 * 20 / 4) / 100, rtol=1e-6)
+  np.testing.assert_allclose(bounded, ce - np.tanh(100 * 20 / 12) / 100, rtol=1e-6)
   small = 1e-3 * a
   np.testing.assert_allclose(co_loss(logits, labels, small, 0 * a, channels, saturation=100.0),
                              co_loss(logits, labels, small, 0 * a, channels, saturation=None),
@@ -205,7 +248,7 @@ def test_methods_resolve(tmp_path):
   path = str(tmp_path / 'tact.npz')
   np.savez(path, A=np.zeros(4), B=np.array([0.1, 0.9, 0.5, 0.95, 0.2, 0.3, 0.4, 0.0, 0.6, 0.7]))
   co = resolve_method(feature_config(name='induce_co', co_tact_file=path, co_percent=20.0), EPS).co
-  assert co.channels == (1, 3) and co.num_channels == 10 and co.saturation == 100.0
+  assert co.channels == (1, 3) and co.num_channels == 10 and co.saturation == 0.0
   np.testing.assert_array_equal(co.indicator(), np.eye(10)[[1, 3]].sum(0))
   with pytest.raises(ValueError, match='only one'):
     resolve_method(feature_config(name='fgsm', co_tact_file=path, stable_alpha3=200.0), EPS)
@@ -234,7 +277,7 @@ def test_fgsm_step_with_feature_loss_differentiates_through_both_forwards(compon
   labels = jnp.arange(8) % 10
   after, metrics = step(ts, images, labels, jnp.arange(8))
   # By hand: FGSM from 0 on the unmasked model (train-mode BN), then at x + δ either
-  # CE + L_stable(M_B(x + δ), M_B(x)) or L_co with channel 1 of B masked, differentiated
+  # CE + L_stable(M_B(x + δ), M_B(x)) or CE + L_co with channel 1 of B masked, differentiated
   # through both forwards.
   x = images.astype(jnp.float32) / 255
   channels = jnp.array([0.0, 1.0, 0.0, 0.0])
@@ -250,12 +293,15 @@ def test_fgsm_step_with_feature_loss_differentiates_through_both_forwards(compon
 
     def loss(params):
       start_b = model.apply(params, ts.batch_stats, x, True)[2]['B']
-      logits, _, feats = model.apply(params, st1, x + delta, True, masks=masks)
+      logits, _, feats = model.apply(params, st1, x + delta, True)
       if component == 'stable':
         term = stable_loss(feats['B'], start_b, alpha3=200.0)
         return cross_entropy(logits, labels).mean() + term, term
-      total = co_loss(logits, labels, feats['B'], start_b, channels, alpha3=200.0)
-      return total, cross_entropy(logits, labels).mean() - total
+      # L_co supplements the base loss: CE at x + δ (unmasked) + L_co (masked forward).
+      masked_logits = model.apply(params, st1, x + delta, True, masks=masks)[0]
+      co = co_loss(masked_logits, labels, feats['B'], start_b, channels, alpha3=200.0)
+      return cross_entropy(logits, labels).mean() + co, cross_entropy(masked_logits,
+                                                                      labels).mean() - co
     return jax.value_and_grad(loss, has_aux=True)(params)
 
   (value, term), grads = by_hand(ts.params)
@@ -266,6 +312,42 @@ def test_fgsm_step_with_feature_loss_differentiates_through_both_forwards(compon
   assert float(term) > 0
   for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(params)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+
+
+def test_co_gradient_is_the_base_ce_gradient_plus_the_co_gradient(tmp_path):
+  """L_co is a supplement (Eq. 9: "the supplemental constraint for Eq. (1)"): the step's
+  gradient (the momentum buffer after one step without weight decay) is ∇ CE(f(x + δ)) +
+  ∇ L_co, not ∇ L_co alone."""
+  model, ts = tiny_cnn()
+  path = str(tmp_path / 'tact.npz')
+  np.savez(path, B=np.array([0.1, 0.2, 0.9, 0.3]))
+  method = resolve_method(feature_config(name='fgsm', co_tact_file=path, co_percent=25.0), EPS)
+  schedule = optim.Schedule('constant', lr_max=0.1, total_steps=4, steps_per_epoch=2)
+  step = make_train_step(model, method, schedule, weight_decay=0.0, augment_mode='none',
+                         key=jax.random.key(1))
+  images = jax.random.randint(jax.random.key(3), (8, 28, 28, 1), 0, 256).astype(jnp.uint8)
+  labels = jnp.arange(8) % 10
+  step_grads = jax.jit(step)(ts, images, labels, jnp.arange(8))[0].momentum
+  x = images.astype(jnp.float32) / 255
+  channels = jnp.array([0.0, 0.0, 1.0, 0.0])
+  start_grad = jax.grad(lambda d: cross_entropy(model.apply(ts.params, ts.batch_stats, x + d,
+                                                            True)[0], labels).mean())
+  delta = jnp.clip(x + EPS * jnp.sign(start_grad(jnp.zeros_like(x))), 0, 1) - x
+
+  def base(params):
+    return cross_entropy(model.apply(params, ts.batch_stats, x + delta, True)[0], labels).mean()
+
+  def co(params):
+    start_b = model.apply(params, ts.batch_stats, x, True)[2]['B']
+    adv_b = model.apply(params, ts.batch_stats, x + delta, True)[2]['B']
+    masked = model.apply(params, ts.batch_stats, x + delta, True, masks={'B': 1 - channels})[0]
+    return co_loss(masked, labels, adv_b, start_b, channels, alpha3=200.0)
+
+  base_grads, co_grads = jax.jit(lambda p: (jax.grad(base)(p), jax.grad(co)(p)))(ts.params)
+  for total, b, c in zip(*map(jax.tree.leaves, (step_grads, base_grads, co_grads))):
+    np.testing.assert_allclose(total, b + c, rtol=1e-4, atol=1e-6)
+  head = lambda tree: np.asarray(tree['linear']['kernel'])
+  assert not np.allclose(head(step_grads), head(co_grads), rtol=1e-2, atol=1e-4)
 
 
 def test_noise_wrapper_distribution_and_clipping():

@@ -263,3 +263,39 @@ def test_bfloat16_compute_keeps_float32_weights_state_and_outputs(preact):
   assert make_model('cnn', dtype='bfloat16').compute_dtype == 'bfloat16'
   with pytest.raises(ValueError, match='model.dtype'):
     make_model('cnn', dtype='float16')
+
+
+def test_gradalign_preact_resnet18_options():
+  """`tml-epfl/understanding-fast-adv-training` models.py + utils.initialize_weights: no input
+  normalisation, conv weights N(0, 2/(kh·kw·out)) (fan-out), linear N(0, 2/in) with a zero
+  bias, BN γ = 1, β = 0, no BN-ReLU before pooling."""
+  model = make_model('preact_resnet18', width=16, normalize=False, init='he_normal',
+                     head_bn_relu=False)
+  params, state = model.init(jax.random.key(0))
+  assert model.module.mean == () and 'head_bn' not in params and 'head_bn' not in state
+  for path in kernel_paths(params):
+    layer = lookup(params, path[:-1])
+    kernel = np.asarray(layer['kernel'])
+    fan = kernel.shape[0] if kernel.ndim == 2 else math.prod(kernel.shape[:2]) * kernel.shape[-1]
+    if kernel.size >= 2000:  # sample std within 10% of √(2/fan)
+      np.testing.assert_allclose(kernel.std(), math.sqrt(2 / fan), rtol=0.1, err_msg=str(path))
+      assert abs(kernel.mean()) < 0.1 * math.sqrt(2 / fan), path
+    assert 'bias' not in layer or not np.any(layer['bias']), path
+  assert np.asarray(params['linear']['bias']).shape == (10,)
+  # Without the head BN-ReLU node E is the last block's output (it takes negative values) and
+  # the logits are the linear map of its spatial mean.
+  x = batch(model, 2)
+  logits, _, features = model.apply(params, state, x, False)
+  assert np.min(features['E']) < 0
+  np.testing.assert_allclose(
+      logits, features['E'].mean(axis=(1, 2)) @ params['linear']['kernel'], rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match='model.init'):
+    make_model('cnn', width=8, init='he_normal')
+  with pytest.raises(ValueError, match="options of 'preact_resnet18'"):
+    make_model('resnet18', width=8, head_bn_relu=False)
+
+
+def test_normalize_false_reads_raw_pixels():
+  normalized = make_model('preact_resnet18', width=8)
+  raw = make_model('preact_resnet18', width=8, normalize=False)
+  assert normalized.module.mean == CIFAR_MEAN and raw.module.mean == raw.module.std == ()

@@ -34,6 +34,28 @@ def test_piecewise_and_multistep():
   assert float(ms(0).momentum) == pytest.approx(0.9)
 
 
+@pytest.mark.parametrize('num_epochs', [3, 5, 7])
+def test_piecewise_linear_is_gradalign_official_schedule(num_epochs):
+  """`tml-epfl/understanding-fast-adv-training`: lr = np.interp([t], [0, E·2//5, E],
+  [0, lr_max, 0])[0] with t = epoch − 1 + (i + 1)/len(batches) for epochs 1..E and batches i,
+  SGD momentum 0.9 throughout; every step of a short run."""
+  per_epoch, lr_max = 7, 0.3
+  schedule = optim.Schedule('piecewise_linear', lr_max=lr_max, total_steps=num_epochs * per_epoch,
+                            steps_per_epoch=per_epoch)
+  step = 0
+  for epoch in range(1, num_epochs + 1):
+    for i in range(per_epoch):
+      official = np.interp([epoch - 1 + (i + 1) / per_epoch], [0, num_epochs * 2 // 5, num_epochs],
+                           [0, lr_max, 0])[0]
+      hyper = schedule(step)
+      np.testing.assert_allclose(float(hyper.lr), official, rtol=1e-6, atol=1e-7)
+      assert float(hyper.momentum) == pytest.approx(0.9)
+      step += 1
+  # The peak: lr_max at the end of epoch ⌊2E/5⌋; the last iteration runs with lr = 0.
+  assert float(schedule(num_epochs * 2 // 5 * per_epoch - 1).lr) == pytest.approx(lr_max)
+  assert float(schedule(num_epochs * per_epoch - 1).lr) == pytest.approx(0.0, abs=1e-7)
+
+
 def test_unknown_schedule_is_rejected():
   with pytest.raises(ValueError, match='Unknown lr schedule'):
     optim.Schedule('cosine', lr_max=0.1, total_steps=10, steps_per_epoch=1)

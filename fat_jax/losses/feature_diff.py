@@ -1,16 +1,21 @@
 """Feature-activation differences (Zhao, Zhang, Kong, Yin, "Catastrophic Overfitting: A
-Potential Blessing in Disguise", ECCV 2024; SPEC §2.4). No official code exists: these are the
-paper's equations as SPEC states them.
+Potential Blessing in Disguise", ECCV 2024). No official code exists: these are the paper's
+equations.
 
-M_i(x) is the activation of node i (NHWC, the `features` of a model's forward),
-M_{i,k} its channel k. For a batch of N examples:
+M_i(x) ∈ R^{N×H×W} is the activation of node i (here NHWC, the `features` of a model's
+forward), M_{i,k} its channel k; in the paper's Eqs. 6 and 8 **N is the number of channels**
+(C below), H and W the spatial size. For a batch of B examples:
 
-* V_act^i = (1/N) Σ_x ‖M_i(x) − M_i(x + δ)‖₂  (norm over H·W·C)    `feature_distance`
-* T_act^{i,k} = tanh(a · Σ_x ‖M_{i,k}(x) − M_{i,k}(x + δ)‖² / (N·H·W)), a = 100
+* V_act^i = (1/B) Σ_x ‖M_i(x) − M_i(x + δ)‖₂  (norm over H·W·C)    `feature_distance`
+* T_act^{i,k} = tanh(a · Σ_x ‖M_{i,k}(x) − M_{i,k}(x + δ)‖² / count), a = 100 (Eq. 6)
                                                                      `channel_saliency`
-* L_stable = α3/(N·H·W) · Σ_k ‖M_{B,k}(x + δ) − M_{B,k}(x + δ0)‖²  (Eq. 8)   `stable_loss`
-* L_co = CE(f(x + δ; C_p masked), y) − L_stable(C_p)                 (Eq. 9)   `co_loss`
-  (by default with a bounded L_stable(C_p), see `co_loss`)
+  (Eq. 6 as written: count = C·H·W and Σ over the data set; see `fat_jax.feature_analysis`)
+* L_stable = α3/(C·H·W) · Σ_k ‖M_{B,k}(x + δ) − M_{B,k}(x + δ0)‖² per example, averaged
+  over the batch: α3 × the mean over (batch, h, w, channel) of the squared difference
+  (Eq. 8)                                                            `stable_loss`
+* L_co = CE(f(x + δ; C_p masked), y) − L_stable(C_p)                 (Eq. 9)   `co_loss`,
+  a supplement to the method's own training loss (the paper: "the supplemental constraint
+  for Eq. (1)"); optionally with a bounded L_stable(C_p), see `co_loss`.
 
 All functions are pure and differentiate through both feature maps they are
 given; pass a `jax.lax.stop_gradient` copy to make one side a fixed target.
@@ -35,56 +40,63 @@ def feature_distance(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def channel_squared_difference(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Σ over examples and positions of (a − b)² per channel (C,) (for NHWC or NC inputs).
-
-  Divided by N·H·W (`positions`) it is the argument of T_act's tanh and, summed
-  over the channels, L_stable / α3.
-  """
+  """Σ over examples and positions of (a − b)² per channel (C,) (for NHWC or NC inputs):
+  the sum of T_act's numerator over the examples of `a`, `b`."""
   diff = a.astype(jnp.float32) - b.astype(jnp.float32)
   return jnp.sum(diff * diff, axis=tuple(range(diff.ndim - 1)))
 
 
 def positions(a: jax.Array) -> int:
-  """N·H·W of an NHWC feature map (N of an NC one): the count T_act and L_stable divide by."""
+  """B·H·W of an NHWC feature map (B of an NC one): examples × spatial positions."""
   return a.size // a.shape[-1]
 
 
 def channel_saliency(squared_difference_sum: jax.Array, count, *,
                      scale: float = TACT_SCALE) -> jax.Array:
-  """T_act = tanh(a · Σ ‖M_k(x) − M_k(x + δ)‖² / (N·H·W)) per channel, from the sums
-  (`channel_squared_difference`, accumulated over a data set) and `count` = N·H·W."""
+  """T_act = tanh(a · Σ ‖M_k(x) − M_k(x + δ)‖² / count) per channel, from the sums
+  (`channel_squared_difference`, accumulated over a data set); `count` is Eq. 6's N·H·W
+  (C·H·W, the sum over the data set as written) or another normaliser (see
+  `fat_jax.feature_analysis.tact_count`)."""
   return jnp.tanh(scale * squared_difference_sum / count)
+
+
+def _channel_differences(adv: jax.Array, start: jax.Array) -> jax.Array:
+  """D_k = Σ_{x, h, w} (M_k(x + δ) − M_k(x + δ0))² / (B·C·H·W) per channel (C,): Σ_k D_k
+  is the mean over (batch, h, w, channel), i.e. L_stable / α3 (Eq. 8, N = C)."""
+  return channel_squared_difference(adv, start) / (positions(adv) * adv.shape[-1])
 
 
 def stable_loss(adv: jax.Array, start: jax.Array, *, alpha3: float = STABLE_ALPHA3,
                 channels: jax.Array | None = None) -> jax.Array:
-  """L_stable (Eq. 8) = α3/(N·H·W) · Σ_k ‖M_k(x + δ) − M_k(x + δ0)‖².
+  """L_stable (Eq. 8) = α3/(C·H·W) · Σ_k ‖M_k(x + δ) − M_k(x + δ0)‖², averaged over the batch.
 
-  `adv`, `start`: the node's activations (N, H, W, C) at the adversarial point
-  and at the attack's start point (random start δ0). `channels` (C,) weights
-  the channels (a 0/1 mask restricts the sum to a subset C_p, as in L_co);
-  None sums over all. The gradient reaches both feature maps, hence only the
-  layers up to the node.
+  = α3 · mean over (batch, h, w, channel) of (M(x + δ) − M(x + δ0))². `adv`,
+  `start`: the node's activations (B, H, W, C) at the adversarial point and at
+  the attack's start point (random start δ0). `channels` (C,) weights the
+  channels: a 0/1 mask restricts the sum to a subset C_p (L_stable(C_p) of
+  Eq. 9), keeping Eq. 8's normaliser C·H·W; None sums over all. The gradient
+  reaches both feature maps, hence only the layers up to the node.
   """
-  per_channel = channel_squared_difference(adv, start)
+  difference = _channel_differences(adv, start)
   if channels is not None:
-    per_channel = per_channel * channels
-  return alpha3 * jnp.sum(per_channel) / positions(adv)
+    difference = difference * channels
+  return alpha3 * jnp.sum(difference)
 
 
 def co_loss(masked_logits: jax.Array, labels: jax.Array, adv: jax.Array, start: jax.Array,
             channels: jax.Array, *, alpha3: float = STABLE_ALPHA3,
-            saturation: float | None = TACT_SCALE) -> jax.Array:
-  """L_co (Eq. 9) = CE(f(x + δ; C_p masked), y) − α3 · Σ_{k∈C_p} D_k.
+            saturation: float | None = None) -> jax.Array:
+  """L_co (Eq. 9) = CE(f(x + δ; C_p masked), y) − L_stable(C_p), L_stable(C_p) = α3·Σ_{C_p} D_k.
 
-  D_k = ‖M_k(x + δ) − M_k(x + δ0)‖² / (N·H·W), so with `saturation=None` the
-  second term is L_stable(C_p) exactly as Eq. 9 writes it. That term is
-  unbounded below: nothing in CE opposes it (C_p is masked there), and the
-  scale of a BatchNorm before the node grows it without limit, so training
-  with it diverges. With `saturation` = a (default: T_act's a = 100) each D_k
-  is replaced by tanh(a·D_k)/a = T_act^k/a: equal to D_k for small differences,
-  bounded by 1/a, saturating where the channel's T_act reaches 1 (the paper's
-  signature of a CO channel). A labelled deviation from Eq. 9.
+  D_k = Σ_{x,h,w} (M_k(x + δ) − M_k(x + δ0))² / (B·C·H·W) (`stable_loss` on C_p,
+  Eq. 8's scale with N = C). L_co is added to the method's own training loss
+  (the paper's "supplemental constraint"), not used alone.
+
+  `saturation` None or 0 (default): Eq. 9 as written. Its second term is
+  unbounded below (nothing in the masked CE opposes it, and the scale of a
+  BatchNorm before the node can grow it). With `saturation` = a each D_k is
+  replaced by tanh(a·D_k)/a: equal to D_k for small differences, bounded by
+  1/a. A labelled deviation from Eq. 9 (config `method.co_saturation`).
 
   `masked_logits`: the logits of the forward at x + δ with the channels C_p of
   the node zeroed (``model.apply(..., masks={node: 1 − channels})``); `adv`,
@@ -92,7 +104,7 @@ def co_loss(masked_logits: jax.Array, labels: jax.Array, adv: jax.Array, start: 
   0/1 indicator of C_p. Minimising it fits the labels without C_p while pushing
   the activation differences of C_p up, the pathway the paper links to CO.
   """
-  difference = channel_squared_difference(adv, start) / positions(adv)
+  difference = _channel_differences(adv, start)
   if saturation:
     difference = jnp.tanh(saturation * difference) / saturation
   return cross_entropy(masked_logits, labels).mean() - alpha3 * jnp.sum(difference * channels)

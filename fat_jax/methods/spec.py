@@ -13,7 +13,7 @@ regularisers × a weight perturbation, and a training objective:
 | `aaer`      | uniform (2)   | 1.0    | no  | 1     | train | AAER (needs `aaer_lambda1..3`)   |
 | `fgsm_mep`  | prior         | 1.0    | yes | 1     | train | FGSM-MEP loss                    |
 | `fd`        | prior         | 1.0    | yes | 1     | train | FGSM-MEP loss + L_stable (α3 200)|
-| `induce_co` | prior         | 1.0    | yes | 1     | train | L_co (needs `co_tact_file`)      |
+| `induce_co` | prior         | 1.0    | yes | 1     | train | FGSM-MEP loss + L_co (tact file) |
 | `zerograd`  | uniform (1)   | 2.0    | yes | 1     | train | ZeroGrad, q = 0.35               |
 | `atas`      | previous      | 1.0    | yes | 1     | eval  | ATAS adaptive step               |
 | `pgd_at`    | uniform (1)   | 0.25   | yes | 10    | train |                                  |
@@ -146,14 +146,14 @@ class StableSpec:
 
 @dataclasses.dataclass(frozen=True)
 class COSpec:
-  """L_co (Eq. 9): the classification loss with the channels C_p of `node` masked, minus
-  L_stable on C_p. `channels`: the indices of C_p (the top `percent`% by T_act of
+  """L_co (Eq. 9), added to the method's own training loss: the classification loss with the
+  channels C_p of `node` masked, minus L_stable on C_p. `channels`: the indices of C_p (the top `percent`% by T_act of
   `tact_file`) among `num_channels`."""
   channels: tuple[int, ...]
   num_channels: int
   node: str = 'B'
   alpha3: float = STABLE_ALPHA3
-  saturation: float = 100.0   # 0: Eq. 9 as written (unbounded); see losses.feature_diff.co_loss
+  saturation: float = 0.0     # 0: Eq. 9 as written; a > 0: bounded (losses.feature_diff.co_loss)
   percent: float = 10.0
   tact_file: str = ''
 

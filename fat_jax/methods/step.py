@@ -4,8 +4,8 @@ batch (uint8, sharded) → augment → the attack: a start point η and one
 forward/backward there (∇_η; also ∇_w for LAP) → [ZeroGrad: mask ∇_η] →
 δ = box(Π_ε(η + α·sign ∇_η)) (ATAS: a per-example α), or a multi-step attack
 (PGD, TRADES' KL attack) → [LAP: perturb w] → [AWP: perturb w] → objective:
-the base loss (CE at x + δ, FGSM-MEP, TRADES, MART, or L_co on the masked
-forward, from the training forwards in the official order) [+ AAER]
+the base loss (CE at x + δ, FGSM-MEP, TRADES, MART, from the training forwards
+in the official order) [+ L_co on a second, C_p-masked forward at x + δ] [+ AAER]
 [+ GradAlign] [+ L_stable] → ∇_w → SGD → [AWP: restore w] → per-example state
 written back.
 
@@ -203,12 +203,16 @@ def _atas_attack(model, method: Method, params, state, x, y, key, rows, aug: Aug
 
 
 def _forward_order(method: Method) -> tuple[str, ...]:
-  """The training forwards ('clean': x, 'adv': x + δ) in the order of the official code; each
-  updates the BatchNorm running statistics, and the loss uses the first of each kind.
+  """The training forwards ('clean': x, 'adv': x + δ, 'masked': x + δ with L_co's channels
+  C_p zeroed) in the order of the official code; each updates the BatchNorm running
+  statistics, and the loss uses the first of each kind.
 
   TRADES `trades_loss`: f(x), then f(x') and f(x) inside the KL; TRADES-AWP's loop: f(x'),
-  f(x) (KL), f(x) (CE); MART: f(x), f(x').
+  f(x) (KL), f(x) (CE); MART: f(x), f(x'). L_co (no official code): f(x + δ), then the
+  masked forward.
   """
+  if method.co is not None:
+    return ('adv', 'masked')
   if method.trades is not None:
     return ('adv', 'clean', 'clean') if method.awp is not None else ('clean', 'adv', 'clean')
   if method.mart is not None:
@@ -218,14 +222,21 @@ def _forward_order(method: Method) -> tuple[str, ...]:
 
 def _base_loss(method: Method, logits: dict, features: dict, labels, start_out, targets):
   """The objective before regularisers, and its terms to log (`features`: the adversarial
-  forward's; `start_out`: the start forward's logits and tapped features)."""
-  start_logits, start_features = start_out
-  if method.co is not None:  # the adversarial logits are those of the forward with C_p masked
+  forward's; `start_out`: the start forward's logits and tapped features). L_co (Eq. 9 of
+  the feature-difference paper) is added to the method's own loss, not substituted for it."""
+  loss, aux = _objective(method, logits, labels, start_out[0], targets)
+  if method.co is not None:
     node = method.co.node
-    loss = co_loss(logits['adv'], labels, features[node], start_features[node],
-                   method.co.indicator(), alpha3=method.co.alpha3,
-                   saturation=method.co.saturation or None)
-    return loss, {'co_difference': cross_entropy(logits['adv'], labels).mean() - loss}
+    co = co_loss(logits['masked'], labels, features[node], start_out[1][node],
+                 method.co.indicator(), alpha3=method.co.alpha3,
+                 saturation=method.co.saturation)
+    aux.update(co_loss=co, co_difference=cross_entropy(logits['masked'], labels).mean() - co)
+    loss += co
+  return loss, aux
+
+
+def _objective(method: Method, logits: dict, labels, start_logits, targets):
+  """The method's own training loss and its terms to log."""
   if method.trades is not None:
     loss, terms = trades_loss(logits['clean'], logits['adv'], labels, beta=method.trades.beta)
     return loss, {'trades_natural': terms.natural, 'trades_robust': terms.robust}
@@ -321,10 +332,9 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, weight_d
     def objective(params, start_out):
       logits, features, new_state = {}, {}, state
       for name in forward_order:
-        adversarial_forward = name == 'adv'
         out, new_state, out_features = model.apply(
-            params, new_state, x + adv.delta if adversarial_forward else x, True,
-            masks=co_masks if adversarial_forward else None)
+            params, new_state, x if name == 'clean' else x + adv.delta, True,
+            masks=co_masks if name == 'masked' else None)
         logits.setdefault(name, out)
         features.setdefault(name, out_features)
       loss, aux = _base_loss(method, logits, features['adv'], labels, start_out,

@@ -9,6 +9,9 @@ that padding, initialisation and BatchNorm match torch:
 
 * conv / linear weights and biases ~ U(±1/√fan_in), fan_in = in_ch·kh·kw
   (torch's ``kaiming_uniform_(a=√5)`` weight default and its bias default);
+  or, with ``init='he_normal'``, GradAlign's ``utils.initialize_weights``
+  (`tml-epfl/understanding-fast-adv-training`): conv weights N(0, 2/(kh·kw·out_ch))
+  (fan-out), linear weights N(0, 2/in_features) (fan-in), biases 0;
 * BatchNorm: scale 1, bias 0, torch momentum 0.1 (Flax 0.9), eps 1e-5. One
   difference remains: Flax updates the running variance with the biased batch
   variance, torch with the unbiased one (factor n/(n−1), n = B·H·W).
@@ -37,6 +40,7 @@ Path = tuple[str, ...]
 Initializer = Callable[..., Array]
 
 MODEL_NAMES = ('preact_resnet18', 'resnet18', 'mnist_net', 'cnn')
+INITS = ('torch', 'he_normal')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
@@ -50,19 +54,36 @@ def torch_uniform(fan_in: int) -> Initializer:
   return init
 
 
+def he_normal(fan: int) -> Initializer:
+  """Initialiser N(0, 2/fan) (torch ``normal_(0, sqrt(2/fan))``)."""
+  std = math.sqrt(2.0 / fan)
+
+  def init(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+    return std * jax.random.normal(key, shape, dtype)
+
+  return init
+
+
 def conv(x: Array, features: int, kernel: int, *, name: str, stride: int = 1,
-         padding: int = 0, bias: bool = False) -> Array:
-  """``torch.nn.Conv2d(kernel, stride, padding, bias)`` on NHWC input."""
-  init = torch_uniform(x.shape[-1] * kernel * kernel)
+         padding: int = 0, bias: bool = False, init: str = 'torch') -> Array:
+  """``torch.nn.Conv2d(kernel, stride, padding, bias)`` on NHWC input; `init` 'torch' or
+  'he_normal' (see the module doc)."""
+  if init == 'he_normal':
+    kernel_init, bias_init = he_normal(kernel * kernel * features), nn.initializers.zeros
+  else:
+    kernel_init = bias_init = torch_uniform(x.shape[-1] * kernel * kernel)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)),
-                 use_bias=bias, kernel_init=init, bias_init=init, name=name)(x)
+                 use_bias=bias, kernel_init=kernel_init, bias_init=bias_init, name=name)(x)
 
 
-def dense(x: Array, features: int, *, name: str) -> Array:
-  """``torch.nn.Linear`` (with bias)."""
-  init = torch_uniform(x.shape[-1])
-  return nn.Dense(features, kernel_init=init, bias_init=init, name=name)(x)
+def dense(x: Array, features: int, *, name: str, init: str = 'torch') -> Array:
+  """``torch.nn.Linear`` (with bias); `init` 'torch' or 'he_normal' (see the module doc)."""
+  if init == 'he_normal':
+    kernel_init, bias_init = he_normal(x.shape[-1]), nn.initializers.zeros
+  else:
+    kernel_init = bias_init = torch_uniform(x.shape[-1])
+  return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init, name=name)(x)
 
 
 def batch_norm(x: Array, train: bool, *, name: str) -> Array:
@@ -152,7 +173,8 @@ def _modules() -> dict[str, Callable[..., nn.Module]]:
   from fat_jax.models import preact_resnet, resnet, small
   return {
       'preact_resnet18': lambda c, **kw: preact_resnet.PreActResNet18(
-          width=c.get('width', 64), **kw),
+          width=c.get('width', 64), weight_init=c.get('init', 'torch'),
+          head_bn_relu=c.get('head_bn_relu', True), **kw),
       'resnet18': lambda c, **kw: resnet.ResNet18(width=c.get('width', 64), **kw),
       'mnist_net': lambda c, **kw: small.MNISTNet(**kw),
       'cnn': lambda c, **kw: small.SmallCNN(
@@ -165,13 +187,23 @@ def build_model(config: Any, info: Any) -> Model:
   """Builds ``config.name`` for a dataset described by ``info``.
 
   ``info`` provides ``num_classes``, ``image_shape`` (H, W, C), ``mean`` and
-  ``std`` (tuples; empty = no normalisation).
+  ``std`` (tuples; empty = no normalisation). ``config.normalize`` False drops the
+  normalisation: the model reads [0, 1] pixels as they are (the official FGSM-MEP and
+  GradAlign networks). ``config.init`` and ``config.head_bn_relu`` are options of
+  'preact_resnet18' only (GradAlign's network: 'he_normal', False).
   """
   builders = _modules()
   if config.name not in builders:
     raise ValueError(f'unknown model {config.name!r}; known: {", ".join(MODEL_NAMES)}')
-  mean = tuple(float(m) for m in info.mean)
-  std = tuple(float(s) for s in info.std)
+  init, head = config.get('init', 'torch'), config.get('head_bn_relu', True)
+  if init not in INITS:
+    raise ValueError(f'model.init must be one of {INITS}, got {init!r}.')
+  if config.name != 'preact_resnet18' and (init != 'torch' or not head):
+    raise ValueError("model.init and model.head_bn_relu are options of 'preact_resnet18'; "
+                     f"leave them at 'torch' and True for {config.name!r}.")
+  normalized = config.get('normalize', True)
+  mean = tuple(float(m) for m in info.mean) if normalized else ()
+  std = tuple(float(s) for s in info.std) if normalized else ()
   if len(mean) != len(std):
     raise ValueError(f'mean {mean} and std {std} differ in length')
   dtype = config.get('dtype', 'float32')
