@@ -18,7 +18,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from fat_jax.evaluate import evaluate_checkpoint
+from fat_jax.evaluate.checkpoints import evaluate_checkpoint
 from fat_jax.feature_analysis import analyze_checkpoint
 from fat_jax.noise_eval import evaluate_noise_checkpoint
 from fat_jax.parallel import initialize_distributed, is_writer

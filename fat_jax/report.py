@@ -46,7 +46,7 @@ from fat_jax import aggregate, landscape, run_log, summary
 from fat_jax.config import default_config
 from fat_jax.aggregate import Run
 from fat_jax.data import DatasetNotFoundError, load_dataset
-from fat_jax.evaluate import restore_model
+from fat_jax.evaluate.checkpoints import restore_model
 from fat_jax.methods import resolve_method
 
 log = logging.getLogger('fat_jax')

@@ -18,7 +18,7 @@ import pytest
 from configs import quickstart
 from fat_jax import aggregate, landscape, report, run_log
 from fat_jax.data import load_dataset
-from fat_jax.evaluate import evaluate_checkpoint
+from fat_jax.evaluate.checkpoints import evaluate_checkpoint
 from fat_jax.losses import cross_entropy
 from fat_jax.summary import run_summary
 from fat_jax.train import train_and_evaluate

@@ -1,121 +1,38 @@
-"""Robustness evaluation (SPEC §4).
+"""Attack suites on any JAX classifier: `evaluate` (AutoAttack-standard, AutoAttack-rand with
+EOT, PGD, transfer, or a custom list), the sanity checks of `fat_jax.evaluate.checks` with it,
+and the padded, bucketed batches every attack and score runs on.
 
-* `evaluate_robustness` / `robust_flags`: clean, FGSM and PGD-k-r accuracy per
-  point of a `Model` (the training loop's monitor and final evaluation).
-* `evaluate`: an attack suite (AutoAttack-standard, AutoAttack-rand with EOT,
-  PGD, transfer, or a custom list) on any JAX classifier, with the sanity
-  checks of `fat_jax.sanity` and a RobustBench-style report.
-* `evaluate_checkpoint`: `evaluate` on the latest checkpoint of a run
-  (``launch.py --mode=eval``).
-
-A point counts as robust to an attack only if it is classified correctly both
-clean and under the attack (per-point worst case, as AutoAttack counts).
+A point counts as robust only if it is classified correctly both clean and under
+every attack (per-point worst case, as AutoAttack counts).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
-import os
 import time
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from fat_jax import run_log, sanity
+from fat_jax import sanity
 from fat_jax.attacks import (apgd_attack, clip_to_box, fab_attack, fgsm_attack, pgd_attack,
                              project_linf, square_attack)
 from fat_jax.attacks.apgd import top_targets
 from fat_jax.attacks.core import check_eps
-from fat_jax.attacks.eot import (InputNoise, eot_loss_and_grad, freeze_noise, randomized_gradient,
-                                 randomized_logits, with_input_noise)
-from fat_jax.checkpoint import Checkpointer
-from fat_jax.data import augment, load_dataset, shard_batch
+from fat_jax.attacks.eot import eot_loss_and_grad, randomized_logits
+from fat_jax.data import shard_batch
+from fat_jax.evaluate.checks import run_sanity_checks
+from fat_jax.evaluate.classifier import Classifier
+from fat_jax.evaluate.output import format_table
 from fat_jax.losses import accuracy, cross_entropy
-from fat_jax.losses.feature_diff import feature_distance
-from fat_jax.methods import init_train_state
-from fat_jax.models import build_model
-from fat_jax.parallel import is_writer, make_data_mesh, replicate, to_host
+from fat_jax.parallel import replicate, to_host
 
 log = logging.getLogger('fat_jax')
-
-
-@dataclasses.dataclass(frozen=True)
-class PGDSettings:
-  """Evaluation attack settings, recorded with every result."""
-  eps: float
-  steps: int = 50
-  restarts: int = 10
-  step_size: float = 0.0    # absolute; 0 means ε/4
-
-  @property
-  def alpha(self) -> float:
-    return self.step_size or self.eps / 4
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def robust_flags(model, settings: PGDSettings, params, state, images, labels, key):
-  """Per-example correctness {'clean', 'fgsm', 'pgd'} in eval mode (BN running stats), and
-  'vact': {'fgsm'|'pgd': {node: ‖M(x) − M(x + δ)‖₂ per example}} from the same forwards."""
-  x = augment(key, images, mode='none')
-  clean_logits, _, clean_features = model.apply(params, state, x, False)
-  clean = accuracy(clean_logits, labels)
-  eps = settings.eps
-  fgsm = fgsm_attack(model.apply, params, state, x, labels, key, eps=eps, alpha=eps, train=False)
-  pgd = pgd_attack(model.apply, params, state, x, labels, key, eps=eps, alpha=settings.alpha,
-                   steps=settings.steps, restarts=settings.restarts)
-  flags, vact = {'clean': clean}, {}
-  for name, delta in (('fgsm', fgsm.delta), ('pgd', pgd.delta)):
-    logits, _, features = model.apply(params, state, x + delta, False)
-    flags[name] = clean * accuracy(logits, labels)
-    vact[name] = {node: feature_distance(clean_features[node], features[node])
-                  for node in features}
-  return {**flags, 'vact': vact}
-
-
-def evaluate_robustness(model, params, state, images, labels, settings: PGDSettings, *,
-                        mesh, batch_size: int, seed: int = 0, desc: str = 'eval',
-                        progress: bool = True) -> dict:
-  """Clean / FGSM / PGD accuracy over uint8 `images`, padded to whole batches.
-
-  Returns the accuracies, the per-point flags, the settings, the wall time and
-  V_act = mean ‖M_i(x) − M_i(x + δ)‖₂ per feature node i (SPEC §2.4) at the FGSM
-  point ('vact') and at the PGD point ('vact_pgd').
-  """
-  n = len(images)
-  start = time.time()
-  chunks = []
-  for i, lo in enumerate(tqdm(range(0, n, batch_size), desc=desc, leave=False,
-                              disable=not progress, unit='batch')):
-    x, y = images[lo:lo + batch_size], labels[lo:lo + batch_size]
-    pad = batch_size - len(x)
-    x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-    y = np.concatenate([y, np.zeros((pad,), y.dtype)])
-    xb, yb = shard_batch((x, y), mesh)
-    key = jax.random.fold_in(jax.random.key(seed), i)
-    out = robust_flags(model, settings, params, state, xb, yb, key)
-    chunks.append(jax.tree.map(lambda v, keep=batch_size - pad: to_host(v)[:keep], out))
-  merged = jax.tree.map(lambda *c: np.concatenate(c), *chunks)
-  vact = {point: {node: float(v.mean()) for node, v in nodes.items()}
-          for point, nodes in merged.pop('vact').items()}
-  flags = {k: v.astype(bool) for k, v in merged.items()}
-  return {
-      **{f'{k}_accuracy': float(v.mean()) for k, v in flags.items()},
-      'vact': vact['fgsm'], 'vact_pgd': vact['pgd'],
-      'n': n, 'eps': settings.eps, 'pgd_steps': settings.steps,
-      'pgd_restarts': settings.restarts, 'pgd_step_size': settings.alpha,
-      'seed': seed, 'wall_time_s': time.time() - start, 'flags': flags,
-  }
-
-
-# ---------------------------------------------------------------------------
-# Attack suites on any JAX classifier (SPEC §4.2–4.4).
 
 SUITES = {
     'aa_standard': ('apgd-ce', 'apgd-t', 'fab-t', 'square'),
@@ -128,8 +45,6 @@ ATTACKS = ('fgsm', 'pgd', 'cw', 'apgd-ce', 'apgd-dlr', 'apgd-t', 'fab-t', 'squar
 EOT_ATTACKS = ('fgsm', 'apgd-ce', 'apgd-dlr', 'apgd-t')  # usable on randomised models
 TARGETED = ('apgd-t', 'fab-t')
 APGD_LOSS = {'apgd-ce': 'ce', 'apgd-dlr': 'dlr', 'apgd-t': 'dlr_targeted'}
-SWEEP_FRACTIONS = (0.0, 0.5, 1.0, 2.0)  # × ε, then ε = 1
-EOT_CHECK_SAMPLES = 100  # K of the EOT check (SPEC §4.3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,25 +72,6 @@ class SuiteOptions:
   pgd_step_size: float = 0.25
   eot_samples: int = 1
   n_draws: int = 100
-
-
-class Classifier(NamedTuple):
-  """A model to attack or score: ``apply_fn(params, state, x, train[, key])``."""
-  apply_fn: Callable
-  params: object
-  state: object
-  randomized: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class _OneDraw:
-  """`freeze_noise` with the draw's key carried in the parameters, ``(params, key)``: the
-  attacks compile once per randomised model, not once per draw."""
-  random_apply_fn: Callable
-
-  def __call__(self, params_and_key, state, x, train):
-    params, key = params_and_key
-    return freeze_noise(self.random_apply_fn, key)(params, state, x, train)
 
 
 @functools.partial(jax.jit, static_argnames=('apply_fn', 'name', 'options', 'randomized'))
@@ -238,14 +134,6 @@ def score_batch(params, state, x, y, key, *, apply_fn, randomized: bool = False,
   return jax.lax.fori_loop(0, draws, one_draw, jnp.zeros((len(x),), jnp.float32)) / draws
 
 
-@functools.partial(jax.jit, static_argnames=('apply_fn', 'randomized'))
-def probe_batch(params, state, x, y, key, *, apply_fn, randomized: bool = False):
-  """Clean logits (one draw) and whether the CE input gradient is exactly zero, per example."""
-  g = randomized_gradient(apply_fn, params, state, x, lambda z: cross_entropy(z, y), key,
-                          randomized=randomized)
-  return g.logits, jnp.all(g.grad.reshape(len(x), -1) == 0, axis=1)
-
-
 def _bucket(m: int, batch_size: int, multiple: int = 1) -> int:
   """Padded batch length: the smallest of batch_size, ⌈batch_size/4⌉, ⌈batch_size/16⌉, …
   (each rounded up to a multiple of `multiple`, the devices of the data axis) that holds m
@@ -289,6 +177,10 @@ class _Run:
   def batches(self, idx: np.ndarray):
     return _batches(idx, self.batch_size, 1 if self.mesh is None else self.mesh.shape['data'])
 
+  def padded_batch(self, chunk: np.ndarray, size: int):
+    """Points `chunk` of x and y, padded to `size`, on the devices."""
+    return self.put(_pad(self.x[chunk], size), _pad(self.y[chunk], size))
+
   def put(self, *arrays):
     """Padded host batches on the devices (split over the mesh's data axis, if any)."""
     return arrays if self.mesh is None else shard_batch(arrays, self.mesh)
@@ -329,7 +221,7 @@ class _Run:
         unit_key = jax.random.fold_in(key, unit)
         for b, (chunk, size) in enumerate(self.batches(targets())):
           attack_key, score_key = jax.random.split(jax.random.fold_in(unit_key, b))
-          xb, yb = self.put(_pad(self.x[chunk], size), _pad(self.y[chunk], size))
+          xb, yb = self.padded_batch(chunk, size)
           delta, fwd, bwd = attack_batch(
               attacker.params, attacker.state, xb, yb, attack_key, eps, unit,
               apply_fn=attacker.apply_fn, name=name, options=options,
@@ -515,7 +407,7 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
   report['passes'] = passes
   if checks:
     t0 = time.time()
-    report['checks'], passes['checks'] = _sanity_checks(
+    report['checks'], passes['checks'] = run_sanity_checks(
         run, names, suite, clean, scores, final, x_adv, by_attack, check_key,
         eps_sweep=eps_sweep, square_check=square_check, check_pgd_steps=check_pgd_steps,
         sweep_steps=sweep_steps, eot_check_n=eot_check_n)
@@ -532,252 +424,3 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
 def _logits_of(model: Classifier, x, key):
   return randomized_logits(model.apply_fn, model.params, model.state, x, key,
                            randomized=model.randomized)[0]
-
-
-def _probe(run: _Run, key):
-  """Clean logits and zero-gradient flags of all points, and the same logits again."""
-  m, logits, again, zero = run.model, [], [], []
-  for b, (chunk, size) in enumerate(run.batches(np.arange(len(run.x)))):
-    xb, yb = run.put(_pad(run.x[chunk], size), _pad(run.y[chunk], size))
-    k = jax.random.fold_in(key, b)
-    first, z = probe_batch(m.params, m.state, xb, yb, k, apply_fn=m.apply_fn,
-                           randomized=m.randomized)
-    second, _ = probe_batch(m.params, m.state, xb, yb, k, apply_fn=m.apply_fn,
-                            randomized=m.randomized)
-    logits.append(to_host(first)[:len(chunk)])
-    again.append(to_host(second)[:len(chunk)])
-    zero.append(to_host(z)[:len(chunk)])
-  return np.concatenate(logits), np.concatenate(again), np.concatenate(zero)
-
-
-def _sanity_checks(run: _Run, names, suite, clean, scores, final, x_adv, by_attack, key, *,
-                   eps_sweep, square_check, check_pgd_steps, sweep_steps, eot_check_n):
-  """The checks of `fat_jax.sanity` for one evaluation, and their forward/backward passes.
-
-  The extra attacks (FGSM, PGD, Square, ε sweep, frozen noise, EOT with K = 100) run
-  white-box from the clean points and do not change the suite's result.
-  """
-  n, draws, randomized = len(run.x), run.draws(), run.model.randomized
-  keys = {name: jax.random.fold_in(key, i) for i, name in enumerate((
-      'rescore', 'fgsm', 'pgd', 'square', 'sweep', 'probe', 'draw', 'frozen_draw', 'frozen',
-      'noise_free', 'eot', 'eot_rescore'))}
-  counts = {'forward': 0, 'backward': 0}
-
-  def side_attacks(scorer: _Run, attack_names, start_scores, k, **kw):
-    """`attack_names` in turn on `scorer.model` (per-point worst case): scores and x_adv."""
-    s, xa = start_scores.copy(), scorer.x.copy()
-    for i, name in enumerate(attack_names):
-      f, b = scorer.attack(name, scorer.model, s, xa, jax.random.fold_in(k, i), **kw)
-      counts['forward'] += f
-      counts['backward'] += b
-    return s, xa
-
-  def side_attack(name, start_scores, k, **kw):
-    return side_attacks(run, (name,), start_scores, k, **kw)[0]
-
-  def clean_scores(scorer: _Run, k):
-    counts['forward'] += len(scorer.x) * scorer.draws()
-    return scorer.score(scorer.x, k)
-
-  checks = {'validity': sanity.check_validity(run.x, x_adv, run.eps)}
-  again = run.score(x_adv, keys['rescore'])
-  counts['forward'] += n * draws
-  if randomized:
-    checks['reevaluation'] = {
-        'status': sanity.INFO, 'selected_accuracy': float(scores.mean()),
-        'fresh_accuracy': float(final.mean()),
-        'message': f'scores of the selected points {scores.mean():.4f}, re-scored with fresh '
-                   f'draws {final.mean():.4f} (reported), again {again.mean():.4f}'}
-  else:
-    checks['reevaluation'] = sanity.check_reevaluation(scores > 0.5, again > 0.5)
-
-  fgsm = side_attack('fgsm', clean, keys['fgsm'])
-  levels = [('clean', clean > 0.5), ('fgsm', fgsm > 0.5)]
-  if randomized:
-    levels.append((suite, final > 0.5))
-    checks['more_iterations'] = sanity.skipped(
-        'deterministic models only (randomised models: frozen_noise, eot_samples)')
-  else:
-    # PGD-k and PGD-2k with 2 restarts; the same key gives both the same first start.
-    pgd_options = lambda steps, restarts: dataclasses.replace(
-        run.options, pgd_steps=steps, pgd_restarts=restarts)
-    weak = side_attack('pgd', clean, keys['pgd'], options=pgd_options(check_pgd_steps, 1))
-    strong = side_attack('pgd', clean, keys['pgd'], options=pgd_options(2 * check_pgd_steps, 2))
-    checks['more_iterations'] = sanity.check_more_iterations(
-        f'PGD-{check_pgd_steps}', float(weak.mean()), f'PGD-{2 * check_pgd_steps}-2',
-        float(strong.mean()), int(np.sum((strong > 0.5) & (weak < 0.5))))
-    pgd = scores if names == ('pgd',) else weak
-    levels.append(('pgd', pgd > 0.5))
-    checks['fgsm_pgd_gap'] = sanity.check_fgsm_pgd_gap(float(fgsm.mean()), float(pgd.mean()))
-    if suite not in ('pgd', 'transfer'):
-      levels.append((suite, final > 0.5))
-  checks['ordering'] = sanity.check_ordering(levels)
-
-  if 'square' in names[1:] and suite != 'transfer':
-    before = list(by_attack.values())[names.index('square') - 1]
-    checks['square'] = sanity.check_square(before, by_attack['square'])
-  elif square_check and 'square' not in names and suite != 'transfer' and not randomized:
-    checks['square'] = sanity.check_square(
-        float(final.mean()), float(side_attack('square', final, keys['square']).mean()))
-  else:
-    checks['square'] = sanity.skipped(
-        'Square needs a deterministic model and white-box attacks before it' if 'square' in names
-        or randomized or suite == 'transfer' else
-        'the suite has no Square attack (square_check=True runs it)')
-
-  if eps_sweep:
-    values = sorted(set(eps_sweep if not isinstance(eps_sweep, bool) else
-                        [min(f * run.eps, 1.0) for f in SWEEP_FRACTIONS] + [1.0]))
-    sweep_options = dataclasses.replace(run.options, apgd_steps=sweep_steps, apgd_restarts=1)
-    accuracies = [float(side_attack('apgd-ce', clean, jax.random.fold_in(keys['sweep'], i),
-                                    eps=e, options=sweep_options).mean())
-                  for i, e in enumerate(values)]
-    checks['eps_sweep'] = sanity.check_eps_sweep(values, accuracies)
-  else:
-    checks['eps_sweep'] = sanity.skipped('off (eps_sweep=True runs APGD-CE over an ε sweep)')
-
-  if not randomized or suite == 'transfer':
-    reason = 'randomised models only' if not randomized else 'transfer attacks use no EOT'
-    checks['frozen_noise'] = checks['eot_samples'] = sanity.skipped(reason)
-  else:
-    # The suite's attacks on one frozen draw and, for `with_input_noise`, on the noise-free
-    # model. They run on every point, so that a draw whose noise depends on a point's place in
-    # its batch stays the same draw for that point throughout.
-    m = run.model
-    references = {'frozen': Classifier(_OneDraw(m.apply_fn), (m.params, keys['frozen_draw']),
-                                       m.state)}
-    if isinstance(m.apply_fn, InputNoise):
-      references['noise_free'] = Classifier(m.apply_fn.apply_fn, m.params, m.state)
-    robust = {}
-    for name, model in references.items():
-      scorer = dataclasses.replace(run, model=model)
-      robust[name], _ = side_attacks(scorer, names, clean_scores(scorer, keys[name]), keys[name],
-                                     every_point=True)
-    checks['frozen_noise'] = sanity.check_frozen_noise(robust['frozen'], final,
-                                                       robust.get('noise_free'))
-    k = run.options.eot_samples
-    if not eot_check_n:
-      checks['eot_samples'] = sanity.skipped(
-          f'off (eot_check_n=N reruns the suite with K = {EOT_CHECK_SAMPLES} on N points)')
-    elif k >= EOT_CHECK_SAMPLES:
-      checks['eot_samples'] = sanity.skipped(f'the suite already uses K = {k}')
-    else:
-      m_check = min(eot_check_n, n)
-      subset = dataclasses.replace(run, x=run.x[:m_check], y=run.y[:m_check],
-                                   options=dataclasses.replace(run.options,
-                                                               eot_samples=EOT_CHECK_SAMPLES))
-      _, x_check = side_attacks(subset, names, clean[:m_check], keys['eot'])
-      rescored = subset.score(x_check, keys['eot_rescore'])
-      counts['forward'] += m_check * draws
-      checks['eot_samples'] = sanity.check_eot_samples(k, final[:m_check], EOT_CHECK_SAMPLES,
-                                                       rescored)
-
-  logits, logits_again, zero = _probe(run, keys['probe'])
-  counts['forward'] += 2 * n
-  counts['backward'] += 2 * n
-  checks['logits'] = sanity.check_logits(logits)
-  checks['zero_gradients'] = sanity.check_zero_gradients(zero)
-  draw_change = None
-  if randomized:
-    other, _, _ = _probe(run, keys['draw'])
-    draw_change = float(np.abs(other - logits).max())
-    counts['forward'] += 2 * n
-    counts['backward'] += 2 * n
-  checks['determinism'] = sanity.check_determinism(float(np.abs(logits_again - logits).max()),
-                                                   randomized, draw_change)
-  return checks, counts
-
-
-def format_table(report: dict) -> str:
-  """The console table of a report: accuracy after each attack, time, passes per point."""
-  n = report['n']
-  rows = [('clean', report['clean_accuracy'])] + list(report['robust_accuracy_by_attack'].items())
-  lines = [f"suite {report['suite']}  eps {report['eps']:.5f}  n {n}  seed {report['seed']}",
-           f"{'attack':<10} {'accuracy':>9} {'time (s)':>9} {'fwd/pt':>8} {'bwd/pt':>8}"]
-  for name, acc in rows:
-    p = report['passes'][name]
-    lines.append(f"{name:<10} {acc:>9.4f} {report['time_by_attack_s'][name]:>9.1f} "
-                 f"{p['forward'] / n:>8.1f} {p['backward'] / n:>8.1f}")
-  final = f"robust accuracy {report['robust_accuracy']:.4f}"
-  if report['randomized']:
-    lo, hi = report['robust_accuracy_ci95']
-    final += (f" (95% [{lo:.4f}, {hi:.4f}], {report['n_draws']} fresh draws; majority vote "
-              f"{report['robust_majority_accuracy']:.4f})")
-  lines.append(final + f"  wall {report['wall_time_s']:.1f} s")
-  for name, check in report.get('checks', {}).items():
-    lines.append(f"check {name:<15} {check['status']:<8} {check['message']}")
-  return '\n'.join(lines)
-
-
-def save_report(report: dict, path: str) -> str:
-  """Writes the JSON part of `report` (without the per-point arrays) to `path`."""
-  content = {k: v for k, v in report.items() if k not in ('flags', 'scores', 'x_adv')}
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(content, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-  return path
-
-
-def restore_model(model_config, info, workdir: str, epoch: int = 0):
-  """(model, train state, epoch): `build_model(model_config, info)` and its checkpoint
-  `epoch` (0 = the latest) of the run in `workdir`."""
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise FileNotFoundError(f'No checkpoints in {workdir}: train there first '
-                            '(python launch.py --mode=train ...).')
-  model = build_model(model_config, info)
-  checkpointer = Checkpointer(workdir)
-  try:
-    epoch = epoch or checkpointer.latest_epoch()
-    if epoch is None or epoch not in checkpointer.epochs():
-      raise FileNotFoundError(f'No checkpoint of epoch {epoch} in {workdir} (have '
-                              f'{checkpointer.epochs()}).')
-    # The shapes of a fresh state suffice (eval_shape: no initialisation is compiled or run).
-    like = jax.eval_shape(lambda: init_train_state(model, jax.random.key(0)))
-    return model, checkpointer.restore(epoch, like), epoch
-  finally:
-    checkpointer.close()
-
-
-def evaluate_checkpoint(config, workdir: str) -> dict:
-  """`evaluate` on a checkpoint of the run in `workdir` with the suite of `config.eval`.
-
-  Uses the first `eval.n` test points, ε = `eval.eps` (None: the training ε),
-  the `SuiteOptions` fields found in `config.eval`, `eval.input_noise` > 0 for
-  the randomised model f(x + r) (`eval.noise_kind`), and for 'transfer' the
-  latest checkpoint of `eval.surrogate_workdir` (its own config.json).
-  Writes ``eval_<suite>.json`` and the per-point flags ``eval_<suite>_flags.npz``.
-  """
-  workdir = os.path.abspath(workdir)
-  e = config.eval
-  data = load_dataset(config.data)
-  model, ts, epoch = restore_model(config.model, data.info, workdir, e.epoch)
-  n = e.n or len(data.test_images)
-  x = data.test_images[:n].astype(np.float32) / 255.0
-  surrogate = None
-  if e.suite == 'transfer':
-    stored = run_log.read_json(e.surrogate_workdir, run_log.CONFIG) if e.surrogate_workdir \
-        else None
-    if stored is None:
-      raise FileNotFoundError(f"suite 'transfer' needs eval.surrogate_workdir, a run directory "
-                              f'with config.json and checkpoints; got {e.surrogate_workdir!r}.')
-    other, other_ts, _ = restore_model(ml_collections.ConfigDict(stored['model']), data.info,
-                                       e.surrogate_workdir)
-    surrogate = (other.apply, other_ts.params, other_ts.batch_stats)
-  apply_fn = (with_input_noise(model.apply, e.input_noise, e.noise_kind, e.noise_clip)
-              if e.input_noise else model.apply)
-  options = {f.name: e[f.name] for f in dataclasses.fields(SuiteOptions)
-             if e.get(f.name) is not None}
-  report = evaluate(apply_fn, ts.params, ts.batch_stats, x, data.test_labels[:n], suite=e.suite,
-                    eps=e.eps if e.eps is not None else config.eps, seed=config.seed,
-                    attacks=tuple(e.attacks) or None, surrogate=surrogate,
-                    randomized=bool(e.input_noise), batch_size=e.batch_size, checks=e.checks,
-                    eps_sweep=e.eps_sweep, square_check=e.square_check,
-                    check_pgd_steps=e.check_pgd_steps, eot_check_n=e.eot_check_n,
-                    progress=config.progress, mesh=make_data_mesh(), **options)
-  report.update(evaluated_epoch=epoch, method=config.method.name, dataset=config.data.name,
-                model=config.model.name, workdir=workdir)
-  if is_writer():
-    save_report(report, os.path.join(workdir, f'eval_{e.suite}.json'))
-  run_log.write_arrays(workdir, f'eval_{e.suite}_flags.npz', report['flags'])
-  return report
