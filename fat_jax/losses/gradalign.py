@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fat_jax.attacks.core import input_gradient
+from fat_jax.losses.input_gradient import input_gradient
 
 
 def gradalign_lambda(eps: float) -> float:

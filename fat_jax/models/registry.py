@@ -1,0 +1,44 @@
+"""`build_model`: a model by name, for a dataset's shape, classes and normalisation.
+
+The model files import only `fat_jax.models.core`; this module imports them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+
+from fat_jax.models import preact_resnet, resnet, small
+from fat_jax.models.core import COMPUTE_DTYPES, Model
+
+# Name → constructor(config, **common kwargs).
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    'preact_resnet18': lambda c, **kw: preact_resnet.PreActResNet18(
+        width=c.get('width', 64), **kw),
+    'resnet18': lambda c, **kw: resnet.ResNet18(width=c.get('width', 64), **kw),
+    'mnist_net': lambda c, **kw: small.MNISTNet(**kw),
+    'cnn': lambda c, **kw: small.SmallCNN(
+        width=c.get('width', 32), depth=c.get('depth', 4),
+        batchnorm=c.get('batchnorm', False), **kw),
+}
+MODEL_NAMES = tuple(_BUILDERS)
+
+
+def build_model(config: Any, info: Any) -> Model:
+  """Builds ``config.name`` for a dataset described by ``info``.
+
+  ``info`` provides ``num_classes``, ``image_shape`` (H, W, C), ``mean`` and
+  ``std`` (tuples; empty = no normalisation).
+  """
+  if config.name not in _BUILDERS:
+    raise ValueError(f'unknown model {config.name!r}; known: {", ".join(MODEL_NAMES)}')
+  mean = tuple(float(m) for m in info.mean)
+  std = tuple(float(s) for s in info.std)
+  if len(mean) != len(std):
+    raise ValueError(f'mean {mean} and std {std} differ in length')
+  dtype = config.get('dtype', 'float32')
+  if dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'model.dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}.')
+  module = _BUILDERS[config.name](config, num_classes=int(info.num_classes),
+                                  mean=mean, std=std)
+  return Model(module, tuple(int(d) for d in info.image_shape), dtype)
