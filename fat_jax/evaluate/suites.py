@@ -27,7 +27,7 @@ from fat_jax.attacks.core import check_eps
 from fat_jax.attacks.eot import eot_loss_and_grad, randomized_logits
 from fat_jax.data import shard_batch
 from fat_jax.evaluate.checks import run_sanity_checks
-from fat_jax.evaluate.classifier import Classifier
+from fat_jax.evaluate.classifier import Classifier, as_classifier, count_classes
 from fat_jax.evaluate.output import format_table
 from fat_jax.losses import accuracy, cross_entropy
 from fat_jax.parallel import replicate, to_host
@@ -281,9 +281,12 @@ def _attacker(model: Classifier, suite: str, surrogate) -> Classifier:
                      'take none.')
   if surrogate is None:
     return model
+  if isinstance(surrogate, Classifier):
+    return as_classifier(surrogate)
   if len(surrogate) != 3:
-    raise ValueError('surrogate must be (apply_fn, params, state) of a deterministic model.')
-  return Classifier(*surrogate)
+    raise ValueError('surrogate must be (apply_fn, params, state) or a Classifier of a '
+                     'deterministic model.')
+  return as_classifier(*surrogate)
 
 
 def _check_compatible(names, randomized: bool, n_classes: int) -> None:
@@ -305,8 +308,8 @@ def _interval(scores: np.ndarray, draws: int) -> list[float]:
   return [float(max(mean - 1.96 * se, 0.0)), float(min(mean + 1.96 * se, 1.0))]
 
 
-def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standard', eps: float,
-             seed: int = 0, attacks: Sequence[str] | None = None, surrogate=None,
+def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y=None, *,
+             suite: str = 'aa_standard', eps: float, seed: int = 0, attacks: Sequence[str] | None = None, surrogate=None,
              randomized: bool = False, batch_size: int = 256, checks: bool = True,
              eps_sweep: bool | Sequence[float] = False, square_check: bool = False,
              check_pgd_steps: int = 20, sweep_steps: int = 20, eot_check_n: int = 0,
@@ -315,14 +318,18 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
 
   `apply_fn(params, state, x, train) -> (logits, state, features)`, or with
   `randomized=True` ``apply_fn(params, state, x, train, key)`` (a draw of the
-  model's randomness per key); evaluation mode (`train=False`). `x`: float32
-  in [0, 1], shape (N, ...) (NHWC for images); `y`: int labels (N,).
+  model's randomness per key); evaluation mode (`train=False`). A plain
+  ``f(x) -> logits`` (``evaluate(f, x=x, y=y, ...)``), ``f(params, x) -> logits``
+  (``evaluate(f, params, x=x, y=y, ...)``) or a `Classifier` (e.g. from
+  `from_logits_fn` / `from_params_fn`) works too: see `fat_jax.evaluate.classifier`;
+  a callable of another shape is a TypeError listing these. `x`: float32 in [0, 1],
+  shape (N, ...) (NHWC for images); `y`: int labels (N,).
 
   Suites: 'aa_standard' (APGD-CE → APGD-T → FAB-T → Square), 'aa_rand'
   (APGD-CE → APGD-DLR with EOT over `eot_samples` = 20 draws), 'pgd'
   (PGD-`pgd_steps`-`pgd_restarts`, step `pgd_step_size`·ε), 'transfer'
   (`attacks`, default APGD-CE, computed on `surrogate` = (apply_fn, params,
-  state) and scored on the model), 'custom' (`attacks`, names in `ATTACKS`).
+  state) or a `Classifier`, and scored on the model), 'custom' (`attacks`, names in `ATTACKS`).
   Each attack starts from the clean point and runs only on points still
   robust; a point is robust if it is classified correctly clean and under every
   attack (per-point worst case). Randomised models are scored over `n_draws`
@@ -350,19 +357,24 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
   eps = float(eps)
   check_eps(eps)
   names = _suite_attacks(suite, attacks)
+  if x is None or y is None:
+    raise ValueError('evaluate needs the points x (N, ...) in [0, 1] and their labels y (N,): '
+                     'evaluate(model, [params, state,] x=x, y=y, eps=...).')
   x, y = _check_data(x, y)
+  model = as_classifier(apply_fn, params, state, randomized)
+  attacker = _attacker(model, suite, surrogate)
   if mesh is not None:
     if batch_size % mesh.shape['data']:
       raise ValueError(f"batch_size={batch_size} cannot be split over the {mesh.shape['data']} "
                        "devices of the mesh's data axis: make it a multiple of the device count.")
-    params, state = replicate((params, state), mesh)
-    if surrogate is not None:
-      surrogate = (surrogate[0], *replicate(tuple(surrogate[1:]), mesh))
-  model = Classifier(apply_fn, params, state, randomized)
-  attacker = _attacker(model, suite, surrogate)
+    on_mesh = lambda m: m._replace(**dict(zip(('params', 'state'),
+                                              replicate((m.params, m.state), mesh))))
+    attacks_itself = attacker is model
+    model = on_mesh(model)
+    attacker = model if attacks_itself else on_mesh(attacker)
   key = jax.random.key(seed)
   clean_key, fresh_key, check_key, attack_key = (jax.random.fold_in(key, i) for i in range(4))
-  n_classes = int(jax.eval_shape(lambda: _logits_of(model, x[:1], clean_key)).shape[-1])
+  n_classes = count_classes(model, x, clean_key)
   _check_compatible(names, randomized, n_classes)
   opts = _suite_options(suite, options, n_classes)
   run = _Run(model, x, y, eps, opts, batch_size, progress, mesh)
@@ -419,8 +431,3 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
       log.warning('check %s: %s', name, check['message'])
   report.update(flags={'clean': clean > 0.5, 'robust': final > 0.5}, scores=final, x_adv=x_adv)
   return report
-
-
-def _logits_of(model: Classifier, x, key):
-  return randomized_logits(model.apply_fn, model.params, model.state, x, key,
-                           randomized=model.randomized)[0]
