@@ -60,8 +60,9 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
   """Clean / FGSM / PGD accuracy over uint8 `images`, padded to whole batches.
 
   Returns the accuracies, the per-point flags, the settings, the wall time and
-  V_act = mean ‖M_i(x) − M_i(x + δ)‖₂ per feature node i (SPEC §2.4) at the FGSM
-  point ('vact') and at the PGD point ('vact_pgd').
+  V_act = mean ‖M_i(x) − M_i(x + δ)‖₂ per feature node i (Zhao et al., "Catastrophic
+  Overfitting: A Potential Blessing in Disguise") at the FGSM point ('vact') and at the PGD
+  point ('vact_pgd').
   """
   n = len(images)
   start = time.time()
