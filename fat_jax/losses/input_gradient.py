@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import chex
 import jax
 
 from fat_jax.losses.classification import per_example_loss
@@ -25,6 +26,7 @@ class InputGradient(NamedTuple):
 def input_gradient(apply_fn, params, state, x, y, delta, *, train: bool,
                    loss: str = 'ce') -> InputGradient:
   """Gradient of the mean per-example `loss` w.r.t. δ at x + δ (one forward, one backward)."""
+  chex.assert_equal_shape([x, delta])
   loss_fn = per_example_loss(loss)
 
   def objective(d):
