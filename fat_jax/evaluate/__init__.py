@@ -11,15 +11,17 @@ Modules, one job each:
                module here that imports models, methods and checkpoints; it is loaded on first
                use of its names, so ``from fat_jax.evaluate import evaluate`` stays model-free.
 """
+from fat_jax.evaluate.checks import probe_batch
 from fat_jax.evaluate.classifier import Classifier, from_logits_fn, from_params_fn
 from fat_jax.evaluate.monitor import PGDSettings, evaluate_robustness, robust_flags
 from fat_jax.evaluate.output import format_table, save_report
-from fat_jax.evaluate.suites import ATTACKS, EOT_ATTACKS, SUITES, SuiteOptions, evaluate
+from fat_jax.evaluate.suites import (ATTACKS, EOT_ATTACKS, SUITES, SuiteOptions, attack_batch,
+                                    evaluate, score_batch)
 
 _CHECKPOINT_NAMES = ('restore_model', 'evaluate_checkpoint')
 __all__ = ['ATTACKS', 'EOT_ATTACKS', 'SUITES', 'Classifier', 'PGDSettings', 'SuiteOptions',
-           'evaluate', 'evaluate_robustness', 'format_table', 'from_logits_fn', 'from_params_fn',
-           'robust_flags', 'save_report',
+           'attack_batch', 'evaluate', 'evaluate_robustness', 'format_table', 'from_logits_fn',
+           'from_params_fn', 'probe_batch', 'robust_flags', 'save_report', 'score_batch',
            *_CHECKPOINT_NAMES]
 
 
