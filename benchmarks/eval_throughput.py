@@ -33,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fat_jax import run_log  # noqa: E402
 from fat_jax.data import DATASET_INFOS, load_dataset  # noqa: E402
-from fat_jax.evaluate import evaluate, restore_model  # noqa: E402
+from fat_jax.evaluate import evaluate  # noqa: E402
+from fat_jax.evaluate.checkpoints import restore_model  # noqa: E402
 from fat_jax.methods import init_train_state  # noqa: E402
 from fat_jax.models import build_model  # noqa: E402
 from fat_jax.parallel import make_data_mesh  # noqa: E402

@@ -149,5 +149,5 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.checkpoint_keep = 2
   c.progress = True
-  c.report = True                 # write WORKDIR/report (fat_jax.report) at the end of a run
+  c.report = True                 # launch.py writes WORKDIR/report (fat_jax.report) after training
   return c

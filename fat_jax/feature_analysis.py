@@ -45,7 +45,7 @@ import numpy as np
 from fat_jax import run_log
 from fat_jax.attacks import fgsm_attack, pgd_attack
 from fat_jax.data import load_dataset
-from fat_jax.evaluate import restore_model
+from fat_jax.evaluate.checkpoints import restore_model
 from fat_jax.losses import accuracy
 from fat_jax.losses.feature_diff import (TACT_SCALE, channel_saliency, channel_squared_difference,
                                          feature_distance)

@@ -60,7 +60,8 @@ from fat_jax.aggregate import method_label
 from fat_jax.attacks import fgsm_attack, pgd_attack
 from fat_jax.checkpoint import Checkpointer
 from fat_jax.data import load_dataset
-from fat_jax.evaluate import PGDSettings, restore_model
+from fat_jax.evaluate import PGDSettings
+from fat_jax.evaluate.checkpoints import restore_model
 from fat_jax.losses import cross_entropy
 from fat_jax.methods import resolve_method
 

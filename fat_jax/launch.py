@@ -22,10 +22,11 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from fat_jax.evaluate import evaluate_checkpoint
+from fat_jax.evaluate.checkpoints import evaluate_checkpoint
 from fat_jax.feature_analysis import analyze_checkpoint
 from fat_jax.noise_eval import evaluate_noise_checkpoint
 from fat_jax.parallel import initialize_distributed, is_writer
+from fat_jax.report import write_end_of_run_report
 from fat_jax.summary import run_summary
 from fat_jax.train import train_and_evaluate
 
@@ -69,6 +70,7 @@ def main(argv):
         report['robust_accuracy'])
     return
   train_and_evaluate(config, _WORKDIR.value)
+  write_end_of_run_report(config, _WORKDIR.value)  # config.report: WORKDIR/report
   if is_writer():
     print(run_summary(_WORKDIR.value))
 

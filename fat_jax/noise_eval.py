@@ -25,7 +25,8 @@ import numpy as np
 from fat_jax import run_log
 from fat_jax.attacks.eot import with_input_noise
 from fat_jax.data import load_dataset
-from fat_jax.evaluate import SUITES, evaluate, restore_model
+from fat_jax.evaluate import SUITES, evaluate
+from fat_jax.evaluate.checkpoints import restore_model
 
 log = logging.getLogger('fat_jax')
 

@@ -22,8 +22,9 @@ folder is self-contained. Sections:
   ``python -m fat_jax.landscape`` wrote into the workdir;
 * Per-epoch records — the `fat_jax.summary` tables.
 
-`train_and_evaluate` calls `try_write_report` at the end of a run. Figures
-follow `fat_jax.figures` (150 dpi, constrained layout, everything inside the canvas).
+`launch.py` calls `write_end_of_run_report` after `train_and_evaluate` (the training loop
+itself never imports this module). Figures follow `fat_jax.figures` (150 dpi, constrained
+layout, everything inside the canvas).
 """
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ from fat_jax import aggregate, figures, landscape, run_log, summary
 from fat_jax.config import default_config
 from fat_jax.aggregate import Run
 from fat_jax.data import DatasetNotFoundError, load_dataset
-from fat_jax.evaluate import restore_model
+from fat_jax.evaluate.checkpoints import restore_model
 from fat_jax.methods import resolve_method
+from fat_jax.parallel import is_writer
 
 log = logging.getLogger('fat_jax')
 
@@ -463,6 +465,16 @@ def try_write_report(workdir: str, *, examples: bool = True) -> str | None:
     log.warning('The report of %s failed (%s: %s); the run\'s results are saved. Retry with '
                 'python -m fat_jax.report %s', workdir, type(e).__name__, e, workdir)
     return None
+
+
+def write_end_of_run_report(config, workdir: str) -> str | None:
+  """The report `launch.py` writes after `train_and_evaluate`: with `config.report`, on the
+  writing process, `try_write_report(workdir)`; None otherwise or when it fails."""
+  if not (config.report and is_writer()):
+    return None
+  # The adversarial examples restore a checkpoint, which every process of a multi-host run
+  # would have to join: there, `python -m fat_jax.report WORKDIR` adds them afterwards.
+  return try_write_report(workdir, examples=jax.process_count() == 1)
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@ for catastrophic overfitting, append a record to ``metrics.jsonl``, checkpoint. 
 rerun with the same workdir resumes from the last checkpoint; the data order
 (seed, epoch) and the step keys (seed, step) make the resumed run identical to
 an uninterrupted one. At the end the last good state is evaluated with PGD-k-r
-into ``results.json``.
+into ``results.json``. The report (`fat_jax.report`) is the launcher's job, not the loop's.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from fat_jax import optim, report, run_log
+from fat_jax import optim, run_log
 from fat_jax.checkpoint import Checkpointer
 from fat_jax.config import default_config
 from fat_jax.data import (iterate_batches, load_dataset, shard_batch, steps_per_epoch,
@@ -28,7 +28,7 @@ from fat_jax.diagnostics import co_onset
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
 from fat_jax.methods import init_examples, init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
-from fat_jax.parallel import is_writer, make_data_mesh, replicate
+from fat_jax.parallel import make_data_mesh, replicate
 
 log = logging.getLogger('fat_jax')
 
@@ -230,8 +230,4 @@ def train_and_evaluate(config, workdir: str) -> dict:
   log.info('Final (epoch %d, n=%d, eps=%.4f): clean %.4f  FGSM %.4f  PGD-%d-%d %.4f',
            ts_epoch, final['n'], settings.eps, final['clean_accuracy'],
            final['fgsm_accuracy'], settings.steps, settings.restarts, final['pgd_accuracy'])
-  if config.report and is_writer():
-    # The adversarial examples restore a checkpoint, which every process of a multi-host run
-    # would have to join: there, `python -m fat_jax.report WORKDIR` adds them afterwards.
-    report.try_write_report(workdir, examples=jax.process_count() == 1)
   return results

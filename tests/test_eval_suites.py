@@ -12,7 +12,8 @@ import pytest
 
 from fat_jax import sanity
 from fat_jax.attacks import with_input_noise
-from fat_jax.evaluate import evaluate, evaluate_checkpoint, format_table, save_report
+from fat_jax.evaluate import evaluate, format_table, save_report
+from fat_jax.evaluate.checkpoints import evaluate_checkpoint
 from fat_jax.checkpoint import Checkpointer
 from fat_jax.data import load_dataset
 from fat_jax.methods import init_train_state

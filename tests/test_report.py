@@ -18,7 +18,7 @@ import pytest
 from configs import quickstart
 from fat_jax import aggregate, landscape, report, run_log
 from fat_jax.data import load_dataset
-from fat_jax.evaluate import evaluate_checkpoint
+from fat_jax.evaluate.checkpoints import evaluate_checkpoint
 from fat_jax.losses import cross_entropy
 from fat_jax.summary import run_summary
 from fat_jax.train import train_and_evaluate
@@ -42,6 +42,7 @@ def run(tmp_path_factory):
       'method.aaer_lambda3': 0.15, 'method.gradalign_lambda': 0.2})
   workdir = str(root / 'runs' / 'composed')
   train_and_evaluate(config, workdir)
+  report.write_end_of_run_report(config, workdir)  # what launch.py does after training
   with config.unlocked():
     config.eval.suite, config.eval.attacks, config.eval.n = 'custom', ('fgsm',), 8
     config.eval.check_pgd_steps = 1

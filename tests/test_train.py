@@ -185,4 +185,5 @@ def test_launch_runs_a_config_and_rejects_typos(data_dir, tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   assert 'Final (epoch 1' in done.stderr
   assert os.path.join(str(tmp_path), run_log.REPORT) in done.stdout  # the end-of-run summary
+  assert os.path.isfile(os.path.join(str(tmp_path), run_log.REPORT))  # launch.py wrote it
   assert run_log.read_json(str(tmp_path), run_log.RESULTS)['evaluated_epoch'] == 1

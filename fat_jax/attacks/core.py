@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fat_jax.losses import per_example_loss
+from fat_jax.losses.input_gradient import InputGradient, input_gradient  # noqa: F401 (re-exported)
 
 ApplyFn = Callable  # (params, state, x, train) -> (logits, new_state, features)
 
@@ -24,14 +24,6 @@ class Attack(NamedTuple):
   """An attack's result: the perturbation and the model state after its forwards."""
   delta: jax.Array
   state: object
-
-
-class InputGradient(NamedTuple):
-  """∇_δ of the mean loss at x + δ, with that forward's outputs."""
-  grad: jax.Array
-  logits: jax.Array
-  state: object
-  features: dict
 
 
 def clip_to_box(x: jax.Array, delta: jax.Array) -> jax.Array:
@@ -98,19 +90,6 @@ def init_perturbation(key, x: jax.Array, eps, init: str = 'zero', scale: float =
   if init == 'normal':
     return scale * jax.random.normal(key, x.shape, x.dtype)
   raise ValueError(f'Unknown perturbation init {init!r}; known: {INITS}.')
-
-
-def input_gradient(apply_fn: ApplyFn, params, state, x, y, delta, *, train: bool,
-                   loss: str = 'ce') -> InputGradient:
-  """Gradient of the mean per-example `loss` w.r.t. δ at x + δ (one forward, one backward)."""
-  loss_fn = per_example_loss(loss)
-
-  def objective(d):
-    logits, new_state, features = apply_fn(params, state, x + d, train)
-    return loss_fn(logits, y).mean(), (logits, new_state, features)
-
-  grad, (logits, new_state, features) = jax.grad(objective, has_aux=True)(delta)
-  return InputGradient(grad, logits, new_state, features)
 
 
 def l2_step(x, delta, grad, *, eps, alpha) -> jax.Array:

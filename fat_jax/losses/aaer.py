@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -45,6 +46,7 @@ def aaer_regularizer(logits_init, logits_adv, labels, *, lambda1: float, lambda2
   `logits_init` are the logits at the start point x+η (treated as constants),
   `logits_adv` those at the adversarial point x+δ (gradient flows through them).
   """
+  chex.assert_equal_shape([logits_init, logits_adv])
   logits_init = jax.lax.stop_gradient(logits_init)
   loss_before = cross_entropy(logits_init, labels)
   loss_after = cross_entropy(logits_adv, labels)

@@ -10,11 +10,15 @@ by a saturated softmax. Positive DLR ⇔ misclassified.
 """
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
+from fat_jax.losses.classification import assert_logits_and_labels
+
 
 def _sorted_and_true(logits: jax.Array, labels: jax.Array, min_classes: int):
+  assert_logits_and_labels(logits, labels)
   if logits.shape[-1] < min_classes:
     raise ValueError(f'This DLR loss needs at least {min_classes} classes, got '
                      f'{logits.shape[-1]}.')
@@ -34,5 +38,6 @@ def dlr_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def dlr_targeted_loss(logits: jax.Array, labels: jax.Array, targets: jax.Array) -> jax.Array:
   """Per-example targeted DLR −(z_y − z_t) / (z_π1 − ½(z_π3 + z_π4) + 1e−12); needs ≥ 4 classes."""
   logits, top, true = _sorted_and_true(logits, labels, 4)
+  chex.assert_equal_shape([labels, targets])
   target = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
   return -(true - target) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)

@@ -7,10 +7,11 @@ backprop), the mean over the examples whose two gradients are both non-zero.
 """
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
-from fat_jax.attacks.core import input_gradient
+from fat_jax.losses.input_gradient import input_gradient
 
 
 def gradalign_lambda(eps: float) -> float:
@@ -20,6 +21,7 @@ def gradalign_lambda(eps: float) -> float:
 
 def cosine_alignment(grad_clean, grad_random):
   """Per-example cosine between flattened gradients, and the mask of examples where both ≠ 0."""
+  chex.assert_equal_shape([grad_clean, grad_random])
   g1 = grad_clean.reshape(grad_clean.shape[0], -1)
   g2 = grad_random.reshape(grad_random.shape[0], -1)
   n1, n2 = jnp.linalg.norm(g1, axis=1), jnp.linalg.norm(g2, axis=1)
@@ -35,6 +37,7 @@ def gradalign_regularizer(apply_fn, params, state, x, y, key, *, eps: float, gra
   `grad_clean` is ∇_x ℓ at x (e.g. the FGSM gradient from a zero start), used as
   a constant. The random-point forward runs in BatchNorm mode `train`.
   """
+  chex.assert_equal_shape([x, grad_clean])
   eta = jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
   g = input_gradient(apply_fn, params, state, x, y, eta, train=train)
   cos, valid = cosine_alignment(jax.lax.stop_gradient(grad_clean), g.grad)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import xlogy
@@ -29,6 +30,7 @@ class MARTTerms(NamedTuple):
 def mart_loss(logits_clean: jax.Array, logits_adv: jax.Array, labels: jax.Array, *,
               beta: float) -> tuple[jax.Array, MARTTerms]:
   """L = BCE(p', y) + β·mean KL(p ‖ p')·(1 − p_y) and its two terms."""
+  chex.assert_equal_shape([logits_clean, logits_adv])
   adv_probs = jax.nn.softmax(logits_adv.astype(jnp.float32))
   nat_probs = jax.nn.softmax(logits_clean.astype(jnp.float32))
   true_class = jax.nn.one_hot(labels, adv_probs.shape[-1], dtype=bool)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import chex
 import jax
 
 from fat_jax.losses.classification import cross_entropy, kl_divergence
@@ -24,6 +25,7 @@ class TRADESTerms(NamedTuple):
 def trades_loss(logits_clean: jax.Array, logits_adv: jax.Array, labels: jax.Array, *,
                 beta: float) -> tuple[jax.Array, TRADESTerms]:
   """L = mean CE(f(x), y) + β·mean KL(p(x) ‖ p(x')) and its two terms."""
+  chex.assert_equal_shape([logits_clean, logits_adv])
   natural = cross_entropy(logits_clean, labels).mean()
   robust = kl_divergence(logits_clean, logits_adv).mean()
   return natural + beta * robust, TRADESTerms(natural, robust)

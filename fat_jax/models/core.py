@@ -1,4 +1,4 @@
-"""The `Model` wrapper, torch-default layer helpers and `build_model`.
+"""The `Model` wrapper and the torch-default layer helpers every model file builds on.
 
 Every model is a `flax.linen.Module` whose ``__call__(x, train, masks=None)``
 returns ``(logits, features)`` and which defines ``weight_paths() -> list[Path]``,
@@ -39,7 +39,6 @@ Params = Any  # nested dict of arrays
 Path = tuple[str, ...]
 Initializer = Callable[..., Array]
 
-MODEL_NAMES = ('preact_resnet18', 'resnet18', 'mnist_net', 'cnn')
 INITS = ('torch', 'he_normal')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
@@ -165,50 +164,3 @@ class Model:
     for path in paths:
       functools.reduce(operator.getitem, path, params)
     return paths
-
-
-def _modules() -> dict[str, Callable[..., nn.Module]]:
-  """Name → constructor(config, **common kwargs)."""
-  # Imported here: the model files import the layer helpers from this module.
-  from fat_jax.models import preact_resnet, resnet, small
-  return {
-      'preact_resnet18': lambda c, **kw: preact_resnet.PreActResNet18(
-          width=c.get('width', 64), weight_init=c.get('init', 'torch'),
-          head_bn_relu=c.get('head_bn_relu', True), **kw),
-      'resnet18': lambda c, **kw: resnet.ResNet18(width=c.get('width', 64), **kw),
-      'mnist_net': lambda c, **kw: small.MNISTNet(**kw),
-      'cnn': lambda c, **kw: small.SmallCNN(
-          width=c.get('width', 32), depth=c.get('depth', 4),
-          batchnorm=c.get('batchnorm', False), **kw),
-  }
-
-
-def build_model(config: Any, info: Any) -> Model:
-  """Builds ``config.name`` for a dataset described by ``info``.
-
-  ``info`` provides ``num_classes``, ``image_shape`` (H, W, C), ``mean`` and
-  ``std`` (tuples; empty = no normalisation). ``config.normalize`` False drops the
-  normalisation: the model reads [0, 1] pixels as they are (the official FGSM-MEP and
-  GradAlign networks). ``config.init`` and ``config.head_bn_relu`` are options of
-  'preact_resnet18' only (GradAlign's network: 'he_normal', False).
-  """
-  builders = _modules()
-  if config.name not in builders:
-    raise ValueError(f'unknown model {config.name!r}; known: {", ".join(MODEL_NAMES)}')
-  init, head = config.get('init', 'torch'), config.get('head_bn_relu', True)
-  if init not in INITS:
-    raise ValueError(f'model.init must be one of {INITS}, got {init!r}.')
-  if config.name != 'preact_resnet18' and (init != 'torch' or not head):
-    raise ValueError("model.init and model.head_bn_relu are options of 'preact_resnet18'; "
-                     f"leave them at 'torch' and True for {config.name!r}.")
-  normalized = config.get('normalize', True)
-  mean = tuple(float(m) for m in info.mean) if normalized else ()
-  std = tuple(float(s) for s in info.std) if normalized else ()
-  if len(mean) != len(std):
-    raise ValueError(f'mean {mean} and std {std} differ in length')
-  dtype = config.get('dtype', 'float32')
-  if dtype not in COMPUTE_DTYPES:
-    raise ValueError(f'model.dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}.')
-  module = builders[config.name](config, num_classes=int(info.num_classes),
-                                 mean=mean, std=std)
-  return Model(module, tuple(int(d) for d in info.image_shape), dtype)

@@ -1,0 +1,32 @@
+"""Robustness evaluation.
+
+Modules, one job each:
+  suites       `evaluate`: an attack suite on any JAX classifier, in padded, bucketed batches
+  checks       the sanity checks run with every suite (verdicts in `fat_jax.sanity`)
+  classifier   `Classifier`: the model an evaluation attacks or scores; `from_logits_fn`,
+               `from_params_fn` adapt plain f(x) / f(params, x) -> logits
+  output       `format_table` (console) and `save_report` (JSON)
+  monitor      `evaluate_robustness` / `robust_flags`: the training loop's clean/FGSM/PGD monitor
+  checkpoints  `restore_model`, `evaluate_checkpoint` (``launch.py --mode=eval``): the only
+               module here that imports models, methods and checkpoints; it is loaded on first
+               use of its names, so ``from fat_jax.evaluate import evaluate`` stays model-free.
+"""
+from fat_jax.evaluate.checks import probe_batch
+from fat_jax.evaluate.classifier import Classifier, from_logits_fn, from_params_fn
+from fat_jax.evaluate.monitor import PGDSettings, evaluate_robustness, robust_flags
+from fat_jax.evaluate.output import format_table, save_report
+from fat_jax.evaluate.suites import (ATTACKS, EOT_ATTACKS, SUITES, SuiteOptions, attack_batch,
+                                    evaluate, score_batch)
+
+_CHECKPOINT_NAMES = ('restore_model', 'evaluate_checkpoint')
+__all__ = ['ATTACKS', 'EOT_ATTACKS', 'SUITES', 'Classifier', 'PGDSettings', 'SuiteOptions',
+           'attack_batch', 'evaluate', 'evaluate_robustness', 'format_table', 'from_logits_fn',
+           'from_params_fn', 'probe_batch', 'robust_flags', 'save_report', 'score_batch',
+           *_CHECKPOINT_NAMES]
+
+
+def __getattr__(name):
+  if name in _CHECKPOINT_NAMES:
+    from fat_jax.evaluate import checkpoints
+    return getattr(checkpoints, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -1,0 +1,197 @@
+"""The sanity checks of one evaluation: the extra attacks and probes they need, judged by the
+pure verdicts of `fat_jax.sanity`.
+
+`run` is the evaluation's `fat_jax.evaluate.suites` run (model, data, settings,
+`score`, `attack`, `padded_batch`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fat_jax import sanity
+from fat_jax.attacks.eot import InputNoise, freeze_noise, randomized_gradient
+from fat_jax.evaluate.classifier import Classifier
+from fat_jax.losses import cross_entropy
+from fat_jax.parallel import to_host
+
+SWEEP_FRACTIONS = (0.0, 0.5, 1.0, 2.0)  # × ε, then ε = 1
+EOT_CHECK_SAMPLES = 100  # K of the EOT check (README, "Evaluation": the eot_samples check)
+
+
+@dataclasses.dataclass(frozen=True)
+class _OneDraw:
+  """`freeze_noise` with the draw's key carried in the parameters, ``(params, key)``: the
+  attacks compile once per randomised model, not once per draw."""
+  random_apply_fn: Callable
+
+  def __call__(self, params_and_key, state, x, train):
+    params, key = params_and_key
+    return freeze_noise(self.random_apply_fn, key)(params, state, x, train)
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'randomized'))
+def probe_batch(params, state, x, y, key, *, apply_fn, randomized: bool = False):
+  """Clean logits (one draw) and whether the CE input gradient is exactly zero, per example."""
+  g = randomized_gradient(apply_fn, params, state, x, lambda z: cross_entropy(z, y), key,
+                          randomized=randomized)
+  return g.logits, jnp.all(g.grad.reshape(len(x), -1) == 0, axis=1)
+
+
+def _probe(run, key):
+  """Clean logits and zero-gradient flags of all points, and the same logits again."""
+  m, logits, again, zero = run.model, [], [], []
+  for b, (chunk, size) in enumerate(run.batches(np.arange(len(run.x)))):
+    xb, yb = run.padded_batch(chunk, size)
+    k = jax.random.fold_in(key, b)
+    first, z = probe_batch(m.params, m.state, xb, yb, k, apply_fn=m.apply_fn,
+                           randomized=m.randomized)
+    second, _ = probe_batch(m.params, m.state, xb, yb, k, apply_fn=m.apply_fn,
+                            randomized=m.randomized)
+    logits.append(to_host(first)[:len(chunk)])
+    again.append(to_host(second)[:len(chunk)])
+    zero.append(to_host(z)[:len(chunk)])
+  return np.concatenate(logits), np.concatenate(again), np.concatenate(zero)
+
+
+def run_sanity_checks(run, names, suite, clean, scores, final, x_adv, by_attack, key, *,
+                   eps_sweep, square_check, check_pgd_steps, sweep_steps, eot_check_n):
+  """The checks of `fat_jax.sanity` for one evaluation, and their forward/backward passes.
+
+  The extra attacks (FGSM, PGD, Square, ε sweep, frozen noise, EOT with K = 100) run
+  white-box from the clean points and do not change the suite's result.
+  """
+  n, draws, randomized = len(run.x), run.draws(), run.model.randomized
+  keys = {name: jax.random.fold_in(key, i) for i, name in enumerate((
+      'rescore', 'fgsm', 'pgd', 'square', 'sweep', 'probe', 'draw', 'frozen_draw', 'frozen',
+      'noise_free', 'eot', 'eot_rescore'))}
+  counts = {'forward': 0, 'backward': 0}
+
+  def side_attacks(scorer, attack_names, start_scores, k, **kw):
+    """`attack_names` in turn on `scorer.model` (per-point worst case): scores and x_adv."""
+    s, xa = start_scores.copy(), scorer.x.copy()
+    for i, name in enumerate(attack_names):
+      f, b = scorer.attack(name, scorer.model, s, xa, jax.random.fold_in(k, i), **kw)
+      counts['forward'] += f
+      counts['backward'] += b
+    return s, xa
+
+  def side_attack(name, start_scores, k, **kw):
+    return side_attacks(run, (name,), start_scores, k, **kw)[0]
+
+  def clean_scores(scorer, k):
+    counts['forward'] += len(scorer.x) * scorer.draws()
+    return scorer.score(scorer.x, k)
+
+  checks = {'validity': sanity.check_validity(run.x, x_adv, run.eps)}
+  again = run.score(x_adv, keys['rescore'])
+  counts['forward'] += n * draws
+  if randomized:
+    checks['reevaluation'] = {
+        'status': sanity.INFO, 'selected_accuracy': float(scores.mean()),
+        'fresh_accuracy': float(final.mean()),
+        'message': f'scores of the selected points {scores.mean():.4f}, re-scored with fresh '
+                   f'draws {final.mean():.4f} (reported), again {again.mean():.4f}'}
+  else:
+    checks['reevaluation'] = sanity.check_reevaluation(scores > 0.5, again > 0.5)
+
+  fgsm = side_attack('fgsm', clean, keys['fgsm'])
+  levels = [('clean', clean > 0.5), ('fgsm', fgsm > 0.5)]
+  if randomized:
+    levels.append((suite, final > 0.5))
+    checks['more_iterations'] = sanity.skipped(
+        'deterministic models only (randomised models: frozen_noise, eot_samples)')
+  else:
+    # PGD-k and PGD-2k with 2 restarts; the same key gives both the same first start.
+    pgd_options = lambda steps, restarts: dataclasses.replace(
+        run.options, pgd_steps=steps, pgd_restarts=restarts)
+    weak = side_attack('pgd', clean, keys['pgd'], options=pgd_options(check_pgd_steps, 1))
+    strong = side_attack('pgd', clean, keys['pgd'], options=pgd_options(2 * check_pgd_steps, 2))
+    checks['more_iterations'] = sanity.check_more_iterations(
+        f'PGD-{check_pgd_steps}', float(weak.mean()), f'PGD-{2 * check_pgd_steps}-2',
+        float(strong.mean()), int(np.sum((strong > 0.5) & (weak < 0.5))))
+    pgd = scores if names == ('pgd',) else weak
+    levels.append(('pgd', pgd > 0.5))
+    checks['fgsm_pgd_gap'] = sanity.check_fgsm_pgd_gap(float(fgsm.mean()), float(pgd.mean()))
+    if suite not in ('pgd', 'transfer'):
+      levels.append((suite, final > 0.5))
+  checks['ordering'] = sanity.check_ordering(levels)
+
+  if 'square' in names[1:] and suite != 'transfer':
+    before = list(by_attack.values())[names.index('square') - 1]
+    checks['square'] = sanity.check_square(before, by_attack['square'])
+  elif square_check and 'square' not in names and suite != 'transfer' and not randomized:
+    checks['square'] = sanity.check_square(
+        float(final.mean()), float(side_attack('square', final, keys['square']).mean()))
+  else:
+    checks['square'] = sanity.skipped(
+        'Square needs a deterministic model and white-box attacks before it' if 'square' in names
+        or randomized or suite == 'transfer' else
+        'the suite has no Square attack (square_check=True runs it)')
+
+  if eps_sweep:
+    values = sorted(set(eps_sweep if not isinstance(eps_sweep, bool) else
+                        [min(f * run.eps, 1.0) for f in SWEEP_FRACTIONS] + [1.0]))
+    sweep_options = dataclasses.replace(run.options, apgd_steps=sweep_steps, apgd_restarts=1)
+    accuracies = [float(side_attack('apgd-ce', clean, jax.random.fold_in(keys['sweep'], i),
+                                    eps=e, options=sweep_options).mean())
+                  for i, e in enumerate(values)]
+    checks['eps_sweep'] = sanity.check_eps_sweep(values, accuracies)
+  else:
+    checks['eps_sweep'] = sanity.skipped('off (eps_sweep=True runs APGD-CE over an ε sweep)')
+
+  if not randomized or suite == 'transfer':
+    reason = 'randomised models only' if not randomized else 'transfer attacks use no EOT'
+    checks['frozen_noise'] = checks['eot_samples'] = sanity.skipped(reason)
+  else:
+    # The suite's attacks on one frozen draw and, for `with_input_noise`, on the noise-free
+    # model. They run on every point, so that a draw whose noise depends on a point's place in
+    # its batch stays the same draw for that point throughout.
+    m = run.model
+    references = {'frozen': Classifier(_OneDraw(m.apply_fn), (m.params, keys['frozen_draw']),
+                                       m.state)}
+    if isinstance(m.apply_fn, InputNoise):
+      references['noise_free'] = Classifier(m.apply_fn.apply_fn, m.params, m.state)
+    robust = {}
+    for name, model in references.items():
+      scorer = dataclasses.replace(run, model=model)
+      robust[name], _ = side_attacks(scorer, names, clean_scores(scorer, keys[name]), keys[name],
+                                     every_point=True)
+    checks['frozen_noise'] = sanity.check_frozen_noise(robust['frozen'], final,
+                                                       robust.get('noise_free'))
+    k = run.options.eot_samples
+    if not eot_check_n:
+      checks['eot_samples'] = sanity.skipped(
+          f'off (eot_check_n=N reruns the suite with K = {EOT_CHECK_SAMPLES} on N points)')
+    elif k >= EOT_CHECK_SAMPLES:
+      checks['eot_samples'] = sanity.skipped(f'the suite already uses K = {k}')
+    else:
+      m_check = min(eot_check_n, n)
+      subset = dataclasses.replace(run, x=run.x[:m_check], y=run.y[:m_check],
+                                   options=dataclasses.replace(run.options,
+                                                               eot_samples=EOT_CHECK_SAMPLES))
+      _, x_check = side_attacks(subset, names, clean[:m_check], keys['eot'])
+      rescored = subset.score(x_check, keys['eot_rescore'])
+      counts['forward'] += m_check * draws
+      checks['eot_samples'] = sanity.check_eot_samples(k, final[:m_check], EOT_CHECK_SAMPLES,
+                                                       rescored)
+
+  logits, logits_again, zero = _probe(run, keys['probe'])
+  counts['forward'] += 2 * n
+  counts['backward'] += 2 * n
+  checks['logits'] = sanity.check_logits(logits)
+  checks['zero_gradients'] = sanity.check_zero_gradients(zero)
+  draw_change = None
+  if randomized:
+    other, _, _ = _probe(run, keys['draw'])
+    draw_change = float(np.abs(other - logits).max())
+    counts['forward'] += 2 * n
+    counts['backward'] += 2 * n
+  checks['determinism'] = sanity.check_determinism(float(np.abs(logits_again - logits).max()),
+                                                   randomized, draw_change)
+  return checks, counts

@@ -1,0 +1,90 @@
+"""The training loop's monitor: clean, FGSM and PGD-k-r accuracy per point of a model, and
+V_act per feature node (`evaluate_robustness`, jitted per batch by `robust_flags`).
+
+A point counts as robust to an attack only if it is classified correctly both
+clean and under the attack.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from fat_jax.attacks import fgsm_attack, pgd_attack
+from fat_jax.data import augment, shard_batch
+from fat_jax.losses import accuracy
+from fat_jax.losses.feature_diff import feature_distance
+from fat_jax.parallel import to_host
+
+
+@dataclasses.dataclass(frozen=True)
+class PGDSettings:
+  """Evaluation attack settings, recorded with every result."""
+  eps: float
+  steps: int = 50
+  restarts: int = 10
+  step_size: float = 0.0    # absolute; 0 means ε/4
+
+  @property
+  def alpha(self) -> float:
+    return self.step_size or self.eps / 4
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def robust_flags(model, settings: PGDSettings, params, state, images, labels, key):
+  """Per-example correctness {'clean', 'fgsm', 'pgd'} in eval mode (BN running stats), and
+  'vact': {'fgsm'|'pgd': {node: ‖M(x) − M(x + δ)‖₂ per example}} from the same forwards."""
+  x = augment(key, images, mode='none')
+  clean_logits, _, clean_features = model.apply(params, state, x, False)
+  clean = accuracy(clean_logits, labels)
+  eps = settings.eps
+  fgsm = fgsm_attack(model.apply, params, state, x, labels, key, eps=eps, alpha=eps, train=False)
+  pgd = pgd_attack(model.apply, params, state, x, labels, key, eps=eps, alpha=settings.alpha,
+                   steps=settings.steps, restarts=settings.restarts)
+  flags, vact = {'clean': clean}, {}
+  for name, delta in (('fgsm', fgsm.delta), ('pgd', pgd.delta)):
+    logits, _, features = model.apply(params, state, x + delta, False)
+    flags[name] = clean * accuracy(logits, labels)
+    vact[name] = {node: feature_distance(clean_features[node], features[node])
+                  for node in features}
+  return {**flags, 'vact': vact}
+
+
+def evaluate_robustness(model, params, state, images, labels, settings: PGDSettings, *,
+                        mesh, batch_size: int, seed: int = 0, desc: str = 'eval',
+                        progress: bool = True) -> dict:
+  """Clean / FGSM / PGD accuracy over uint8 `images`, padded to whole batches.
+
+  Returns the accuracies, the per-point flags, the settings, the wall time and
+  V_act = mean ‖M_i(x) − M_i(x + δ)‖₂ per feature node i (Zhao et al., "Catastrophic
+  Overfitting: A Potential Blessing in Disguise") at the FGSM point ('vact') and at the PGD
+  point ('vact_pgd').
+  """
+  n = len(images)
+  start = time.time()
+  chunks = []
+  for i, lo in enumerate(tqdm(range(0, n, batch_size), desc=desc, leave=False,
+                              disable=not progress, unit='batch')):
+    x, y = images[lo:lo + batch_size], labels[lo:lo + batch_size]
+    pad = batch_size - len(x)
+    x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+    y = np.concatenate([y, np.zeros((pad,), y.dtype)])
+    xb, yb = shard_batch((x, y), mesh)
+    key = jax.random.fold_in(jax.random.key(seed), i)
+    out = robust_flags(model, settings, params, state, xb, yb, key)
+    chunks.append(jax.tree.map(lambda v, keep=batch_size - pad: to_host(v)[:keep], out))
+  merged = jax.tree.map(lambda *c: np.concatenate(c), *chunks)
+  vact = {point: {node: float(v.mean()) for node, v in nodes.items()}
+          for point, nodes in merged.pop('vact').items()}
+  flags = {k: v.astype(bool) for k, v in merged.items()}
+  return {
+      **{f'{k}_accuracy': float(v.mean()) for k, v in flags.items()},
+      'vact': vact['fgsm'], 'vact_pgd': vact['pgd'],
+      'n': n, 'eps': settings.eps, 'pgd_steps': settings.steps,
+      'pgd_restarts': settings.restarts, 'pgd_step_size': settings.alpha,
+      'seed': seed, 'wall_time_s': time.time() - start, 'flags': flags,
+  }

@@ -1,0 +1,433 @@
+"""Attack suites on any JAX classifier: `evaluate` (AutoAttack-standard, AutoAttack-rand with
+EOT, PGD, transfer, or a custom list), the sanity checks of `fat_jax.evaluate.checks` with it,
+and the padded, bucketed batches every attack and score runs on.
+
+A point counts as robust only if it is classified correctly both clean and under
+every attack (per-point worst case, as AutoAttack counts).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from fat_jax import sanity
+from fat_jax.attacks import (apgd_attack, clip_to_box, fab_attack, fgsm_attack, pgd_attack,
+                             project_linf, square_attack)
+from fat_jax.attacks.apgd import top_targets
+from fat_jax.attacks.core import check_eps
+from fat_jax.attacks.eot import eot_loss_and_grad, randomized_logits
+from fat_jax.data import shard_batch
+from fat_jax.evaluate.checks import run_sanity_checks
+from fat_jax.evaluate.classifier import Classifier, as_classifier, count_classes
+from fat_jax.evaluate.output import format_table
+from fat_jax.losses import accuracy, cross_entropy
+from fat_jax.parallel import replicate, to_host
+
+log = logging.getLogger('fat_jax')
+
+SUITES = {
+    'aa_standard': ('apgd-ce', 'apgd-t', 'fab-t', 'square'),
+    'aa_rand': ('apgd-ce', 'apgd-dlr'),
+    'pgd': ('pgd',),
+    'transfer': ('apgd-ce',),   # default attacks on the surrogate; `attacks=` overrides
+    'custom': (),               # `attacks=` is the list
+}
+ATTACKS = ('fgsm', 'pgd', 'cw', 'apgd-ce', 'apgd-dlr', 'apgd-t', 'fab-t', 'square')
+EOT_ATTACKS = ('fgsm', 'apgd-ce', 'apgd-dlr', 'apgd-t')  # usable on randomised models
+TARGETED = ('apgd-t', 'fab-t')
+APGD_LOSS = {'apgd-ce': 'ce', 'apgd-dlr': 'dlr', 'apgd-t': 'dlr_targeted'}
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteOptions:
+  """Attack settings of a suite (AutoAttack-standard defaults), recorded with every result.
+
+  `pgd_step_size` is a multiple of ε; `eot_samples` (K) applies to randomised
+  models (aa_rand: 20); `n_draws` (M) fresh draws score each point of a
+  randomised model.
+  """
+  apgd_steps: int = 100
+  apgd_restarts: int = 1
+  apgd_rho: float = 0.75
+  n_target_classes: int = 9
+  fab_steps: int = 100
+  fab_restarts: int = 1
+  fab_alpha_max: float = 0.1
+  fab_eta: float = 1.05
+  fab_beta: float = 0.9
+  square_queries: int = 5000
+  square_p_init: float = 0.8
+  square_rescale_schedule: bool = False
+  pgd_steps: int = 50
+  pgd_restarts: int = 10
+  pgd_step_size: float = 0.25
+  eot_samples: int = 1
+  n_draws: int = 100
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'name', 'options', 'randomized'))
+def attack_batch(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
+                 options: SuiteOptions, randomized: bool = False):
+  """(δ, forwards, backwards) of attack `name` on a batch, counts per example.
+
+  `rank` picks the target of a targeted attack: class number rank + 2 by the
+  clean logits. Evaluation mode (BatchNorm running statistics) throughout.
+  """
+  o, n = options, len(x)
+  k = o.eot_samples if randomized else 1
+  per = lambda f, b: (jnp.full((n,), f, jnp.int32), jnp.full((n,), b, jnp.int32))
+  if name == 'fgsm':
+    if randomized:
+      g = eot_loss_and_grad(apply_fn, params, state, x, lambda z: cross_entropy(z, y), key,
+                            samples=k)
+      return (clip_to_box(x, project_linf(eps * jnp.sign(g.grad), eps)), *per(k, k))
+    delta = fgsm_attack(apply_fn, params, state, x, y, key, eps=eps, alpha=eps, train=False).delta
+    return (delta, *per(1, 1))
+  if name in ('pgd', 'cw'):
+    delta = pgd_attack(apply_fn, params, state, x, y, key, eps=eps, alpha=o.pgd_step_size * eps,
+                       steps=o.pgd_steps, restarts=o.pgd_restarts,
+                       loss='ce' if name == 'pgd' else 'margin').delta
+    runs = o.pgd_restarts * o.pgd_steps
+    return (delta, *per(runs + (o.pgd_restarts if o.pgd_restarts > 1 else 0), runs))
+  target, ranking = None, 0
+  if name in TARGETED:
+    logits, _ = randomized_logits(apply_fn, params, state, x, key, randomized=randomized)
+    target, ranking = jnp.take(top_targets(logits, o.n_target_classes), rank, axis=1), 1
+  if name in APGD_LOSS:
+    delta = apgd_attack(apply_fn, params, state, x, y, key, eps=eps, steps=o.apgd_steps,
+                        restarts=o.apgd_restarts, loss=APGD_LOSS[name], target=target,
+                        rho=o.apgd_rho, randomized=randomized, eot_samples=k).delta
+    runs = o.apgd_restarts * (o.apgd_steps + 1) * k
+    return (delta, *per(ranking + 1 + runs, runs))
+  if name == 'fab-t':
+    delta = fab_attack(apply_fn, params, state, x, y, key, eps=eps, target=target,
+                       steps=o.fab_steps, restarts=o.fab_restarts, alpha_max=o.fab_alpha_max,
+                       eta=o.fab_eta, beta=o.fab_beta).delta
+    runs = o.fab_restarts * o.fab_steps
+    return (delta, *per(ranking + 1 + 2 * runs, runs))
+  if name == 'square':
+    result = square_attack(apply_fn, params, state, x, y, key, eps=eps, queries=o.square_queries,
+                           p_init=o.square_p_init, rescale_schedule=o.square_rescale_schedule)
+    return result.delta, 1 + result.queries, jnp.zeros((n,), jnp.int32)
+  raise ValueError(f'Unknown attack {name!r}; known: {ATTACKS}.')
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'randomized', 'draws'))
+def score_batch(params, state, x, y, key, *, apply_fn, randomized: bool = False, draws: int = 1):
+  """Per example, the fraction of forwards classifying x correctly: one forward for a
+  deterministic model, `draws` draws (keys ``fold_in(key, m)``) for a randomised one."""
+  if not randomized:
+    return accuracy(apply_fn(params, state, x, False)[0], y)
+
+  def one_draw(m, total):
+    return total + accuracy(apply_fn(params, state, x, False, jax.random.fold_in(key, m))[0], y)
+
+  return jax.lax.fori_loop(0, draws, one_draw, jnp.zeros((len(x),), jnp.float32)) / draws
+
+
+def _bucket(m: int, batch_size: int, multiple: int = 1) -> int:
+  """Padded batch length: the smallest of batch_size, ⌈batch_size/4⌉, ⌈batch_size/16⌉, …
+  (each rounded up to a multiple of `multiple`, the devices of the data axis) that holds m
+  points (a few compilations per attack, at most 4× padding)."""
+  round_up = lambda v: -(-v // multiple) * multiple
+  size = batch_size
+  while True:
+    smaller = round_up(-(-size // 4))
+    if smaller >= size or smaller < m:
+      return size
+    size = smaller
+
+
+def _batches(idx: np.ndarray, batch_size: int, multiple: int = 1):
+  """(indices, padded length) of consecutive chunks of `idx`."""
+  for lo in range(0, len(idx), batch_size):
+    chunk = idx[lo:lo + batch_size]
+    yield chunk, _bucket(len(chunk), batch_size, multiple)
+
+
+def _pad(a: np.ndarray, size: int) -> np.ndarray:
+  """`a` padded to `size` rows by repeating its last row."""
+  return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)]) if size > len(a) else a
+
+
+@dataclasses.dataclass
+class _Run:
+  """What an evaluation works on: the scored model, the data, the settings."""
+  model: Classifier
+  x: np.ndarray
+  y: np.ndarray
+  eps: float
+  options: SuiteOptions
+  batch_size: int
+  progress: bool
+  mesh: Optional[Mesh] = None   # data parallelism: batches split over its 'data' axis
+
+  def draws(self) -> int:
+    return self.options.n_draws if self.model.randomized else 1
+
+  def batches(self, idx: np.ndarray):
+    return _batches(idx, self.batch_size, 1 if self.mesh is None else self.mesh.shape['data'])
+
+  def padded_batch(self, chunk: np.ndarray, size: int):
+    """Points `chunk` of x and y, padded to `size`, on the devices."""
+    return self.put(_pad(self.x[chunk], size), _pad(self.y[chunk], size))
+
+  def put(self, *arrays):
+    """Padded host batches on the devices (split over the mesh's data axis, if any)."""
+    return arrays if self.mesh is None else shard_batch(arrays, self.mesh)
+
+  def score(self, x: np.ndarray, key) -> np.ndarray:
+    """Scores of all points at `x` (fixed batches; batch b uses ``fold_in(key, b)``)."""
+    out = []
+    for b, (chunk, size) in enumerate(self.batches(np.arange(len(x)))):
+      m = self.model
+      s = score_batch(m.params, m.state, *self.put(_pad(x[chunk], size), _pad(self.y[chunk], size)),
+                      jax.random.fold_in(key, b), apply_fn=m.apply_fn, randomized=m.randomized,
+                      draws=self.draws())
+      out.append(to_host(s)[:len(chunk)])
+    return np.concatenate(out)
+
+  def attack(self, name: str, attacker: Classifier, scores: np.ndarray, x_adv: np.ndarray, key,
+             eps: float | None = None, options: SuiteOptions | None = None,
+             every_point: bool = False) -> tuple[int, int]:
+    """Runs attack `name` of `attacker` on the points with score > 0 (all with `every_point`,
+    which keeps every point in the same place of the same batches as `score`).
+
+    Each unit (one per target for targeted attacks) runs only on the points
+    still (partly) robust; a point takes a new adversarial example when it
+    lowers its score (per-point worst case). Updates `scores` and `x_adv` in
+    place; returns the forward and backward passes (scoring included).
+    """
+    eps = self.eps if eps is None else eps
+    options = options or self.options
+    # A static jit argument: the fields this attack does not use are fixed (no recompilation).
+    options = dataclasses.replace(options, n_draws=0,
+                                  eot_samples=options.eot_samples if attacker.randomized else 1)
+    units = options.n_target_classes if name in TARGETED else 1
+    targets = lambda: np.arange(len(scores)) if every_point else np.flatnonzero(scores > 0)
+    forward = backward = 0
+    with tqdm(total=units * len(targets()), desc=name, leave=False, unit='pt',
+              disable=not self.progress) as bar:
+      for unit in range(units):
+        unit_key = jax.random.fold_in(key, unit)
+        for b, (chunk, size) in enumerate(self.batches(targets())):
+          attack_key, score_key = jax.random.split(jax.random.fold_in(unit_key, b))
+          xb, yb = self.padded_batch(chunk, size)
+          delta, fwd, bwd = attack_batch(
+              attacker.params, attacker.state, xb, yb, attack_key, eps, unit,
+              apply_fn=attacker.apply_fn, name=name, options=options,
+              randomized=attacker.randomized)
+          candidate = xb + delta
+          m, n = self.model, len(chunk)
+          s = to_host(score_batch(m.params, m.state, candidate, yb, score_key,
+                                  apply_fn=m.apply_fn, randomized=m.randomized,
+                                  draws=self.draws()))[:n]
+          lower = s < scores[chunk]
+          scores[chunk[lower]] = s[lower]
+          x_adv[chunk[lower]] = to_host(candidate)[:n][lower]
+          forward += int(to_host(fwd)[:n].sum()) + n * self.draws()
+          backward += int(to_host(bwd)[:n].sum())
+          bar.update(n)
+    return forward, backward
+
+
+def _suite_attacks(suite: str, attacks) -> tuple[str, ...]:
+  if suite not in SUITES:
+    raise ValueError(f'Unknown suite {suite!r}; known: {sorted(SUITES)}.')
+  names = tuple(attacks) if attacks else SUITES[suite]
+  if not names:
+    raise ValueError("suite='custom' needs a list of attacks (attacks=[...]).")
+  unknown = [a for a in names if a not in ATTACKS]
+  if unknown:
+    raise ValueError(f'Unknown attacks {unknown}; known: {ATTACKS}.')
+  return names
+
+
+def _suite_options(suite: str, options: dict, n_classes: int) -> SuiteOptions:
+  fields = {f.name for f in dataclasses.fields(SuiteOptions)}
+  unknown = sorted(set(options) - fields)
+  if unknown:
+    raise ValueError(f'Unknown suite options {unknown}; known: {sorted(fields)}.')
+  if suite == 'aa_rand':
+    options = {'eot_samples': 20, **options}
+  opts = SuiteOptions(**options)
+  # AutoAttack's check_n_classes: at most C − 1 targets.
+  return dataclasses.replace(opts, n_target_classes=min(opts.n_target_classes, n_classes - 1))
+
+
+def _check_data(x, y) -> tuple[np.ndarray, np.ndarray]:
+  x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+  if x.shape[:1] != y.shape or not len(x):
+    raise ValueError(f'x {x.shape} and y {y.shape} must hold the same, non-zero number of points.')
+  if x.min() < 0 or x.max() > 1:
+    raise ValueError(f'x must be in pixel space [0, 1] (got [{x.min():.3g}, {x.max():.3g}]); '
+                     'normalise inside the apply function.')
+  return x, y
+
+
+def _attacker(model: Classifier, suite: str, surrogate) -> Classifier:
+  """The model the attacks run on: the surrogate for 'transfer', else the model itself."""
+  if (suite == 'transfer') != (surrogate is not None):
+    raise ValueError("suite='transfer' needs surrogate=(apply_fn, params, state); other suites "
+                     'take none.')
+  if surrogate is None:
+    return model
+  if isinstance(surrogate, Classifier):
+    return as_classifier(surrogate)
+  if len(surrogate) != 3:
+    raise ValueError('surrogate must be (apply_fn, params, state) or a Classifier of a '
+                     'deterministic model.')
+  return as_classifier(*surrogate)
+
+
+def _check_compatible(names, randomized: bool, n_classes: int) -> None:
+  if randomized:
+    bad = [a for a in names if a not in EOT_ATTACKS]
+    if bad:
+      raise ValueError(f'Attacks {bad} have no EOT; a randomised model can be attacked with '
+                       f'{EOT_ATTACKS} (suite aa_rand).')
+  need = max([4 if a in ('apgd-t', 'fab-t') else 3 if a == 'apgd-dlr' else 2 for a in names])
+  if n_classes < need:
+    raise ValueError(f'Attacks {list(names)} need at least {need} classes, the model has '
+                     f'{n_classes}.')
+
+
+def _interval(scores: np.ndarray, draws: int) -> list[float]:
+  """95% interval of the mean score from the binomial noise of `draws` draws per point."""
+  se = np.sqrt(np.sum(scores * (1 - scores)) / draws) / len(scores)
+  mean = float(scores.mean())
+  return [float(max(mean - 1.96 * se, 0.0)), float(min(mean + 1.96 * se, 1.0))]
+
+
+def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y=None, *,
+             suite: str = 'aa_standard', eps: float, seed: int = 0, attacks: Sequence[str] | None = None, surrogate=None,
+             randomized: bool = False, batch_size: int = 256, checks: bool = True,
+             eps_sweep: bool | Sequence[float] = False, square_check: bool = False,
+             check_pgd_steps: int = 20, sweep_steps: int = 20, eot_check_n: int = 0,
+             progress: bool = True, mesh: Mesh | None = None, **options) -> dict:
+  """Robust accuracy of any JAX classifier under an attack suite, with sanity checks.
+
+  `apply_fn(params, state, x, train) -> (logits, state, features)`, or with
+  `randomized=True` ``apply_fn(params, state, x, train, key)`` (a draw of the
+  model's randomness per key); evaluation mode (`train=False`). A plain
+  ``f(x) -> logits`` (``evaluate(f, x=x, y=y, ...)``), ``f(params, x) -> logits``
+  (``evaluate(f, params, x=x, y=y, ...)``) or a `Classifier` (e.g. from
+  `from_logits_fn` / `from_params_fn`) works too: see `fat_jax.evaluate.classifier`;
+  a callable of another shape is a TypeError listing these. `x`: float32 in [0, 1],
+  shape (N, ...) (NHWC for images); `y`: int labels (N,).
+
+  Suites: 'aa_standard' (APGD-CE → APGD-T → FAB-T → Square), 'aa_rand'
+  (APGD-CE → APGD-DLR with EOT over `eot_samples` = 20 draws), 'pgd'
+  (PGD-`pgd_steps`-`pgd_restarts`, step `pgd_step_size`·ε), 'transfer'
+  (`attacks`, default APGD-CE, computed on `surrogate` = (apply_fn, params,
+  state) or a `Classifier`, and scored on the model), 'custom' (`attacks`, names in `ATTACKS`).
+  Each attack starts from the clean point and runs only on points still
+  robust; a point is robust if it is classified correctly clean and under every
+  attack (per-point worst case). Randomised models are scored over `n_draws`
+  fresh draws per point: the mean per-draw accuracy with a 95% interval and the
+  majority vote; the final number re-scores the chosen adversarial examples
+  with fresh draws. `**options` are `SuiteOptions` fields.
+
+  With `checks`, the sanity checks of `fat_jax.sanity` run too: FGSM and
+  PGD-`check_pgd_steps` for the per-point order, PGD-2·`check_pgd_steps` with 2
+  restarts against it (more iterations), and for a randomised model the suite's
+  attacks on one frozen draw (and on the noise-free model of `with_input_noise`);
+  `eps_sweep` adds APGD-CE with `sweep_steps` steps at ε ∈ {0, ε/2, ε, 2ε, 1}
+  or the given values; `square_check` runs Square after a suite without it;
+  `eot_check_n` > 0 reruns a randomised model's suite with K = 100 on the first
+  `eot_check_n` points. Same seed ⇒ same result.
+
+  With a `mesh` (`fat_jax.parallel.make_data_mesh()`), every batch is split over its
+  ``data`` axis (`batch_size` a multiple of its size) and the parameters are replicated:
+  data parallelism over all devices (and processes), the same result as one device.
+
+  Returns a JSON-ready report (see `save_report`) plus the arrays 'flags'
+  (per-point 'clean' and 'robust'), 'scores' and 'x_adv'.
+  """
+  start = time.time()
+  eps = float(eps)
+  check_eps(eps)
+  names = _suite_attacks(suite, attacks)
+  if x is None or y is None:
+    raise ValueError('evaluate needs the points x (N, ...) in [0, 1] and their labels y (N,): '
+                     'evaluate(model, [params, state,] x=x, y=y, eps=...).')
+  x, y = _check_data(x, y)
+  model = as_classifier(apply_fn, params, state, randomized)
+  attacker = _attacker(model, suite, surrogate)
+  if mesh is not None:
+    if batch_size % mesh.shape['data']:
+      raise ValueError(f"batch_size={batch_size} cannot be split over the {mesh.shape['data']} "
+                       "devices of the mesh's data axis: make it a multiple of the device count.")
+    on_mesh = lambda m: m._replace(**dict(zip(('params', 'state'),
+                                              replicate((m.params, m.state), mesh))))
+    attacks_itself = attacker is model
+    model = on_mesh(model)
+    attacker = model if attacks_itself else on_mesh(attacker)
+  key = jax.random.key(seed)
+  clean_key, fresh_key, check_key, attack_key = (jax.random.fold_in(key, i) for i in range(4))
+  n_classes = count_classes(model, x, clean_key)
+  _check_compatible(names, randomized, n_classes)
+  opts = _suite_options(suite, options, n_classes)
+  run = _Run(model, x, y, eps, opts, batch_size, progress, mesh)
+
+  t0 = time.time()
+  clean = run.score(x, clean_key)
+  passes = {'clean': {'forward': len(x) * run.draws(), 'backward': 0}}
+  times = {'clean': time.time() - t0}
+  scores, x_adv = clean.copy(), x.copy()
+  by_attack, majority_by_attack = {}, {}
+  for i, name in enumerate(names):
+    t0 = time.time()
+    forward, backward = run.attack(name, attacker, scores, x_adv, jax.random.fold_in(attack_key, i))
+    times[name] = time.time() - t0
+    passes[name] = {'forward': forward, 'backward': backward}
+    by_attack[name] = float(scores.mean())
+    majority_by_attack[name] = float(np.mean(scores > 0.5))
+
+  final = run.score(x_adv, fresh_key) if randomized else scores
+  report = {
+      'suite': suite, 'attacks': list(names), 'norm': 'Linf', 'eps': eps, 'n': len(x),
+      'seed': seed, 'randomized': randomized,
+      'settings': {**dataclasses.asdict(opts), 'batch_size': batch_size, 'checks': checks,
+                   'check_pgd_steps': check_pgd_steps, 'square_check': square_check,
+                   'eps_sweep': eps_sweep if isinstance(eps_sweep, bool) else list(eps_sweep),
+                   'sweep_steps': sweep_steps, 'eot_check_n': eot_check_n},
+      'clean_accuracy': float(clean.mean()), 'robust_accuracy': float(final.mean()),
+      'robust_accuracy_by_attack': by_attack, 'time_by_attack_s': times,
+      'forward_passes': sum(p['forward'] for p in passes.values()),
+      'backward_passes': sum(p['backward'] for p in passes.values()),
+  }
+  if randomized:
+    passes['final'] = {'forward': len(x) * run.draws(), 'backward': 0}
+    report['forward_passes'] += passes['final']['forward']
+    report.update(
+        n_draws=run.draws(), clean_accuracy_ci95=_interval(clean, run.draws()),
+        clean_majority_accuracy=float(np.mean(clean > 0.5)),
+        robust_accuracy_ci95=_interval(final, run.draws()),
+        robust_majority_accuracy=float(np.mean(final > 0.5)),
+        robust_majority_by_attack=majority_by_attack,
+        robust_accuracy_selected=float(scores.mean()))
+  report['passes'] = passes
+  if checks:
+    t0 = time.time()
+    report['checks'], passes['checks'] = run_sanity_checks(
+        run, names, suite, clean, scores, final, x_adv, by_attack, check_key,
+        eps_sweep=eps_sweep, square_check=square_check, check_pgd_steps=check_pgd_steps,
+        sweep_steps=sweep_steps, eot_check_n=eot_check_n)
+    times['checks'] = time.time() - t0
+  report['wall_time_s'] = time.time() - start
+  log.info('%s', format_table(report))
+  for name, check in report.get('checks', {}).items():
+    if check['status'] == sanity.WARN:
+      log.warning('check %s: %s', name, check['message'])
+  report.update(flags={'clean': clean > 0.5, 'robust': final > 0.5}, scores=final, x_adv=x_adv)
+  return report
