@@ -30,6 +30,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.depth = 4               # 'cnn' only
   c.model.batchnorm = False       # 'cnn' only
   c.model.dtype = 'float32'       # compute dtype: 'bfloat16' = mixed precision (fp32 weights)
+  # Input normalisation (x − mean)/std inside the model; None = the data set's statistics,
+  # () = none (models converted from code that feeds raw [0, 1] pixels, docs/convert.md).
+  c.model.mean = config_dict.placeholder(tuple)
+  c.model.std = config_dict.placeholder(tuple)
 
   c.method = ml_collections.ConfigDict()
   c.method.name = 'fgsm_rs'

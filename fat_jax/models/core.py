@@ -165,15 +165,23 @@ def build_model(config: Any, info: Any) -> Model:
   """Builds ``config.name`` for a dataset described by ``info``.
 
   ``info`` provides ``num_classes``, ``image_shape`` (H, W, C), ``mean`` and
-  ``std`` (tuples; empty = no normalisation).
+  ``std`` (tuples; empty = no normalisation). ``config.mean``/``config.std``,
+  when set, replace the data set's statistics (() = no normalisation).
   """
   builders = _modules()
   if config.name not in builders:
     raise ValueError(f'unknown model {config.name!r}; known: {", ".join(MODEL_NAMES)}')
-  mean = tuple(float(m) for m in info.mean)
-  std = tuple(float(s) for s in info.std)
+  own_mean, own_std = config.get('mean'), config.get('std')
+  if (own_mean is None) != (own_std is None):
+    raise ValueError(f'model.mean={own_mean} and model.std={own_std}: set both (or neither, '
+                     'for the data set\'s statistics).')
+  mean = tuple(float(m) for m in (info.mean if own_mean is None else own_mean))
+  std = tuple(float(s) for s in (info.std if own_std is None else own_std))
   if len(mean) != len(std):
     raise ValueError(f'mean {mean} and std {std} differ in length')
+  if mean and len(mean) != info.image_shape[-1]:
+    raise ValueError(f'model.mean has {len(mean)} values but the images have '
+                     f'{info.image_shape[-1]} channels.')
   dtype = config.get('dtype', 'float32')
   if dtype not in COMPUTE_DTYPES:
     raise ValueError(f'model.dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}.')
