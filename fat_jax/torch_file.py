@@ -47,16 +47,26 @@ class TorchFileError(ValueError):
 
 
 class Opaque:
-  """Stand-in for a class of the file that a state_dict does not need."""
+  """Stand-in for a class of the file that a state_dict does not need: it keeps what the
+  pickle gives it (constructor arguments, state, dict or list items) and runs nothing."""
 
   def __init__(self, *args, **kwargs):
-    self.args, self.kwargs, self.state = args, kwargs, None
+    self.args, self.kwargs = args, kwargs
 
   def __setstate__(self, state):
-    self.state = state
+    self.__dict__['state'] = state
+
+  def __setitem__(self, key, value):  # a dict subclass's items (SETITEMS)
+    self.__dict__.setdefault('items', {})[key] = value
+
+  def append(self, value):  # a list subclass's items (APPENDS)
+    self.__dict__.setdefault('list', []).append(value)
+
+  def extend(self, values):
+    self.__dict__.setdefault('list', []).extend(values)
 
   def __repr__(self):
-    return f'<opaque {type(self).__qualname__}>'
+    return f'<opaque {type(self).__module__}.{type(self).__qualname__}>'
 
 
 class _StorageType:
@@ -114,7 +124,7 @@ class _Unpickler(pickle.Unpickler):
       return _GLOBALS[(module, name)]
     if module == 'torch' and name in STORAGE_DTYPES:
       return _StorageType(name)
-    return type(name, (Opaque,), {'__module__': module, '__qualname__': f'{module}.{name}'})
+    return type(name, (Opaque,), {'__module__': module, '__qualname__': name})
 
   def persistent_load(self, pid):
     if not (isinstance(pid, tuple) and pid and pid[0] == 'storage' and len(pid) >= 5):

@@ -5,6 +5,7 @@ kuangliu ResNet-18, locuslab MNIST net); they are written in both ``torch.save``
 formats by `tests.torch_files`, converted, restored from the run directory, and
 compared with a float64 numpy transcription of the official torch forward (NCHW).
 """
+import argparse
 import json
 import os
 import subprocess
@@ -262,7 +263,8 @@ def test_wrapped_dataparallel_half_precision_checkpoint(tmp_path):
   shared = torch_files.Storage(np.concatenate([sd['bn.weight'], sd['bn.bias']]))
   tensors['module.bn.weight'] = torch_files.Tensor(sd['bn.weight'], storage=shared)
   tensors['module.bn.bias'] = torch_files.Tensor(sd['bn.bias'], storage=shared, offset=32)
-  path = torch_files.save_zip({'net': tensors, 'epoch': 15, 'args': {'lr_max': 0.2}},
+  args = argparse.Namespace(lr_max=0.2, epochs=15)  # unpickled as an inert placeholder
+  path = torch_files.save_zip({'net': tensors, 'epoch': 15, 'args': args},
                               str(tmp_path / 'ckpt.pth'), archive='archive')
   workdir = convert_lib.convert(path, str(tmp_path / 'run'))
   x = _images((32, 32, 3))
