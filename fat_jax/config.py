@@ -33,6 +33,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.normalize = True        # (x − μ)/σ as the first op; False: raw [0, 1] pixels
   c.model.init = 'torch'          # preact_resnet18: 'torch' | 'he_normal' (GradAlign's models.py)
   c.model.head_bn_relu = True     # preact_resnet18: BN-ReLU before pooling (GradAlign's: none)
+  # With normalize: the statistics (x − mean)/std; None = the data set's, () = none (models
+  # converted from code that feeds raw [0, 1] pixels, docs/convert.md).
+  c.model.mean = config_dict.placeholder(tuple)
+  c.model.std = config_dict.placeholder(tuple)
 
   c.method = ml_collections.ConfigDict()
   c.method.name = 'fgsm_rs'

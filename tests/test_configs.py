@@ -9,8 +9,9 @@ import pytest
 from fat_jax.methods import resolve_method
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Training recipes; configs/from_workdir.py reads a run's config.json (tests/test_convert.py).
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
-                 if not p.endswith('__init__.py'))
+                 if os.path.basename(p) not in ('__init__.py', 'from_workdir.py'))
 VARIANTS = {'lap': ('v', 'r', 'n'), 'aaer': ('rs', 'n'),
             'fd': ('cifar10_eps12_a200', 'cifar100_eps16_a1000', 'cifar10_eps8_mep'),
             'induce': ('cifar10_eps8_p10', 'cifar100_eps16_p3')}

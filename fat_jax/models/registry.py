@@ -32,7 +32,8 @@ def build_model(config: Any, info: Any) -> Model:
   ``std`` (tuples; empty = no normalisation). ``config.normalize`` False drops the
   normalisation: the model reads [0, 1] pixels as they are (the official FGSM-MEP and
   GradAlign networks). ``config.init`` and ``config.head_bn_relu`` are options of
-  'preact_resnet18' only (GradAlign's network: 'he_normal', False).
+  'preact_resnet18' only (GradAlign's network: 'he_normal', False). ``config.mean`` /
+  ``config.std``, when set, replace the data set's statistics (() = no normalisation).
   """
   if config.name not in _BUILDERS:
     raise ValueError(f'unknown model {config.name!r}; known: {", ".join(MODEL_NAMES)}')
@@ -42,11 +43,19 @@ def build_model(config: Any, info: Any) -> Model:
   if config.name != 'preact_resnet18' and (init != 'torch' or not head):
     raise ValueError("model.init and model.head_bn_relu are options of 'preact_resnet18'; "
                      f"leave them at 'torch' and True for {config.name!r}.")
+  own_mean, own_std = config.get('mean'), config.get('std')
+  if (own_mean is None) != (own_std is None):
+    raise ValueError(f'model.mean={own_mean} and model.std={own_std}: set both (or neither, '
+                     'for the data set\'s statistics).')
   normalized = config.get('normalize', True)
-  mean = tuple(float(m) for m in info.mean) if normalized else ()
-  std = tuple(float(s) for s in info.std) if normalized else ()
+  mean = (info.mean if own_mean is None else own_mean) if normalized else ()
+  std = (info.std if own_std is None else own_std) if normalized else ()
+  mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
   if len(mean) != len(std):
     raise ValueError(f'mean {mean} and std {std} differ in length')
+  if mean and len(mean) != info.image_shape[-1]:
+    raise ValueError(f'model.mean has {len(mean)} values but the images have '
+                     f'{info.image_shape[-1]} channels.')
   dtype = config.get('dtype', 'float32')
   if dtype not in COMPUTE_DTYPES:
     raise ValueError(f'model.dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}.')
