@@ -259,7 +259,9 @@ def test_fgsm_step_with_feature_loss_differentiates_through_both_forwards(compon
     return jax.value_and_grad(loss, has_aux=True)(params)
 
   (value, term), grads = by_hand(ts.params)
-  params, _ = optim.sgd_update(ts.params, grads, ts.momentum, schedule(ts.step), 5e-4)
+  hyper = schedule(ts.step)  # torch SGD: w − lr·(μ·b + ∇ + wd·w)
+  params = jax.tree.map(lambda w, b, g: w - hyper.lr * (hyper.momentum * b + g + 5e-4 * w),
+                        ts.params, ts.opt_state.trace, grads)
   logged = metrics['stable_loss'] if component == 'stable' else metrics['co_difference']
   np.testing.assert_allclose(logged, term, rtol=1e-4)
   np.testing.assert_allclose(metrics['loss'], value, rtol=1e-4)

@@ -77,7 +77,7 @@ def method_of(case: str, tact_file: str):
 
 def momentum_buffers(ts):
   """The optimiser's momentum buffers b (torch SGD's ``momentum_buffer``)."""
-  return ts.momentum
+  return ts.opt_state.trace
 
 
 def run_case(case: str, tact_file: str) -> dict:
