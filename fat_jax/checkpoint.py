@@ -74,14 +74,15 @@ class Checkpointer:
         restored = self._restore(epoch, _momentum_layout(items), like.examples)
       except Exception:  # not the earlier layout either: report the first error
         raise self._corrupt(epoch, e) from e
-      restored['state'] = _from_momentum_layout(restored['state'])
+      restored = {**restored, 'state': _from_momentum_layout(restored['state'])}
     return type(like)(**restored['state'], examples=restored.get('examples', {}))
 
   def _restore(self, epoch: int, items: dict, examples) -> dict:
     abstract = {k: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, v))
                 for k, v in items.items()}
     if os.path.isdir(os.path.join(self.directory, str(epoch), 'state')):
-      return self._manager.restore(epoch, args=ocp.args.Composite(**abstract))
+      restored = self._manager.restore(epoch, args=ocp.args.Composite(**abstract))
+      return {k: restored[k] for k in abstract if k in restored}
     # Written before per-example state: one unnamed item, the state without it.
     return {'state': self._manager.restore(epoch, args=abstract['state']), 'examples': examples}
 

@@ -1,11 +1,17 @@
-"""SGD and the schedules against hand-computed values."""
+"""The torch SGD (an optax transformation), the schedules, and the optimiser state in
+checkpoints."""
+from typing import NamedTuple
+
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from fat_jax import optim
+from fat_jax.checkpoint import Checkpointer
+from fat_jax.methods import TrainState
 
 
 def cyclic(total=100):
@@ -62,3 +68,24 @@ def test_torch_sgd_is_torch_sgd_with_coupled_weight_decay_stepped_by_the_schedul
   assert int(state.count) == 3
   with pytest.raises(ValueError, match='params'):
     tx.update(g1, state)
+
+
+class MomentumLayoutState(NamedTuple):
+  """A train state as checkpoints stored it before the optax state: momentum buffers only."""
+  step: jax.Array
+  params: dict
+  batch_stats: dict
+  momentum: dict
+  examples: dict = {}
+
+
+def test_checkpoints_of_the_momentum_layout_restore_into_the_torch_sgd_state(tmp_path):
+  params = {'w': jnp.arange(3.0)}
+  old = MomentumLayoutState(jnp.asarray(5, jnp.int32), params, {}, {'w': jnp.array([1., 2, 3])})
+  checkpointer = Checkpointer(str(tmp_path))
+  checkpointer.save(1, old)
+  like = TrainState(jnp.zeros((), jnp.int32), params, {}, optim.init_torch_sgd(params))
+  restored = checkpointer.restore(1, like)
+  checkpointer.close()
+  chex.assert_trees_all_equal(restored, TrainState(old.step, params, {}, optim.TorchSGDState(
+      old.step, old.momentum)))
