@@ -23,16 +23,21 @@ training split, the points the training objective is about), with inputs x̃
 fixed at each checkpoint (not recomputed per grid point):
 
 * ``clean``: x̃ = x;
-* ``train_attack``: the run's own training attack (its η, α, projection; PGD for
-  PGD-AT) computed at the checkpoint — the loss single-step training sees;
+* ``train_attack``: the run's own training attack — the very `Method.attack` value
+  the train step ran (its start point, step, projection, BatchNorm mode and loss:
+  the FGSM family with ZeroGrad's mask, FGSM-MEP's prior step, ATAS's adaptive
+  step, PGD, TRADES' KL attack) — at the checkpoint, with its per-example state
+  as after a reset (FGSM-MEP's prior and ATAS's previous perturbation freshly
+  drawn) and the checkpoint's epoch (ATAS's warm-up): the loss training sees;
 * ``pgd``: PGD-k-r with the run's final-evaluation settings (ε, steps, restarts,
   step size) at the checkpoint, maximising the CE of every point (misclassified
   points keep moving, as in PGD training, so the loss is not stopped at the
   decision boundary as the evaluation's early-stopping PGD is).
 
-The model runs in evaluation mode (BatchNorm running statistics), so each
-point's loss does not depend on the rest of the batch, and a = 0 is exactly
-the checkpoint's loss at those points. Under catastrophic overfitting the
+The grid's losses run the model in evaluation mode (BatchNorm running
+statistics), so each point's loss does not depend on the rest of the batch, and
+a = 0 is exactly the checkpoint's loss at those points (the training attack
+runs in its own BatchNorm mode, its statistics discarded). Under catastrophic overfitting the
 ``train_attack`` loss falls below the ``pgd`` loss (the single-step attack stops
 finding the adversarial examples), and the LAP paper reports that the first
 layers' landscapes sharpen first. The grid is evaluated by a jitted ``lax.map`` (vmap over chunks of
@@ -57,13 +62,13 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from fat_jax import figures, run_log
 from fat_jax.aggregate import method_label
-from fat_jax.attacks import fgsm_attack, pgd_attack
+from fat_jax.attacks import pgd_attack
 from fat_jax.checkpoint import Checkpointer
-from fat_jax.data import load_dataset
+from fat_jax.data import draw_augmentation, load_dataset
 from fat_jax.evaluate import PGDSettings
 from fat_jax.evaluate.checkpoints import restore_model
 from fat_jax.losses import cross_entropy
-from fat_jax.methods import resolve_method
+from fat_jax.methods import Clock, resolve_method
 
 LOSS_KINDS = ('clean', 'train_attack', 'pgd')
 SPLITS = ('train', 'test')
@@ -110,28 +115,35 @@ def eval_eps(config) -> float:
   return float(config.eval.eps if config.eval.get('eps') is not None else config.eps)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'attack', 'pgd'))
-def adversarial_inputs(params, state, x, y, key, *, model, attack, pgd):
-  """{'clean', 'train_attack', 'pgd'}: the inputs x̃ at a checkpoint, evaluation mode.
+def training_attack(config):
+  """The training attack of the run with `config`: the value its train step ran."""
+  return resolve_method(config.method, config.eps).attack
 
-  PGD maximises the CE of every point (no freezing of misclassified points, unlike
-  the evaluation's PGD, which stops at the decision boundary).
+
+def attack_clock(config, epoch: int) -> Clock:
+  """The clock of the last step of (1-based) `epoch`, in epochs."""
+  return Clock(jnp.asarray(epoch - 1, jnp.int32), 1, int(config.num_epochs))
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'attack', 'pgd'))
+def adversarial_inputs(params, state, x, y, key, clock: Clock, *, model, attack, pgd):
+  """{'clean', 'train_attack', 'pgd'}: the inputs x̃ at a checkpoint.
+
+  `attack` is the run's training attack (`training_attack`), run as in training
+  at `clock` (`attack_clock`) from a fresh per-example state; PGD maximises the
+  CE of every point in evaluation mode (no freezing of misclassified points,
+  unlike the evaluation's PGD, which stops at the decision boundary).
 
   `model`: a `fat_jax.models.Model` (static: equal models share the compiled
-  function); `attack`: the run's `methods.AttackSpec`; `pgd`: `evaluate.PGDSettings`.
+  function); `pgd`: `evaluate.PGDSettings`.
   """
-  apply_fn = model.apply
   train_key, pgd_key = jax.random.split(key)
-  if attack.steps > 1:
-    train_delta = pgd_attack(apply_fn, params, state, x, y, train_key, eps=attack.eps,
-                             alpha=attack.alpha, steps=attack.steps, train=False,
-                             freeze_misclassified=False, init_scale=attack.init_scale).delta
-  else:
-    train_delta = fgsm_attack(apply_fn, params, state, x, y, train_key, eps=attack.eps,
-                              alpha=attack.alpha, init=attack.init, init_scale=attack.init_scale,
-                              project=attack.project, train=False).delta
-  pgd_delta = pgd_attack(apply_fn, params, state, x, y, pgd_key, eps=pgd.eps, alpha=pgd.alpha,
-                         steps=pgd.steps, restarts=pgd.restarts, freeze_misclassified=False).delta
+  rows = attack.init_examples(x.shape[0], x.shape[1:])
+  identity = draw_augmentation(train_key, x, mode='none')
+  train_delta = attack(model, params, state, x, y, train_key, rows, identity, clock).delta
+  pgd_delta = pgd_attack(model.apply, params, state, x, y, pgd_key, eps=pgd.eps,
+                         alpha=pgd.alpha, steps=pgd.steps, restarts=pgd.restarts,
+                         freeze_misclassified=False).delta
   return {'clean': x, 'train_attack': x + train_delta, 'pgd': x + pgd_delta}
 
 
@@ -311,7 +323,7 @@ def compute_landscape(workdir: str, *, epochs: Sequence[int] = (), dims: int = 1
   n = min(n or len(labels), len(labels))
   x = jnp.asarray(images[:n], jnp.float32) / 255.0
   y = jnp.asarray(labels[:n])
-  attack = resolve_method(config.method, config.eps).attack
+  attack = training_attack(config)
   pgd = final_pgd_settings(config)
   key = jax.random.key(seed)
   direction_key, attack_key = jax.random.split(key)
@@ -326,7 +338,7 @@ def compute_landscape(workdir: str, *, epochs: Sequence[int] = (), dims: int = 1
     for lo in range(0, n, batch_size):
       adv = adversarial_inputs(ts.params, ts.batch_stats, x[lo:lo + batch_size],
                                y[lo:lo + batch_size], jax.random.fold_in(attack_key, lo),
-                               model=model, attack=attack, pgd=pgd)
+                               attack_clock(config, epoch), model=model, attack=attack, pgd=pgd)
       inputs.append(jnp.stack([adv[k] for k in kinds]))
     inputs = jnp.concatenate(inputs, axis=1)
     directions = random_directions(direction_key, ts.params, paths=paths, dims=dims)
@@ -341,7 +353,8 @@ def compute_landscape(workdir: str, *, epochs: Sequence[int] = (), dims: int = 1
   names = [layer_name(paths[l - 1]) for l in chosen] + [ALL_LAYERS]
   meta = {'workdir': workdir, 'method': method_label(config.method.to_dict()), 'dims': dims, 'split': split,
           'n': int(n), 'seed': seed, 'radius': radius, 'eps': float(config.eps),
-          'train_attack': dataclasses.asdict(attack), 'pgd': dataclasses.asdict(pgd)}
+          'train_attack': {'kind': type(attack).__name__, **dataclasses.asdict(attack)},
+          'pgd': dataclasses.asdict(pgd)}
   return Landscape(np.stack(losses), axis, list(epochs), names, chosen + [0], kinds, meta)
 
 

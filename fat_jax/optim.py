@@ -1,22 +1,25 @@
-"""SGD with momentum and coupled weight decay, and the learning-rate schedules.
+"""The torch-exact SGD as an optax transformation, and the learning-rate schedules.
 
-The optimiser reproduces ``torch.optim.SGD(momentum=μ, weight_decay=wd)``:
+`torch_sgd` reproduces ``torch.optim.SGD(momentum=μ, weight_decay=wd)``:
 
     d = ∇w + wd·w            (coupled decay: added to the gradient)
-    b ← μ·b + d
+    b ← μ·b + d              (no dampening; b₀ = 0, so b₁ = d₁ as torch's first step)
     w ← w − lr·b
 
-with lr and μ supplied per step by a schedule, so that torch ``CyclicLR``'s
-momentum cycle is reproduced exactly. The update is exposed as a pure function
-(`sgd_update`) because LAP and AWP re-use "the real optimiser step".
+with lr and μ read per step from a `Schedule` at the transformation's own
+count, so that torch ``CyclicLR``'s momentum cycle is reproduced exactly. It is
+an ordinary ``optax.GradientTransformation``: the train step, LAP's proxy step
+and AWP only call ``tx.update``, so any optax optimiser (``optax.adamw``, a
+chain with gradient clipping, ...) can take its place.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 class Hyper(NamedTuple):
@@ -25,18 +28,31 @@ class Hyper(NamedTuple):
   momentum: jax.Array
 
 
-def sgd_update(params, grads, buffers, hyper: Hyper, weight_decay: float):
-  """One torch-SGD step. Returns ``(new_params, new_buffers)``."""
-  def buffer(b, g, w):
-    return hyper.momentum * b + g + weight_decay * w
-  new_buffers = jax.tree.map(buffer, buffers, grads, params)
-  new_params = jax.tree.map(lambda w, b: w - hyper.lr * b, params, new_buffers)
-  return new_params, new_buffers
+class TorchSGDState(NamedTuple):
+  """`torch_sgd`'s state: the number of updates taken (the schedule's step) and the momentum
+  buffers (torch's ``momentum_buffer``)."""
+  count: jax.Array
+  trace: Any
 
 
-def zero_buffers(params):
-  """Momentum buffers for `sgd_update` (torch starts from b = d, i.e. b₀ = 0)."""
-  return jax.tree.map(jnp.zeros_like, params)
+def init_torch_sgd(params) -> TorchSGDState:
+  """Count 0 and zero buffers (torch's first step sets b = d, i.e. b₀ = 0)."""
+  return TorchSGDState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+
+def torch_sgd(schedule: 'Schedule', weight_decay: float) -> optax.GradientTransformation:
+  """``torch.optim.SGD(momentum, weight_decay)`` stepped by `schedule` (lr and μ per update)."""
+  def update(grads, state: TorchSGDState, params=None):
+    if params is None:
+      raise ValueError('torch_sgd couples the weight decay to the weights: call '
+                       'tx.update(grads, state, params) with params.')
+    hyper = schedule(state.count)
+    trace = jax.tree.map(lambda b, g, w: hyper.momentum * b + g + weight_decay * w,
+                         state.trace, grads, params)
+    updates = jax.tree.map(lambda b: -hyper.lr * b, trace)
+    return updates, TorchSGDState(state.count + 1, trace)
+
+  return optax.GradientTransformation(init_torch_sgd, update)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,8 +15,8 @@ folder is self-contained. Sections:
 * Evaluation — results.json and every eval_<suite>.json, with the sanity checks;
 * Adversarial examples — the first `ADV_EXAMPLES` test points at the evaluated
   checkpoint (the latest kept one if it is gone): clean, the run's own training
-  attack and PGD with the final-evaluation settings maximising the CE
-  (`landscape.adversarial_inputs`), all in evaluation mode,
+  attack (the value its train step ran) and PGD with the final-evaluation settings
+  maximising the CE in evaluation mode (`landscape.adversarial_inputs`),
   with the predictions and the perturbations δ (scaled by max |δ| of the row);
 * Layer-wise loss landscapes — the ``landscape_*.png`` that
   ``python -m fat_jax.landscape`` wrote into the workdir;
@@ -49,7 +49,6 @@ from fat_jax.config import default_config
 from fat_jax.aggregate import Run
 from fat_jax.data import DatasetNotFoundError, load_dataset
 from fat_jax.evaluate.checkpoints import restore_model
-from fat_jax.methods import resolve_method
 from fat_jax.parallel import is_writer
 
 log = logging.getLogger('fat_jax')
@@ -246,8 +245,8 @@ def adversarial_examples(run: Run, n: int = ADV_EXAMPLES, seed: int = 0) -> dict
   x = jnp.asarray(data.test_images[:n], jnp.float32) / 255.0
   y = jnp.asarray(data.test_labels[:n])
   inputs = landscape.adversarial_inputs(
-      ts.params, ts.batch_stats, x, y, jax.random.key(seed), model=model,
-      attack=resolve_method(config.method, config.eps).attack,
+      ts.params, ts.batch_stats, x, y, jax.random.key(seed), landscape.attack_clock(config, epoch),
+      model=model, attack=landscape.training_attack(config),
       pgd=landscape.final_pgd_settings(config))
   predictions = {k: np.asarray(_predict(model, ts.params, ts.batch_stats, v))
                  for k, v in inputs.items()}

@@ -9,9 +9,10 @@ in whether the perturbation is removed after the step.
 
 LAP (Layer-Aware Adversarial Weight Perturbation, ICML 2024, as
 `tmllab/2024_ICML_LAP` computes it): d is the update of the real optimiser step
-on the loss at the attack's start point (a *descent* direction: momentum,
-coupled weight decay, the schedule's current lr and momentum), taken on a copy
-and so undone exactly; s_l = β·λ_l with λ_l = 1 − (ln l / ln L)^γ over an
+on the loss at the attack's start point (a *descent* direction: for the torch
+SGD its momentum, coupled weight decay, the schedule's current lr and momentum),
+``tx.update`` on the optimiser state without keeping the new state, so the
+rollback is exact by construction and any optax optimiser works; s_l = β·λ_l with λ_l = 1 − (ln l / ln L)^γ over an
 explicit layer order l = 1..L; the perturbation is never removed.
 
 AWP (Wu et al. 2020, `csdongxian/AWP utils_awp.py`): d is the gradient of
@@ -21,8 +22,9 @@ in train-mode BatchNorm, i.e. the *ascent* direction; s_l = γ (0.01 AT-AWP,
 proxy copy of the model (so the model's BatchNorm statistics are untouched)
 and perturbs every ``weight`` tensor with ndim > 1: all conv/linear kernels,
 which is exactly `Model.weight_layer_order` for every fat_jax model (tested).
-The optimiser step is taken at w + v (its gradient and its coupled weight
-decay), then v is subtracted again: w ← w + v − lr·b' − v.
+The optimiser step is taken at w + v (its gradient and, for the torch SGD, its
+coupled weight decay), then v is subtracted again: w ← w + v + u − v, where u is
+``tx.update`` at w + v (−lr·b' for the torch SGD).
 """
 from __future__ import annotations
 
@@ -33,8 +35,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from fat_jax import optim
+import optax
 
 Path = tuple[str, ...]
 NORM_EPS = 1e-20
@@ -78,27 +79,30 @@ def add_at_paths(params, paths: Sequence[Path], deltas, sign: float = 1.0):
   return params
 
 
-def lap_direction(params, grads, momentum, hyper: optim.Hyper, weight_decay: float, *,
+def lap_direction(params, grads, tx: optax.GradientTransformation, opt_state, *,
                   ascent: bool = False):
   """The update of a proxy optimiser step, d = w' − w (the official LAP: descent).
 
-  The proxy step is `optim.sgd_update` on copies, so weights and momentum
-  buffers are untouched: the rollback is exact by construction. With
-  `ascent=True` the sign is flipped (the AWP-style reading: perturb up the loss).
+  The proxy step is ``tx.update`` on `opt_state` whose new state is dropped, so
+  weights and optimiser state (momentum buffers, Adam moments, count) are
+  untouched: the rollback is exact by construction. With `ascent=True` the
+  sign is flipped (the AWP-style reading: perturb up the loss).
   """
-  stepped, _ = optim.sgd_update(params, grads, momentum, hyper, weight_decay)
+  updates, _ = tx.update(grads, opt_state, params)
+  stepped = optax.apply_updates(params, updates)
   sign = -1.0 if ascent else 1.0
   return jax.tree.map(lambda new, old: sign * (new - old), stepped, params)
 
 
-def lap_perturb(params, grads, momentum, hyper: optim.Hyper, weight_decay: float, *,
+def lap_perturb(params, grads, tx: optax.GradientTransformation, opt_state, *,
                 paths: Sequence[Path], beta: float, gamma: float, ascent: bool = False):
   """LAP: w_l ← w_l + β·λ_l·‖w_l‖·d_l/(‖d_l‖ + 1e−20) along `lap_direction`.
 
-  `paths` is the explicit layer order (e.g. `Model.weight_layer_order`).
-  Returns the perturbed parameters and the per-layer perturbation norms (L,).
+  `grads`: ∇_w of the loss at the attack's start point; `paths`: the explicit
+  layer order (e.g. `Model.weight_layer_order`). Returns the perturbed
+  parameters and the per-layer perturbation norms (L,).
   """
-  direction = lap_direction(params, grads, momentum, hyper, weight_decay, ascent=ascent)
+  direction = lap_direction(params, grads, tx, opt_state, ascent=ascent)
   scales = beta * lap_layer_factors(len(paths), gamma)
   deltas = relative_perturbation(params, direction, paths, scales)
   norms = jnp.stack([jnp.linalg.norm(d) for d in deltas])

@@ -1,8 +1,10 @@
 """TRADES, MART, AWP, ZeroGrad and ATAS (SPEC §2.5): losses against hand values, the pieces'
 invariants, and train steps against written-out transcriptions of the official sequences."""
 import dataclasses
+import functools
 import importlib
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,9 +18,9 @@ from fat_jax.data import DATASET_INFOS, augment_with, draw_augmentation, to_batc
 from fat_jax.losses import cross_entropy
 from fat_jax.losses.mart import mart_loss
 from fat_jax.losses.trades import trades_loss
-from fat_jax.methods import (AWPSpec, init_examples, init_train_state, make_train_step,
+from fat_jax.methods import (AWP, init_examples, init_train_state, make_train_step,
                              resolve_method)
-from fat_jax.methods.step import _atas_reset_period
+from fat_jax.methods.roles import atas_reset_period
 from fat_jax.models import build_model
 
 LOGITS_CLEAN = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-1.0, 3.0, 0.0]])
@@ -101,7 +103,7 @@ def test_atas_resets_when_the_official_loop_does():
   for e in range(1, 31):
     resets += e % 10 == 0 and e != 30
     expected.append(resets)
-  assert [int(_atas_reset_period(e, 10, 30)) for e in range(30)] == expected == (
+  assert [int(atas_reset_period(e, 10, 30)) for e in range(30)] == expected == (
       [0] * 9 + [1] * 10 + [2] * 11)
 
 
@@ -163,7 +165,8 @@ def tiny():
                        state.batch_stats)
   images = jnp.asarray(rng.integers(0, 256, (8, 28, 28, 1)), jnp.uint8)
   labels = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
-  ts = state._replace(step=jnp.asarray(7, jnp.int32), momentum=momentum, batch_stats=stats)
+  step = jnp.asarray(7, jnp.int32)
+  ts = state._replace(step=step, opt_state=optim.TorchSGDState(step, momentum), batch_stats=stats)
   return model, ts, images, labels
 
 
@@ -190,7 +193,11 @@ def keys_of(key, step):
 
 
 def sgd(ts, params, grads):
-  return optim.sgd_update(params, grads, ts.momentum, SCHEDULE(ts.step), WD)
+  """torch SGD: b' = μ·b + ∇ + wd·w, w − lr·b'."""
+  hyper = SCHEDULE(ts.step)
+  buffers = jax.tree.map(lambda b, g, w: hyper.momentum * b + g + WD * w, ts.opt_state.trace,
+                         grads, params)
+  return jax.tree.map(lambda w, b: w - hyper.lr * b, params, buffers), buffers
 
 
 def kl_sum(p_logits, q_logits):
@@ -292,9 +299,7 @@ def manual_at_awp_step(model, ts, x, y, key, *, alpha, steps, gamma):
   return params, st, perturbed, grads
 
 
-def assert_trees_close(a, b, rtol=2e-4, atol=2e-6):
-  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=atol)
+assert_trees_close = functools.partial(chex.assert_trees_all_close, rtol=2e-4, atol=2e-6)
 
 
 @pytest.mark.parametrize('awp', [False, True])
@@ -344,7 +349,7 @@ def test_at_awp_step_follows_the_official_sequence_and_restores_the_weights(tiny
   # Perturb–step–restore = a plain SGD step whose gradient and weight decay are taken at w + v.
   hyper = SCHEDULE(ts.step)
   plain = jax.tree.map(lambda w, b, g, wv: w - hyper.lr * (hyper.momentum * b + g + WD * wv),
-                       ts.params, ts.momentum, grads, perturbed)
+                       ts.params, ts.opt_state.trace, grads, perturbed)
   assert_trees_close(after.params, plain)
   for w, p in zip(jax.tree.leaves(ts.params), jax.tree.leaves(perturbed)):
     moved = np.linalg.norm(np.asarray(p) - np.asarray(w))
@@ -354,7 +359,8 @@ def test_at_awp_step_follows_the_official_sequence_and_restores_the_weights(tiny
       assert moved == 0.0
   assert 0 < float(metrics['awp_norm']) and 0 <= float(metrics['clean_accuracy']) <= 1
   # During the warm-up the step is plain PGD-AT (v = 0).
-  early = ts._replace(step=jnp.asarray(3, jnp.int32))
+  three = jnp.asarray(3, jnp.int32)
+  early = ts._replace(step=three, opt_state=ts.opt_state._replace(count=three))
   after, metrics = step(early, images, labels, jnp.arange(8))
   params, stats, _, _ = manual(early, 0.0)
   assert float(metrics['awp_norm']) == 0.0
@@ -452,7 +458,7 @@ def test_baseline_recipes_follow_the_official_defaults():
       2 / 255)
   assert (rice.num_epochs, rice.optim.schedule, rice.optim.lr_max) == (200, 'piecewise', 0.1)
   assert resolve_method(awp_at.method, awp_at.eps) == dataclasses.replace(
-      r, awp=AWPSpec(gamma=0.01, warmup_epochs=0))
+      r, weights=AWP(gamma=0.01, warmup_epochs=0))
   a = resolve_method(awp_trades.method, awp_trades.eps)
   assert (a.awp.gamma, a.awp.warmup_epochs, a.trades.beta) == (0.005, 9, 6.0)
   assert a.attack.alpha == pytest.approx(2 / 255) and awp_trades.optim.milestones == (99, 149)

@@ -77,8 +77,9 @@ def manual_mep_step(model, ts, x, labels, prior, momentum, schedule, wd=5e-4):
     return (soft_cross_entropy(logits, targets).mean()
             + 10 * jnp.mean((logits - logits0) ** 2)), st
   grads, _ = jax.grad(loss, has_aux=True)(ts.params)
-  hyper = schedule(ts.step)
-  params, _ = optim.sgd_update(ts.params, grads, ts.momentum, hyper, wd)
+  hyper = schedule(ts.step)  # torch SGD: w − lr·(μ·b + ∇ + wd·w)
+  params = jax.tree.map(lambda w, b, g: w - hyper.lr * (hyper.momentum * b + g + wd * w),
+                        ts.params, ts.opt_state.trace, grads)
   return params, delta, next_prior, m
 
 
@@ -87,7 +88,8 @@ def test_train_step_follows_the_official_sequence_and_keeps_per_example_state():
   schedule = optim.Schedule('cyclic', lr_max=0.2, total_steps=8, steps_per_epoch=2)
   step = jax.jit(make_train_step(model, method, schedule, weight_decay=5e-4, augment_mode='none',
                                  key=jax.random.key(2)))
-  ts = ts._replace(step=jnp.asarray(1, jnp.int32))  # lr > 0, still reset period 0
+  one = jnp.asarray(1, jnp.int32)  # lr > 0, still reset period 0
+  ts = ts._replace(step=one, opt_state=ts.opt_state._replace(count=one))
   batch = jnp.array([7, 2, 9, 4])
   x = images[batch].astype(jnp.float32) / 255
   after, metrics = step(ts, images[batch], labels[batch], batch)

@@ -1,9 +1,17 @@
-"""SGD and the schedules against hand-computed values."""
+"""The torch SGD (an optax transformation), the schedules, and the optimiser state in
+checkpoints."""
+from typing import NamedTuple
+
+import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from fat_jax import optim
+from fat_jax.checkpoint import Checkpointer
+from fat_jax.methods import TrainState
 
 
 def cyclic(total=100):
@@ -61,16 +69,45 @@ def test_unknown_schedule_is_rejected():
     optim.Schedule('cosine', lr_max=0.1, total_steps=10, steps_per_epoch=1)
 
 
-def test_sgd_is_torch_sgd_with_coupled_weight_decay():
+def test_torch_sgd_is_torch_sgd_with_coupled_weight_decay_stepped_by_the_schedule():
   w = {'a': jnp.array([1.0, -2.0])}
   g1, g2 = {'a': jnp.array([0.5, 0.5])}, {'a': jnp.array([-1.0, 2.0])}
-  b = optim.zero_buffers(w)
-  lr, mu, wd = 0.1, 0.9, 0.01
-  w1, b1 = optim.sgd_update(w, g1, b, optim.Hyper(lr, mu), wd)
+  schedule, wd = cyclic(total=4), 0.01       # iterations 1, 2: lr 0.1, 0.2; μ 0.85, 0.8
+  tx = optim.torch_sgd(schedule, wd)
+  state = tx.init(w)
+  chex.assert_trees_all_equal(state, optim.TorchSGDState(jnp.asarray(0), {'a': jnp.zeros(2)}))
+  state = state._replace(count=jnp.asarray(1, jnp.int32))
+  u1, state = tx.update(g1, state, w)
+  w1 = optax.apply_updates(w, u1)
   d1 = np.array([0.5, 0.5]) + wd * np.array([1.0, -2.0])   # b₁ = d₁ (torch's first step)
-  np.testing.assert_allclose(b1['a'], d1, rtol=1e-6)
-  np.testing.assert_allclose(w1['a'], np.array([1.0, -2.0]) - lr * d1, rtol=1e-6)
-  w2, b2 = optim.sgd_update(w1, g2, b1, optim.Hyper(lr, 0.8), wd)
+  np.testing.assert_allclose(state.trace['a'], d1, rtol=1e-6)
+  np.testing.assert_allclose(w1['a'], np.array([1.0, -2.0]) - 0.1 * d1, rtol=1e-6)
+  u2, state = tx.update(g2, state, w1)
+  w2 = optax.apply_updates(w1, u2)
   d2 = np.array([-1.0, 2.0]) + wd * np.asarray(w1['a'])
-  np.testing.assert_allclose(b2['a'], 0.8 * d1 + d2, rtol=1e-6)
-  np.testing.assert_allclose(w2['a'], np.asarray(w1['a']) - lr * (0.8 * d1 + d2), rtol=1e-6)
+  np.testing.assert_allclose(state.trace['a'], 0.8 * d1 + d2, rtol=1e-6)
+  np.testing.assert_allclose(w2['a'], np.asarray(w1['a']) - 0.2 * (0.8 * d1 + d2), rtol=1e-6)
+  assert int(state.count) == 3
+  with pytest.raises(ValueError, match='params'):
+    tx.update(g1, state)
+
+
+class MomentumLayoutState(NamedTuple):
+  """A train state as checkpoints stored it before the optax state: momentum buffers only."""
+  step: jax.Array
+  params: dict
+  batch_stats: dict
+  momentum: dict
+  examples: dict = {}
+
+
+def test_checkpoints_of_the_momentum_layout_restore_into_the_torch_sgd_state(tmp_path):
+  params = {'w': jnp.arange(3.0)}
+  old = MomentumLayoutState(jnp.asarray(5, jnp.int32), params, {}, {'w': jnp.array([1., 2, 3])})
+  checkpointer = Checkpointer(str(tmp_path))
+  checkpointer.save(1, old)
+  like = TrainState(jnp.zeros((), jnp.int32), params, {}, optim.init_torch_sgd(params))
+  restored = checkpointer.restore(1, like)
+  checkpointer.close()
+  chex.assert_trees_all_equal(restored, TrainState(old.step, params, {}, optim.TorchSGDState(
+      old.step, old.momentum)))

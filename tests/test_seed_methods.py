@@ -1,8 +1,10 @@
 """Fidelity of LAP, AAER and GradAlign against hand computation (SPEC §2.1–2.3)."""
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from fat_jax import optim
@@ -64,7 +66,8 @@ def tiny():
   momentum = jax.tree.map(lambda w: 0.1 * jax.random.normal(k3, w.shape), state.params)
   images = jax.random.randint(k1, (8, 28, 28, 1), 0, 256).astype(jnp.uint8)
   labels = jax.random.randint(k2, (8,), 0, 10)
-  ts = state._replace(step=jnp.asarray(7, jnp.int32), momentum=momentum)
+  step = jnp.asarray(7, jnp.int32)
+  ts = state._replace(step=step, opt_state=optim.TorchSGDState(step, momentum))
   return model, ts, images, labels, jnp.arange(8)
 
 
@@ -88,7 +91,7 @@ def manual_lap_step(model, ts, images, labels, key, *, eps, beta, gamma, schedul
   perturbed = jax.tree.map(lambda w: w, ts.params)
   for (layer, name), lam in zip(paths, factors):
     w = ts.params[layer][name]
-    b_new = mu * ts.momentum[layer][name] + g_w[layer][name] + wd * w
+    b_new = mu * ts.opt_state.trace[layer][name] + g_w[layer][name] + wd * w
     d = -lr * b_new
     u = jnp.linalg.norm(w) * d / (jnp.linalg.norm(d) + 1e-20)
     perturbed[layer] = {**perturbed[layer], name: w + beta * lam * u}
@@ -98,9 +101,10 @@ def manual_lap_step(model, ts, images, labels, key, *, eps, beta, gamma, schedul
     logits, st, _ = model.apply(params, state1, x + delta, True)
     return cross_entropy(logits, labels).mean(), st
   grads, state2 = jax.grad(loss1, has_aux=True)(perturbed)
-  momentum = jax.tree.map(lambda b, g, w: mu * b + g + wd * w, ts.momentum, grads, perturbed)
+  momentum = jax.tree.map(lambda b, g, w: mu * b + g + wd * w, ts.opt_state.trace, grads,
+                          perturbed)
   params = jax.tree.map(lambda w, b: w - lr * b, perturbed, momentum)
-  return TrainState(ts.step + 1, params, state2, momentum)
+  return TrainState(ts.step + 1, params, state2, optim.TorchSGDState(ts.step + 1, momentum))
 
 
 def test_lap_step_equals_the_manual_sequence_and_accumulates(tiny):
@@ -116,8 +120,7 @@ def test_lap_step_equals_the_manual_sequence_and_accumulates(tiny):
     ours, metrics = step(ours, images, labels, indices)
     manual = manual_lap_step(model, manual, images, labels, key, eps=eps, beta=beta,
                              gamma=gamma, schedule=schedule, wd=wd)
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(manual)):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
+    chex.assert_trees_all_close(ours, manual, rtol=2e-4, atol=2e-6)
   assert metrics['lap_norm'].shape == (len(model.weight_layer_order(ts.params)),)
   assert float(metrics['lap_norm'][0]) > 0 and float(metrics['lap_norm'][-1]) == 0.0
   # Without LAP the same step gives different weights: the perturbation matters.
@@ -126,6 +129,52 @@ def test_lap_step_equals_the_manual_sequence_and_accumulates(tiny):
                                                                          indices)[0]
   lap = step(ts, images, labels, indices)[0]
   assert not np.allclose(plain.params['conv0']['kernel'], lap.params['conv0']['kernel'])
+
+
+def test_lap_and_awp_take_any_optax_optimiser(tiny):
+  """LAP's proxy step is the optimiser's own update (here AdamW's) on copies; AWP steps at w + v
+  and removes v."""
+  model, ts, images, labels, indices = tiny
+  eps, beta, gamma, key = 0.1, 0.5, 0.3, jax.random.key(5)
+  tx = optax.adamw(1e-2, weight_decay=1e-3)
+  ts = ts._replace(opt_state=tx.init(ts.params))
+  schedule = optim.Schedule('constant', lr_max=1e-2, total_steps=40, steps_per_epoch=10)
+
+  def step(method):
+    return jax.jit(make_train_step(model, method, schedule, tx=tx, augment_mode='none',
+                                   key=key))(ts, images, labels, indices)
+
+  after, metrics = step(resolve_method(method_config('lap', lap_beta=beta, lap_gamma=gamma), eps))
+  # By hand: N-FGSM's start point, AdamW's update there as the LAP direction, the step at the
+  # perturbed weights from the same AdamW state.
+  _, init_key, _ = jax.random.split(jax.random.fold_in(key, ts.step), 3)
+  x = images.astype(jnp.float32) / 255
+  eta = jnp.clip(x + jax.random.uniform(init_key, x.shape, x.dtype, -2 * eps, 2 * eps), 0, 1) - x
+  loss = lambda p, z, s: (lambda o: (cross_entropy(o[0], labels).mean(), o[1]))(
+      model.apply(p, s, z, True))
+  (g_w, g_eta), state1 = jax.grad(loss, argnums=(0, 1), has_aux=True)(ts.params, x + eta,
+                                                                     ts.batch_stats)
+  direction = tx.update(g_w, ts.opt_state, ts.params)[0]
+  paths = model.weight_layer_order(ts.params)
+  perturbed = ts.params
+  for (layer, name), lam in zip(paths, lap_layer_factors(len(paths), gamma)):
+    w, d = ts.params[layer][name], direction[layer][name]
+    perturbed = {**perturbed, layer: {**perturbed[layer], name: w + beta * lam * jnp.linalg.norm(
+        w) * d / (jnp.linalg.norm(d) + 1e-20)}}
+  x_adv = x + (jnp.clip(x + eta + eps * jnp.sign(g_eta), 0, 1) - x)
+  grads, state2 = jax.grad(loss, has_aux=True)(perturbed, x_adv, state1)
+  updates, opt_state = tx.update(grads, ts.opt_state, perturbed)
+  chex.assert_trees_all_close(after.params, optax.apply_updates(perturbed, updates), rtol=2e-4,
+                              atol=2e-6)
+  chex.assert_trees_all_close(after.batch_stats, state2, rtol=2e-4, atol=2e-6)
+  chex.assert_trees_all_close(after.opt_state, opt_state, rtol=2e-4, atol=2e-6)
+  assert float(metrics['lap_norm'][0]) > 0
+  plain = step(resolve_method(method_config('n_fgsm'), eps))[0]
+  assert not np.allclose(plain.params['conv0']['kernel'], after.params['conv0']['kernel'])
+  # AWP on N-FGSM with AdamW: one Adam update, taken at w + v.
+  awp, metrics = step(resolve_method(method_config('n_fgsm', awp_gamma=0.01), eps))
+  assert float(metrics['awp_norm']) > 0 and int(awp.opt_state[0].count) == 1
+  assert not np.allclose(plain.params['conv0']['kernel'], awp.params['conv0']['kernel'])
 
 
 # ---------------------------------------------------------------------------- AAER

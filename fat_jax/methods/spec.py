@@ -1,7 +1,8 @@
-"""Training methods as data: `resolve_method(config.method, ε) -> Method` (SPEC §2).
+"""Training methods as values: `Method` and `resolve_method(config.method, ε) -> Method`.
 
-A method is an initial point × an input-gradient attack × a projection ×
-regularisers × a weight perturbation, and a training objective:
+A method is a training attack × exactly one objective × regularisers × an optional weight
+perturbation (the values of `methods.roles`); the optax optimiser is given to
+`make_train_step`. `resolve_method` is the one place where a config becomes these values:
 
 | name        | init (scale)  | α (×ε) | Π_ε | steps | BN    | extra (on by default)            |
 |-------------|---------------|--------|-----|-------|-------|----------------------------------|
@@ -24,170 +25,97 @@ regularisers × a weight perturbation, and a training objective:
 Config fields left unset (None) take the method's default. The components
 compose: setting `lap_beta`, `aaer_lambda*`, `gradalign_lambda`, `zerograd_q`,
 `stable_alpha3` or `co_tact_file` switches LAP, AAER, GradAlign, ZeroGrad,
-L_stable or L_co on for any single-step method (e.g. N-FGSM + AAER + LAP,
-FGSM + L_stable); `trades_beta` / `mart_beta` choose the TRADES / MART objective
-and `awp_gamma` adds AWP to any method (AT-AWP: `pgd_at` + AWP; TRADES-AWP:
-`trades` + AWP). A resolved `Method` is a frozen, hashable tree of specs: a
-static jit argument.
+L_stable or L_co on (e.g. N-FGSM + AAER + LAP, FGSM + L_stable); `trades_beta` /
+`mart_beta` choose the TRADES / MART objective and `awp_gamma` adds AWP (AT-AWP:
+`pgd_at` + AWP; TRADES-AWP: `trades` + AWP). A combination that cannot work is
+refused when the `Method` is built, with an error naming both parts (the list is
+in docs/library.md). A `Method` is a frozen, hashable tree of values: a static
+jit argument.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
-
 import math
 import os
+from typing import Any
 
 import numpy as np
 
 from fat_jax.losses.feature_diff import STABLE_ALPHA3, top_channels
 from fat_jax.losses.gradalign import gradalign_lambda
+from fat_jax.methods.roles import (AAER, AWP, LAP, MART, TRADES, AdaptiveAttack, CrossEntropy,
+                                   FGSMAttack, GradAlign, KLAttack, LCo, LStable, MEPObjective,
+                                   PGDAttack, PriorAttack, ZeroGrad)
 
 INITS = ('zero', 'uniform', 'normal', 'prior', 'previous')
 ATTACK_LOSSES = ('ce', 'kl')
-# Components that need the single-step CE attack (its start point) and those that pick the
-# training objective.
-SINGLE_STEP_COMPONENTS = ('lap', 'aaer', 'gradalign', 'mep', 'zerograd', 'atas', 'stable', 'co')
-OBJECTIVES = ('mep', 'trades', 'mart')
 
 
-@dataclasses.dataclass(frozen=True)
-class AttackSpec:
-  """The training attack, fully resolved."""
-  eps: float
-  alpha: float              # absolute step size
-  init: str = 'zero'        # 'zero' | 'uniform' (U(±init_scale·ε)) | 'normal' (init_scale·N(0, I))
-  init_scale: float = 1.0   # | 'prior' (FGSM-MEP) | 'previous' (ATAS)
-  project: bool = True
-  steps: int = 1            # 1 = FGSM family, > 1 = PGD
-  train_bn: bool = True     # BatchNorm mode of the attack forwards (SPEC §1.5)
-  loss: str = 'ce'          # 'ce' | 'kl' (TRADES: KL(p(x) ‖ p(x + δ)))
-
-
-@dataclasses.dataclass(frozen=True)
-class LAPSpec:
-  beta: float
-  gamma: float = 0.3
-  ascent: bool = False      # labelled AWP-style variant; the official code descends
-
-
-@dataclasses.dataclass(frozen=True)
-class AAERSpec:
-  lambda1: float
-  lambda2: float
-  lambda3: float
-  differentiable_loss_variation: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class GradAlignSpec:
-  lam: float
-
-
-@dataclasses.dataclass(frozen=True)
-class MEPSpec:
-  """FGSM-MEP (`jiaxiaojunQAQ/FGSM-PGI FGSM_MEP.py`): the per-example prior perturbation and
-  momentum, reset every `reset_every` epochs; label smoothing and the logit-pairing weight."""
-  label_smoothing: float = 0.6   # probability of the true class (the official `--factor`)
-  lam: float = 10.0              # weight of MSE(f(x + δ), f(x + P))
-  decay: float = 0.3             # momentum decay of the prior update
-  reset_every: int = 40          # epochs
-
-
-@dataclasses.dataclass(frozen=True)
-class TRADESSpec:
-  """TRADES (`yaodongyu/TRADES`): CE(f(x)) + β·KL(p(x) ‖ p(x + δ))."""
-  beta: float = 6.0
-
-
-@dataclasses.dataclass(frozen=True)
-class MARTSpec:
-  """MART (`YisenWang/MART`): BCE(f(x + δ)) + β·KL(p(x) ‖ p(x + δ))·(1 − p_y(x))."""
-  beta: float = 5.0
-
-
-@dataclasses.dataclass(frozen=True)
-class AWPSpec:
-  """AWP (`csdongxian/AWP`): v_l = γ·‖w_l‖·∇_l/‖∇_l‖ on every kernel, added for the step and
-  removed after it; off during the first `warmup_epochs` epochs."""
-  gamma: float
-  warmup_epochs: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class ZeroGradSpec:
-  """ZeroGrad (`rohban-lab/catastrophic_overfitting`): zero the input-gradient coordinates
-  below the per-example q-quantile of |∇| before the step."""
-  q: float = 0.35
-
-
-@dataclasses.dataclass(frozen=True)
-class ATASSpec:
-  """ATAS (`HuangZhiChao95/ATAS`): per-example step clip(scale/(1 + √v/c), min, max) from the
-  stored previous perturbation (absolute step sizes), after `warmup_epochs` epochs of the
-  constant step `AttackSpec.alpha`; the stored perturbation is re-drawn every `reset_every`
-  epochs."""
-  min_step: float
-  max_step: float
-  scale: float
-  c: float = 0.01
-  beta: float = 0.5
-  warmup_epochs: int = 5
-  reset_every: int = 10
-
-
-@dataclasses.dataclass(frozen=True)
-class StableSpec:
-  """L_stable (Eq. 8 of the feature-difference paper): α3 × the activation difference of
-  `node` between the adversarial point and the attack's start point."""
-  alpha3: float = STABLE_ALPHA3
-  node: str = 'B'
-
-
-@dataclasses.dataclass(frozen=True)
-class COSpec:
-  """L_co (Eq. 9), added to the method's own training loss: the classification loss with the
-  channels C_p of `node` masked, minus L_stable on C_p. `channels`: the indices of C_p (the top `percent`% by T_act of
-  `tact_file`) among `num_channels`."""
-  channels: tuple[int, ...]
-  num_channels: int
-  node: str = 'B'
-  alpha3: float = STABLE_ALPHA3
-  saturation: float = 0.0     # 0: Eq. 9 as written; a > 0: bounded (losses.feature_diff.co_loss)
-  percent: float = 10.0
-  tact_file: str = ''
-
-  def indicator(self) -> np.ndarray:
-    """The 0/1 indicator (C,) of C_p."""
-    out = np.zeros((self.num_channels,), np.float32)
-    out[list(self.channels)] = 1.0
-    return out
+def _name(value) -> str:
+  return type(value).__name__
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A resolved method (hashable: a static jit argument).
+  """A training method composed from values (hashable: a static jit argument).
 
-  `robust_overfitting_forwards` replays the two extra train-mode forwards of
-  `locuslab/robust_overfitting` (and of AT-AWP, built on it) that update the
-  BatchNorm running statistics: one at x + δ after the attack (``attack_pgd``
-  computes the restart loss even for one restart) and one on the clean batch
-  after the update (its training-accuracy log, `train_clean_accuracy`).
+  `robust_overfitting_forwards` replays the extra train-mode forward on the clean
+  batch after the update of `locuslab/robust_overfitting` (and AT-AWP, built on
+  it): its training-accuracy log, `clean_accuracy` (the restart-loss forward is
+  `PGDAttack.restart_forward`). Impossible combinations raise ValueError here.
   """
   name: str
-  attack: AttackSpec
-  lap: Optional[LAPSpec] = None
-  aaer: Optional[AAERSpec] = None
-  gradalign: Optional[GradAlignSpec] = None
-  mep: Optional[MEPSpec] = None
-  trades: Optional[TRADESSpec] = None
-  mart: Optional[MARTSpec] = None
-  awp: Optional[AWPSpec] = None
-  zerograd: Optional[ZeroGradSpec] = None
-  atas: Optional[ATASSpec] = None
+  attack: Any
+  objective: Any = CrossEntropy()
+  regularizers: tuple = ()
+  weights: Any = None
   robust_overfitting_forwards: bool = False
-  stable: Optional[StableSpec] = None
-  co: Optional[COSpec] = None
+
+  def __post_init__(self):
+    object.__setattr__(self, 'regularizers', tuple(self.regularizers))
+    _check_composition(self)
+
+  def _find(self, kind):
+    return next((r for r in self.regularizers if isinstance(r, kind)), None)
+
+  # Each component by role, None when the method has none.
+  lap = property(lambda self: self.weights if isinstance(self.weights, LAP) else None)
+  awp = property(lambda self: self.weights if isinstance(self.weights, AWP) else None)
+  aaer = property(lambda self: self._find(AAER))
+  gradalign = property(lambda self: self._find(GradAlign))
+  stable = property(lambda self: self._find(LStable))
+  co = property(lambda self: self._find(LCo))
+  mep = property(lambda self: self.objective if isinstance(self.objective, MEPObjective)
+                 else None)
+  trades = property(lambda self: self.objective if isinstance(self.objective, TRADES) else None)
+  mart = property(lambda self: self.objective if isinstance(self.objective, MART) else None)
+  zerograd = property(lambda self: getattr(self.attack, 'zerograd', None))
+  atas = property(lambda self: self.attack if isinstance(self.attack, AdaptiveAttack) else None)
+
+
+def _check_composition(m: Method) -> None:
+  """Refuse the combinations that cannot work, naming both parts."""
+  attack = m.attack
+  kinds = [type(r) for r in m.regularizers]
+  duplicated = sorted({k.__name__ for k in kinds if kinds.count(k) > 1})
+  if duplicated:
+    raise ValueError(f'Each regulariser at most once; {duplicated} appear more than once.')
+  for part in (*m.regularizers, m.weights, m.objective):
+    needs = getattr(part, 'needs_start', False) or getattr(part, 'pairs_with_start', False)
+    if part is not None and needs and not attack.has_start:
+      raise ValueError(
+          f'{_name(part)} needs the start forward of a single-step attack; the training attack '
+          f'{_name(attack)} (steps={attack.steps}, loss={attack.loss!r}) has none.')
+  if m.co is not None and m.stable is not None:
+    raise ValueError('L_stable (method.stable_alpha3) and L_co (method.co_tact_file) pull the '
+                     'same activation differences in opposite directions; set only one.')
+  if m.awp is not None and isinstance(m.objective, MEPObjective):
+    raise ValueError('AWP composes with the CE, TRADES and MART objectives, not with the '
+                     'FGSM-MEP objective.')
+  if m.robust_overfitting_forwards and not isinstance(attack, PGDAttack):
+    raise ValueError('method.robust_overfitting_forwards replays the PGD-AT loop of '
+                     f'locuslab/robust_overfitting: it needs a multi-step CE attack, not '
+                     f'{_name(attack)}.')
 
 
 UNIFORM2 = dict(init='uniform', init_scale=2.0, alpha=1.0, project=False, steps=1)
@@ -212,63 +140,58 @@ METHOD_DEFAULTS = {
 }
 
 
-def _resolve_attack(c, eps: float) -> AttackSpec:
+def _resolve_attack(c, eps: float):
+  """The training attack of `c` (the method's defaults for unset fields)."""
   fields = {'attack_bn': 'train', 'attack_loss': 'ce', **METHOD_DEFAULTS[c.name]}
   for field in ('init', 'init_scale', 'alpha', 'project', 'steps', 'attack_bn', 'attack_loss'):
     if c.get(field) is not None:
       fields[field] = c[field]
-  if fields['init'] not in INITS:
-    raise ValueError(f"Unknown method.init {fields['init']!r}; known: {INITS}.")
+  init, loss, steps = fields['init'], fields['attack_loss'], int(fields['steps'])
+  if init not in INITS:
+    raise ValueError(f"Unknown method.init {init!r}; known: {INITS}.")
   if fields['attack_bn'] not in ('train', 'eval'):
     raise ValueError(f"method.attack_bn must be 'train' or 'eval', got {fields['attack_bn']!r}.")
-  if fields['attack_loss'] not in ATTACK_LOSSES:
-    raise ValueError(f"Unknown method.attack_loss {fields['attack_loss']!r}; known: "
-                     f'{ATTACK_LOSSES}.')
-  return AttackSpec(eps=float(eps), alpha=float(fields.pop('alpha')) * eps,
-                    init_scale=float(fields.pop('init_scale')), steps=int(fields.pop('steps')),
-                    train_bn=fields.pop('attack_bn') == 'train', loss=fields.pop('attack_loss'),
-                    **fields)
-
-
-def _resolve_components(c, attack: AttackSpec, eps: float) -> dict:
-  components = {}
-  if c.get('lap_beta') is not None:
-    components['lap'] = LAPSpec(float(c.lap_beta), float(c.lap_gamma), bool(c.lap_ascent))
-  elif c.name == 'lap':
-    raise ValueError("method 'lap' needs method.lap_beta (see configs/lap_eps*.py for the "
-                     'published values).')
-  lambdas = [c.get(f'aaer_lambda{i}') for i in (1, 2, 3)]
-  if any(v is not None for v in lambdas):
-    if any(v is None for v in lambdas):
-      raise ValueError('AAER needs all of method.aaer_lambda1, aaer_lambda2, aaer_lambda3.')
-    components['aaer'] = AAERSpec(*map(float, lambdas),
-                                  bool(c.aaer_differentiable_loss_variation))
-  elif c.name == 'aaer':
-    raise ValueError("method 'aaer' needs method.aaer_lambda1..3 (see configs/aaer_*.py for "
-                     'the published values).')
-  if c.get('gradalign_lambda') is not None or c.name == 'gradalign':
-    lam = c.get('gradalign_lambda')
-    components['gradalign'] = GradAlignSpec(float(gradalign_lambda(eps) if lam is None else lam))
-  if attack.init == 'prior':
+  if loss not in ATTACK_LOSSES:
+    raise ValueError(f'Unknown method.attack_loss {loss!r}; known: {ATTACK_LOSSES}.')
+  common = dict(eps=float(eps), alpha=float(fields['alpha']) * eps,
+                train_bn=fields['attack_bn'] == 'train')
+  start = dict(init=init, init_scale=float(fields['init_scale']))
+  if init in ('prior', 'previous') and (steps > 1 or loss != 'ce'):
+    raise ValueError(f"method.init={init!r} ({'FGSM-MEP' if init == 'prior' else 'ATAS'}) is a "
+                     f'single-step CE attack; got steps={steps}, attack_loss={loss!r}.')
+  q = _default(c, 'zerograd_q', 'zerograd', ZeroGrad.q)
+  if q is not None:
+    if not 0 <= q < 1:
+      raise ValueError(f'method.zerograd_q is a quantile in [0, 1), got {q}.')
+    if init in ('prior', 'previous'):
+      raise ValueError('ZeroGrad masks the gradient of the FGSM step from η; FGSM-MEP and ATAS '
+                       'take their own steps.')
+    if steps > 1 or loss != 'ce':
+      raise ValueError(f'ZeroGrad (method.zerograd_q) needs a single-step CE attack; got '
+                       f'steps={steps}, attack_loss={loss!r}.')
+  if init == 'prior':
     if c.mep_reset_every < 1:
       raise ValueError(f'method.mep_reset_every must be ≥ 1 epoch, got {c.mep_reset_every}.')
-    components['mep'] = MEPSpec(float(c.mep_label_smoothing), float(c.mep_lambda),
-                                float(c.mep_decay), int(c.mep_reset_every))
-  components.update(_resolve_baselines(c, attack, eps))
-  if c.get('stable_alpha3') is not None or c.name == 'fd':
-    alpha3 = c.get('stable_alpha3')
-    components['stable'] = StableSpec(STABLE_ALPHA3 if alpha3 is None else float(alpha3),
-                                      c.feature_node)
-  if c.get('co_tact_file'):
-    components['co'] = _resolve_co(c)
-  elif c.name == 'induce_co':
-    raise ValueError("method 'induce_co' needs method.co_tact_file, the T_act file of a "
-                     'checkpoint (python launch.py --mode=analyze --workdir=RUN writes '
-                     'RUN/tact.npz).')
-  if 'stable' in components and 'co' in components:
-    raise ValueError('L_stable (method.stable_alpha3) and L_co (method.co_tact_file) pull the '
-                     'same activation differences in opposite directions; set only one.')
-  return components
+    return PriorAttack(**common, label_smoothing=float(c.mep_label_smoothing),
+                       decay=float(c.mep_decay), reset_every=int(c.mep_reset_every))
+  if init == 'previous':
+    if c.atas_reset_every < 1 or c.atas_warmup_epochs < 0:
+      raise ValueError('ATAS needs method.atas_reset_every ≥ 1 and atas_warmup_epochs ≥ 0, got '
+                       f'{c.atas_reset_every} and {c.atas_warmup_epochs}.')
+    if not 0 < c.atas_min_step <= c.atas_max_step:
+      raise ValueError('ATAS needs 0 < method.atas_min_step ≤ atas_max_step (× ε), got '
+                       f'{c.atas_min_step} and {c.atas_max_step}.')
+    return AdaptiveAttack(
+        **common, min_step=float(c.atas_min_step) * eps, max_step=float(c.atas_max_step) * eps,
+        scale=float(c.atas_step_scale) * eps, c=float(c.atas_c), beta=float(c.atas_beta),
+        warmup_epochs=int(c.atas_warmup_epochs), reset_every=int(c.atas_reset_every))
+  if loss == 'kl':
+    return KLAttack(**common, **start, steps=steps)
+  if steps > 1:
+    return PGDAttack(**common, **start, steps=steps,
+                     restart_forward=bool(c.robust_overfitting_forwards))
+  return FGSMAttack(**common, **start, project=bool(fields['project']),
+                    zerograd=None if q is None else ZeroGrad(float(q)))
 
 
 def _default(c, field: str, name: str, value):
@@ -278,59 +201,69 @@ def _default(c, field: str, name: str, value):
   return value if c.name == name else None
 
 
-def _resolve_baselines(c, attack: AttackSpec, eps: float) -> dict:
-  """TRADES, MART, AWP, ZeroGrad and ATAS."""
-  components = {}
-  beta = _default(c, 'trades_beta', 'trades', TRADESSpec.beta)
+def _resolve_objective(c, attack):
+  """Exactly one objective: TRADES or MART when their β is set, FGSM-MEP's with its prior
+  attack, else CE."""
+  chosen = {}
+  beta = _default(c, 'trades_beta', 'trades', TRADES.beta)
   if beta is not None:
-    components['trades'] = TRADESSpec(float(beta))
-  beta = _default(c, 'mart_beta', 'mart', MARTSpec.beta)
+    chosen['TRADES (method.trades_beta)'] = TRADES(float(beta))
+  beta = _default(c, 'mart_beta', 'mart', MART.beta)
   if beta is not None:
-    components['mart'] = MARTSpec(float(beta))
+    chosen['MART (method.mart_beta)'] = MART(float(beta))
+  if isinstance(attack, PriorAttack):
+    chosen["FGSM-MEP's (method.init='prior')"] = MEPObjective(float(c.mep_label_smoothing),
+                                                             float(c.mep_lambda))
+  if len(chosen) > 1:
+    raise ValueError(f'Choose one training objective, got {sorted(chosen)}.')
+  return next(iter(chosen.values()), CrossEntropy())
+
+
+def _resolve_regularizers(c, eps: float) -> tuple:
+  """AAER, GradAlign, L_stable, L_co (in this order: the order their terms are added)."""
+  terms = []
+  lambdas = [c.get(f'aaer_lambda{i}') for i in (1, 2, 3)]
+  if any(v is not None for v in lambdas):
+    if any(v is None for v in lambdas):
+      raise ValueError('AAER needs all of method.aaer_lambda1, aaer_lambda2, aaer_lambda3.')
+    terms.append(AAER(*map(float, lambdas), bool(c.aaer_differentiable_loss_variation)))
+  elif c.name == 'aaer':
+    raise ValueError("method 'aaer' needs method.aaer_lambda1..3 (see configs/aaer_*.py for "
+                     'the published values).')
+  if c.get('gradalign_lambda') is not None or c.name == 'gradalign':
+    lam = c.get('gradalign_lambda')
+    terms.append(GradAlign(float(gradalign_lambda(eps) if lam is None else lam)))
+  if c.get('stable_alpha3') is not None or c.name == 'fd':
+    alpha3 = c.get('stable_alpha3')
+    terms.append(LStable(STABLE_ALPHA3 if alpha3 is None else float(alpha3), c.feature_node))
+  if c.get('co_tact_file'):
+    terms.append(_resolve_co(c))
+  elif c.name == 'induce_co':
+    raise ValueError("method 'induce_co' needs method.co_tact_file, the T_act file of a "
+                     'checkpoint (python launch.py --mode=analyze --workdir=RUN writes '
+                     'RUN/tact.npz).')
+  return tuple(terms)
+
+
+def _resolve_weights(c):
+  """LAP or AWP (one weight perturbation) or None."""
+  if c.get('lap_beta') is not None and c.get('awp_gamma') is not None:
+    raise ValueError('Choose one weight perturbation: LAP (method.lap_beta) or AWP '
+                     '(method.awp_gamma), not both.')
+  if c.get('lap_beta') is not None:
+    return LAP(float(c.lap_beta), float(c.lap_gamma), bool(c.lap_ascent))
+  if c.name == 'lap':
+    raise ValueError("method 'lap' needs method.lap_beta (see configs/lap_eps*.py for the "
+                     'published values).')
   if c.get('awp_gamma') is not None:
     if c.awp_gamma <= 0 or c.awp_warmup_epochs < 0:
       raise ValueError('AWP needs method.awp_gamma > 0 and method.awp_warmup_epochs ≥ 0, got '
                        f'{c.awp_gamma} and {c.awp_warmup_epochs}.')
-    components['awp'] = AWPSpec(float(c.awp_gamma), int(c.awp_warmup_epochs))
-  q = _default(c, 'zerograd_q', 'zerograd', ZeroGradSpec.q)
-  if q is not None:
-    if not 0 <= q < 1:
-      raise ValueError(f'method.zerograd_q is a quantile in [0, 1), got {q}.')
-    components['zerograd'] = ZeroGradSpec(float(q))
-  if attack.init == 'previous':
-    if c.atas_reset_every < 1 or c.atas_warmup_epochs < 0:
-      raise ValueError('ATAS needs method.atas_reset_every ≥ 1 and atas_warmup_epochs ≥ 0, got '
-                       f'{c.atas_reset_every} and {c.atas_warmup_epochs}.')
-    if not 0 < c.atas_min_step <= c.atas_max_step:
-      raise ValueError('ATAS needs 0 < method.atas_min_step ≤ atas_max_step (× ε), got '
-                       f'{c.atas_min_step} and {c.atas_max_step}.')
-    components['atas'] = ATASSpec(
-        min_step=float(c.atas_min_step) * eps, max_step=float(c.atas_max_step) * eps,
-        scale=float(c.atas_step_scale) * eps, c=float(c.atas_c), beta=float(c.atas_beta),
-        warmup_epochs=int(c.atas_warmup_epochs), reset_every=int(c.atas_reset_every))
-  return components
+    return AWP(float(c.awp_gamma), int(c.awp_warmup_epochs))
+  return None
 
 
-def _check_compatible(attack: AttackSpec, components: dict, extra_forwards: bool) -> None:
-  single_step = sorted(k for k in SINGLE_STEP_COMPONENTS if k in components)
-  if single_step and (attack.steps > 1 or attack.loss != 'ce'):
-    raise ValueError(f'{single_step} need a single-step CE attack; got steps={attack.steps}, '
-                     f'attack_loss={attack.loss!r}.')
-  objectives = sorted(k for k in OBJECTIVES if k in components)
-  if len(objectives) > 1:
-    raise ValueError(f'Choose one training objective, got {objectives}.')
-  if 'zerograd' in components and ('mep' in components or 'atas' in components):
-    raise ValueError('ZeroGrad masks the gradient of the FGSM step from η; FGSM-MEP and ATAS '
-                     'take their own steps.')
-  if 'awp' in components and ('lap' in components or 'mep' in components):
-    raise ValueError('AWP composes with the CE, TRADES and MART objectives, not with LAP or '
-                     'FGSM-MEP.')
-  if extra_forwards and (attack.steps == 1 or attack.loss != 'ce'):
-    raise ValueError('method.robust_overfitting_forwards replays the PGD-AT loop of '
-                     'locuslab/robust_overfitting: it needs a multi-step CE attack.')
-
-
-def _resolve_co(c) -> COSpec:
+def _resolve_co(c) -> LCo:
   """L_co's channels: the top `co_percent`% of `feature_node` by the T_act in `co_tact_file`."""
   path = c.co_tact_file
   if not os.path.isfile(path):
@@ -348,7 +281,7 @@ def _resolve_co(c) -> COSpec:
   if c.co_saturation < 0:
     raise ValueError(f'method.co_saturation must be ≥ 0 (0: Eq. 9 as written), got '
                      f'{c.co_saturation}.')
-  return COSpec(tuple(int(k) for k in channels), len(saliency), c.feature_node,
+  return LCo(tuple(int(k) for k in channels), len(saliency), c.feature_node,
                 float(c.co_alpha3), float(c.co_saturation), float(c.co_percent), path)
 
 
@@ -360,7 +293,7 @@ def resolve_method(method_config, eps: float) -> Method:
   if eps < 0:
     raise ValueError(f'The training radius must be ≥ 0, got eps={eps}.')
   attack = _resolve_attack(method_config, eps)
-  components = _resolve_components(method_config, attack, eps)
-  extra_forwards = bool(method_config.robust_overfitting_forwards)
-  _check_compatible(attack, components, extra_forwards)
-  return Method(name, attack, **components, robust_overfitting_forwards=extra_forwards)
+  regularizers = _resolve_regularizers(method_config, eps)
+  objective = _resolve_objective(method_config, attack)
+  return Method(name, attack, objective, regularizers, _resolve_weights(method_config),
+                bool(method_config.robust_overfitting_forwards))

@@ -1,0 +1,99 @@
+"""Methods as values: composing a `Method` in Python, the config resolution giving the same
+values, and the combinations refused when a method is built."""
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from fat_jax import optim
+from fat_jax.config import default_config
+from fat_jax.data import DATASET_INFOS
+from fat_jax.methods import (AAER, AWP, LAP, TRADES, CrossEntropy, FGSMAttack, GradAlign,
+                             KLAttack, LCo, LStable, MEPObjective, Method, PGDAttack, PriorAttack,
+                             ZeroGrad, init_train_state, make_train_step, resolve_method)
+from fat_jax.models import build_model
+
+EPS = 0.1
+FGSM = FGSMAttack(EPS, EPS, init='uniform', init_scale=2.0, project=False)
+PGD = PGDAttack(EPS, 0.25 * EPS, steps=3)
+CO = LCo(channels=(1,), num_channels=4)
+
+
+def config(name, **fields):
+  c = default_config().method
+  c.name = name
+  for k, v in fields.items():
+    c[k] = v
+  return c
+
+
+def test_a_method_composed_in_python_equals_the_resolved_config():
+  composed = Method('n_fgsm', FGSM, CrossEntropy(), (AAER(1.0, 1.5, 0.15), GradAlign(0.2)),
+                    LAP(0.5))
+  resolved = resolve_method(config('n_fgsm', lap_beta=0.5, aaer_lambda1=1.0, aaer_lambda2=1.5,
+                                   aaer_lambda3=0.15, gradalign_lambda=0.2), EPS)
+  assert composed == resolved and hash(composed) == hash(resolved)
+  assert resolved.lap == LAP(0.5) and resolved.awp is None and resolved.gradalign.lam == 0.2
+  zerograd = resolve_method(config('zerograd'), EPS)
+  assert zerograd.attack == FGSMAttack(EPS, 2 * EPS, init='uniform', zerograd=ZeroGrad(0.35))
+  trades = resolve_method(config('trades', awp_gamma=0.005), EPS)
+  assert isinstance(trades.attack, KLAttack) and trades.objective == TRADES(6.0)
+  assert trades.weights == AWP(0.005)
+  mep = resolve_method(config('fgsm_mep'), EPS)
+  assert isinstance(mep.attack, PriorAttack) and mep.objective == MEPObjective(0.6, 10.0)
+
+
+@pytest.mark.parametrize('build, names', [
+    (lambda: Method('m', PGD, CrossEntropy(), (AAER(1.0, 1.0, 1.0),)), ('AAER', 'PGDAttack')),
+    (lambda: Method('m', KLAttack(EPS, EPS, 3), TRADES(), (), LAP(0.1)), ('LAP', 'KLAttack')),
+    (lambda: Method('m', PGD, MEPObjective()), ('MEPObjective', 'PGDAttack')),
+    (lambda: Method('m', PGD, CrossEntropy(), (LStable(),)), ('LStable', 'PGDAttack')),
+    (lambda: Method('m', FGSM, CrossEntropy(), (LStable(), CO)), ('L_stable', 'L_co')),
+    (lambda: Method('m', PriorAttack(EPS, EPS), MEPObjective(), (), AWP(0.01)), ('AWP',
+                                                                                 'FGSM-MEP')),
+    (lambda: Method('m', FGSM, CrossEntropy(), (GradAlign(0.1), GradAlign(0.2))), ('GradAlign',)),
+    (lambda: Method('m', FGSM, robust_overfitting_forwards=True), ('robust_overfitting',
+                                                                   'FGSMAttack')),
+])
+def test_impossible_compositions_are_refused_naming_both_parts(build, names):
+  with pytest.raises(ValueError) as error:
+    build()
+  for name in names:
+    assert name in str(error.value)
+
+
+@pytest.mark.parametrize('fields, names', [
+    (dict(name='fgsm_mep', mart_beta=5.0), ('FGSM-MEP', 'MART')),
+    (dict(name='n_fgsm', lap_beta=0.1, awp_gamma=0.01), ('LAP', 'AWP')),
+    (dict(name='pgd_at', zerograd_q=0.35), ('ZeroGrad', 'single-step')),
+    (dict(name='fgsm_mep', steps=3), ('FGSM-MEP', 'steps=3')),
+])
+def test_the_config_resolution_refuses_them_too(fields, names, tmp_path):
+  if fields.get('co_tact_file'):
+    fields['co_tact_file'] = str(tmp_path / 'tact.npz')
+    np.savez(fields['co_tact_file'], B=np.array([0.1, 0.9, 0.3, 0.2]))
+  with pytest.raises(ValueError) as error:
+    resolve_method(config(**fields), EPS)
+  for name in names:
+    assert name in str(error.value)
+
+
+def test_a_composed_method_trains_with_gradalign_on_pgd():
+  """A combination the config table has no name for: PGD-3 + GradAlign, with optax's SGD."""
+  model = build_model(ml_collections.ConfigDict(dict(name='cnn', width=4, depth=2,
+                                                     batchnorm=True)),
+                      DATASET_INFOS['fashion_mnist'])
+  tx = optim.torch_sgd(optim.Schedule('constant', lr_max=0.05, total_steps=4,
+                                      steps_per_epoch=2), 5e-4)
+  schedule = optim.Schedule('constant', lr_max=0.05, total_steps=4, steps_per_epoch=2)
+  ts = init_train_state(model, jax.random.key(0), tx=tx)
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)), jnp.uint8)
+  labels = jnp.arange(8) % 10
+  step = jax.jit(make_train_step(model, Method('pgd_ga', PGD, CrossEntropy(), (GradAlign(0.5),)),
+                                 schedule, tx=tx, augment_mode='none', key=jax.random.key(1)))
+  after, metrics = step(ts, images, labels, jnp.arange(8))
+  assert -1.0 <= float(metrics['gradalign_cos']) <= 1.0 and float(metrics['gradalign_reg']) > 0
+  chex.assert_trees_all_equal_shapes(after.params, ts.params)
+  assert int(after.opt_state.count) == 1
