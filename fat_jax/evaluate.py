@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from fat_jax import run_log, sanity
+from fat_jax import run_log, sanity, validation
 from fat_jax.attacks import (apgd_attack, clip_to_box, fab_attack, fgsm_attack, pgd_attack,
                              project_linf, square_attack)
 from fat_jax.attacks.apgd import top_targets
@@ -416,7 +416,7 @@ def _interval(scores: np.ndarray, draws: int) -> list[float]:
 def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standard', eps: float,
              seed: int = 0, attacks: Sequence[str] | None = None, surrogate=None,
              randomized: bool = False, batch_size: int = 256, checks: bool = True,
-             eps_sweep: bool | Sequence[float] = False, square_check: bool = False,
+             eps_sweep: bool | Sequence[float] = False, square_check: bool = True,
              check_pgd_steps: int = 20, sweep_steps: int = 20, eot_check_n: int = 0,
              progress: bool = True, mesh: Mesh | None = None, **options) -> dict:
   """Robust accuracy of any JAX classifier under an attack suite, with sanity checks.
@@ -443,7 +443,8 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
   restarts against it (more iterations), and for a randomised model the suite's
   attacks on one frozen draw (and on the noise-free model of `with_input_noise`);
   `eps_sweep` adds APGD-CE with `sweep_steps` steps at ε ∈ {0, ε/2, ε, 2ε, 1}
-  or the given values; `square_check` runs Square after a suite without it;
+  or the given values; `square_check` (default) runs a short Square
+  (`sanity.SQUARE_CHECK_QUERIES` queries) after a suite without it;
   `eot_check_n` > 0 reruns a randomised model's suite with K = 100 on the first
   `eot_check_n` points. Same seed ⇒ same result.
 
@@ -471,6 +472,7 @@ def evaluate(apply_fn: Callable, params, state, x, y, *, suite: str = 'aa_standa
   key = jax.random.key(seed)
   clean_key, fresh_key, check_key, attack_key = (jax.random.fold_in(key, i) for i in range(4))
   n_classes = int(jax.eval_shape(lambda: _logits_of(model, x[:1], clean_key)).shape[-1])
+  validation.validate_evaluation(eps, x, y, n_classes)
   _check_compatible(names, randomized, n_classes)
   opts = _suite_options(suite, options, n_classes)
   run = _Run(model, x, y, eps, opts, batch_size, progress, mesh)
@@ -617,13 +619,16 @@ def _sanity_checks(run: _Run, names, suite, clean, scores, final, x_adv, by_atta
     before = list(by_attack.values())[names.index('square') - 1]
     checks['square'] = sanity.check_square(before, by_attack['square'])
   elif square_check and 'square' not in names and suite != 'transfer' and not randomized:
-    checks['square'] = sanity.check_square(
-        float(final.mean()), float(side_attack('square', final, keys['square']).mean()))
+    short = dataclasses.replace(run.options, square_queries=min(run.options.square_queries,
+                                                                 sanity.SQUARE_CHECK_QUERIES))
+    checks['square'] = sanity.check_square(float(final.mean()), float(
+        side_attack('square', final, keys['square'], options=short).mean()))
   else:
     checks['square'] = sanity.skipped(
         'Square needs a deterministic model and white-box attacks before it' if 'square' in names
         or randomized or suite == 'transfer' else
         'the suite has no Square attack (square_check=True runs it)')
+  checks['gradient_free'] = sanity.check_gradient_free(checks['square'])
 
   if eps_sweep:
     values = sorted(set(eps_sweep if not isinstance(eps_sweep, bool) else
@@ -728,7 +733,7 @@ def restore_model(model_config, info, workdir: str, epoch: int = 0):
   model = build_model(model_config, info)
   checkpointer = Checkpointer(workdir)
   try:
-    epoch = epoch or checkpointer.latest_epoch()
+    epoch = epoch or checkpointer.latest_verified_epoch()
     if epoch is None or epoch not in checkpointer.epochs():
       raise FileNotFoundError(f'No checkpoint of epoch {epoch} in {workdir} (have '
                               f'{checkpointer.epochs()}).')
