@@ -4,7 +4,8 @@
 `check_against_run` compares that config with the run's ``config.json`` (the model, the data
 set, the method label and the training ε, which is the default evaluation ε) and refuses
 any contradiction, listing each differing field with both values. Where the data live
-(``data.dir``, ``data.source``) may differ.
+(``data.dir``, ``data.source``) and how many examples are loaded (``data.n_train``,
+``data.n_test``: e.g. the whole test set for a final evaluation) may differ.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from fat_jax.validation import ConfigError
 log = logging.getLogger('fat_jax')
 
 RUN_FIELDS = ('model', 'data', 'method.name', 'eps')
-LOCATION_FIELDS = ('data.dir', 'data.source')
+FREE_FIELDS = ('data.dir', 'data.source', 'data.n_train', 'data.n_test')
 
 
 def _flat(tree, prefix: str = '') -> dict:
@@ -31,9 +32,9 @@ def _flat(tree, prefix: str = '') -> dict:
 
 
 def _run_fields(config: dict) -> dict:
-  """The dotted `RUN_FIELDS` of a JSON config, location fields excepted."""
+  """The dotted `RUN_FIELDS` of a JSON config, `FREE_FIELDS` excepted."""
   flat = _flat(config)
-  return {k: v for k, v in flat.items() if k not in LOCATION_FIELDS and any(
+  return {k: v for k, v in flat.items() if k not in FREE_FIELDS and any(
       k == f or k.startswith(f + '.') for f in RUN_FIELDS)}
 
 

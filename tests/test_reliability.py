@@ -163,8 +163,8 @@ def test_another_model_config_is_a_mismatch_not_corruption(run, tmp_path):  # no
   message = str(error.value)
   assert 'model.width = 8 here, 4 in the run' in message
   assert "method.name = 'n_fgsm' here, 'fgsm_rs' in the run" in message
-  check_against_run(tiny_config(config.data.dir, batch_size=24, **{'data.dir': '/elsewhere'}),
-                    workdir)  # where the data lie may change
+  # Where the data lie and how many examples are loaded may change.
+  check_against_run(tiny_config('/elsewhere', batch_size=24, **{'data.n_test': 8}), workdir)
 
 
 # --- divergence ----------------------------------------------------------------------------
@@ -259,6 +259,18 @@ def test_records_carry_the_monitor_protocol_and_the_remainder_is_reported(run): 
   assert [r['monitor'] for r in run_log.read_records(workdir)] == [protocol] * 2
   left_out = [m for m in messages if 'does not divide' in m]
   assert len(left_out) == 1 and 'leaves out 16' in left_out[0]
+
+
+def test_monitor_settings_changed_on_resume_are_recorded_and_warned(run, tmp_path, caplog):  # noqa: F811
+  config, _, _, _ = run
+  workdir = copy_of(run, tmp_path)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '2'))  # interrupted during epoch 2
+  os.remove(os.path.join(workdir, run_log.RESULTS))
+  changed = tiny_config(config.data.dir, batch_size=24, **{'eval.monitor_pgd_steps': 1})
+  with caplog.at_level(logging.WARNING, logger='fat_jax'):
+    train_and_evaluate(changed, workdir)
+  assert [r['monitor']['pgd_steps'] for r in run_log.read_records(workdir)] == [2, 1]
+  assert 'monitor settings changed' in caplog.text
 
 
 # --- checks at the door ----------------------------------------------------------------------
