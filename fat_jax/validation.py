@@ -64,8 +64,8 @@ def eps_problem(eps, field: str = 'eps') -> str | None:
   if value < 0:
     return f'{field}={eps} is negative: the L∞ radius must be in [0, 1].'
   if value > PIXEL_UNITS_WARNING:
-    log.warning('%s=%s exceeds %s of the [0, 1] pixel range: if you meant %g/255, write %.4g.',
-                field, eps, PIXEL_UNITS_WARNING, value * 255, value)
+    log.warning('%s=%g is more than %g of the [0, 1] pixel range: if it is in 0–255 units, '
+                'write %g/255 = %.4g.', field, value, PIXEL_UNITS_WARNING, value, value / 255)
   return None
 
 

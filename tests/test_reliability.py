@@ -300,7 +300,7 @@ def test_eps_in_pixel_units_warns_and_mistakes_are_listed_together(caplog):
   config = tiny_config('', eps=0.6)
   with caplog.at_level(logging.WARNING, logger='fat_jax'):
     assert config_problems(config) == []
-  assert '8/255' in caplog.text or '/255' in caplog.text
+  assert 'eps=0.6 is more than 0.5' in caplog.text and '0.6/255 = 0.002353' in caplog.text
   config = tiny_config('', eps=8.0, batch_size=-1, **{'eval.n': -1})
   assert len(config_problems(config)) == 3
 
