@@ -48,14 +48,15 @@ class Messages(logging.Handler):
 
   def __enter__(self):
     logger = logging.getLogger('fat_jax')
-    self.level, logger.level = logger.level, logging.INFO
+    self.level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not .level: it clears the logger's level cache
     logger.addHandler(self)
     return self
 
   def __exit__(self, *exc):
     logger = logging.getLogger('fat_jax')
     logger.removeHandler(self)
-    logger.level = self.level
+    logger.setLevel(self.level)
 
 
 @pytest.fixture(scope='module')
