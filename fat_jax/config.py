@@ -124,7 +124,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.surrogate_workdir = ''   # 'transfer': the run whose latest checkpoint attacks
   c.eval.checks = True            # sanity checks (fat_jax.sanity)
   c.eval.check_pgd_steps = 20
-  c.eval.square_check = False     # run Square after a suite without it
+  c.eval.square_check = True      # a short Square after a suite without it (black-box check)
   c.eval.eps_sweep = False        # APGD-CE over ε ∈ {0, ε/2, ε, 2ε, 1}
   c.eval.eot_check_n = 0          # randomised models: rerun the suite with K = 100 on n points
 

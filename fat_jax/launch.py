@@ -10,7 +10,9 @@
       --config.eval.input_noise=0.0627
 
 ``--config.<field>=<value>`` overrides any field; the configs are locked, so a
-misspelt field is an error. ``--config=configs/NAME.py`` is the file in the
+misspelt field is an error. Errors print one line (``--traceback`` shows the full one).
+The checkpoint modes (eval, analyze, noise_eval) refuse a config that contradicts the run's
+config.json (model, data, method, ε). ``--config=configs/NAME.py`` is the file in the
 current folder when it exists (a checkout), else the recipe shipped in the
 package (`fat_jax.configs`, the repository's configs/ folder).
 """
@@ -22,13 +24,16 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from fat_jax.errors import one_line
 from fat_jax.evaluate.checkpoints import evaluate_checkpoint
 from fat_jax.feature_analysis import analyze_checkpoint
 from fat_jax.noise_eval import evaluate_noise_checkpoint
 from fat_jax.parallel import initialize_distributed, is_writer
 from fat_jax.report import write_end_of_run_report
+from fat_jax.run_config import check_against_run
 from fat_jax.summary import run_summary
 from fat_jax.train import train_and_evaluate
+from fat_jax.validation import validate_config
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file in configs/.',
                                           lock_config=True)
@@ -41,18 +46,34 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'analyze', 'noise_e
                           'WORKDIR/analysis.json and WORKDIR/tact.npz; noise_eval: inference '
                           'noise config.eval.input_noise attacked non-adaptively and with EOT '
                           'into WORKDIR/eval_noise.json.')
+_TRACEBACK = flags.DEFINE_bool('traceback', False, 'On an error, show the full traceback '
+                               'instead of one line.')
+flags.DEFINE_alias('verbose', 'traceback')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
+  try:
+    run_mode(_CONFIG.value)
+  except Exception as e:  # pylint: disable=broad-except  # the command line's one line
+    if _TRACEBACK.value:
+      raise
+    print(f'fat_jax: {one_line(e)}\n(--traceback shows the full traceback)', file=sys.stderr)
+    sys.exit(1)
+
+
+def run_mode(config):
+  """Runs --mode on `config` and --workdir."""
   initialize_distributed(config.distributed)
   absl_logging.set_verbosity(absl_logging.WARNING)  # quiet the libraries (orbax, ...)
   # Process 0 reports; the others only warn.
   logging.getLogger('fat_jax').setLevel(logging.INFO if is_writer() else logging.WARNING)
   config.progress = config.progress and is_writer()
+  if _MODE.value != 'train':  # training validates and checks its workdir itself
+    validate_config(config)
+    check_against_run(config, _WORKDIR.value)
   if _MODE.value == 'analyze':
     analyze_checkpoint(config, _WORKDIR.value)
     logging.getLogger('fat_jax').info('Results: %s/analysis.json, %s/tact.npz', _WORKDIR.value,

@@ -7,6 +7,7 @@ writes (`fat_jax.parallel.is_writer`); every process can read.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -19,6 +20,31 @@ MONITOR = 'monitor.jsonl'
 RESULTS = 'results.json'
 REPORT = os.path.join('report', 'report.md')
 
+log = logging.getLogger('fat_jax')
+
+
+class CorruptLogError(ValueError):
+  """A line before the last of a ``.jsonl`` file is not JSON (not a torn write)."""
+
+
+def _parse_lines(path: str) -> list[dict]:
+  """The records of a ``.jsonl`` file. A torn last line (a write cut short by a crash: not
+  valid JSON) is dropped with a warning; an unreadable line before the last is no torn write
+  and raises `CorruptLogError`."""
+  with open(path) as f:
+    lines = [(number, line) for number, line in enumerate(f.read().split('\n'), 1)
+             if line.strip()]
+  records = []
+  for i, (number, line) in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if i + 1 < len(lines):
+        raise CorruptLogError(f'{path}, line {number}, is not JSON ({e}): the file was edited '
+                              'or damaged; repair or remove that line.') from None
+      log.warning('Dropped the torn last line of %s (a write cut short): %.60s', path, line)
+  return records
+
 
 def append_record(workdir: str, record: dict, name: str = METRICS) -> None:
   if not is_writer():
@@ -29,12 +55,12 @@ def append_record(workdir: str, record: dict, name: str = METRICS) -> None:
 
 def read_records(workdir: str, up_to_epoch: int | None = None,
                  name: str = METRICS) -> list[dict]:
-  """The records of `name`, keeping only epochs ≤ `up_to_epoch` (rewriting the file)."""
+  """The records of `name`, keeping only epochs ≤ `up_to_epoch` (rewriting the file, which
+  also drops a torn last line before the run appends to it)."""
   path = os.path.join(workdir, name)
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  records = _parse_lines(path)
   if up_to_epoch is not None:
     records = [r for r in records if r['epoch'] <= up_to_epoch]
     if is_writer():

@@ -16,6 +16,7 @@ PASS, WARN, INFO, SKIPPED = 'pass', 'warn', 'info', 'skipped'
 BOUND_TOLERANCE = 1e-6     # float slack of ‖δ‖∞ ≤ ε and x + δ ∈ [0, 1]
 PROBABILITY_TOLERANCE = 1e-5
 SQUARE_TOLERANCE = 0.002   # 0.2 percentage points, as AutoAttack's check_square_sr
+SQUARE_CHECK_QUERIES = 300  # the default black-box check: a short Square after the suite
 CO_GAP, CO_RATIO = 0.1, 0.5  # PGD accuracy < ½·FGSM accuracy, 0.1 below it: CO-like
 SWEEP_TOLERANCE = 0.01
 FROZEN_NOISE_TOLERANCE = 0.02  # one frozen draw: at most 2 points (or chance) above a reference
@@ -86,6 +87,17 @@ def check_square(white_box_accuracy: float, square_accuracy: float) -> dict:
                     f' > {SQUARE_TOLERANCE}: the gradients are unreliable (masking?)'),
                  white_box_accuracy=white_box_accuracy, square_accuracy=square_accuracy,
                  drop=drop)
+
+
+def check_gradient_free(square: dict) -> dict:
+  """Whether a gradient-free attack checked the white-box result. Without one, a model whose
+  input gradients are non-zero but scrambled (wrong directions) keeps a high robust accuracy
+  that no gradient-based check questions; `square` is the record of `check_square`."""
+  ran = square['status'] != SKIPPED
+  return _record(ran, 'Square (black-box) checked the white-box result' if ran else
+                 'NO gradient-free check ran: a model with masked or scrambled gradients would '
+                 'pass unnoticed (evaluate a deterministic model with square_check=True or a '
+                 'suite with Square)', ran=ran)
 
 
 def check_eps_sweep(eps_values: Sequence[float], accuracies: Sequence[float]) -> dict:

@@ -19,12 +19,13 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from fat_jax import optim, run_log
-from fat_jax.checkpoint import Checkpointer
+from fat_jax import optim, run_log, validation, workdir_lock
+from fat_jax.checkpoint import Checkpointer, CheckpointError
 from fat_jax.config import default_config
 from fat_jax.data import (iterate_batches, load_dataset, shard_batch, steps_per_epoch,
                           stored_frame_shape)
 from fat_jax.diagnostics import co_onset
+from fat_jax.divergence import DivergenceError, check_finite
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
 from fat_jax.methods import init_examples, init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
@@ -40,10 +41,6 @@ NAN_CHECK_EVERY = 20
 EXTRA_LOG = {'train_aaer_aae_fraction': 'AAE fraction', 'train_gradalign_cos': 'grad cos',
              'train_atas_step': 'ATAS step/ε', 'train_stable_loss': 'L_stable',
              'train_co_difference': 'L_stable(C_p)'}
-
-
-class DivergenceError(FloatingPointError):
-  """The training loss became NaN or infinite."""
 
 
 def make_schedule(config, steps: int) -> optim.Schedule:
@@ -80,7 +77,19 @@ def _check_resumable(workdir: str, config) -> None:
   run_log.write_json(workdir, run_log.CONFIG, current)
 
 
-def _train_epoch(train_step, ts, data, config, epoch: int, mesh, steps: int, workdir: str,
+def _last_good(checkpointer) -> str:
+  """Where a diverged run can go back to: the newest checkpoint that verifies."""
+  try:
+    epoch = checkpointer.latest_verified_epoch()
+  except CheckpointError as e:
+    return f'No checkpoint verifies ({e}).'
+  if epoch is None:
+    return 'No checkpoint was saved; lower optim.lr_max or eps and rerun in a new --workdir.'
+  return (f'The last good state is the checkpoint of epoch {epoch} ({checkpointer.path(epoch)}, '
+          'verified); lower optim.lr_max or eps and rerun in a new --workdir.')
+
+
+def _train_epoch(train_step, ts, data, config, epoch: int, mesh, steps: int, checkpointer,
                  after_step=None):
   """One epoch of training; returns the state and the epoch-mean metrics.
 
@@ -99,10 +108,8 @@ def _train_epoch(train_step, ts, data, config, epoch: int, mesh, steps: int, wor
     if (i + 1) % NAN_CHECK_EVERY == 0 or i + 1 == steps:
       loss = float(sums['loss']) / (i + 1)
       if not np.isfinite(loss):
-        raise DivergenceError(
-            f'Training diverged: non-finite loss in epoch {epoch} by step {i + 1}. The last '
-            f'good state is the checkpoint of epoch {epoch - 1} in {workdir}; lower '
-            'optim.lr_max or eps and rerun in a new --workdir.')
+        raise DivergenceError(f'Training diverged: non-finite loss in epoch {epoch} by step '
+                              f'{i + 1}. {_last_good(checkpointer)}')
       bar.set_postfix(loss=f'{loss:.3f}', acc=f"{float(sums['accuracy']) / (i + 1):.3f}")
   means = {f'train_{k}': (np.asarray(v) / steps).tolist() for k, v in sums.items()
            if k not in ('lr', 'momentum')}
@@ -121,9 +128,26 @@ def _pgd_settings(config, steps: int, restarts: int) -> PGDSettings:
                      step_size=config.eval.pgd_step_size * eps)
 
 
+def _monitor_protocol(settings: PGDSettings, n: int, config) -> dict:
+  """The settings the per-epoch monitor ran with, recorded with each of its numbers."""
+  return {'n': n, 'eps': settings.eps, 'pgd_steps': settings.steps,
+          'pgd_restarts': settings.restarts, 'pgd_step_size': settings.alpha,
+          'batch_size': config.eval.batch_size, 'seed': config.seed}
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Train `config.method` and evaluate it; returns the content of results.json."""
+  """Train `config.method` and evaluate it; returns the content of results.json.
+
+  The config is checked first (`fat_jax.validation`), then the workdir is locked against a
+  second writer (`fat_jax.workdir_lock`) for the whole run.
+  """
+  validation.validate_config(config)
   workdir = os.path.abspath(workdir)
+  with workdir_lock.locked(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   method = resolve_method(config.method, config.eps)  # fail on a bad method before loading data
   mesh = make_data_mesh()
   for field, size in (('batch_size', config.batch_size),
@@ -137,6 +161,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if steps == 0:
     raise ValueError(f'batch_size={config.batch_size} exceeds the {len(data.train_images)} '
                      'training examples.')
+  if len(data.train_images) % config.batch_size:
+    log.info('batch_size=%d does not divide the %d training examples: each epoch leaves out '
+             '%d (the last of its shuffled order).', config.batch_size, len(data.train_images),
+             len(data.train_images) % config.batch_size)
   schedule = make_schedule(config, steps)
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
 
@@ -146,7 +174,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   examples = init_examples(method, len(data.train_images),
                            stored_frame_shape(data.info.image_shape, data.info.augment))
   ts = replicate(init_train_state(model, init_key, examples), mesh)
-  start = checkpointer.latest_epoch() or 0
+  start = checkpointer.latest_verified_epoch(set_aside=True) or 0
   if start:
     ts = checkpointer.restore(start, ts)
     log.info('Resuming from the checkpoint of epoch %d in %s.', start, workdir)
@@ -160,6 +188,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   monitor = _pgd_settings(config, config.eval.monitor_pgd_steps,
                           config.eval.monitor_pgd_restarts)
   monitor_x, monitor_y = _eval_subset(data, config.eval.monitor_n)
+  protocol = _monitor_protocol(monitor, len(monitor_x), config)
+  if history and history[-1].get('monitor', protocol) != protocol:
+    log.warning('The monitor settings changed on resuming: epochs ≤ %d were measured with %s, '
+                'later ones with %s (each record of %s holds its own).', start,
+                history[-1]['monitor'], protocol, run_log.METRICS)
   eval_kwargs = dict(mesh=mesh, batch_size=config.eval.batch_size, seed=config.seed,
                      progress=config.progress)
   cm = config.co_monitor
@@ -179,22 +212,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
       run_log.append_record(workdir, {
           'epoch': epoch - 1 + (i + 1) / steps, 'step': (epoch - 1) * steps + i + 1,
           **{f'{k}_accuracy': r[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
-          'vact': r['vact'], 'vact_pgd': r['vact_pgd']}, name=run_log.MONITOR)
+          'vact': r['vact'], 'vact_pgd': r['vact_pgd'], 'monitor': protocol},
+          name=run_log.MONITOR)
     return after_step
 
   for epoch in range(start + 1, config.num_epochs + 1):
     if onset is not None and cm.early_stop:
       break
     t0, monitor_time[0] = time.time(), 0.0
-    ts, record = _train_epoch(train_step, ts, data, config, epoch, mesh, steps, workdir,
+    ts, record = _train_epoch(train_step, ts, data, config, epoch, mesh, steps, checkpointer,
                               monitor_within_epoch(epoch))
+    # The loss precedes each update: the state after the epoch's last step is checked here,
+    # before it is evaluated, logged or saved.
+    check_finite(ts, f'after epoch {epoch}', lambda: _last_good(checkpointer))
     train_time = time.time() - t0 - monitor_time[0]
     result = evaluate_robustness(model, ts.params, ts.batch_stats, monitor_x, monitor_y,
                                  monitor, desc='monitor', **eval_kwargs)
     record = {'epoch': epoch, **record,
               **{f'{k}_accuracy': result[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
               'vact': result['vact'], 'vact_pgd': result['vact_pgd'],
-              'train_time_s': train_time, 'eval_time_s': result['wall_time_s']}
+              'train_time_s': train_time, 'eval_time_s': result['wall_time_s'],
+              'monitor': protocol}
     history.append(record)
     onset = co_onset(history, drop=cm.drop, gap=cm.gap)
     record['co_detected'] = onset is not None
@@ -216,6 +254,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     checkpointer.save(epoch, ts)
     ts_epoch = epoch
 
+  check_finite(ts, 'before the final evaluation', lambda: _last_good(checkpointer))
   checkpointer.close()
   settings = _pgd_settings(config, config.eval.pgd_steps, config.eval.pgd_restarts)
   test_x, test_y = _eval_subset(data, config.eval.n)

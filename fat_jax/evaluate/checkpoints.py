@@ -32,7 +32,7 @@ def restore_model(model_config, info, workdir: str, epoch: int = 0):
   model = build_model(model_config, info)
   checkpointer = Checkpointer(workdir)
   try:
-    epoch = epoch or checkpointer.latest_epoch()
+    epoch = epoch or checkpointer.latest_verified_epoch()
     if epoch is None or epoch not in checkpointer.epochs():
       raise FileNotFoundError(f'No checkpoint of epoch {epoch} in {workdir} (have '
                               f'{checkpointer.epochs()}).')

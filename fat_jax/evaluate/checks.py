@@ -126,13 +126,16 @@ def run_sanity_checks(run, names, suite, clean, scores, final, x_adv, by_attack,
     before = list(by_attack.values())[names.index('square') - 1]
     checks['square'] = sanity.check_square(before, by_attack['square'])
   elif square_check and 'square' not in names and suite != 'transfer' and not randomized:
-    checks['square'] = sanity.check_square(
-        float(final.mean()), float(side_attack('square', final, keys['square']).mean()))
+    short = dataclasses.replace(run.options, square_queries=min(run.options.square_queries,
+                                                                 sanity.SQUARE_CHECK_QUERIES))
+    checks['square'] = sanity.check_square(float(final.mean()), float(
+        side_attack('square', final, keys['square'], options=short).mean()))
   else:
     checks['square'] = sanity.skipped(
         'Square needs a deterministic model and white-box attacks before it' if 'square' in names
         or randomized or suite == 'transfer' else
         'the suite has no Square attack (square_check=True runs it)')
+  checks['gradient_free'] = sanity.check_gradient_free(checks['square'])
 
   if eps_sweep:
     values = sorted(set(eps_sweep if not isinstance(eps_sweep, bool) else

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from fat_jax import sanity
+from fat_jax import sanity, validation
 from fat_jax.attacks import (apgd_attack, clip_to_box, fab_attack, fgsm_attack, pgd_attack,
                              project_linf, square_attack)
 from fat_jax.attacks.apgd import top_targets
@@ -311,7 +311,7 @@ def _interval(scores: np.ndarray, draws: int) -> list[float]:
 def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y=None, *,
              suite: str = 'aa_standard', eps: float, seed: int = 0, attacks: Sequence[str] | None = None, surrogate=None,
              randomized: bool = False, batch_size: int = 256, checks: bool = True,
-             eps_sweep: bool | Sequence[float] = False, square_check: bool = False,
+             eps_sweep: bool | Sequence[float] = False, square_check: bool = True,
              check_pgd_steps: int = 20, sweep_steps: int = 20, eot_check_n: int = 0,
              progress: bool = True, mesh: Mesh | None = None, **options) -> dict:
   """Robust accuracy of any JAX classifier under an attack suite, with sanity checks.
@@ -342,7 +342,8 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   restarts against it (more iterations), and for a randomised model the suite's
   attacks on one frozen draw (and on the noise-free model of `with_input_noise`);
   `eps_sweep` adds APGD-CE with `sweep_steps` steps at ε ∈ {0, ε/2, ε, 2ε, 1}
-  or the given values; `square_check` runs Square after a suite without it;
+  or the given values; `square_check` (default) runs a short Square
+  (`sanity.SQUARE_CHECK_QUERIES` queries) after a suite without it;
   `eot_check_n` > 0 reruns a randomised model's suite with K = 100 on the first
   `eot_check_n` points. Same seed ⇒ same result.
 
@@ -375,6 +376,7 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   key = jax.random.key(seed)
   clean_key, fresh_key, check_key, attack_key = (jax.random.fold_in(key, i) for i in range(4))
   n_classes = count_classes(model, x, clean_key)
+  validation.validate_evaluation(eps, x, y, n_classes)
   _check_compatible(names, randomized, n_classes)
   opts = _suite_options(suite, options, n_classes)
   run = _Run(model, x, y, eps, opts, batch_size, progress, mesh)
