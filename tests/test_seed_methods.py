@@ -21,7 +21,7 @@ PUBLISHED_LAMBDAS = [1.000, 0.359, 0.264, 0.210, 0.174, 0.147, 0.126, 0.108, 0.0
                 0.059, 0.050, 0.042, 0.035, 0.028, 0.021, 0.016, 0.010, 0.005, 0.000]
 
 
-def test_lap_layer_factors_match_the_spec_table():
+def test_lap_layer_factors_match_the_published_table():
   np.testing.assert_allclose(lap_layer_factors(21, 0.3), PUBLISHED_LAMBDAS, atol=6e-4)
   assert lap_layer_factors(1, 0.3).tolist() == [1.0]
 
