@@ -7,7 +7,7 @@ attack in train-mode BN, cyclic lr 0 → 0.2 → 0, batch 128, 30 epochs.
       --config.data.dir=PATH_WITH_cifar-10-batches-py
 
 Expected: no catastrophic overfitting; PGD-50-10 accuracy at or above FGSM-RS's (≈ 46%) at
-about 10× its cost per epoch (SPEC §5: PGD-10 ≈ 5× LAP).
+about 10× its cost per epoch (docs/protocol.md §5: PGD-10 ≈ 5× LAP).
 """
 from fat_jax.config import default_config
 

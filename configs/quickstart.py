@@ -13,12 +13,13 @@ The argument also takes the seed papers' variants with their published ε = 8/25
 CIFAR-10 hyper-parameters (β, λ1–λ3 are not re-tuned for this setting): v_lap, r_lap,
 n_lap, rs_aaer, n_aaer; and gradalign (with λ = 0.2, its ε = 8/255 value: the
 CIFAR-10 rule λ(ε) does not transfer to ε = 0.15 on Fashion-MNIST). The baselines
-of SPEC §2.5 with their official hyper-parameters in this setting's schedule:
+of docs/protocol.md §2.5 with their official hyper-parameters in this setting's schedule:
 pgd_at (PGD-10, step ε/4), trades (β = 6), mart (β = 5), awp_pgd_at (γ = 0.01),
 awp_trades (γ = 0.005; AWP from the first epoch), zerograd (q = 0.35, α = 2ε) and
 atas (warm-up 1 epoch and state re-drawn every 2: the official 5 and 10 of 30
 epochs, scaled to 6).
-Expected: see README "Quickstart" (measured numbers, with the wall time on 2 CPU cores).
+Expected: FGSM falls into CO, N-FGSM does not; the measured numbers are in README.md
+"Results" and docs/cpu_studies.md.
 """
 from fat_jax.config import default_config
 from fat_jax.recipes import AWP_GAMMA, set_aaer, set_lap

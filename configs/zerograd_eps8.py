@@ -13,7 +13,8 @@ cyclic schedule interpolates the lr only), weight decay 5e-4, batch 128, 30 epoc
       --config.data.dir=PATH_WITH_cifar-10-batches-py
 
 Expected: no catastrophic overfitting at ε = 8/255, robust accuracy competitive with the
-other single-step methods (the paper's CIFAR-10 table; SPEC §5: FGSM-RS PGD-50-10 ≈ 46%).
+other single-step methods (the paper's CIFAR-10 table; docs/protocol.md §5: FGSM-RS
+PGD-50-10 ≈ 46%).
 """
 from fat_jax.config import default_config
 

@@ -61,7 +61,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.method.mep_lambda = 10.0                            # weight of MSE(f(x + δ), f(x + P))
   c.method.mep_decay = 0.3                              # momentum decay
   c.method.mep_reset_every = 40                         # epochs between prior resets
-  # Multi-step and other baselines (SPEC §2.5); unset = off unless the method name sets it.
+  # Multi-step and other baselines (docs/protocol.md §2.5); unset = off unless the method name
+  # sets it.
   c.method.trades_beta = config_dict.placeholder(float)  # TRADES objective (β = 6 for 'trades')
   c.method.mart_beta = config_dict.placeholder(float)   # MART objective (β = 5 for 'mart')
   c.method.awp_gamma = config_dict.placeholder(float)   # AWP on any method (AT 0.01, TRADES 0.005)
@@ -128,7 +129,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.eps_sweep = False        # APGD-CE over ε ∈ {0, ε/2, ε, 2ε, 1}
   c.eval.eot_check_n = 0          # randomised models: rerun the suite with K = 100 on n points
 
-  # `launch.py --mode=analyze`: feature-activation differences of a checkpoint (SPEC §2.4).
+  # `launch.py --mode=analyze`: feature-activation differences of a checkpoint
+  # (docs/protocol.md §2.4).
   c.analysis = ml_collections.ConfigDict()
   c.analysis.n_train = 5000       # training points for V_act and T_act (first n; 0 = all)
   c.analysis.n = 1000             # test points for the masked accuracies (first n; 0 = all)

@@ -1,4 +1,4 @@
-"""Catastrophic-overfitting diagnostics (SPEC §3)."""
+"""Catastrophic-overfitting diagnostics (docs/protocol.md §3)."""
 from __future__ import annotations
 
 from typing import Sequence

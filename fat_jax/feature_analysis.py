@@ -1,5 +1,5 @@
-"""Feature-activation-difference analysis of a model (SPEC §2.4; Zhao, Zhang, Kong, Yin,
-"Catastrophic Overfitting: A Potential Blessing in Disguise", ECCV 2024; no official code).
+"""Feature-activation-difference analysis of a model (docs/protocol.md §2.4; Zhao, Zhang, Kong,
+Yin, "Catastrophic Overfitting: A Potential Blessing in Disguise", ECCV 2024; no official code).
 
 * `activation_statistics`: over a data set, V_act per node, T_act per node and
   channel (`fat_jax.losses.feature_diff`), and the variance of each channel's

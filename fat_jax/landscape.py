@@ -1,4 +1,5 @@
-"""Layer-wise loss landscapes (SPEC §3; the figure of the LAP paper, Lin et al. ICML 2024).
+"""Layer-wise loss landscapes (docs/protocol.md §3; the figure of the LAP paper, Lin et al.
+ICML 2024).
 
   python -m fat_jax.landscape WORKDIR --epochs=1,2,6
   python -m fat_jax.landscape WORKDIR --epochs=1,6 --dims=2 --losses=pgd

@@ -1,9 +1,11 @@
-"""Inference noise ("attack obfuscation", SPEC §2.4) evaluated non-adaptively and adaptively.
+"""Inference noise ("attack obfuscation", docs/protocol.md §2.4) evaluated non-adaptively and
+adaptively.
 
 The feature-difference paper (Zhao et al., ECCV 2024) predicts with f(x + r),
 r ~ U(−a, a) (a = 16/255 best) or N(0, σ²), and supports its robustness claim
 with adversarial examples computed on the noise-free model. `evaluate_input_noise`
-reports that protocol next to the ones a randomised defence must pass (SPEC §4.3):
+reports that protocol next to the ones a randomised defence must pass
+(docs/protocol.md §4.3):
 
 | row | model scored | attack computed on |
 |---|---|---|

@@ -1,4 +1,4 @@
-"""The published recipes of the seed papers, as config builders (SPEC §2.2–2.3, 2.5).
+"""The published recipes of the seed papers, as config builders (docs/protocol.md §2.2–2.3, 2.5).
 
 Each maps the README flags of the official code onto the config:
 `--delta-init zero|random` and `--clamp 1|0` → `method.init/init_scale/project`

@@ -1,4 +1,5 @@
-"""Sanity checks of a robustness evaluation (SPEC §4.4), as pure functions of host arrays.
+"""Sanity checks of a robustness evaluation (docs/protocol.md §4.4), as pure functions of host
+arrays.
 
 Each check returns a record ``{'status': 'pass' | 'warn' | 'info' | 'skipped',
 'message': str, ...numbers}``; `fat_jax.evaluate.evaluate` computes them with
@@ -138,7 +139,7 @@ def _excess(higher: np.ndarray, lower: np.ndarray, tolerance: float) -> tuple[fl
 def check_frozen_noise(frozen: np.ndarray, eot: np.ndarray,
                        noise_free: np.ndarray | None = None) -> dict:
   """With one noise draw frozen the model is deterministic, and the same attacks must bring its
-  accuracy down to the noise-free model's level (SPEC §4.3).
+  accuracy down to the noise-free model's level (docs/protocol.md §4.3).
 
   Per-point robust scores: `frozen` (0/1, the suite's attacks on one frozen draw), `eot` (the
   suite's result, mean over fresh draws) and `noise_free` (0/1, the same attacks on the model

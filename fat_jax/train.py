@@ -202,7 +202,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   monitor_time = [0.0]  # time of the within-epoch monitor, not counted as training time
 
   def monitor_within_epoch(epoch):
-    """Every `every` steps inside an epoch: the monitor into monitor.jsonl (SPEC §3)."""
+    """Every `every` steps inside an epoch: the monitor into monitor.jsonl
+    (docs/protocol.md §3)."""
     def after_step(ts, i):
       if not every or ((epoch - 1) * steps + i + 1) % every or i + 1 == steps:
         return

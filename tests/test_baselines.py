@@ -1,5 +1,6 @@
-"""TRADES, MART, AWP, ZeroGrad and ATAS (SPEC §2.5): losses against hand values, the pieces'
-invariants, and train steps against written-out transcriptions of the official sequences."""
+"""TRADES, MART, AWP, ZeroGrad and ATAS (docs/protocol.md §2.5): losses against hand values,
+the pieces' invariants, and train steps against written-out transcriptions of the official
+sequences."""
 import dataclasses
 import functools
 import importlib

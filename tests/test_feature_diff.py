@@ -1,6 +1,6 @@
-"""Feature-activation differences (SPEC §2.4): V_act / T_act against hand computation, channel
-masks, L_stable and L_co, the methods built on them, the inference-noise wrapper, and the
-analysis and noise-evaluation entry points on a tiny run."""
+"""Feature-activation differences (docs/protocol.md §2.4): V_act / T_act against hand
+computation, channel masks, L_stable and L_co, the methods built on them, the inference-noise
+wrapper, and the analysis and noise-evaluation entry points on a tiny run."""
 import json
 import os
 

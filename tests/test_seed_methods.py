@@ -1,4 +1,4 @@
-"""Fidelity of LAP, AAER and GradAlign against hand computation (SPEC §2.1–2.3)."""
+"""Fidelity of LAP, AAER and GradAlign against hand computation (docs/protocol.md §2.1–2.3)."""
 import chex
 import jax
 import jax.numpy as jnp
@@ -17,12 +17,12 @@ from fat_jax.methods import TrainState, init_train_state, make_train_step, resol
 from fat_jax.models import build_model
 from fat_jax.weight_perturbation import lap_layer_factors
 
-SPEC_LAMBDAS = [1.000, 0.359, 0.264, 0.210, 0.174, 0.147, 0.126, 0.108, 0.093, 0.080, 0.069,
+PUBLISHED_LAMBDAS = [1.000, 0.359, 0.264, 0.210, 0.174, 0.147, 0.126, 0.108, 0.093, 0.080, 0.069,
                 0.059, 0.050, 0.042, 0.035, 0.028, 0.021, 0.016, 0.010, 0.005, 0.000]
 
 
-def test_lap_layer_factors_match_the_spec_table():
-  np.testing.assert_allclose(lap_layer_factors(21, 0.3), SPEC_LAMBDAS, atol=6e-4)
+def test_lap_layer_factors_match_the_published_table():
+  np.testing.assert_allclose(lap_layer_factors(21, 0.3), PUBLISHED_LAMBDAS, atol=6e-4)
   assert lap_layer_factors(1, 0.3).tolist() == [1.0]
 
 

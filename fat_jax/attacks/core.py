@@ -2,7 +2,7 @@
 
 An apply function has the signature of `fat_jax.models.Model.apply`:
 ``apply_fn(params, state, x, train) -> (logits, new_state, features)``.
-``train`` selects the BatchNorm mode explicitly (SPEC §1.5): with ``train=True``
+``train`` selects the BatchNorm mode explicitly (docs/protocol.md §1.5): with ``train=True``
 the forward uses batch statistics and returns updated running statistics.
 """
 from __future__ import annotations

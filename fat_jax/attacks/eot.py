@@ -1,4 +1,4 @@
-"""Loss gradients for deterministic and randomised models; EOT (SPEC §4.3).
+"""Loss gradients for deterministic and randomised models; EOT (docs/protocol.md §4.3).
 
 A *randomised* apply function takes the key of its noise draw:
 ``random_apply_fn(params, state, x, train, key) -> (logits, new_state, features)``.
@@ -76,7 +76,7 @@ def eot_loss_and_grad(random_apply_fn: Callable, params, state, x, loss_fn: Logi
 class InputNoise:
   """A randomised model f(x + r): r ~ U(−scale, scale) ('uniform') or N(0, scale²) ('gaussian').
 
-  The inference-noise defence of SPEC §2.4. With `clip`, x + r is clipped to the
+  The inference-noise defence of docs/protocol.md §2.4. With `clip`, x + r is clipped to the
   box [0, 1] (a valid image); without, it is not (the paper adds the noise
   to the input as is). Hashable, so it can be a static jit argument.
   """

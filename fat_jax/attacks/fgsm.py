@@ -1,4 +1,4 @@
-"""The FGSM family as one pure function (SPEC §2 table).
+"""The FGSM family as one pure function (docs/protocol.md §2).
 
 | method  | init                  | α     | project |
 |---------|-----------------------|-------|---------|

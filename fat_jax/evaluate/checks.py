@@ -21,7 +21,7 @@ from fat_jax.losses import cross_entropy
 from fat_jax.parallel import to_host
 
 SWEEP_FRACTIONS = (0.0, 0.5, 1.0, 2.0)  # × ε, then ε = 1
-EOT_CHECK_SAMPLES = 100  # K of the EOT check (README, "Evaluation": the eot_samples check)
+EOT_CHECK_SAMPLES = 100  # K of the EOT check (docs/evaluation.md: the eot_samples check)
 
 
 @dataclasses.dataclass(frozen=True)

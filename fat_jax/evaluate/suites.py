@@ -313,7 +313,8 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
              randomized: bool = False, batch_size: int = 256, checks: bool = True,
              eps_sweep: bool | Sequence[float] = False, square_check: bool = True,
              check_pgd_steps: int = 20, sweep_steps: int = 20, eot_check_n: int = 0,
-             progress: bool = True, mesh: Mesh | None = None, **options) -> dict:
+             progress: bool = True, verbose: bool = True, mesh: Mesh | None = None,
+             **options) -> dict:
   """Robust accuracy of any JAX classifier under an attack suite, with sanity checks.
 
   `apply_fn(params, state, x, train) -> (logits, state, features)`, or with
@@ -352,7 +353,8 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   data parallelism over all devices (and processes), the same result as one device.
 
   Returns a JSON-ready report (see `save_report`) plus the arrays 'flags'
-  (per-point 'clean' and 'robust'), 'scores' and 'x_adv'.
+  (per-point 'clean' and 'robust'), 'scores' and 'x_adv'. With `verbose` (default) process 0
+  also prints its table (`format_table`) to stdout; `verbose=False` only logs it (INFO).
   """
   start = time.time()
   eps = float(eps)
@@ -427,7 +429,10 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
         sweep_steps=sweep_steps, eot_check_n=eot_check_n)
     times['checks'] = time.time() - t0
   report['wall_time_s'] = time.time() - start
-  log.info('%s', format_table(report))
+  if verbose and jax.process_index() == 0:
+    print(format_table(report), flush=True)
+  else:
+    log.info('%s', format_table(report))
   for name, check in report.get('checks', {}).items():
     if check['status'] == sanity.WARN:
       log.warning('check %s: %s', name, check['message'])

@@ -1,5 +1,5 @@
 """AAER: Abnormal Adversarial Example Regularisation (Lin et al., NeurIPS 2023),
-as the official code `tmllab/2023_NeurIPS_AAER` computes it (SPEC §2.2).
+as the official code `tmllab/2023_NeurIPS_AAER` computes it (docs/protocol.md §2.2).
 
 An abnormal adversarial example (AAE) is one whose loss the attack step
 *decreased*: A_i = [ℓ_i(x+η) > ℓ_i(x+δ)]. With m = |A| of n examples, for

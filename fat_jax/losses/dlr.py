@@ -1,4 +1,4 @@
-"""Difference-of-logits-ratio losses of AutoAttack (Croce & Hein 2020, SPEC §4.2).
+"""Difference-of-logits-ratio losses of AutoAttack (Croce & Hein 2020, docs/protocol.md §4.2).
 
 With the logits of one example sorted decreasingly, z_π1 ≥ z_π2 ≥ …:
 

@@ -3,7 +3,7 @@
 Every model is a `flax.linen.Module` whose ``__call__(x, train, masks=None)``
 returns ``(logits, features)`` and which defines ``weight_paths() -> list[Path]``,
 the explicit forward order of its conv/linear kernels. ``features`` are the
-activation nodes 'A', 'B', ... (SPEC §2.4), recorded with `tap`, which also
+activation nodes 'A', 'B', ... (docs/protocol.md §2.4), recorded with `tap`, which also
 applies the optional channel masks. Layers are built with the helpers below so
 that padding, initialisation and BatchNorm match torch:
 

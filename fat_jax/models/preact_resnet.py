@@ -16,7 +16,7 @@ Feature nodes (activations the forward computes anyway):
   ``head_bn_relu=False``: the stage-4 output itself).
 
 A pre-activation network has no post-ReLU stage output; these are the
-activations SPEC §2.4 asks for ("the stage outputs after their next BN-ReLU").
+activations of docs/protocol.md §2.4 (the stage outputs after their next BN-ReLU).
 For a 32×32 input with base width w: A, B 32×32×w; C 16×16×2w; D 8×8×4w;
 E 4×4×8w.
 
