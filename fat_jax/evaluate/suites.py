@@ -294,7 +294,8 @@ def _suite_attacks(suite: str, attacks) -> tuple[str, ...]:
   return names
 
 
-def _suite_options(suite: str, options: dict, n_classes: int) -> SuiteOptions:
+def suite_options(suite: str, options: dict, n_classes: int) -> SuiteOptions:
+  """The `SuiteOptions` of `suite` with `options` over its defaults, for `n_classes`."""
   fields = {f.name for f in dataclasses.fields(SuiteOptions)}
   unknown = sorted(set(options) - fields)
   if unknown:
@@ -435,7 +436,7 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   n_classes = count_classes(model, x, clean_key)
   validation.validate_evaluation(eps, x, y, n_classes, norm)
   _check_compatible(names, randomized, n_classes, norm, x)
-  opts = _suite_options(suite, options, n_classes)
+  opts = suite_options(suite, options, n_classes)
   run = _Run(model, x, y, eps, opts, batch_size, progress, mesh, norm)
 
   t0 = time.time()
@@ -474,7 +475,7 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   final = run.score(x_adv, fresh_key) if randomized else scores
   report = {
       'suite': suite, 'attacks': list(names), 'norm': norm, 'eps': eps, 'n': len(x),
-      'seed': seed, 'randomized': randomized, 'individual': individual,
+      'seed': seed, 'randomized': randomized, 'individual': individual, 'n_classes': n_classes,
       'settings': {**dataclasses.asdict(opts), 'batch_size': batch_size, 'checks': checks,
                    'check_pgd_steps': check_pgd_steps, 'square_check': square_check,
                    'eps_sweep': eps_sweep if isinstance(eps_sweep, bool) else list(eps_sweep),
