@@ -3,6 +3,10 @@
   python benchmarks/eval_throughput.py                       # small CNN, CPU-friendly
   python benchmarks/eval_throughput.py --model=preact_resnet18 --width=64 --n=512
   python benchmarks/eval_throughput.py --workdir=runs/quickstart/fgsm --n=256   # a trained run
+  python benchmarks/eval_throughput.py --workdir=runs/quickstart/fgsm --norm=Linf,L2  # both
+
+`--norm` lists the threat models (L2 radius `--eps-l2`, default 0.5); each runs PGD-50-10 and
+AutoAttack-standard.
 
 Without --workdir the model is freshly initialised and labelled with its own predictions
 (clean accuracy 1) and ε is small, so most points survive every attack and each attack runs
@@ -53,6 +57,8 @@ def parse_args():
   p.add_argument('--square-queries', type=int, default=5000)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--dtype', default='float32', help='float32 | bfloat16 (mixed precision)')
+  p.add_argument('--norm', default='Linf', help='threat models, comma-separated: Linf,L2')
+  p.add_argument('--eps-l2', type=float, default=0.5, help='the L2 radius')
   return p.parse_args()
 
 
@@ -96,30 +102,42 @@ def main():
   monitoring.register_event_duration_secs_listener(count_compilation)
   model, ts, x, y, eps = (trained_model if args.workdir else random_model)(args)
   eps = args.eps if args.eps is not None else eps
-  suites = {'pgd': dict(suite='pgd', pgd_steps=50, pgd_restarts=10),
-            'aa_standard': dict(suite='aa_standard', square_queries=args.square_queries)}
+  norms = args.norm.split(',')
+  suites = {}
+  for norm in norms:
+    radius = eps if norm == 'Linf' else args.eps_l2
+    suites[f'pgd {norm}'] = dict(suite='pgd', pgd_steps=50, pgd_restarts=10, norm=norm,
+                                 eps=radius)
+    suites[f'aa_standard {norm}'] = dict(suite='aa_standard', square_queries=args.square_queries,
+                                         norm=norm, eps=radius)
   rows = {}
   for name, kw in suites.items():
     compile_s[0], t0 = 0.0, time.time()
-    report = evaluate(model.apply, ts.params, ts.batch_stats, x, y, eps=eps, seed=args.seed,
+    report = evaluate(model.apply, ts.params, ts.batch_stats, x, y, seed=args.seed,
                       batch_size=args.batch_size, checks=False, progress=False,
                       mesh=make_data_mesh(), **kw)
     rows[name] = (report, time.time() - t0 - compile_s[0], compile_s[0])
   print(f'{jax.device_count()} × {jax.devices()[0].device_kind} ({jax.default_backend()}), '
         f'{args.dtype}, model '
-        f'{args.workdir or f"{args.model} width {args.width}"}, n {len(x)}, eps {eps:.5f}, '
-        f'batch {args.batch_size}')
-  print(f"{'suite':<12} {'run (s)':>9} {'points/s':>9} {'fwd/pt':>8} {'bwd/pt':>8} "
+        f'{args.workdir or f"{args.model} width {args.width}"}, n {len(x)}, eps Linf {eps:.5f}'
+        f' L2 {args.eps_l2:g}, batch {args.batch_size}')
+  print(f"{'suite':<16} {'run (s)':>9} {'points/s':>9} {'fwd/pt':>8} {'bwd/pt':>8} "
         f"{'clean':>6} {'robust':>7} {'compile (s)':>11}  robust after each attack (its wall "
         "time, compilation included)")
   for name, (report, wall, compiling) in rows.items():
     attacks = '  '.join(f"{a} {acc:.3f} ({report['time_by_attack_s'][a]:.1f} s)"
                         for a, acc in report['robust_accuracy_by_attack'].items())
     n = len(x)
-    print(f"{name:<12} {wall:>9.1f} {n / wall:>9.2f} {report['forward_passes'] / n:>8.0f} "
+    print(f"{name:<16} {wall:>9.1f} {n / wall:>9.2f} {report['forward_passes'] / n:>8.0f} "
           f"{report['backward_passes'] / n:>8.0f} {report['clean_accuracy']:>6.3f} "
           f"{report['robust_accuracy']:>7.3f} {compiling:>11.1f}  {attacks}")
-  print(f"AA-standard / PGD-50-10 run time: {rows['aa_standard'][1] / rows['pgd'][1]:.2f}x")
+  for norm in norms:
+    print(f"{norm}: AA-standard / PGD-50-10 run time: "
+          f"{rows[f'aa_standard {norm}'][1] / rows[f'pgd {norm}'][1]:.2f}x")
+  if len(norms) > 1:
+    base = rows[f'pgd {norms[0]}'][1]
+    print(f'run time relative to PGD-50-10 {norms[0]}: '
+          + ', '.join(f'{name} {wall / base:.2f}x' for name, (_, wall, _) in rows.items()))
 
 
 if __name__ == '__main__':

@@ -107,14 +107,19 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.monitor_pgd_restarts = 1
   c.eval.monitor_every_steps = 0  # > 0: also monitor every k steps into monitor.jsonl
   # `launch.py --mode=eval`: an attack suite on a checkpoint (fat_jax.evaluate.evaluate).
-  c.eval.suite = 'pgd'            # 'aa_standard' | 'aa_rand' | 'pgd' | 'transfer' | 'custom'
+  c.eval.suite = 'pgd'            # 'aa_standard' | 'aa_plus' | 'aa_rand' | 'pgd' | 'transfer'
+                                  # | 'custom' (docs/evaluation.md)
+  c.eval.norm = 'Linf'            # threat model of --mode=eval: 'Linf' | 'L2' (training: Linf)
+  c.eval.individual = False       # every attack from the clean points, each on all of them
   c.eval.attacks = ()             # 'custom' (and 'transfer'): names in fat_jax.evaluate.ATTACKS
   c.eval.epoch = 0                # checkpoint to evaluate; 0 = the latest
   c.eval.apgd_steps = 100
-  c.eval.apgd_restarts = 1
+  c.eval.apgd_restarts = config_dict.placeholder(int)  # None = the suite's (aa_plus 5, else 1)
+  c.eval.apgd_t_restarts = config_dict.placeholder(int)  # None = the suite's (aa_plus 1)
   c.eval.n_target_classes = 9
   c.eval.fab_steps = 100
-  c.eval.fab_restarts = 1
+  c.eval.fab_restarts = config_dict.placeholder(int)   # None = the suite's (aa_plus 5, else 1)
+  c.eval.fab_t_restarts = config_dict.placeholder(int)  # None = the suite's (aa_plus 1)
   c.eval.square_queries = 5000
   c.eval.square_p_init = 0.8
   c.eval.eot_samples = config_dict.placeholder(int)  # K; None = 20 for 'aa_rand'
@@ -128,6 +133,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.square_check = True      # a short Square after a suite without it (black-box check)
   c.eval.eps_sweep = False        # APGD-CE over ε ∈ {0, ε/2, ε, 2ε, 1}
   c.eval.eot_check_n = 0          # randomised models: rerun the suite with K = 100 on n points
+  # RobustBench model-info fields of WORKDIR/robustbench_<suite>_<norm>.json (--mode=eval).
+  c.eval.robustbench = ml_collections.ConfigDict()
+  c.eval.robustbench.name = ''    # the paper's title
+  c.eval.robustbench.link = ''    # the paper's URL
+  c.eval.robustbench.authors = ''
+  c.eval.robustbench.venue = ''   # e.g. 'ICLR 2020'; '' shows as 'Unpublished'
+  c.eval.robustbench.reported = config_dict.placeholder(float)  # the paper's robust accuracy, %
+  c.eval.robustbench.additional_data = False
+  c.eval.robustbench.architecture = ''  # '' = from model.name (e.g. PreActResNet-18)
+  c.eval.robustbench.footnote = ''
 
   # `launch.py --mode=analyze`: feature-activation differences of a checkpoint
   # (docs/protocol.md §2.4).

@@ -86,8 +86,9 @@ def run_mode(config):
   if _MODE.value == 'eval':
     report = evaluate_checkpoint(config, _WORKDIR.value)
     logging.getLogger('fat_jax').info(
-        'Results: %s/eval_%s.json (epoch %d: clean %.4f, robust %.4f)', _WORKDIR.value,
-        report['suite'], report['evaluated_epoch'], report['clean_accuracy'],
+        'Results: %s/eval_%s%s.json (%s, epoch %d: clean %.4f, robust %.4f)', _WORKDIR.value,
+        report['suite'], '' if report['norm'] == 'Linf' else '_' + report['norm'],
+        report['norm'], report['evaluated_epoch'], report['clean_accuracy'],
         report['robust_accuracy'])
     return
   train_and_evaluate(config, _WORKDIR.value)

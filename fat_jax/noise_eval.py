@@ -101,7 +101,7 @@ def evaluate_noise_checkpoint(config, workdir: str) -> dict:
       scale=e.input_noise, kind=e.noise_kind, clip=e.noise_clip,
       attacks=tuple(e.attacks) or SUITES['aa_rand'],
       eot_samples=e.eot_samples if e.eot_samples is not None else 20, seed=config.seed,
-      n_draws=e.n_draws, apgd_steps=e.apgd_steps, apgd_restarts=e.apgd_restarts,
+      n_draws=e.n_draws, apgd_steps=e.apgd_steps, apgd_restarts=e.apgd_restarts or 1,
       batch_size=e.batch_size, checks=e.checks, progress=config.progress)
   report.update(evaluated_epoch=epoch, method=config.method.name, dataset=config.data.name,
                 model=config.model.name, workdir=workdir)

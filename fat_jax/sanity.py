@@ -15,6 +15,7 @@ import numpy as np
 
 PASS, WARN, INFO, SKIPPED = 'pass', 'warn', 'info', 'skipped'
 BOUND_TOLERANCE = 1e-6     # float slack of ‖δ‖∞ ≤ ε and x + δ ∈ [0, 1]
+L2_BOUND_TOLERANCE = 1e-5  # float slack of ‖δ‖₂ ≤ ε (a float32 sum over D pixels)
 PROBABILITY_TOLERANCE = 1e-5
 SQUARE_TOLERANCE = 0.002   # 0.2 percentage points, as AutoAttack's check_square_sr
 SQUARE_CHECK_QUERIES = 300  # the default black-box check: a short Square after the suite
@@ -32,20 +33,24 @@ def skipped(reason: str) -> dict:
   return {'status': SKIPPED, 'message': reason}
 
 
-def check_validity(x: np.ndarray, x_adv: np.ndarray, eps: float) -> dict:
-  """Every adversarial example lies in the ε-ball around its point and in [0, 1], and is finite."""
+def check_validity(x: np.ndarray, x_adv: np.ndarray, eps: float, norm: str = 'Linf') -> dict:
+  """Every adversarial example lies in the ε-ball of `norm` ('Linf': ‖δ‖∞ ≤ ε, 'L2':
+  ‖δ‖₂ ≤ ε) around its point and in [0, 1], and is finite."""
   n = len(x)
-  dist = np.abs(x_adv - x).reshape(n, -1).max(axis=1)
+  delta = (x_adv - x).reshape(n, -1).astype(np.float64)
+  dist = np.sqrt((delta ** 2).sum(axis=1)) if norm == 'L2' else np.abs(delta).max(axis=1)
   flat = x_adv.reshape(n, -1)
-  outside_ball = int(np.sum(dist > eps + BOUND_TOLERANCE))
+  outside_ball = int(np.sum(dist > eps + (L2_BOUND_TOLERANCE if norm == 'L2' else
+                                            BOUND_TOLERANCE)))
   outside_box = int(np.sum((flat.min(axis=1) < -BOUND_TOLERANCE)
                            | (flat.max(axis=1) > 1 + BOUND_TOLERANCE)))
   non_finite = int(np.sum(~np.isfinite(flat).all(axis=1)))
   ok = outside_ball == outside_box == non_finite == 0
   return _record(ok, 'all adversarial examples are valid' if ok else
                  f'{outside_ball} outside the ε-ball, {outside_box} outside [0, 1], '
-                 f'{non_finite} not finite', max_linf=float(dist.max(initial=0.0)), eps=eps,
-                 outside_ball=outside_ball, outside_box=outside_box, non_finite=non_finite)
+                 f'{non_finite} not finite', norm=norm,
+                 **{'max_l2' if norm == 'L2' else 'max_linf': float(dist.max(initial=0.0))},
+                 eps=eps, outside_ball=outside_ball, outside_box=outside_box, non_finite=non_finite)
 
 
 def check_reevaluation(recorded: np.ndarray, reevaluated: np.ndarray) -> dict:
@@ -101,19 +106,23 @@ def check_gradient_free(square: dict) -> dict:
                  'suite with Square)', ran=ran)
 
 
-def check_eps_sweep(eps_values: Sequence[float], accuracies: Sequence[float]) -> dict:
-  """Accuracy does not rise along the increasing `eps_values` (by more than 1 point) and is
-  ≈ 0 at ε = 1."""
+def check_eps_sweep(eps_values: Sequence[float], accuracies: Sequence[float],
+                    norm: str = 'Linf') -> dict:
+  """Accuracy does not rise along the increasing `eps_values` (by more than 1 point) and, in
+  L∞, is ≈ 0 at ε = 1 (every image can be turned into any other). The ε = 1 rule is L∞-only:
+  no fixed L2 radius guarantees 0 (‖δ‖₂ can reach √D), so in L2 only the monotonicity counts."""
   pairs = list(zip(eps_values, accuracies))
   rises = [(e0, e1) for (e0, a0), (e1, a1) in zip(pairs[:-1], pairs[1:])
            if a1 > a0 + SWEEP_TOLERANCE]
-  at_one = [acc for e, acc in zip(eps_values, accuracies) if e >= 1.0]
+  at_one = [acc for e, acc in zip(eps_values, accuracies) if e >= 1.0 and norm == 'Linf']
   high = bool(at_one) and at_one[-1] > SWEEP_TOLERANCE
   problems = ([f'accuracy rises between ε = {a:.4g} and {b:.4g}' for a, b in rises]
               + ([f'accuracy {at_one[-1]:.4f} at ε = 1 (expected ≈ 0)'] if high else []))
   return _record(not problems, '; '.join(problems) or 'accuracy falls with ε'
-                 + (' and is ≈ 0 at ε = 1' if at_one else ''),
-                 eps=[float(e) for e in eps_values], accuracy=[float(a) for a in accuracies])
+                 + (' and is ≈ 0 at ε = 1' if at_one else '')
+                 + (' (L2: the L∞ rule "ε = 1 ⇒ 0" does not apply)' if norm == 'L2' else ''),
+                 norm=norm, eps=[float(e) for e in eps_values],
+                 accuracy=[float(a) for a in accuracies])
 
 
 def check_more_iterations(weak: str, weak_accuracy: float, strong: str, strong_accuracy: float,

@@ -141,7 +141,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   The config is checked first (`fat_jax.validation`), then the workdir is locked against a
   second writer (`fat_jax.workdir_lock`) for the whole run.
   """
-  validation.validate_config(config)
+  validation.validate_config(config, training=True)
   workdir = os.path.abspath(workdir)
   with workdir_lock.locked(workdir):
     return _train_and_evaluate(config, workdir)

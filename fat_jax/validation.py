@@ -14,6 +14,7 @@ import numpy as np
 
 log = logging.getLogger('fat_jax')
 
+NORMS = ('Linf', 'L2')     # the evaluation's threat models (fat_jax.attacks.NORMS)
 PIXEL_UNITS_WARNING = 0.5  # ε above this on [0, 1] images: likely given in 0–255 units
 # (field, what it counts): 0 means all examples.
 COUNTS = ('data.n_train', 'data.n_test', 'eval.n', 'eval.monitor_n', 'eval.monitor_every_steps',
@@ -50,12 +51,17 @@ def _numbers(config, prefix: str = ''):
       yield name, value
 
 
-def eps_problem(eps, field: str = 'eps') -> str | None:
-  """Why `eps` cannot be an L∞ radius on [0, 1] images (None if it can); warns when ε > 0.5."""
+def eps_problem(eps, field: str = 'eps', norm: str = 'Linf') -> str | None:
+  """Why `eps` cannot be an L∞ radius on [0, 1] images (None if it can); warns when ε > 0.5.
+  An L2 radius (`norm='L2'`) need only be finite and ≥ 0: ‖δ‖₂ may reach √D."""
   try:
     value = float(eps)
   except (TypeError, ValueError):
     return f'{field}={eps!r} is not a number.'
+  if norm == 'L2':
+    if not math.isfinite(value) or value < 0:
+      return f'{field}={eps} must be a finite L2 radius ≥ 0 (e.g. 0.5 on CIFAR-10).'
+    return None
   if not math.isfinite(value):
     return f'{field}={eps} is not finite: give the L∞ radius in [0, 1], e.g. 8/255.'
   if value > 1:
@@ -69,15 +75,27 @@ def eps_problem(eps, field: str = 'eps') -> str | None:
   return None
 
 
-def config_problems(config) -> list[str]:
-  """One line per mistake in a run config (`fat_jax.config.default_config` layout)."""
+def config_problems(config, training: bool = False) -> list[str]:
+  """One line per mistake in a run config (`fat_jax.config.default_config` layout).
+
+  `eval.norm` is the evaluation's threat model ('Linf' or 'L2'; `eval.eps` is checked in it);
+  with `training` (a training run) it must be 'Linf': training, its monitor and its final
+  evaluation are L∞ only."""
   problems = [f'{name}={value} is not finite.' for name, value in _numbers(config)
               if isinstance(value, float) and not math.isfinite(value)]
   bad = {p.split('=')[0] for p in problems}
+  norm = _get(config, 'eval.norm') or 'Linf'
+  if norm not in NORMS:
+    problems.append(f"eval.norm={norm!r} is not a threat model: use 'Linf' or 'L2'.")
+  elif training and norm != 'Linf':
+    problems.append(f"eval.norm={norm!r}: fat_jax trains (and monitors) under L∞ only; train "
+                    "with eval.norm='Linf', then evaluate the run under L2 with "
+                    '--mode=eval --config.eval.norm=L2.')
   for field in EPSILONS:
     value = _get(config, field)
     if value is not None and field not in bad:
-      problem = eps_problem(value, field)
+      problem = eps_problem(value, field, norm if field == 'eval.eps' and norm in NORMS
+                            else 'Linf')
       problems += [problem] if problem else []
   for field in COUNTS:
     value = _get(config, field)
@@ -94,17 +112,18 @@ def config_problems(config) -> list[str]:
   return problems
 
 
-def validate_config(config) -> None:
+def validate_config(config, training: bool = False) -> None:
   """Raise one `ConfigError` listing every mistake of `config` (one line each)."""
-  problems = config_problems(config)
+  problems = config_problems(config, training)
   if problems:
     raise ConfigError('\n'.join(problems))
 
 
-def evaluation_problems(eps, x, y, n_classes: int) -> list[str]:
-  """One line per mistake in the arguments of `fat_jax.evaluate.evaluate`: ε a radius in
-  [0, 1], finite inputs, integer labels in [0, n_classes) (others would count as errors)."""
-  problems = [eps_problem(eps)]
+def evaluation_problems(eps, x, y, n_classes: int, norm: str = 'Linf') -> list[str]:
+  """One line per mistake in the arguments of `fat_jax.evaluate.evaluate`: ε a radius of
+  `norm` (L∞: in [0, 1]), finite inputs, integer labels in [0, n_classes) (others would count
+  as errors)."""
+  problems = [eps_problem(eps, norm=norm)]
   x, y = np.asarray(x), np.asarray(y)
   bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
   if bad.any():
@@ -119,8 +138,8 @@ def evaluation_problems(eps, x, y, n_classes: int) -> list[str]:
   return [p for p in problems if p]
 
 
-def validate_evaluation(eps, x, y, n_classes: int) -> None:
+def validate_evaluation(eps, x, y, n_classes: int, norm: str = 'Linf') -> None:
   """Raise one `ConfigError` listing every mistake of `evaluation_problems`."""
-  problems = evaluation_problems(eps, x, y, n_classes)
+  problems = evaluation_problems(eps, x, y, n_classes, norm)
   if problems:
     raise ConfigError('\n'.join(problems))

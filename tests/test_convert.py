@@ -374,6 +374,27 @@ def test_converted_preact_resnet18_evaluates_through_launch(tmp_path):
   assert report['clean_accuracy'] == pytest.approx(
       np.mean(logits.argmax(1) == data.test_labels[:4]))
   assert report['robust_accuracy'] <= report['clean_accuracy']
+  # The same model under L2 (RobustBench's ε = 0.5), AutoAttack-standard with short attacks.
+  done = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch.py'),
+       f'--config={os.path.join(ROOT, "configs", "from_workdir.py")}:{workdir}',
+       f'--workdir={workdir}', '--mode=eval', f'--config.data.dir={data_dir}',
+       '--config.eval.n=4', '--config.eval.batch_size=4', '--config.eval.suite=aa_standard',
+       '--config.eval.norm=L2', '--config.eval.eps=0.5', '--config.eval.apgd_steps=2',
+       '--config.eval.fab_steps=2', '--config.eval.square_queries=4',
+       '--config.eval.n_target_classes=2', '--config.eval.check_pgd_steps=1',
+       '--config.progress=False'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  l2 = json.load(open(os.path.join(workdir, 'eval_aa_standard_L2.json')))
+  assert (l2['norm'], l2['eps'], l2['n']) == ('L2', 0.5, 4)
+  assert l2['clean_accuracy'] == report['clean_accuracy']
+  assert l2['robust_accuracy'] <= l2['clean_accuracy']
+  assert l2['checks']['validity']['status'] == 'pass' and l2['checks']['validity']['norm'] == 'L2'
+  entry = json.load(open(os.path.join(workdir, 'robustbench_aa_standard_L2.json')))
+  assert (entry['threat_model'], entry['eps'], entry['dataset']) == ('L2', '0.5', 'cifar10')
+  assert entry['architecture'] == 'PreActResNet-18' and entry['unreliable'] is True
+  assert entry['autoattack_acc'] == f"{100 * l2['robust_accuracy']:.2f}"
+  assert 'apgd_steps=2' in entry['footnote']
 
 
 def test_model_normalisation_override_is_checked():

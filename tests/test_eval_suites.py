@@ -187,7 +187,7 @@ def test_transfer_from_the_model_itself_equals_white_box(trained):  # noqa: F811
 
 
 @pytest.mark.parametrize('kw, match', [
-    (dict(suite='aa_plus'), 'Unknown suite'),
+    (dict(suite='aa_ultra'), 'Unknown suite'),
     (dict(suite='custom', attacks=['apgd-xe']), 'Unknown attacks'),
     (dict(suite='custom'), 'needs a list'),
     (dict(apgd_stps=5), 'Unknown suite options'),

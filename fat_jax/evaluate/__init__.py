@@ -6,6 +6,7 @@ Modules, one job each:
   classifier   `Classifier`: the model an evaluation attacks or scores; `from_logits_fn`,
                `from_params_fn` adapt plain f(x) / f(params, x) -> logits
   output       `format_table` (console) and `save_report` (JSON)
+  robustbench  `robustbench_entry`: a report as a RobustBench model-info entry
   monitor      `evaluate_robustness` / `robust_flags`: the training loop's clean/FGSM/PGD monitor
   checkpoints  `restore_model`, `evaluate_checkpoint` (``launch.py --mode=eval``): the only
                module here that imports models, methods and checkpoints; it is loaded on first

@@ -17,10 +17,14 @@ from fat_jax.attacks.eot import with_input_noise
 from fat_jax.checkpoint import Checkpointer
 from fat_jax.data import load_dataset
 from fat_jax.evaluate.output import save_report
+from fat_jax.evaluate.robustbench import AUTOATTACK_SUITES, robustbench_entry, save_robustbench_entry
 from fat_jax.evaluate.suites import SuiteOptions, evaluate
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
 from fat_jax.parallel import is_writer, make_data_mesh
+
+ARCHITECTURES = {'preact_resnet18': 'PreActResNet-18', 'resnet18': 'ResNet-18',
+                 'mnist_net': 'MNIST CNN (locuslab)', 'cnn': 'CNN'}  # RobustBench's names
 
 
 def restore_model(model_config, info, workdir: str, epoch: int = 0):
@@ -50,7 +54,10 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   the `SuiteOptions` fields found in `config.eval`, `eval.input_noise` > 0 for
   the randomised model f(x + r) (`eval.noise_kind`), and for 'transfer' the
   latest checkpoint of `eval.surrogate_workdir` (its own config.json).
-  Writes ``eval_<suite>.json`` and the per-point flags ``eval_<suite>_flags.npz``.
+  The threat model is `eval.norm` ('Linf' or 'L2'), `eval.individual` runs every attack on
+  all points. Writes ``eval_<suite>.json`` (L2: ``eval_<suite>_L2.json``) and the per-point
+  flags ``eval_<suite>[_L2]_flags.npz``; for an AutoAttack suite also the RobustBench entry
+  ``robustbench_<suite>_<norm>.json`` (metadata from `eval.robustbench`).
   """
   workdir = os.path.abspath(workdir)
   e = config.eval
@@ -78,10 +85,20 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
                     randomized=bool(e.input_noise), batch_size=e.batch_size, checks=e.checks,
                     eps_sweep=e.eps_sweep, square_check=e.square_check,
                     check_pgd_steps=e.check_pgd_steps, eot_check_n=e.eot_check_n,
-                    progress=config.progress, mesh=make_data_mesh(), **options)
+                    progress=config.progress, mesh=make_data_mesh(), norm=e.norm,
+                    individual=e.individual, **options)
   report.update(evaluated_epoch=epoch, method=config.method.name, dataset=config.data.name,
                 model=config.model.name, workdir=workdir)
+  stem = f'eval_{e.suite}' + ('' if e.norm == 'Linf' else f'_{e.norm}')
   if is_writer():
-    save_report(report, os.path.join(workdir, f'eval_{e.suite}.json'))
-  run_log.write_arrays(workdir, f'eval_{e.suite}_flags.npz', report['flags'])
+    save_report(report, os.path.join(workdir, f'{stem}.json'))
+    if e.suite in AUTOATTACK_SUITES:
+      rb = e.robustbench
+      entry = robustbench_entry(
+          report, dataset=config.data.name,
+          architecture=rb.architecture or ARCHITECTURES.get(config.model.name, config.model.name),
+          name=rb.name, link=rb.link, authors=rb.authors, venue=rb.venue, reported=rb.reported,
+          additional_data=rb.additional_data, footnote=rb.footnote)
+      save_robustbench_entry(entry, os.path.join(workdir, f'robustbench_{e.suite}_{e.norm}.json'))
+  run_log.write_arrays(workdir, f'{stem}_flags.npz', report['flags'])
   return report

@@ -20,7 +20,7 @@ from fat_jax.evaluate.classifier import Classifier
 from fat_jax.losses import cross_entropy
 from fat_jax.parallel import to_host
 
-SWEEP_FRACTIONS = (0.0, 0.5, 1.0, 2.0)  # × ε, then ε = 1
+SWEEP_FRACTIONS = (0.0, 0.5, 1.0, 2.0)  # × ε, then (L∞ only) ε = 1
 EOT_CHECK_SAMPLES = 100  # K of the EOT check (docs/evaluation.md: the eot_samples check)
 
 
@@ -59,6 +59,11 @@ def _probe(run, key):
   return np.concatenate(logits), np.concatenate(again), np.concatenate(zero)
 
 
+def square_fits(x: np.ndarray, norm: str) -> bool:
+  """Whether Square can attack `x` in `norm`: its L2 start needs images of at least 5 × 5."""
+  return norm != 'L2' or (x.ndim >= 3 and min(x.shape[1], x.shape[2]) >= 5)
+
+
 def run_sanity_checks(run, names, suite, clean, scores, final, x_adv, by_attack, key, *,
                    eps_sweep, square_check, check_pgd_steps, sweep_steps, eot_check_n):
   """The checks of `fat_jax.sanity` for one evaluation, and their forward/backward passes.
@@ -88,7 +93,7 @@ def run_sanity_checks(run, names, suite, clean, scores, final, x_adv, by_attack,
     counts['forward'] += len(scorer.x) * scorer.draws()
     return scorer.score(scorer.x, k)
 
-  checks = {'validity': sanity.check_validity(run.x, x_adv, run.eps)}
+  checks = {'validity': sanity.check_validity(run.x, x_adv, run.eps, run.norm)}
   again = run.score(x_adv, keys['rescore'])
   counts['forward'] += n * draws
   if randomized:
@@ -125,7 +130,8 @@ def run_sanity_checks(run, names, suite, clean, scores, final, x_adv, by_attack,
   if 'square' in names[1:] and suite != 'transfer':
     before = list(by_attack.values())[names.index('square') - 1]
     checks['square'] = sanity.check_square(before, by_attack['square'])
-  elif square_check and 'square' not in names and suite != 'transfer' and not randomized:
+  elif (square_check and 'square' not in names and suite != 'transfer' and not randomized
+        and square_fits(run.x, run.norm)):
     short = dataclasses.replace(run.options, square_queries=min(run.options.square_queries,
                                                                  sanity.SQUARE_CHECK_QUERIES))
     checks['square'] = sanity.check_square(float(final.mean()), float(
@@ -134,17 +140,19 @@ def run_sanity_checks(run, names, suite, clean, scores, final, x_adv, by_attack,
     checks['square'] = sanity.skipped(
         'Square needs a deterministic model and white-box attacks before it' if 'square' in names
         or randomized or suite == 'transfer' else
-        'the suite has no Square attack (square_check=True runs it)')
+        'Square L2 needs images of at least 5 × 5 pixels' if not square_fits(run.x, run.norm)
+        else 'the suite has no Square attack (square_check=True runs it)')
   checks['gradient_free'] = sanity.check_gradient_free(checks['square'])
 
   if eps_sweep:
-    values = sorted(set(eps_sweep if not isinstance(eps_sweep, bool) else
-                        [min(f * run.eps, 1.0) for f in SWEEP_FRACTIONS] + [1.0]))
+    default = ([f * run.eps for f in SWEEP_FRACTIONS] if run.norm == 'L2' else
+               [min(f * run.eps, 1.0) for f in SWEEP_FRACTIONS] + [1.0])
+    values = sorted(set(eps_sweep if not isinstance(eps_sweep, bool) else default))
     sweep_options = dataclasses.replace(run.options, apgd_steps=sweep_steps, apgd_restarts=1)
     accuracies = [float(side_attack('apgd-ce', clean, jax.random.fold_in(keys['sweep'], i),
                                     eps=e, options=sweep_options).mean())
                   for i, e in enumerate(values)]
-    checks['eps_sweep'] = sanity.check_eps_sweep(values, accuracies)
+    checks['eps_sweep'] = sanity.check_eps_sweep(values, accuracies, run.norm)
   else:
     checks['eps_sweep'] = sanity.skipped('off (eps_sweep=True runs APGD-CE over an ε sweep)')
 

@@ -20,13 +20,13 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from fat_jax import sanity, validation
-from fat_jax.attacks import (apgd_attack, clip_to_box, fab_attack, fgsm_attack, pgd_attack,
-                             project_linf, square_attack)
+from fat_jax.attacks import (apgd_attack, clip_to_box, fab_attack, fab_untargeted_attack,
+                             fgsm_attack, pgd_attack, project_l2, project_linf, square_attack)
 from fat_jax.attacks.apgd import top_targets
-from fat_jax.attacks.core import check_eps
+from fat_jax.attacks.core import NORMS, check_eps, normalize_l2
 from fat_jax.attacks.eot import eot_loss_and_grad, randomized_logits
 from fat_jax.data import shard_batch
-from fat_jax.evaluate.checks import run_sanity_checks
+from fat_jax.evaluate.checks import run_sanity_checks, square_fits
 from fat_jax.evaluate.classifier import Classifier, as_classifier, count_classes
 from fat_jax.evaluate.output import format_table
 from fat_jax.losses import accuracy, cross_entropy
@@ -36,15 +36,17 @@ log = logging.getLogger('fat_jax')
 
 SUITES = {
     'aa_standard': ('apgd-ce', 'apgd-t', 'fab-t', 'square'),
+    'aa_plus': ('apgd-ce', 'apgd-dlr', 'fab', 'square', 'apgd-t', 'fab-t'),
     'aa_rand': ('apgd-ce', 'apgd-dlr'),
     'pgd': ('pgd',),
     'transfer': ('apgd-ce',),   # default attacks on the surrogate; `attacks=` overrides
     'custom': (),               # `attacks=` is the list
 }
-ATTACKS = ('fgsm', 'pgd', 'cw', 'apgd-ce', 'apgd-dlr', 'apgd-t', 'fab-t', 'square')
+ATTACKS = ('fgsm', 'pgd', 'cw', 'apgd-ce', 'apgd-dlr', 'apgd-t', 'fab', 'fab-t', 'square')
 EOT_ATTACKS = ('fgsm', 'apgd-ce', 'apgd-dlr', 'apgd-t')  # usable on randomised models
 TARGETED = ('apgd-t', 'fab-t')
 APGD_LOSS = {'apgd-ce': 'ce', 'apgd-dlr': 'dlr', 'apgd-t': 'dlr_targeted'}
+SINGLE_DRAW_KEY = 1 << 30   # fold_in index of the 'rand' rule's draw (batch indices stay below)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +55,18 @@ class SuiteOptions:
 
   `pgd_step_size` is a multiple of ε; `eot_samples` (K) applies to randomised
   models (aa_rand: 20); `n_draws` (M) fresh draws score each point of a
-  randomised model.
+  randomised model. `apgd_restarts` and `fab_restarts` apply to APGD-CE/-DLR and
+  untargeted FAB, `apgd_t_restarts` / `fab_t_restarts` to the targeted versions
+  (AutoAttack's separate `apgd_targeted.n_restarts` and `fab.n_restarts` before FAB-T).
   """
   apgd_steps: int = 100
   apgd_restarts: int = 1
+  apgd_t_restarts: Optional[int] = None   # APGD-T; None = apgd_restarts (aa_plus: 1)
   apgd_rho: float = 0.75
   n_target_classes: int = 9
   fab_steps: int = 100
   fab_restarts: int = 1
+  fab_t_restarts: Optional[int] = None    # FAB-T; None = fab_restarts (aa_plus: 1)
   fab_alpha_max: float = 0.1
   fab_eta: float = 1.05
   fab_beta: float = 0.9
@@ -74,13 +80,16 @@ class SuiteOptions:
   n_draws: int = 100
 
 
-@functools.partial(jax.jit, static_argnames=('apply_fn', 'name', 'options', 'randomized'))
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'name', 'options', 'randomized',
+                                             'norm'))
 def attack_batch(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
-                 options: SuiteOptions, randomized: bool = False):
-  """(δ, forwards, backwards) of attack `name` on a batch, counts per example.
+                 options: SuiteOptions, randomized: bool = False, norm: str = 'Linf'):
+  """(δ, forwards, backwards) of attack `name` in the `norm` ball on a batch, counts per
+  example.
 
   `rank` picks the target of a targeted attack: class number rank + 2 by the
-  clean logits. Evaluation mode (BatchNorm running statistics) throughout.
+  clean logits. Evaluation mode (BatchNorm running statistics) throughout. 'fgsm' in
+  L2 is the one normalised-gradient step δ = box(ε·∇/‖∇‖₂) (FGM).
   """
   o, n = options, len(x)
   k = o.eot_samples if randomized else 1
@@ -89,13 +98,20 @@ def attack_batch(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
     if randomized:
       g = eot_loss_and_grad(apply_fn, params, state, x, lambda z: cross_entropy(z, y), key,
                             samples=k)
-      return (clip_to_box(x, project_linf(eps * jnp.sign(g.grad), eps)), *per(k, k))
-    delta = fgsm_attack(apply_fn, params, state, x, y, key, eps=eps, alpha=eps, train=False).delta
+      step = (project_l2(eps * normalize_l2(g.grad), eps) if norm == 'L2' else
+              project_linf(eps * jnp.sign(g.grad), eps))
+      return (clip_to_box(x, step), *per(k, k))
+    if norm == 'L2':
+      delta = pgd_attack(apply_fn, params, state, x, y, key, eps=eps, alpha=eps, steps=1,
+                         init='zero', freeze_misclassified=False, norm='L2').delta
+    else:
+      delta = fgsm_attack(apply_fn, params, state, x, y, key, eps=eps, alpha=eps,
+                          train=False).delta
     return (delta, *per(1, 1))
   if name in ('pgd', 'cw'):
     delta = pgd_attack(apply_fn, params, state, x, y, key, eps=eps, alpha=o.pgd_step_size * eps,
                        steps=o.pgd_steps, restarts=o.pgd_restarts,
-                       loss='ce' if name == 'pgd' else 'margin').delta
+                       loss='ce' if name == 'pgd' else 'margin', norm=norm).delta
     runs = o.pgd_restarts * o.pgd_steps
     return (delta, *per(runs + (o.pgd_restarts if o.pgd_restarts > 1 else 0), runs))
   target, ranking = None, 0
@@ -103,20 +119,30 @@ def attack_batch(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
     logits, _ = randomized_logits(apply_fn, params, state, x, key, randomized=randomized)
     target, ranking = jnp.take(top_targets(logits, o.n_target_classes), rank, axis=1), 1
   if name in APGD_LOSS:
+    restarts = (o.apgd_t_restarts or o.apgd_restarts) if name == 'apgd-t' else o.apgd_restarts
     delta = apgd_attack(apply_fn, params, state, x, y, key, eps=eps, steps=o.apgd_steps,
-                        restarts=o.apgd_restarts, loss=APGD_LOSS[name], target=target,
-                        rho=o.apgd_rho, randomized=randomized, eot_samples=k).delta
-    runs = o.apgd_restarts * (o.apgd_steps + 1) * k
+                        restarts=restarts, loss=APGD_LOSS[name], target=target,
+                        rho=o.apgd_rho, randomized=randomized, eot_samples=k, norm=norm).delta
+    runs = restarts * (o.apgd_steps + 1) * k
     return (delta, *per(ranking + 1 + runs, runs))
+  fab_settings = dict(steps=o.fab_steps, alpha_max=o.fab_alpha_max, eta=o.fab_eta,
+                      beta=o.fab_beta, norm=norm)
   if name == 'fab-t':
+    restarts = o.fab_t_restarts or o.fab_restarts
     delta = fab_attack(apply_fn, params, state, x, y, key, eps=eps, target=target,
-                       steps=o.fab_steps, restarts=o.fab_restarts, alpha_max=o.fab_alpha_max,
-                       eta=o.fab_eta, beta=o.fab_beta).delta
-    runs = o.fab_restarts * o.fab_steps
+                       restarts=restarts, **fab_settings).delta
+    runs = restarts * o.fab_steps
     return (delta, *per(ranking + 1 + 2 * runs, runs))
+  if name == 'fab':
+    delta = fab_untargeted_attack(apply_fn, params, state, x, y, key, eps=eps,
+                                  restarts=o.fab_restarts, **fab_settings).delta
+    runs = o.fab_restarts * o.fab_steps
+    classes = jax.eval_shape(lambda: apply_fn(params, state, x, False)[0]).shape[-1]
+    return (delta, *per(1 + 2 * runs, classes * runs))
   if name == 'square':
     result = square_attack(apply_fn, params, state, x, y, key, eps=eps, queries=o.square_queries,
-                           p_init=o.square_p_init, rescale_schedule=o.square_rescale_schedule)
+                           p_init=o.square_p_init, rescale_schedule=o.square_rescale_schedule,
+                           norm=norm)
     return result.delta, 1 + result.queries, jnp.zeros((n,), jnp.int32)
   raise ValueError(f'Unknown attack {name!r}; known: {ATTACKS}.')
 
@@ -170,6 +196,7 @@ class _Run:
   batch_size: int
   progress: bool
   mesh: Optional[Mesh] = None   # data parallelism: batches split over its 'data' axis
+  norm: str = 'Linf'            # the threat model: 'Linf' or 'L2'
 
   def draws(self) -> int:
     return self.options.n_draws if self.model.randomized else 1
@@ -185,20 +212,22 @@ class _Run:
     """Padded host batches on the devices (split over the mesh's data axis, if any)."""
     return arrays if self.mesh is None else shard_batch(arrays, self.mesh)
 
-  def score(self, x: np.ndarray, key) -> np.ndarray:
-    """Scores of all points at `x` (fixed batches; batch b uses ``fold_in(key, b)``)."""
+  def score(self, x: np.ndarray, key, draws: int | None = None) -> np.ndarray:
+    """Scores of all points at `x` over `draws` draws (default `draws()`; fixed batches, batch
+    b uses ``fold_in(key, b)``)."""
     out = []
     for b, (chunk, size) in enumerate(self.batches(np.arange(len(x)))):
       m = self.model
       s = score_batch(m.params, m.state, *self.put(_pad(x[chunk], size), _pad(self.y[chunk], size)),
                       jax.random.fold_in(key, b), apply_fn=m.apply_fn, randomized=m.randomized,
-                      draws=self.draws())
+                      draws=draws or self.draws())
       out.append(to_host(s)[:len(chunk)])
     return np.concatenate(out)
 
   def attack(self, name: str, attacker: Classifier, scores: np.ndarray, x_adv: np.ndarray, key,
              eps: float | None = None, options: SuiteOptions | None = None,
-             every_point: bool = False) -> tuple[int, int]:
+             every_point: bool = False, single_draw: np.ndarray | None = None
+             ) -> tuple[int, int]:
     """Runs attack `name` of `attacker` on the points with score > 0 (all with `every_point`,
     which keeps every point in the same place of the same batches as `score`).
 
@@ -206,6 +235,10 @@ class _Run:
     still (partly) robust; a point takes a new adversarial example when it
     lowers its score (per-point worst case). Updates `scores` and `x_adv` in
     place; returns the forward and backward passes (scoring included).
+
+    `single_draw` (randomised models): per-point flags of AutoAttack's 'rand' rule, updated
+    in place: the points flagged are attacked too, and a point loses its flag when one fresh
+    draw misclassifies the attack's returned point.
     """
     eps = self.eps if eps is None else eps
     options = options or self.options
@@ -213,19 +246,22 @@ class _Run:
     options = dataclasses.replace(options, n_draws=0,
                                   eot_samples=options.eot_samples if attacker.randomized else 1)
     units = options.n_target_classes if name in TARGETED else 1
-    targets = lambda: np.arange(len(scores)) if every_point else np.flatnonzero(scores > 0)
+    flagged = (lambda: scores > 0) if single_draw is None else (
+        lambda: (scores > 0) | single_draw)
+    targets = lambda: np.arange(len(scores)) if every_point else np.flatnonzero(flagged())
     forward = backward = 0
     with tqdm(total=units * len(targets()), desc=name, leave=False, unit='pt',
               disable=not self.progress) as bar:
       for unit in range(units):
         unit_key = jax.random.fold_in(key, unit)
         for b, (chunk, size) in enumerate(self.batches(targets())):
-          attack_key, score_key = jax.random.split(jax.random.fold_in(unit_key, b))
+          batch_key = jax.random.fold_in(unit_key, b)
+          attack_key, score_key = jax.random.split(batch_key)
           xb, yb = self.padded_batch(chunk, size)
           delta, fwd, bwd = attack_batch(
               attacker.params, attacker.state, xb, yb, attack_key, eps, unit,
               apply_fn=attacker.apply_fn, name=name, options=options,
-              randomized=attacker.randomized)
+              randomized=attacker.randomized, norm=self.norm)
           candidate = xb + delta
           m, n = self.model, len(chunk)
           s = to_host(score_batch(m.params, m.state, candidate, yb, score_key,
@@ -236,6 +272,12 @@ class _Run:
           x_adv[chunk[lower]] = to_host(candidate)[:n][lower]
           forward += int(to_host(fwd)[:n].sum()) + n * self.draws()
           backward += int(to_host(bwd)[:n].sum())
+          if single_draw is not None:
+            one = to_host(score_batch(m.params, m.state, candidate, yb,
+                                      jax.random.fold_in(batch_key, SINGLE_DRAW_KEY),
+                                      apply_fn=m.apply_fn, randomized=True, draws=1))[:n]
+            single_draw[chunk] &= one > 0.5
+            forward += n
           bar.update(n)
     return forward, backward
 
@@ -252,13 +294,17 @@ def _suite_attacks(suite: str, attacks) -> tuple[str, ...]:
   return names
 
 
-def _suite_options(suite: str, options: dict, n_classes: int) -> SuiteOptions:
+def suite_options(suite: str, options: dict, n_classes: int) -> SuiteOptions:
+  """The `SuiteOptions` of `suite` with `options` over its defaults, for `n_classes`."""
   fields = {f.name for f in dataclasses.fields(SuiteOptions)}
   unknown = sorted(set(options) - fields)
   if unknown:
     raise ValueError(f'Unknown suite options {unknown}; known: {sorted(fields)}.')
   if suite == 'aa_rand':
     options = {'eot_samples': 20, **options}
+  if suite == 'aa_plus':   # AutoAttack's set_version('plus')
+    options = {'apgd_restarts': 5, 'fab_restarts': 5, 'apgd_t_restarts': 1, 'fab_t_restarts': 1,
+               **options}
   opts = SuiteOptions(**options)
   # AutoAttack's check_n_classes: at most C − 1 targets.
   return dataclasses.replace(opts, n_target_classes=min(opts.n_target_classes, n_classes - 1))
@@ -289,7 +335,10 @@ def _attacker(model: Classifier, suite: str, surrogate) -> Classifier:
   return as_classifier(*surrogate)
 
 
-def _check_compatible(names, randomized: bool, n_classes: int) -> None:
+def _check_compatible(names, randomized: bool, n_classes: int, norm: str, x) -> None:
+  if 'square' in names and not square_fits(x, norm):
+    raise ValueError(f'Square L2 needs images (N, H, W[, C]) of at least 5 × 5 pixels, got x of '
+                     f"shape {x.shape}: drop 'square' (suite='custom') or use norm='Linf'.")
   if randomized:
     bad = [a for a in names if a not in EOT_ATTACKS]
     if bad:
@@ -314,7 +363,7 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
              eps_sweep: bool | Sequence[float] = False, square_check: bool = True,
              check_pgd_steps: int = 20, sweep_steps: int = 20, eot_check_n: int = 0,
              progress: bool = True, verbose: bool = True, mesh: Mesh | None = None,
-             **options) -> dict:
+             norm: str = 'Linf', individual: bool = False, **options) -> dict:
   """Robust accuracy of any JAX classifier under an attack suite, with sanity checks.
 
   `apply_fn(params, state, x, train) -> (logits, state, features)`, or with
@@ -326,17 +375,25 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   a callable of another shape is a TypeError listing these. `x`: float32 in [0, 1],
   shape (N, ...) (NHWC for images); `y`: int labels (N,).
 
-  Suites: 'aa_standard' (APGD-CE → APGD-T → FAB-T → Square), 'aa_rand'
+  Suites: 'aa_standard' (APGD-CE → APGD-T → FAB-T → Square), 'aa_plus' (AutoAttack's
+  'plus': APGD-CE, APGD-DLR and FAB with 5 restarts, Square, APGD-T, FAB-T), 'aa_rand'
   (APGD-CE → APGD-DLR with EOT over `eot_samples` = 20 draws), 'pgd'
   (PGD-`pgd_steps`-`pgd_restarts`, step `pgd_step_size`·ε), 'transfer'
   (`attacks`, default APGD-CE, computed on `surrogate` = (apply_fn, params,
   state) or a `Classifier`, and scored on the model), 'custom' (`attacks`, names in `ATTACKS`).
+  `norm`: the threat model, 'Linf' (‖δ‖∞ ≤ ε) or 'L2' (‖δ‖₂ ≤ ε), always with x + δ in
+  [0, 1]; every attack and check runs in it (docs/evaluation.md).
   Each attack starts from the clean point and runs only on points still
   robust; a point is robust if it is classified correctly clean and under every
-  attack (per-point worst case). Randomised models are scored over `n_draws`
-  fresh draws per point: the mean per-draw accuracy with a 95% interval and the
-  majority vote; the final number re-scores the chosen adversarial examples
-  with fresh draws. `**options` are `SuiteOptions` fields.
+  attack (per-point worst case). With `individual`, every attack runs from the clean point
+  on all clean-correct points (AutoAttack's ``run_standard_evaluation_individual``):
+  'robust_accuracy_individual' holds each attack's own accuracy, the rest of the report
+  the per-point worst case over all of them. Randomised models are scored over `n_draws`
+  fresh draws per point: the expected per-draw accuracy (its mean) with a 95% interval and
+  the majority vote; the final number re-scores the chosen adversarial examples with fresh
+  draws. Their report adds 'autoattack_rand_rule', AutoAttack's 'rand' count: a point is
+  broken if one draw at the clean point or at any attack's returned point misclassifies
+  it. `**options` are `SuiteOptions` fields.
 
   With `checks`, the sanity checks of `fat_jax.sanity` run too: FGSM and
   PGD-`check_pgd_steps` for the per-point order, PGD-2·`check_pgd_steps` with 2
@@ -358,7 +415,7 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   """
   start = time.time()
   eps = float(eps)
-  check_eps(eps)
+  check_eps(eps, norm)
   names = _suite_attacks(suite, attacks)
   if x is None or y is None:
     raise ValueError('evaluate needs the points x (N, ...) in [0, 1] and their labels y (N,): '
@@ -378,29 +435,48 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   key = jax.random.key(seed)
   clean_key, fresh_key, check_key, attack_key = (jax.random.fold_in(key, i) for i in range(4))
   n_classes = count_classes(model, x, clean_key)
-  validation.validate_evaluation(eps, x, y, n_classes)
-  _check_compatible(names, randomized, n_classes)
-  opts = _suite_options(suite, options, n_classes)
-  run = _Run(model, x, y, eps, opts, batch_size, progress, mesh)
+  validation.validate_evaluation(eps, x, y, n_classes, norm)
+  _check_compatible(names, randomized, n_classes, norm, x)
+  opts = suite_options(suite, options, n_classes)
+  run = _Run(model, x, y, eps, opts, batch_size, progress, mesh, norm)
 
   t0 = time.time()
   clean = run.score(x, clean_key)
   passes = {'clean': {'forward': len(x) * run.draws(), 'backward': 0}}
+  # AutoAttack's 'rand' rule: one draw at the clean point, then one at each returned point.
+  single_draw = clean_single_draw = None
+  if randomized:
+    clean_single_draw = run.score(x, jax.random.fold_in(key, 4), draws=1) > 0.5
+    single_draw = clean_single_draw.copy()
+    passes['clean']['forward'] += len(x)
+  single_draw_by_attack = {}
   times = {'clean': time.time() - t0}
   scores, x_adv = clean.copy(), x.copy()
-  by_attack, majority_by_attack = {}, {}
+  by_attack, majority_by_attack, alone = {}, {}, {}
   for i, name in enumerate(names):
     t0 = time.time()
-    forward, backward = run.attack(name, attacker, scores, x_adv, jax.random.fold_in(attack_key, i))
+    attack_key_i = jax.random.fold_in(attack_key, i)
+    if individual:   # from the clean points, on all of them; then the per-point worst case
+      own, own_x = clean.copy(), x.copy()
+      forward, backward = run.attack(name, attacker, own, own_x, attack_key_i,
+                                     single_draw=single_draw)
+      alone[name] = float(own.mean())
+      lower = own < scores
+      scores[lower], x_adv[lower] = own[lower], own_x[lower]
+    else:
+      forward, backward = run.attack(name, attacker, scores, x_adv, attack_key_i,
+                                     single_draw=single_draw)
     times[name] = time.time() - t0
     passes[name] = {'forward': forward, 'backward': backward}
     by_attack[name] = float(scores.mean())
     majority_by_attack[name] = float(np.mean(scores > 0.5))
+    if randomized:
+      single_draw_by_attack[name] = float(single_draw.mean())
 
   final = run.score(x_adv, fresh_key) if randomized else scores
   report = {
-      'suite': suite, 'attacks': list(names), 'norm': 'Linf', 'eps': eps, 'n': len(x),
-      'seed': seed, 'randomized': randomized,
+      'suite': suite, 'attacks': list(names), 'norm': norm, 'eps': eps, 'n': len(x),
+      'seed': seed, 'randomized': randomized, 'individual': individual, 'n_classes': n_classes,
       'settings': {**dataclasses.asdict(opts), 'batch_size': batch_size, 'checks': checks,
                    'check_pgd_steps': check_pgd_steps, 'square_check': square_check,
                    'eps_sweep': eps_sweep if isinstance(eps_sweep, bool) else list(eps_sweep),
@@ -419,7 +495,19 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
         robust_accuracy_ci95=_interval(final, run.draws()),
         robust_majority_accuracy=float(np.mean(final > 0.5)),
         robust_majority_by_attack=majority_by_attack,
-        robust_accuracy_selected=float(scores.mean()))
+        robust_accuracy_selected=float(scores.mean()),
+        robust_accuracy_definition=(
+            f'expected per-draw accuracy: mean over points of the fraction of {run.draws()} '
+            'fresh draws classifying the chosen adversarial example correctly'),
+        autoattack_rand_rule={
+            'clean_accuracy': float(clean_single_draw.mean()),
+            'robust_accuracy': float(single_draw.mean()),
+            'robust_accuracy_by_attack': single_draw_by_attack,
+            'definition': "AutoAttack's 'rand' rule (fra31/auto-attack, version='rand'): a "
+                          'point is broken if one draw at the clean point or one draw at any '
+                          "attack's returned point misclassifies it"})
+  if individual:
+    report['robust_accuracy_individual'] = alone
   report['passes'] = passes
   if checks:
     t0 = time.time()
