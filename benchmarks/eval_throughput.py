@@ -11,7 +11,9 @@ checkpoint and the first n test points of its data set (its config.json). Each s
 once on the same points (checks off); the time JAX spends tracing and compiling (reported by
 `jax.monitoring`) is subtracted. Batches are split over all devices (a `data` mesh);
 `--dtype=bfloat16` runs the model in mixed precision. The table lists that time, points/s, passes per point, robust
-accuracy per attack, and AA's cost relative to PGD.
+accuracy per attack, and AA's cost relative to PGD; `--json=PATH` writes it as JSON too.
+`--pgd-steps`, `--pgd-restarts`, `--apgd-steps`, `--fab-steps` and `--square-queries` shrink
+the attacks (e.g. for a smoke test of the script); the defaults are PGD-50-10 and AutoAttack's.
 
 On CPU, XLA runs convolutions inside loops several times slower than outside
 (jax-ml/jax#12868); every attack here loops (PGD included), so the ratio is meaningful, the
@@ -20,6 +22,7 @@ absolute CPU throughput much less so.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -53,6 +56,11 @@ def parse_args():
   p.add_argument('--square-queries', type=int, default=5000)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--dtype', default='float32', help='float32 | bfloat16 (mixed precision)')
+  p.add_argument('--pgd-steps', type=int, default=50)
+  p.add_argument('--pgd-restarts', type=int, default=10)
+  p.add_argument('--apgd-steps', type=int, default=100, help="AutoAttack's APGD steps")
+  p.add_argument('--fab-steps', type=int, default=100, help="AutoAttack's FAB-T steps")
+  p.add_argument('--json', default='', help='also write the table as JSON to this path')
   return p.parse_args()
 
 
@@ -96,8 +104,9 @@ def main():
   monitoring.register_event_duration_secs_listener(count_compilation)
   model, ts, x, y, eps = (trained_model if args.workdir else random_model)(args)
   eps = args.eps if args.eps is not None else eps
-  suites = {'pgd': dict(suite='pgd', pgd_steps=50, pgd_restarts=10),
-            'aa_standard': dict(suite='aa_standard', square_queries=args.square_queries)}
+  suites = {'pgd': dict(suite='pgd', pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts),
+            'aa_standard': dict(suite='aa_standard', square_queries=args.square_queries,
+                                apgd_steps=args.apgd_steps, fab_steps=args.fab_steps)}
   rows = {}
   for name, kw in suites.items():
     compile_s[0], t0 = 0.0, time.time()
@@ -119,7 +128,32 @@ def main():
     print(f"{name:<12} {wall:>9.1f} {n / wall:>9.2f} {report['forward_passes'] / n:>8.0f} "
           f"{report['backward_passes'] / n:>8.0f} {report['clean_accuracy']:>6.3f} "
           f"{report['robust_accuracy']:>7.3f} {compiling:>11.1f}  {attacks}")
-  print(f"AA-standard / PGD-50-10 run time: {rows['aa_standard'][1] / rows['pgd'][1]:.2f}x")
+  print(f"AA-standard / PGD-{args.pgd_steps}-{args.pgd_restarts} run time: "
+        f"{rows['aa_standard'][1] / rows['pgd'][1]:.2f}x")
+  if args.json:
+    write_json(args, x, eps, rows)
+
+
+def write_json(args, x, eps, rows) -> None:
+  """The table as JSON: per suite its settings, run time (compilation subtracted), points/s,
+  passes per point, accuracies and per-attack times."""
+  n = len(x)
+  out = {'devices': jax.device_count(), 'device_kind': jax.devices()[0].device_kind,
+         'backend': jax.default_backend(), 'jax': jax.__version__, 'dtype': args.dtype,
+         'model': args.workdir or f'{args.model} width {args.width}', 'n': n, 'eps': eps,
+         'batch_size': args.batch_size, 'suites': {
+             name: {'settings': report['settings'], 'run_s': wall, 'compile_s': compiling,
+                    'points_per_s': n / wall,
+                    'forward_per_point': report['forward_passes'] / n,
+                    'backward_per_point': report['backward_passes'] / n,
+                    'clean_accuracy': report['clean_accuracy'],
+                    'robust_accuracy': report['robust_accuracy'],
+                    'robust_accuracy_by_attack': report['robust_accuracy_by_attack'],
+                    'time_by_attack_s': report['time_by_attack_s']}
+             for name, (report, wall, compiling) in rows.items()},
+         'aa_over_pgd_run_time': rows['aa_standard'][1] / rows['pgd'][1]}
+  with open(args.json, 'w', encoding='utf-8') as f:
+    json.dump(out, f, indent=1)
 
 
 if __name__ == '__main__':
