@@ -29,6 +29,7 @@ from fat_jax.data import shard_batch
 from fat_jax.evaluate.checks import run_sanity_checks
 from fat_jax.evaluate.classifier import Classifier, as_classifier, count_classes
 from fat_jax.evaluate.output import format_table
+from fat_jax.evaluate.restarts import pgd_by_restart
 from fat_jax.losses import accuracy, cross_entropy
 from fat_jax.parallel import replicate, to_host
 
@@ -119,6 +120,21 @@ def attack_batch(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
                            p_init=o.square_p_init, rescale_schedule=o.square_rescale_schedule)
     return result.delta, 1 + result.queries, jnp.zeros((n,), jnp.int32)
   raise ValueError(f'Unknown attack {name!r}; known: {ATTACKS}.')
+
+
+def pgd_batch_by_restart(params, state, x, y, key, eps, *, apply_fn, name: str,
+                        options: SuiteOptions, on_restart: Callable[[], None] | None = None):
+  """`attack_batch` of 'pgd' or 'cw' (the same δ and counts), one jitted call per restart
+  (`pgd_by_restart`), calling `on_restart()` after each."""
+  o, n = options, len(x)
+  eps = jnp.asarray(eps, jnp.float32)   # α = step·ε in float32, as inside `attack_batch`
+  delta = pgd_by_restart(apply_fn, params, state, x, y, key, eps=eps,
+                         alpha=o.pgd_step_size * eps, steps=o.pgd_steps,
+                         restarts=o.pgd_restarts, loss='ce' if name == 'pgd' else 'margin',
+                         on_restart=on_restart)
+  runs = o.pgd_restarts * o.pgd_steps
+  forward = runs + (o.pgd_restarts if o.pgd_restarts > 1 else 0)
+  return delta, jnp.full((n,), forward, jnp.int32), jnp.full((n,), runs, jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=('apply_fn', 'randomized', 'draws'))
@@ -222,10 +238,17 @@ class _Run:
         for b, (chunk, size) in enumerate(self.batches(targets())):
           attack_key, score_key = jax.random.split(jax.random.fold_in(unit_key, b))
           xb, yb = self.padded_batch(chunk, size)
-          delta, fwd, bwd = attack_batch(
-              attacker.params, attacker.state, xb, yb, attack_key, eps, unit,
-              apply_fn=attacker.apply_fn, name=name, options=options,
-              randomized=attacker.randomized)
+          if name in ('pgd', 'cw'):   # the bar moves per restart
+            per_restart = len(chunk) / options.pgd_restarts
+            delta, fwd, bwd = pgd_batch_by_restart(
+                attacker.params, attacker.state, xb, yb, attack_key, eps,
+                apply_fn=attacker.apply_fn, name=name, options=options,
+                on_restart=(lambda: bar.update(per_restart)) if self.progress else None)
+          else:
+            delta, fwd, bwd = attack_batch(
+                attacker.params, attacker.state, xb, yb, attack_key, eps, unit,
+                apply_fn=attacker.apply_fn, name=name, options=options,
+                randomized=attacker.randomized)
           candidate = xb + delta
           m, n = self.model, len(chunk)
           s = to_host(score_batch(m.params, m.state, candidate, yb, score_key,
@@ -236,7 +259,8 @@ class _Run:
           x_adv[chunk[lower]] = to_host(candidate)[:n][lower]
           forward += int(to_host(fwd)[:n].sum()) + n * self.draws()
           backward += int(to_host(bwd)[:n].sum())
-          bar.update(n)
+          if name not in ('pgd', 'cw'):
+            bar.update(n)
     return forward, backward
 
 
