@@ -8,10 +8,12 @@ import pytest
 
 from fat_jax.attacks import pgd_attack
 from fat_jax.data import DATASET_INFOS
+from fat_jax.evaluate.monitor import PGDSettings, evaluate_robustness, robust_flags
 from fat_jax.evaluate.restarts import pgd_by_restart
 from fat_jax.evaluate.suites import SuiteOptions, attack_batch, pgd_batch_by_restart
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
+from fat_jax.parallel import make_data_mesh
 
 EPS = 8 / 255
 
@@ -52,3 +54,22 @@ def test_suite_batch_equals_attack_batch(problem, name='pgd'):
                                name=name, options=options)
   for a, b in zip(split, whole):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_monitor_equals_one_call(problem):
+  """The training monitor (PGD restart by restart) gives what `robust_flags` gives in one call."""
+  info = DATASET_INFOS['cifar10']
+  model = build_model(ml_collections.ConfigDict(dict(name='cnn', width=4, depth=2,
+                                                     batchnorm=True, dtype='float32')), info)
+  _, params, state, _, y = problem
+  images = np.asarray(jax.random.randint(jax.random.key(5), (8, *info.image_shape), 0, 256),
+                      np.uint8)
+  settings = PGDSettings(eps=EPS, steps=3, restarts=2)
+  report = evaluate_robustness(model, params, state, images, np.asarray(y), settings,
+                               mesh=make_data_mesh(), batch_size=8, seed=6, progress=False)
+  key = jax.random.fold_in(jax.random.key(6), 0)
+  one_call = robust_flags(model, settings, params, state, images, y, key)
+  for name in ('clean', 'fgsm', 'pgd'):
+    np.testing.assert_array_equal(report['flags'][name], np.asarray(one_call[name]).astype(bool))
+  for node, v in one_call['vact']['pgd'].items():
+    assert report['vact_pgd'][node] == float(np.asarray(v).mean())
