@@ -20,7 +20,9 @@ def format_table(report: dict) -> str:
     lo, hi = report['robust_accuracy_ci95']
     final += (f" (95% [{lo:.4f}, {hi:.4f}], {report['n_draws']} fresh draws; majority vote "
               f"{report['robust_majority_accuracy']:.4f})")
-  lines.append(final + f"  wall {report['wall_time_s']:.1f} s")
+  timing = report.get('timing')
+  lines.append(final + f"  wall {report['wall_time_s']:.1f} s" + (
+      f" (suite {timing['suite_s']:.1f} s, checks {timing['checks_s']:.1f} s)" if timing else ''))
   for name, check in report.get('checks', {}).items():
     lines.append(f"check {name:<15} {check['status']:<8} {check['message']}")
   return '\n'.join(lines)
