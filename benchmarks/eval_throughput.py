@@ -15,7 +15,9 @@ checkpoint and the first n test points of its data set (its config.json). Each s
 once on the same points (checks off); the time JAX spends tracing and compiling (reported by
 `jax.monitoring`) is subtracted. Batches are split over all devices (a `data` mesh);
 `--dtype=bfloat16` runs the model in mixed precision. The table lists that time, points/s, passes per point, robust
-accuracy per attack, and AA's cost relative to PGD.
+accuracy per attack, and AA's cost relative to PGD; `--json=PATH` writes it as JSON too.
+`--pgd-steps`, `--pgd-restarts`, `--apgd-steps`, `--fab-steps` and `--square-queries` shrink
+the attacks (e.g. for a smoke test of the script); the defaults are PGD-50-10 and AutoAttack's.
 
 On CPU, XLA runs convolutions inside loops several times slower than outside
 (jax-ml/jax#12868); every attack here loops (PGD included), so the ratio is meaningful, the
@@ -24,6 +26,7 @@ absolute CPU throughput much less so.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -59,6 +62,11 @@ def parse_args():
   p.add_argument('--dtype', default='float32', help='float32 | bfloat16 (mixed precision)')
   p.add_argument('--norm', default='Linf', help='threat models, comma-separated: Linf,L2')
   p.add_argument('--eps-l2', type=float, default=0.5, help='the L2 radius')
+  p.add_argument('--pgd-steps', type=int, default=50)
+  p.add_argument('--pgd-restarts', type=int, default=10)
+  p.add_argument('--apgd-steps', type=int, default=100, help="AutoAttack's APGD steps")
+  p.add_argument('--fab-steps', type=int, default=100, help="AutoAttack's FAB-T steps")
+  p.add_argument('--json', default='', help='also write the table as JSON to this path')
   return p.parse_args()
 
 
@@ -106,9 +114,10 @@ def main():
   suites = {}
   for norm in norms:
     radius = eps if norm == 'Linf' else args.eps_l2
-    suites[f'pgd {norm}'] = dict(suite='pgd', pgd_steps=50, pgd_restarts=10, norm=norm,
-                                 eps=radius)
+    suites[f'pgd {norm}'] = dict(suite='pgd', pgd_steps=args.pgd_steps,
+                                 pgd_restarts=args.pgd_restarts, norm=norm, eps=radius)
     suites[f'aa_standard {norm}'] = dict(suite='aa_standard', square_queries=args.square_queries,
+                                         apgd_steps=args.apgd_steps, fab_steps=args.fab_steps,
                                          norm=norm, eps=radius)
   rows = {}
   for name, kw in suites.items():
@@ -132,12 +141,38 @@ def main():
           f"{report['backward_passes'] / n:>8.0f} {report['clean_accuracy']:>6.3f} "
           f"{report['robust_accuracy']:>7.3f} {compiling:>11.1f}  {attacks}")
   for norm in norms:
-    print(f"{norm}: AA-standard / PGD-50-10 run time: "
+    print(f"{norm}: AA-standard / PGD-{args.pgd_steps}-{args.pgd_restarts} run time: "
           f"{rows[f'aa_standard {norm}'][1] / rows[f'pgd {norm}'][1]:.2f}x")
   if len(norms) > 1:
     base = rows[f'pgd {norms[0]}'][1]
-    print(f'run time relative to PGD-50-10 {norms[0]}: '
+    print(f'run time relative to PGD-{args.pgd_steps}-{args.pgd_restarts} {norms[0]}: '
           + ', '.join(f'{name} {wall / base:.2f}x' for name, (_, wall, _) in rows.items()))
+  if args.json:
+    write_json(args, x, eps, rows)
+
+
+def write_json(args, x, eps, rows) -> None:
+  """The table as JSON: per suite its settings, run time (compilation subtracted), points/s,
+  passes per point, accuracies and per-attack times."""
+  n = len(x)
+  out = {'devices': jax.device_count(), 'device_kind': jax.devices()[0].device_kind,
+         'backend': jax.default_backend(), 'jax': jax.__version__, 'dtype': args.dtype,
+         'model': args.workdir or f'{args.model} width {args.width}', 'n': n, 'eps': eps,
+         'batch_size': args.batch_size, 'suites': {
+             name: {'settings': report['settings'], 'run_s': wall, 'compile_s': compiling,
+                    'points_per_s': n / wall,
+                    'forward_per_point': report['forward_passes'] / n,
+                    'backward_per_point': report['backward_passes'] / n,
+                    'clean_accuracy': report['clean_accuracy'],
+                    'robust_accuracy': report['robust_accuracy'],
+                    'robust_accuracy_by_attack': report['robust_accuracy_by_attack'],
+                    'time_by_attack_s': report['time_by_attack_s']}
+             for name, (report, wall, compiling) in rows.items()},
+         'aa_over_pgd_run_time': {
+             norm: rows[f'aa_standard {norm}'][1] / rows[f'pgd {norm}'][1]
+             for norm in args.norm.split(',')}}
+  with open(args.json, 'w', encoding='utf-8') as f:
+    json.dump(out, f, indent=1)
 
 
 if __name__ == '__main__':

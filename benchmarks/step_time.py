@@ -13,10 +13,16 @@ bfloat16 with float32 weights, model.dtype), labelled "method/bf16".
 `--torch` adds a straightforward PyTorch FGSM-RS step (locuslab's PreActResNet-18 with the
 same width, SGD momentum 0.9 and weight decay 5e-4, the same augmentation, ε and α, on one
 device at the per-device batch, in float32), timed in the same rounds.
+`--json=PATH` also writes the table as JSON, with each step's device memory: XLA's plan for
+the compiled step (arguments + outputs − donated + temporaries, `memory_analysis()`) and,
+where the device reports it (GPU), the process's peak bytes in use after the method's first
+step. JAX cannot reset that peak, so it is cumulative over the methods in the order run:
+the first method's is its own, a later one's only says that it did not need more than that.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -154,6 +160,21 @@ def jax_runner(step, ts, inputs):
   return run
 
 
+def compiled_bytes(compiled) -> int | None:
+  """Device bytes XLA plans for a compiled step: arguments + outputs − donated + temporaries."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return None
+  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+          + m.temp_size_in_bytes)
+
+
+def peak_bytes_in_use(device) -> int | None:
+  """The process's peak device bytes so far (None where the backend does not report it)."""
+  stats = device.memory_stats()
+  return None if not stats or 'peak_bytes_in_use' not in stats else int(stats['peak_bytes_in_use'])
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--model', default='preact_resnet18')
@@ -166,6 +187,7 @@ def main():
   parser.add_argument('--steps', type=int, default=3, help='steps per method per round')
   parser.add_argument('--methods', default='fgsm_rs,lap,aaer,gradalign')
   parser.add_argument('--torch', action='store_true', help='add the PyTorch FGSM-RS step')
+  parser.add_argument('--json', default='', help='also write the results as JSON to this path')
   args = parser.parse_args()
 
   devices = jax.devices()[:args.devices or None]
@@ -181,7 +203,7 @@ def main():
   unknown = [n for n in methods if n not in METHODS]
   if unknown:
     raise SystemExit(f'Unknown methods {unknown}; known: {sorted(METHODS)}.')
-  runs = {}
+  runs, memory = {}, {}
   for dtype in dtypes:
     model = build_model(ml_collections.ConfigDict(dict(name=args.model, width=args.width,
                                                        dtype=dtype)), info)
@@ -194,8 +216,11 @@ def main():
       ts = init_train_state(model, jax.random.key(0), init_examples(method, batch, frame))
       ts = replicate(ts._replace(step=jnp.asarray(500, jnp.int32)), mesh)
       name = label if dtype == 'float32' else f'{label}/{DTYPE_LABELS.get(dtype, dtype)}'
-      runs[name] = jax_runner(step, ts, inputs)
-      runs[name](1)  # compile
+      compiled = step.lower(ts, *inputs).compile()
+      runs[name] = jax_runner(compiled, ts, inputs)
+      runs[name](1)  # warm-up
+      memory[name] = {'compiled_bytes': compiled_bytes(compiled),
+                      'process_peak_bytes': peak_bytes_in_use(devices[0])}
   names = list(runs)
   torch_label = None
   if args.torch:
@@ -209,13 +234,17 @@ def main():
       times[name].append((time.perf_counter() - start) / args.steps)
 
   base = statistics.median(times[names[0]])
+  if args.json:
+    write_json(args, devices, batch, names, times, memory, torch_label)
   print(f'{args.model} width {args.width}, {len(devices)} × {devices[0].device_kind} '
         f'({jax.default_backend()}), batch {args.batch_per_device}/device = {batch}, '
         f'median of {args.rounds} rounds × {args.steps} steps')
-  print(f'{"method":<18}{"s/step":>10}{"images/s":>12}{"× " + names[0]:>14}')
+  print(f'{"method":<18}{"s/step":>10}{"images/s":>12}{"× " + names[0]:>14}{"XLA MiB":>10}')
   for name in names:
     t = statistics.median(times[name])
-    print(f'{name:<18}{t:>10.4f}{batch / t:>12.1f}{t / base:>14.3f}')
+    mib = memory[name]['compiled_bytes']
+    print(f'{name:<18}{t:>10.4f}{batch / t:>12.1f}{t / base:>14.3f}'
+          f'{"" if mib is None else f"{mib / 2**20:.0f}":>10}')
   if torch_label:
     t = statistics.median(times['pytorch fgsm_rs'])
     per_device = args.batch_per_device / t
@@ -225,6 +254,29 @@ def main():
       jax_per_device = batch / statistics.median(times['fgsm_rs']) / len(devices)
       print(f'fat_jax fgsm_rs images/s per device / PyTorch FGSM-RS: '
             f'{jax_per_device / per_device:.2f}x')
+
+
+def write_json(args, devices, batch, names, times, memory, torch_label) -> None:
+  """The table as JSON: per method s/step, images/s (global batch), ratio to the first
+  method, device memory; the PyTorch step and the per-device ratio when timed."""
+  base = statistics.median(times[names[0]])
+  rows = {name: {'s_per_step': statistics.median(times[name]),
+                 'images_per_s': batch / statistics.median(times[name]),
+                 f'x_{names[0]}': statistics.median(times[name]) / base, **memory[name]}
+          for name in names}
+  out = {'model': args.model, 'width': args.width, 'devices': len(devices),
+         'device_kind': devices[0].device_kind, 'backend': jax.default_backend(),
+         'jax': jax.__version__, 'batch_per_device': args.batch_per_device, 'batch': batch,
+         'rounds': args.rounds, 'steps': args.steps, 'methods': rows}
+  if torch_label:
+    t = statistics.median(times['pytorch fgsm_rs'])
+    out['pytorch_fgsm_rs'] = {'s_per_step': t, 'images_per_s': args.batch_per_device / t,
+                              'label': torch_label}
+    if 'fgsm_rs' in names:
+      jax_per_device = batch / statistics.median(times['fgsm_rs']) / len(devices)
+      out['fgsm_rs_over_pytorch'] = jax_per_device / out['pytorch_fgsm_rs']['images_per_s']
+  with open(args.json, 'w', encoding='utf-8') as f:
+    json.dump(out, f, indent=1)
 
 
 if __name__ == '__main__':

@@ -66,11 +66,18 @@ def test_aa_standard_report(report, trained, tmp_path):  # noqa: F811
   assert 'apgd-t' in format_table(report)
 
 
+def test_suite_and_checks_timed_apart(report):
+  timing = report['timing']
+  assert 'checks' in report and timing['checks_s'] == report['time_by_attack_s']['checks'] > 0
+  assert 0 < timing['suite_s'] and timing['suite_s'] + timing['checks_s'] <= report['wall_time_s']
+
+
 def test_same_seed_same_result(report, trained):  # noqa: F811
   params, x, y = trained
   again = evaluate(mlp_apply, params, {}, x, y, eps=EPS, **SMALL)
   timeless = lambda r: {k: v for k, v in r.items()
-                        if k not in ('time_by_attack_s', 'wall_time_s', 'flags', 'scores', 'x_adv')}
+                        if k not in ('time_by_attack_s', 'wall_time_s', 'timing', 'flags',
+                                     'scores', 'x_adv')}
   assert timeless(again) == timeless(report)
   np.testing.assert_array_equal(again['x_adv'], report['x_adv'])
 

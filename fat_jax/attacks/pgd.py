@@ -30,9 +30,38 @@ def pgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, alpha, steps
   `unroll` compiles the steps (and restarts) as straight-line code instead of a
   loop: XLA's CPU backend runs convolutions inside loops 3–4× slower, at the cost
   of a program that grows with `steps` × `restarts` (training attacks: ≤ 10 steps).
+  `pgd_restart` and `keep_higher_loss` are its two parts, for a driver that runs the
+  restarts one call at a time (the same δ).
   """
   check_eps(eps, norm)
-  loss_fn = per_example_loss(loss)
+  run_restart = lambda r, st: pgd_restart(
+      apply_fn, params, st, x, y, key, r, eps=eps, alpha=alpha, steps=steps, loss=loss,
+      train=train, freeze_misclassified=freeze_misclassified, init=init,
+      init_scale=init_scale, unroll=unroll, norm=norm)
+
+  if restarts == 1:
+    delta, state = run_restart(0, state)
+    return Attack(jax.lax.stop_gradient(delta), state)
+
+  def one_restart(r, carry):
+    best_delta, best_loss, st = carry
+    delta, st = run_restart(r, st)
+    best_delta, best_loss = keep_higher_loss(apply_fn, params, st, x, y, delta, best_delta,
+                                             best_loss, loss=loss)
+    return best_delta, best_loss, st
+
+  carry = (jnp.zeros_like(x), jnp.full(x.shape[:1], -jnp.inf, jnp.float32), state)
+  delta, _, state = jax.lax.fori_loop(0, restarts, one_restart, carry, unroll=unroll)
+  return Attack(jax.lax.stop_gradient(delta), state)
+
+
+def pgd_restart(apply_fn: ApplyFn, params, state, x, y, key, restart, *, eps, alpha,
+                steps: int, loss: str = 'ce', train: bool = False,
+                freeze_misclassified: bool = True, init: str = 'uniform',
+                init_scale: float = 1.0, unroll: bool = False,
+                norm: str = 'Linf') -> tuple[jnp.ndarray, object]:
+  """(δ, state) of restart number `restart` of `pgd_attack`: the start drawn with
+  ``fold_in(key, restart)``, then `steps` updates (arguments as `pgd_attack`)."""
   expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
 
   def one_step(_, carry):
@@ -47,23 +76,15 @@ def pgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, alpha, steps
       moved = jnp.where(expand(correct), moved, delta)
     return moved, g.state
 
-  def run_restart(r, st):
-    delta = init_perturbation(jax.random.fold_in(key, r), x, eps, init, init_scale, norm)
-    return jax.lax.fori_loop(0, steps, one_step, (delta, st), unroll=unroll)
+  delta = init_perturbation(jax.random.fold_in(key, restart), x, eps, init, init_scale, norm)
+  return jax.lax.fori_loop(0, steps, one_step, (delta, state), unroll=unroll)
 
-  if restarts == 1:
-    delta, state = run_restart(0, state)
-    return Attack(jax.lax.stop_gradient(delta), state)
 
-  def one_restart(r, carry):
-    best_delta, best_loss, st = carry
-    delta, st = run_restart(r, st)
-    logits, _, _ = apply_fn(params, st, x + delta, False)
-    restart_loss = loss_fn(logits, y)
-    better = restart_loss >= best_loss
-    return (jnp.where(expand(better), delta, best_delta),
-            jnp.maximum(restart_loss, best_loss), st)
-
-  carry = (jnp.zeros_like(x), jnp.full(x.shape[:1], -jnp.inf, jnp.float32), state)
-  delta, _, state = jax.lax.fori_loop(0, restarts, one_restart, carry, unroll=unroll)
-  return Attack(jax.lax.stop_gradient(delta), state)
+def keep_higher_loss(apply_fn: ApplyFn, params, state, x, y, delta, best_delta, best_loss, *,
+                     loss: str = 'ce') -> tuple[jnp.ndarray, jnp.ndarray]:
+  """PGD's choice across restarts, per example: `delta` if its loss ℓ(x + δ) (evaluation mode)
+  is ≥ `best_loss` (ties to the later restart), else `best_delta`; and the higher loss."""
+  logits, _, _ = apply_fn(params, state, x + delta, False)
+  restart_loss = per_example_loss(loss)(logits, y)
+  better = (restart_loss >= best_loss).reshape((-1,) + (1,) * (x.ndim - 1))
+  return jnp.where(better, delta, best_delta), jnp.maximum(restart_loss, best_loss)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from fat_jax.attacks import fgsm_attack, pgd_attack
 from fat_jax.data import augment, shard_batch
+from fat_jax.evaluate.restarts import pgd_by_restart
 from fat_jax.losses import accuracy
 from fat_jax.losses.feature_diff import feature_distance
 from fat_jax.parallel import to_host
@@ -35,23 +36,33 @@ class PGDSettings:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def robust_flags(model, settings: PGDSettings, params, state, images, labels, key):
+def robust_flags(model, settings: PGDSettings, params, state, images, labels, key,
+                 pgd_delta=None):
   """Per-example correctness {'clean', 'fgsm', 'pgd'} in eval mode (BN running stats), and
-  'vact': {'fgsm'|'pgd': {node: ‖M(x) − M(x + δ)‖₂ per example}} from the same forwards."""
+  'vact': {'fgsm'|'pgd': {node: ‖M(x) − M(x + δ)‖₂ per example}} from the same forwards.
+  `pgd_delta`: the PGD δ if already computed (`pgd_by_restart` on ``images / 255``)."""
   x = augment(key, images, mode='none')
   clean_logits, _, clean_features = model.apply(params, state, x, False)
   clean = accuracy(clean_logits, labels)
   eps = settings.eps
   fgsm = fgsm_attack(model.apply, params, state, x, labels, key, eps=eps, alpha=eps, train=False)
-  pgd = pgd_attack(model.apply, params, state, x, labels, key, eps=eps, alpha=settings.alpha,
-                   steps=settings.steps, restarts=settings.restarts)
+  if pgd_delta is None:
+    pgd_delta = pgd_attack(model.apply, params, state, x, labels, key, eps=eps,
+                           alpha=settings.alpha, steps=settings.steps,
+                           restarts=settings.restarts).delta
   flags, vact = {'clean': clean}, {}
-  for name, delta in (('fgsm', fgsm.delta), ('pgd', pgd.delta)):
+  for name, delta in (('fgsm', fgsm.delta), ('pgd', pgd_delta)):
     logits, _, features = model.apply(params, state, x + delta, False)
     flags[name] = clean * accuracy(logits, labels)
     vact[name] = {node: feature_distance(clean_features[node], features[node])
                   for node in features}
   return {**flags, 'vact': vact}
+
+
+@jax.jit
+def _to_unit_range(key, images):
+  """uint8 images as the monitor's attacks see them (``augment`` mode 'none': images / 255)."""
+  return augment(key, images, mode='none')
 
 
 def evaluate_robustness(model, params, state, images, labels, settings: PGDSettings, *,
@@ -67,16 +78,23 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
   n = len(images)
   start = time.time()
   chunks = []
-  for i, lo in enumerate(tqdm(range(0, n, batch_size), desc=desc, leave=False,
-                              disable=not progress, unit='batch')):
+  bar = tqdm(total=-(-n // batch_size) * settings.restarts, desc=desc, leave=False,
+             disable=not progress, unit='restart')
+  for i, lo in enumerate(range(0, n, batch_size)):
     x, y = images[lo:lo + batch_size], labels[lo:lo + batch_size]
     pad = batch_size - len(x)
     x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
     y = np.concatenate([y, np.zeros((pad,), y.dtype)])
     xb, yb = shard_batch((x, y), mesh)
     key = jax.random.fold_in(jax.random.key(seed), i)
-    out = robust_flags(model, settings, params, state, xb, yb, key)
+    # PGD one restart per call (the bar moves per restart), then the rest in one call.
+    pgd_delta = pgd_by_restart(model.apply, params, state, _to_unit_range(key, xb), yb, key,
+                               eps=settings.eps, alpha=settings.alpha, steps=settings.steps,
+                               restarts=settings.restarts,
+                               on_restart=(lambda: bar.update(1)) if progress else None)
+    out = robust_flags(model, settings, params, state, xb, yb, key, pgd_delta)
     chunks.append(jax.tree.map(lambda v, keep=batch_size - pad: to_host(v)[:keep], out))
+  bar.close()
   merged = jax.tree.map(lambda *c: np.concatenate(c), *chunks)
   vact = {point: {node: float(v.mean()) for node, v in nodes.items()}
           for point, nodes in merged.pop('vact').items()}

@@ -31,7 +31,9 @@ def format_table(report: dict) -> str:
              f"{rule['robust_accuracy']:.4f} (clean {rule['clean_accuracy']:.4f})")
   else:
     final = f"robust accuracy {report['robust_accuracy']:.4f}"
-  lines.append(final + f"  wall {report['wall_time_s']:.1f} s")
+  timing = report.get('timing')
+  lines.append(final + f"  wall {report['wall_time_s']:.1f} s" + (
+      f" (suite {timing['suite_s']:.1f} s, checks {timing['checks_s']:.1f} s)" if timing else ''))
   for name, check in report.get('checks', {}).items():
     lines.append(f"check {name:<15} {check['status']:<8} {check['message']}")
   return '\n'.join(lines)

@@ -29,6 +29,7 @@ from fat_jax.data import shard_batch
 from fat_jax.evaluate.checks import run_sanity_checks, square_fits
 from fat_jax.evaluate.classifier import Classifier, as_classifier, count_classes
 from fat_jax.evaluate.output import format_table
+from fat_jax.evaluate.restarts import pgd_by_restart
 from fat_jax.losses import accuracy, cross_entropy
 from fat_jax.parallel import replicate, to_host
 
@@ -147,6 +148,22 @@ def attack_batch(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
   raise ValueError(f'Unknown attack {name!r}; known: {ATTACKS}.')
 
 
+def pgd_batch_by_restart(params, state, x, y, key, eps, *, apply_fn, name: str,
+                        options: SuiteOptions, on_restart: Callable[[], None] | None = None,
+                        norm: str = 'Linf'):
+  """`attack_batch` of 'pgd' or 'cw' (the same δ and counts), one jitted call per restart
+  (`pgd_by_restart`), calling `on_restart()` after each."""
+  o, n = options, len(x)
+  eps = jnp.asarray(eps, jnp.float32)   # α = step·ε in float32, as inside `attack_batch`
+  delta = pgd_by_restart(apply_fn, params, state, x, y, key, eps=eps,
+                         alpha=o.pgd_step_size * eps, steps=o.pgd_steps,
+                         restarts=o.pgd_restarts, loss='ce' if name == 'pgd' else 'margin',
+                         norm=norm, on_restart=on_restart)
+  runs = o.pgd_restarts * o.pgd_steps
+  forward = runs + (o.pgd_restarts if o.pgd_restarts > 1 else 0)
+  return delta, jnp.full((n,), forward, jnp.int32), jnp.full((n,), runs, jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=('apply_fn', 'randomized', 'draws'))
 def score_batch(params, state, x, y, key, *, apply_fn, randomized: bool = False, draws: int = 1):
   """Per example, the fraction of forwards classifying x correctly: one forward for a
@@ -258,10 +275,18 @@ class _Run:
           batch_key = jax.random.fold_in(unit_key, b)
           attack_key, score_key = jax.random.split(batch_key)
           xb, yb = self.padded_batch(chunk, size)
-          delta, fwd, bwd = attack_batch(
-              attacker.params, attacker.state, xb, yb, attack_key, eps, unit,
-              apply_fn=attacker.apply_fn, name=name, options=options,
-              randomized=attacker.randomized, norm=self.norm)
+          if name in ('pgd', 'cw'):   # the bar moves per restart
+            per_restart = len(chunk) / options.pgd_restarts
+            delta, fwd, bwd = pgd_batch_by_restart(
+                attacker.params, attacker.state, xb, yb, attack_key, eps,
+                apply_fn=attacker.apply_fn, name=name, options=options,
+                on_restart=(lambda: bar.update(per_restart)) if self.progress else None,
+                norm=self.norm)
+          else:
+            delta, fwd, bwd = attack_batch(
+                attacker.params, attacker.state, xb, yb, attack_key, eps, unit,
+                apply_fn=attacker.apply_fn, name=name, options=options,
+                randomized=attacker.randomized, norm=self.norm)
           candidate = xb + delta
           m, n = self.model, len(chunk)
           s = to_host(score_batch(m.params, m.state, candidate, yb, score_key,
@@ -278,7 +303,8 @@ class _Run:
                                       apply_fn=m.apply_fn, randomized=True, draws=1))[:n]
             single_draw[chunk] &= one > 0.5
             forward += n
-          bar.update(n)
+          if name not in ('pgd', 'cw'):
+            bar.update(n)
     return forward, backward
 
 
@@ -509,13 +535,14 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   if individual:
     report['robust_accuracy_individual'] = alone
   report['passes'] = passes
+  report['timing'] = {'suite_s': time.time() - start, 'checks_s': 0.0}
   if checks:
     t0 = time.time()
     report['checks'], passes['checks'] = run_sanity_checks(
         run, names, suite, clean, scores, final, x_adv, by_attack, check_key,
         eps_sweep=eps_sweep, square_check=square_check, check_pgd_steps=check_pgd_steps,
         sweep_steps=sweep_steps, eot_check_n=eot_check_n)
-    times['checks'] = time.time() - t0
+    times['checks'] = report['timing']['checks_s'] = time.time() - t0
   report['wall_time_s'] = time.time() - start
   if verbose and jax.process_index() == 0:
     print(format_table(report), flush=True)

@@ -1,0 +1,75 @@
+"""The restart-by-restart PGD driver (progress per restart) gives the very δ of one call."""
+import dataclasses
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from fat_jax.attacks import pgd_attack
+from fat_jax.data import DATASET_INFOS
+from fat_jax.evaluate.monitor import PGDSettings, evaluate_robustness, robust_flags
+from fat_jax.evaluate.restarts import pgd_by_restart
+from fat_jax.evaluate.suites import SuiteOptions, attack_batch, pgd_batch_by_restart
+from fat_jax.methods import init_train_state
+from fat_jax.models import build_model
+from fat_jax.parallel import make_data_mesh
+
+EPS = 8 / 255
+
+
+@pytest.fixture(scope='module')
+def problem():
+  """A small BatchNorm CNN (convolutions, as the evaluated models) and 8 points."""
+  info = DATASET_INFOS['cifar10']
+  model = build_model(ml_collections.ConfigDict(dict(name='cnn', width=4, depth=2,
+                                                     batchnorm=True, dtype='float32')), info)
+  ts = init_train_state(model, jax.random.key(0))
+  x = jax.random.uniform(jax.random.key(1), (8, *info.image_shape))
+  y = jax.random.randint(jax.random.key(2), (8,), 0, 10)
+  return model.apply, ts.params, ts.batch_stats, x, y
+
+
+@pytest.mark.parametrize('restarts,loss', [(1, 'ce'), (3, 'margin')])
+def test_driver_equals_one_call(problem, restarts, loss):
+  apply_fn, params, state, x, y = problem
+  kw = dict(eps=EPS, alpha=EPS / 4, steps=3, restarts=restarts, loss=loss)
+  one_call = jax.jit(lambda p, s, x, y, k: pgd_attack(apply_fn, p, s, x, y, k, **kw).delta)(
+      params, state, x, y, jax.random.key(3))
+  calls = []
+  by_restart = pgd_by_restart(apply_fn, params, state, x, y, jax.random.key(3),
+                              on_restart=lambda: calls.append(1), **kw)
+  assert len(calls) == restarts
+  np.testing.assert_array_equal(np.asarray(by_restart), np.asarray(one_call))
+  assert np.abs(np.asarray(one_call)).max() > 0
+
+
+def test_suite_batch_equals_attack_batch(problem, name='pgd'):
+  apply_fn, params, state, x, y = problem
+  options = dataclasses.replace(SuiteOptions(), pgd_steps=3, pgd_restarts=2,
+                                pgd_step_size=0.3, n_draws=0)
+  whole = attack_batch(params, state, x, y, jax.random.key(4), EPS, 0, apply_fn=apply_fn,
+                       name=name, options=options)
+  split = pgd_batch_by_restart(params, state, x, y, jax.random.key(4), EPS, apply_fn=apply_fn,
+                               name=name, options=options)
+  for a, b in zip(split, whole):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_monitor_equals_one_call(problem):
+  """The training monitor (PGD restart by restart) gives what `robust_flags` gives in one call."""
+  info = DATASET_INFOS['cifar10']
+  model = build_model(ml_collections.ConfigDict(dict(name='cnn', width=4, depth=2,
+                                                     batchnorm=True, dtype='float32')), info)
+  _, params, state, _, y = problem
+  images = np.asarray(jax.random.randint(jax.random.key(5), (8, *info.image_shape), 0, 256),
+                      np.uint8)
+  settings = PGDSettings(eps=EPS, steps=3, restarts=2)
+  report = evaluate_robustness(model, params, state, images, np.asarray(y), settings,
+                               mesh=make_data_mesh(), batch_size=8, seed=6, progress=False)
+  key = jax.random.fold_in(jax.random.key(6), 0)
+  one_call = robust_flags(model, settings, params, state, images, y, key)
+  for name in ('clean', 'fgsm', 'pgd'):
+    np.testing.assert_array_equal(report['flags'][name], np.asarray(one_call[name]).astype(bool))
+  for node, v in one_call['vact']['pgd'].items():
+    assert report['vact_pgd'][node] == float(np.asarray(v).mean())
