@@ -20,8 +20,8 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from fat_jax import sanity, validation
-from fat_jax.attacks import (apgd_attack, clip_to_box, fab_attack, fgsm_attack, pgd_attack,
-                             project_linf, square_attack)
+from fat_jax.attacks import (apgd_attack, clip_to_box, deepfool_attack, fab_attack, fgsm_attack,
+                             mifgsm_attack, pgd_attack, project_linf, square_attack)
 from fat_jax.attacks.apgd import top_targets
 from fat_jax.attacks.core import check_eps
 from fat_jax.attacks.eot import eot_loss_and_grad, randomized_logits
@@ -41,7 +41,16 @@ SUITES = {
     'transfer': ('apgd-ce',),   # default attacks on the surrogate; `attacks=` overrides
     'custom': (),               # `attacks=` is the list
 }
-ATTACKS = ('fgsm', 'pgd', 'cw', 'apgd-ce', 'apgd-dlr', 'apgd-t', 'fab-t', 'square')
+ATTACKS = ('fgsm', 'pgd', 'pgd_margin', 'mifgsm', 'deepfool', 'apgd-ce', 'apgd-dlr', 'apgd-t',
+           'fab-t', 'square')
+# Names refused with the reason and what to use instead.
+REFUSED_ATTACKS = {
+    'cw': "'cw' was PGD on the C&W margin loss; it is now 'pgd_margin' (the C&W-L2 optimisation "
+          "attack is fat_jax.attacks.cw_l2_attack)",
+    'cw_l2': "'cw_l2' (Carlini & Wagner's L2 attack) minimises an L2 distance and is not an L∞ "
+             "attack; call fat_jax.attacks.cw_l2_attack directly (docs/lecture_systems.md) or "
+             "use 'pgd_margin' for the margin loss within the L∞ ball",
+}
 EOT_ATTACKS = ('fgsm', 'apgd-ce', 'apgd-dlr', 'apgd-t')  # usable on randomised models
 TARGETED = ('apgd-t', 'fab-t')
 APGD_LOSS = {'apgd-ce': 'ce', 'apgd-dlr': 'dlr', 'apgd-t': 'dlr_targeted'}
@@ -92,12 +101,23 @@ def attack_batch(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
       return (clip_to_box(x, project_linf(eps * jnp.sign(g.grad), eps)), *per(k, k))
     delta = fgsm_attack(apply_fn, params, state, x, y, key, eps=eps, alpha=eps, train=False).delta
     return (delta, *per(1, 1))
-  if name in ('pgd', 'cw'):
+  if name in ('pgd', 'pgd_margin'):
     delta = pgd_attack(apply_fn, params, state, x, y, key, eps=eps, alpha=o.pgd_step_size * eps,
                        steps=o.pgd_steps, restarts=o.pgd_restarts,
                        loss='ce' if name == 'pgd' else 'margin').delta
     runs = o.pgd_restarts * o.pgd_steps
     return (delta, *per(runs + (o.pgd_restarts if o.pgd_restarts > 1 else 0), runs))
+  if name == 'mifgsm':  # Dong et al. 2018: μ = 1, 10 steps of ε/10
+    steps = 10
+    delta = mifgsm_attack(apply_fn, params, state, x, y, eps=eps, steps=steps).delta
+    return (delta, *per(steps, steps))
+  if name == 'deepfool':
+    # The minimal L∞ perturbation (Moosavi-Dezfooli et al. 2016), projected onto the ε-ball and
+    # the box before it is scored: beyond ε it is no valid ε-attack.
+    result = deepfool_attack(apply_fn, params, state, x, y, norm='linf')
+    classes = jax.eval_shape(lambda: apply_fn(params, state, x, False))[0].shape[-1]
+    delta = clip_to_box(x, project_linf(result.delta, eps))
+    return delta, result.steps + 1, result.steps * classes
   target, ranking = None, 0
   if name in TARGETED:
     logits, _ = randomized_logits(apply_fn, params, state, x, key, randomized=randomized)
@@ -246,6 +266,9 @@ def _suite_attacks(suite: str, attacks) -> tuple[str, ...]:
   names = tuple(attacks) if attacks else SUITES[suite]
   if not names:
     raise ValueError("suite='custom' needs a list of attacks (attacks=[...]).")
+  refused = [a for a in names if a in REFUSED_ATTACKS]
+  if refused:
+    raise ValueError('; '.join(f'eval.attacks: {REFUSED_ATTACKS[a]}' for a in refused) + '.')
   unknown = [a for a in names if a not in ATTACKS]
   if unknown:
     raise ValueError(f'Unknown attacks {unknown}; known: {ATTACKS}.')
