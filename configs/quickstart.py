@@ -17,7 +17,8 @@ of docs/protocol.md §2.5 with their official hyper-parameters in this setting's
 pgd_at (PGD-10, step ε/4), trades (β = 6), mart (β = 5), awp_pgd_at (γ = 0.01),
 awp_trades (γ = 0.005; AWP from the first epoch), zerograd (q = 0.35, α = 2ε) and
 atas (warm-up 1 epoch and state re-drawn every 2: the official 5 and 10 of 30
-epochs, scaled to 6).
+epochs, scaled to 6), dart (PGD-10 stopped at FOSC ≤ c_t, c_max = 0.5, c_t = 0 from epoch 5
+of 6: the official T' = 100 of 120 epochs, scaled) and mma (PGD-10, the MMA objective).
 Expected: FGSM falls into CO, N-FGSM does not; the measured numbers are in README.md
 "Results" and docs/cpu_studies.md.
 """
@@ -39,6 +40,8 @@ def get_config(method: str = 'fgsm'):
   if method.startswith('awp_'):
     config.method.name = method[len('awp_'):]
     config.method.awp_gamma = AWP_GAMMA[config.method.name]
+  if method == 'dart':
+    config.method.dart_control_epochs = 5.0
   if method == 'atas':
     config.method.atas_warmup_epochs = 1
     config.method.atas_reset_every = 2

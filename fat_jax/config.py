@@ -69,6 +69,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.method.awp_warmup_epochs = 0                        # epochs before AWP starts (0-based count)
   c.method.robust_overfitting_forwards = False          # Rice et al.'s extra BN forwards
   c.method.zerograd_q = config_dict.placeholder(float)  # ZeroGrad quantile (0.35 for 'zerograd')
+  # DART (Wang et al., ICML 2019): c_t = max(c_max·(1 − t/T'), 0), official 0.5 and 100.
+  c.method.dart_c_max = 0.5                             # DART: FOSC threshold c_t at epoch 0
+  c.method.dart_control_epochs = 100.0                  # DART: c_t reaches 0 at this epoch T'
   # ATAS (init 'previous'): step clip(scale/(1 + √v/c), min, max), all three × ε.
   c.method.atas_c = 0.01
   c.method.atas_beta = 0.5                              # momentum of the squared gradient norm

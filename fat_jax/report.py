@@ -10,8 +10,8 @@ folder is self-contained. Sections:
   (markers at the evaluated epoch); Comparison — the runs overlaid (≥ 2 runs);
 * Learning rate and momentum — their values at the last step of each epoch;
 * AAER statistics (AAE fraction m/n, V_A, V_N, C_A), LAP perturbation norms
-  (per layer), feature-activation differences V_act (per node), GradAlign
-  cosine — each when the runs record it;
+  (per layer), feature-activation differences V_act (per node), the mean FOSC of
+  the monitor's FGSM and PGD points, GradAlign cosine — each when the runs record it;
 * Evaluation — results.json and every eval_<suite>.json, with the sanity checks;
 * Adversarial examples — the first `ADV_EXAMPLES` test points at the evaluated
   checkpoint (the latest kept one if it is gone): clean, the run's own training
@@ -212,6 +212,21 @@ def plot_vact(runs: Sequence[Run], out_dir: str) -> str:
   return _save(fig, out_dir, 'vact.png')
 
 
+def plot_fosc(runs: Sequence[Run], out_dir: str) -> str:
+  """Per run: the mean FOSC c(x + δ) = ε‖∇ℓ‖₁ − ⟨δ, ∇ℓ⟩ of the monitor's FGSM and PGD points
+  (Wang et al., ICML 2019; 0 at a stationary point of the inner maximisation)."""
+  fig, axes = _panels(len(runs))
+  for ax, run in zip(axes, runs):
+    for j, point in enumerate(('fgsm', 'pgd')):
+      ax.plot(*_epochs(run, f'fosc_{point}'), 'o-', ms=3, color=_color(j),
+              label=f'{point.upper()} point')
+    _mark_onset(ax, run)
+    ax.set(title=_title(run), xlabel='epoch', ylabel='mean FOSC')
+    ax.title.set_fontsize(figures.TITLE_PT)
+    ax.legend(fontsize=figures.TEXT_PT)
+  return _save(fig, out_dir, 'fosc.png')
+
+
 def plot_gradalign(runs: Sequence[Run], out_dir: str) -> str:
   fig, axes = _panels(1)
   for i, run in enumerate(runs):
@@ -398,6 +413,10 @@ def write_report(workdirs: Sequence[str], out_dir: str = '', *, examples: bool =
        'Epoch mean of the norm of the perturbation LAP adds to each layer l (LAP order).'),
       ('Feature-activation differences (V_act)', 'vact', plot_vact,
        'V_act per feature node: mean ‖M_i(x) − M_i(x + δ)‖₂ on the monitor points.'),
+      ('First-order stationarity (FOSC)', 'fosc_fgsm', plot_fosc,
+       'Mean FOSC c(x + δ) = ε‖∇ℓ‖₁ − ⟨δ, ∇ℓ⟩ of the per-example CE at the monitor\'s FGSM and '
+       'PGD points (Wang et al., ICML 2019): 0 where the attack reached a stationary point of '
+       'the inner maximisation.'),
       ('GradAlign', 'train_gradalign_cos', plot_gradalign,
        'Epoch mean of the gradient alignment that GradAlign regularises.'))
   for heading, key, plot, caption in statistics:

@@ -40,7 +40,8 @@ NAN_CHECK_EVERY = 20
 # Component statistics shown in the epoch line (all are in metrics.jsonl).
 EXTRA_LOG = {'train_aaer_aae_fraction': 'AAE fraction', 'train_gradalign_cos': 'grad cos',
              'train_atas_step': 'ATAS step/ε', 'train_stable_loss': 'L_stable',
-             'train_co_difference': 'L_stable(C_p)'}
+             'train_co_difference': 'L_stable(C_p)', 'fosc_fgsm': 'FOSC fgsm',
+             'fosc_pgd': 'FOSC pgd'}
 
 
 def make_schedule(config, steps: int) -> optim.Schedule:
@@ -213,7 +214,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
       run_log.append_record(workdir, {
           'epoch': epoch - 1 + (i + 1) / steps, 'step': (epoch - 1) * steps + i + 1,
           **{f'{k}_accuracy': r[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
-          'vact': r['vact'], 'vact_pgd': r['vact_pgd'], 'monitor': protocol},
+          'vact': r['vact'], 'vact_pgd': r['vact_pgd'], 'fosc_fgsm': r['fosc_fgsm'],
+          'fosc_pgd': r['fosc_pgd'], 'monitor': protocol},
           name=run_log.MONITOR)
     return after_step
 
@@ -232,6 +234,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     record = {'epoch': epoch, **record,
               **{f'{k}_accuracy': result[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
               'vact': result['vact'], 'vact_pgd': result['vact_pgd'],
+              'fosc_fgsm': result['fosc_fgsm'], 'fosc_pgd': result['fosc_pgd'],
               'train_time_s': train_time, 'eval_time_s': result['wall_time_s'],
               'monitor': protocol}
     history.append(record)

@@ -23,9 +23,9 @@ MIN_FONT_PT = 7
 # folder/file: the report of one run, the report of both runs, the landscapes of the second.
 FIGURES = {
     'single/accuracy.png', 'single/schedule.png', 'single/aaer.png', 'single/lap_norms.png',
-    'single/gradalign.png', 'single/vact.png',
+    'single/gradalign.png', 'single/vact.png', 'single/fosc.png',
     'pair/accuracy.png', 'pair/comparison.png', 'pair/schedule.png', 'pair/aaer.png',
-    'pair/lap_norms.png', 'pair/vact.png', 'pair/gradalign.png', 'pair/adversarial_composed.png',
+    'pair/lap_norms.png', 'pair/vact.png', 'pair/fosc.png', 'pair/gradalign.png', 'pair/adversarial_composed.png',
     'pair/adversarial_with_vact.png',
     'with_vact/landscape_1d.png', 'with_vact/landscape_2d.png'}
 

@@ -28,7 +28,7 @@ from tests.test_train import tiny_config
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 SECTIONS = ('Runs', 'Accuracy per epoch', 'Comparison', 'Learning rate and momentum',
             'AAER statistics', 'LAP perturbation norms', 'Feature-activation differences (V_act)',
-            'GradAlign', 'Evaluation', 'Adversarial examples', 'Layer-wise loss landscapes',
+            'First-order stationarity (FOSC)', 'GradAlign', 'Evaluation', 'Adversarial examples', 'Layer-wise loss landscapes',
             'Per-epoch records')
 
 
@@ -78,7 +78,7 @@ def test_training_writes_the_report_and_the_summary_lists_the_files(run):
   assert sections(markdown) == single_run
   names = assert_images_exist(markdown, os.path.dirname(path))
   assert {'accuracy.png', 'schedule.png', 'aaer.png', 'lap_norms.png', 'gradalign.png',
-          'vact.png', 'adversarial_composed.png'} <= set(names)
+          'vact.png', 'fosc.png', 'adversarial_composed.png'} <= set(names)
   screen = run_summary(workdir)
   for line in (os.path.join(workdir, 'checkpoints', '2'), os.path.join(workdir, 'metrics.jsonl'),
                os.path.join(workdir, 'results.json'), path, 'PGD-2-1'):

@@ -24,7 +24,8 @@ FIELDS = {'lap': {'method.lap_beta': 0.01},
                    'method.aaer_lambda3': 0.15},
           'atas': {'method.atas_warmup_epochs': 0},
           'pgd_at': {'method.steps': 2}, 'trades': {'method.steps': 2},
-          'mart': {'method.steps': 2}}
+          'mart': {'method.steps': 2}, 'dart': {'method.steps': 2},
+          'mma': {'method.steps': 2}}
 
 
 @pytest.fixture(scope='module')

@@ -72,6 +72,7 @@ def test_same_seed_same_bits_and_resume_after_interruption(data_dir, tmp_path):
   assert_same_state(reference, final_state(config, b))
   assert [r['epoch'] for r in run_log.read_records(b)] == [1, 2]
   assert all(set(r['vact']) == set(r['vact_pgd']) == {'A', 'B'} for r in run_log.read_records(b))
+  assert all(r['fosc_fgsm'] >= 0 and r['fosc_pgd'] >= 0 for r in run_log.read_records(b))
   assert resumed['pgd_accuracy'] == first['pgd_accuracy']
   assert set(first) >= {'clean_accuracy', 'fgsm_accuracy', 'pgd_accuracy', 'pgd_step_size',
                         'co_onset_epoch', 'evaluated_epoch', 'n', 'eps'}

@@ -1,5 +1,5 @@
-"""The training loop's monitor: clean, FGSM and PGD-k-r accuracy per point of a model, and
-V_act per feature node (`evaluate_robustness`, jitted per batch by `robust_flags`).
+"""The training loop's monitor: clean, FGSM and PGD-k-r accuracy per point of a model,
+V_act per feature node and FOSC (`evaluate_robustness`, jitted per batch by `robust_flags`).
 
 A point counts as robust to an attack only if it is classified correctly both
 clean and under the attack.
@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from fat_jax.attacks import fgsm_attack, pgd_attack
+from fat_jax.attacks import fgsm_attack, fosc_at, pgd_attack
 from fat_jax.data import augment, shard_batch
 from fat_jax.evaluate.restarts import pgd_by_restart
 from fat_jax.losses import accuracy
@@ -39,7 +39,8 @@ class PGDSettings:
 def robust_flags(model, settings: PGDSettings, params, state, images, labels, key,
                  pgd_delta=None):
   """Per-example correctness {'clean', 'fgsm', 'pgd'} in eval mode (BN running stats), and
-  'vact': {'fgsm'|'pgd': {node: ‖M(x) − M(x + δ)‖₂ per example}} from the same forwards.
+  'vact': {'fgsm'|'pgd': {node: ‖M(x) − M(x + δ)‖₂ per example}} from the same forwards, and
+  'fosc': {'fgsm'|'pgd': FOSC c(x + δ) per example} (Wang et al., ICML 2019; `fosc_at`).
   `pgd_delta`: the PGD δ if already computed (`pgd_by_restart` on ``images / 255``)."""
   x = augment(key, images, mode='none')
   clean_logits, _, clean_features = model.apply(params, state, x, False)
@@ -50,13 +51,14 @@ def robust_flags(model, settings: PGDSettings, params, state, images, labels, ke
     pgd_delta = pgd_attack(model.apply, params, state, x, labels, key, eps=eps,
                            alpha=settings.alpha, steps=settings.steps,
                            restarts=settings.restarts).delta
-  flags, vact = {'clean': clean}, {}
+  flags, vact, fosc = {'clean': clean}, {}, {}
   for name, delta in (('fgsm', fgsm.delta), ('pgd', pgd_delta)):
+    fosc[name] = fosc_at(model.apply, params, state, x, labels, delta, eps=eps)
     logits, _, features = model.apply(params, state, x + delta, False)
     flags[name] = clean * accuracy(logits, labels)
     vact[name] = {node: feature_distance(clean_features[node], features[node])
                   for node in features}
-  return {**flags, 'vact': vact}
+  return {**flags, 'vact': vact, 'fosc': fosc}
 
 
 @jax.jit
@@ -98,10 +100,12 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
   merged = jax.tree.map(lambda *c: np.concatenate(c), *chunks)
   vact = {point: {node: float(v.mean()) for node, v in nodes.items()}
           for point, nodes in merged.pop('vact').items()}
+  fosc = merged.pop('fosc')
   flags = {k: v.astype(bool) for k, v in merged.items()}
   return {
       **{f'{k}_accuracy': float(v.mean()) for k, v in flags.items()},
       'vact': vact['fgsm'], 'vact_pgd': vact['pgd'],
+      'fosc_fgsm': float(fosc['fgsm'].mean()), 'fosc_pgd': float(fosc['pgd'].mean()),
       'n': n, 'eps': settings.eps, 'pgd_steps': settings.steps,
       'pgd_restarts': settings.restarts, 'pgd_step_size': settings.alpha,
       'seed': seed, 'wall_time_s': time.time() - start, 'flags': flags,

@@ -20,8 +20,9 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from fat_jax import sanity, validation
-from fat_jax.attacks import (apgd_attack, clip_to_box, fab_attack, fab_untargeted_attack,
-                             fgsm_attack, pgd_attack, project_l2, project_linf, square_attack)
+from fat_jax.attacks import (apgd_attack, clip_to_box, deepfool_attack, fab_attack,
+                             fab_untargeted_attack, fgsm_attack, mifgsm_attack, pgd_attack,
+                             project_l2, project_linf, square_attack)
 from fat_jax.attacks.apgd import top_targets
 from fat_jax.attacks.core import NORMS, check_eps, normalize_l2
 from fat_jax.attacks.eot import eot_loss_and_grad, randomized_logits
@@ -43,7 +44,18 @@ SUITES = {
     'transfer': ('apgd-ce',),   # default attacks on the surrogate; `attacks=` overrides
     'custom': (),               # `attacks=` is the list
 }
-ATTACKS = ('fgsm', 'pgd', 'cw', 'apgd-ce', 'apgd-dlr', 'apgd-t', 'fab', 'fab-t', 'square')
+ATTACKS = ('fgsm', 'pgd', 'pgd_margin', 'mifgsm', 'deepfool', 'apgd-ce', 'apgd-dlr', 'apgd-t',
+           'fab', 'fab-t', 'square')
+LINF_ONLY = ('mifgsm', 'deepfool')  # sign steps / the L∞ DeepFool
+# Names refused with the reason and what to use instead.
+REFUSED_ATTACKS = {
+    'cw': "'cw' was PGD on the C&W margin loss; it is now 'pgd_margin' (the C&W-L2 optimisation "
+          "attack is fat_jax.attacks.cw_l2_attack)",
+    'cw_l2': "'cw_l2' (Carlini & Wagner's L2 attack) minimises the L2 distance without a "
+             "radius, so it is no ε-bounded suite attack; call fat_jax.attacks.cw_l2_attack "
+             "directly (docs/lecture_systems.md), or use 'pgd_margin' for the margin loss "
+             "within the ε-ball",
+}
 EOT_ATTACKS = ('fgsm', 'apgd-ce', 'apgd-dlr', 'apgd-t')  # usable on randomised models
 TARGETED = ('apgd-t', 'fab-t')
 APGD_LOSS = {'apgd-ce': 'ce', 'apgd-dlr': 'dlr', 'apgd-t': 'dlr_targeted'}
@@ -109,12 +121,23 @@ def attack_batch(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
       delta = fgsm_attack(apply_fn, params, state, x, y, key, eps=eps, alpha=eps,
                           train=False).delta
     return (delta, *per(1, 1))
-  if name in ('pgd', 'cw'):
+  if name in ('pgd', 'pgd_margin'):
     delta = pgd_attack(apply_fn, params, state, x, y, key, eps=eps, alpha=o.pgd_step_size * eps,
                        steps=o.pgd_steps, restarts=o.pgd_restarts,
                        loss='ce' if name == 'pgd' else 'margin', norm=norm).delta
     runs = o.pgd_restarts * o.pgd_steps
     return (delta, *per(runs + (o.pgd_restarts if o.pgd_restarts > 1 else 0), runs))
+  if name == 'mifgsm':  # Dong et al. 2018: μ = 1, 10 steps of ε/10
+    steps = 10
+    delta = mifgsm_attack(apply_fn, params, state, x, y, eps=eps, steps=steps).delta
+    return (delta, *per(steps, steps))
+  if name == 'deepfool':
+    # The minimal L∞ perturbation (Moosavi-Dezfooli et al. 2016), projected onto the ε-ball and
+    # the box before it is scored: beyond ε it is no valid ε-attack.
+    result = deepfool_attack(apply_fn, params, state, x, y, norm='linf')
+    classes = jax.eval_shape(lambda: apply_fn(params, state, x, False))[0].shape[-1]
+    delta = clip_to_box(x, project_linf(result.delta, eps))
+    return delta, result.steps + 1, result.steps * classes
   target, ranking = None, 0
   if name in TARGETED:
     logits, _ = randomized_logits(apply_fn, params, state, x, key, randomized=randomized)
@@ -151,7 +174,7 @@ def attack_batch(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
 def pgd_batch_by_restart(params, state, x, y, key, eps, *, apply_fn, name: str,
                         options: SuiteOptions, on_restart: Callable[[], None] | None = None,
                         norm: str = 'Linf'):
-  """`attack_batch` of 'pgd' or 'cw' (the same δ and counts), one jitted call per restart
+  """`attack_batch` of 'pgd' or 'pgd_margin' (the same δ and counts), one jitted call per restart
   (`pgd_by_restart`), calling `on_restart()` after each."""
   o, n = options, len(x)
   eps = jnp.asarray(eps, jnp.float32)   # α = step·ε in float32, as inside `attack_batch`
@@ -275,7 +298,7 @@ class _Run:
           batch_key = jax.random.fold_in(unit_key, b)
           attack_key, score_key = jax.random.split(batch_key)
           xb, yb = self.padded_batch(chunk, size)
-          if name in ('pgd', 'cw'):   # the bar moves per restart
+          if name in ('pgd', 'pgd_margin'):   # the bar moves per restart
             per_restart = len(chunk) / options.pgd_restarts
             delta, fwd, bwd = pgd_batch_by_restart(
                 attacker.params, attacker.state, xb, yb, attack_key, eps,
@@ -303,7 +326,7 @@ class _Run:
                                       apply_fn=m.apply_fn, randomized=True, draws=1))[:n]
             single_draw[chunk] &= one > 0.5
             forward += n
-          if name not in ('pgd', 'cw'):
+          if name not in ('pgd', 'pgd_margin'):
             bar.update(n)
     return forward, backward
 
@@ -314,6 +337,9 @@ def _suite_attacks(suite: str, attacks) -> tuple[str, ...]:
   names = tuple(attacks) if attacks else SUITES[suite]
   if not names:
     raise ValueError("suite='custom' needs a list of attacks (attacks=[...]).")
+  refused = [a for a in names if a in REFUSED_ATTACKS]
+  if refused:
+    raise ValueError('; '.join(f'eval.attacks: {REFUSED_ATTACKS[a]}' for a in refused) + '.')
   unknown = [a for a in names if a not in ATTACKS]
   if unknown:
     raise ValueError(f'Unknown attacks {unknown}; known: {ATTACKS}.')
@@ -362,6 +388,9 @@ def _attacker(model: Classifier, suite: str, surrogate) -> Classifier:
 
 
 def _check_compatible(names, randomized: bool, n_classes: int, norm: str, x) -> None:
+  linf_only = [a for a in names if a in LINF_ONLY]
+  if norm != 'Linf' and linf_only:
+    raise ValueError(f'Attacks {linf_only} are L∞ attacks; drop them for norm={norm!r}.')
   if 'square' in names and not square_fits(x, norm):
     raise ValueError(f'Square L2 needs images (N, H, W[, C]) of at least 5 × 5 pixels, got x of '
                      f"shape {x.shape}: drop 'square' (suite='custom') or use norm='Linf'.")

@@ -13,11 +13,11 @@ hashable dataclass (a static jit argument) that carries its own computation:
   BatchNorm statistics after its forwards, its per-example state):
   `FGSMAttack` (start × sign step × projection, with an optional `ZeroGrad` mask
   of ∇δ), `PriorAttack` (FGSM-MEP), `AdaptiveAttack` (ATAS), `PGDAttack`,
-  `KLAttack` (TRADES). Its `init_examples` gives the per-example state it keeps.
+  `DynamicAttack` (DART: PGD stopped per example by FOSC), `KLAttack` (TRADES). Its `init_examples` gives the per-example state it keeps.
   The train step, the loss landscape and the report call the same value.
 * an **objective** ``objective(logits, labels, start_logits) -> (loss, terms)``
   on the training forwards it names (`forward_order`): `CrossEntropy`,
-  `MEPObjective`, `TRADES`, `MART`.
+  `MEPObjective`, `TRADES`, `MART`, `MMA`.
 * **regularisers** ``term(inputs: TermInputs) -> (value, terms, state)``, added to
   the objective: `AAER`, `GradAlign`, `LStable`, `LCo`. A term declares the
   start-point features it differentiates through (`taps`), whether it needs the
@@ -36,8 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fat_jax.attacks import (atas_step_sizes, clip_to_box, init_perturbation, input_gradient,
-                             kl_attack, pgd_attack, sign_step, zero_small_gradients)
+from fat_jax.attacks import (atas_step_sizes, clip_to_box, dart_attack, dart_threshold,
+                             init_perturbation, input_gradient, kl_attack, pgd_attack, sign_step,
+                             zero_small_gradients)
 from fat_jax.attacks.prior import prior_guided_step, prior_reset
 from fat_jax.data import to_batch_frame, to_stored_frame
 from fat_jax.losses import cross_entropy, smoothed_labels, soft_cross_entropy
@@ -46,6 +47,7 @@ from fat_jax.losses.feature_diff import STABLE_ALPHA3, co_loss, stable_loss
 from fat_jax.losses.gradalign import gradalign_regularizer
 from fat_jax.losses.mart import mart_loss
 from fat_jax.losses.mep import mep_loss
+from fat_jax.losses.mma import mma_loss
 from fat_jax.losses.trades import trades_loss
 from fat_jax.weight_perturbation import add_at_paths, awp_perturbation, lap_perturb
 
@@ -298,6 +300,43 @@ class PGDAttack(TrainingAttack):
 
 
 @dataclasses.dataclass(frozen=True)
+class DynamicAttack(TrainingAttack):
+  """Dynamic AT's attack (DART; Wang et al., ICML 2019, `YisenWang/dynamic_adv_training`):
+  PGD-k on the CE from U(−ε, ε) whose examples stop moving once their FOSC is ≤ c_t, with
+  c_t = max(c_max − c_max·t/T', 0) at 0-based epoch t (`dart_attack`, `dart_threshold`). The
+  official settings: α = ε/4, k = 10, the first step always taken (`min_steps=1`), forwards in
+  inference-mode BatchNorm. Logs c_t and the mean number of steps taken."""
+  eps: float
+  alpha: float
+  steps: int = 10
+  c_max: float = 0.5
+  control_epochs: float = 100
+  min_steps: int = 1
+  init: str = 'uniform'
+  init_scale: float = 1.0
+  train_bn: bool = False
+  project = True
+  loss = 'ce'
+  has_start = False
+
+  def threshold(self, clock: Clock):
+    """c_t of the step's epoch."""
+    return dart_threshold(clock.epoch, c_max=self.c_max, control_epochs=self.control_epochs)
+
+  def __call__(self, model, params, state, x, y, key, rows, aug, clock: Clock, *,
+               with_params: bool = False, taps: tuple[str, ...] = ()) -> Adversarial:
+    del aug, with_params, taps
+    threshold = self.threshold(clock)
+    adv = dart_attack(model.apply, params, state, x, y, key, eps=self.eps, alpha=self.alpha,
+                      steps=self.steps, threshold=threshold, min_steps=self.min_steps,
+                      train=self.train_bn, init=self.init, init_scale=self.init_scale,
+                      unroll=True)
+    metrics = {'dart_threshold': jnp.asarray(threshold, jnp.float32),
+               'dart_steps': adv.steps.mean()}
+    return Adversarial(adv.delta, None, adv.state, rows, metrics)
+
+
+@dataclasses.dataclass(frozen=True)
 class KLAttack(TrainingAttack):
   """TRADES' attack (`yaodongyu/TRADES`): `steps` sign steps on KL(p(x) ‖ p(x + δ)) from
   η = init_scale·N(0, I)."""
@@ -384,6 +423,23 @@ class MART:
     del start_logits
     loss, terms = mart_loss(logits['clean'], logits['adv'], labels, beta=self.beta)
     return loss, {'mart_boosted_ce': terms.boosted_ce, 'mart_robust': terms.robust}
+
+
+@dataclasses.dataclass(frozen=True)
+class MMA:
+  """MMA (Ding et al., ICLR 2020) in the lecture's surrogate-loss form: CE(f(x + δ)) on the
+  points f classifies correctly at x, CE(f(x)) on the others (`losses.mma.mma_loss`)."""
+  pairs_with_start = False
+
+  def forward_order(self, awp: bool) -> tuple[str, ...]:
+    del awp
+    return ('clean', 'adv')
+
+  def __call__(self, logits: dict, labels, start_logits):
+    del start_logits
+    loss, terms = mma_loss(logits['clean'], logits['adv'], labels)
+    return loss, {'mma_adversarial': terms.adversarial, 'mma_clean': terms.clean,
+                  'mma_correct': terms.correct}
 
 
 # ----------------------------------------------------------------------------- regularisers

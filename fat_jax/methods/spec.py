@@ -20,8 +20,13 @@ perturbation (the values of `methods.roles`); the optax optimiser is given to
 | `pgd_at`    | uniform (1)   | 0.25   | yes | 10    | train |                                  |
 | `trades`    | normal (1e-3) | †      | yes | 10    | eval  | KL attack, TRADES loss, β = 6    |
 | `mart`      | normal (1e-3) | †      | yes | 10    | eval  | MART loss, β = 5                 |
+| `dart`      | uniform (1)   | 0.25   | yes | 10    | eval  | DART: stop at FOSC ≤ c_t (‡)     |
+| `mma`       | uniform (1)   | 0.25   | yes | 10    | train | MMA loss (lecture form)          |
 
 † 0.007·255/8: a step of 0.007 at ε = 8/255 (the official code: 0.007 at ε = 0.031).
+‡ c_t = max(c_max − c_max·t/T', 0) at 0-based epoch t, `dart_c_max` = 0.5 and
+`dart_control_epochs` T' = 100 (of 120 epochs) by default, the first step always taken
+(`YisenWang/dynamic_adv_training`).
 Config fields left unset (None) take the method's default. The components
 compose: setting `lap_beta`, `aaer_lambda*`, `gradalign_lambda`, `zerograd_q`,
 `stable_alpha3` or `co_tact_file` switches LAP, AAER, GradAlign, ZeroGrad,
@@ -43,9 +48,9 @@ import numpy as np
 
 from fat_jax.losses.feature_diff import STABLE_ALPHA3, top_channels
 from fat_jax.losses.gradalign import gradalign_lambda
-from fat_jax.methods.roles import (AAER, AWP, LAP, MART, TRADES, AdaptiveAttack, CrossEntropy,
-                                   FGSMAttack, GradAlign, KLAttack, LCo, LStable, MEPObjective,
-                                   PGDAttack, PriorAttack, ZeroGrad)
+from fat_jax.methods.roles import (AAER, AWP, LAP, MART, MMA, TRADES, AdaptiveAttack,
+                                   CrossEntropy, DynamicAttack, FGSMAttack, GradAlign, KLAttack,
+                                   LCo, LStable, MEPObjective, PGDAttack, PriorAttack, ZeroGrad)
 
 INITS = ('zero', 'uniform', 'normal', 'prior', 'previous')
 ATTACK_LOSSES = ('ce', 'kl')
@@ -88,6 +93,7 @@ class Method:
   mep = property(lambda self: self.objective if isinstance(self.objective, MEPObjective)
                  else None)
   trades = property(lambda self: self.objective if isinstance(self.objective, TRADES) else None)
+  mma = property(lambda self: self.objective if isinstance(self.objective, MMA) else None)
   mart = property(lambda self: self.objective if isinstance(self.objective, MART) else None)
   zerograd = property(lambda self: getattr(self.attack, 'zerograd', None))
   atas = property(lambda self: self.attack if isinstance(self.attack, AdaptiveAttack) else None)
@@ -137,6 +143,9 @@ METHOD_DEFAULTS = {
                    steps=10, attack_bn='eval', attack_loss='kl'),
     'mart': dict(init='normal', init_scale=0.001, alpha=0.007 * 255 / 8, project=True,
                  steps=10, attack_bn='eval'),
+    'dart': dict(init='uniform', init_scale=1.0, alpha=0.25, project=True, steps=10,
+                 attack_bn='eval'),
+    'mma': dict(init='uniform', init_scale=1.0, alpha=0.25, project=True, steps=10),
 }
 
 
@@ -169,6 +178,8 @@ def _resolve_attack(c, eps: float):
     if steps > 1 or loss != 'ce':
       raise ValueError(f'ZeroGrad (method.zerograd_q) needs a single-step CE attack; got '
                        f'steps={steps}, attack_loss={loss!r}.')
+  if c.name == 'dart':
+    return _resolve_dart(c, common, start, steps, loss)
   if init == 'prior':
     if c.mep_reset_every < 1:
       raise ValueError(f'method.mep_reset_every must be ≥ 1 epoch, got {c.mep_reset_every}.')
@@ -194,6 +205,19 @@ def _resolve_attack(c, eps: float):
                     zerograd=None if q is None else ZeroGrad(float(q)))
 
 
+def _resolve_dart(c, common: dict, start: dict, steps: int, loss: str) -> DynamicAttack:
+  """DART's PGD with the FOSC stopping rule (`methods.roles.DynamicAttack`)."""
+  if loss != 'ce' or start['init'] not in ('zero', 'uniform', 'normal'):
+    raise ValueError(f"method 'dart' is PGD on the CE from a zero/uniform/normal start; got "
+                     f"attack_loss={loss!r}, init={start['init']!r}.")
+  if c.dart_c_max < 0 or c.dart_control_epochs <= 0:
+    raise ValueError('DART needs method.dart_c_max ≥ 0 and method.dart_control_epochs > 0 '
+                     f'(the official 0.5 and 100), got {c.dart_c_max} and '
+                     f'{c.dart_control_epochs}.')
+  return DynamicAttack(**common, **start, steps=steps, c_max=float(c.dart_c_max),
+                       control_epochs=float(c.dart_control_epochs))
+
+
 def _default(c, field: str, name: str, value):
   """`c.field` if set, else `value` when the method is `name`, else None (component off)."""
   if c.get(field) is not None:
@@ -202,8 +226,8 @@ def _default(c, field: str, name: str, value):
 
 
 def _resolve_objective(c, attack):
-  """Exactly one objective: TRADES or MART when their β is set, FGSM-MEP's with its prior
-  attack, else CE."""
+  """Exactly one objective: TRADES or MART when their β is set, MMA for the method 'mma',
+  FGSM-MEP's with its prior attack, else CE."""
   chosen = {}
   beta = _default(c, 'trades_beta', 'trades', TRADES.beta)
   if beta is not None:
@@ -211,6 +235,8 @@ def _resolve_objective(c, attack):
   beta = _default(c, 'mart_beta', 'mart', MART.beta)
   if beta is not None:
     chosen['MART (method.mart_beta)'] = MART(float(beta))
+  if c.name == 'mma':
+    chosen["MMA (method.name='mma')"] = MMA()
   if isinstance(attack, PriorAttack):
     chosen["FGSM-MEP's (method.init='prior')"] = MEPObjective(float(c.mep_label_smoothing),
                                                              float(c.mep_lambda))
