@@ -350,6 +350,7 @@ def test_real_torch_save_if_available(tmp_path):
       np.testing.assert_array_equal(loaded[k], v)
 
 
+@pytest.mark.slow  # two launch.py subprocesses on a ResNet: about a minute
 def test_converted_preact_resnet18_evaluates_through_launch(tmp_path):
   sd = locuslab_preact_state_dict(width=4, seed=3)
   path = torch_files.save_zip(torch_files.state_dict(sd), str(tmp_path / 'model.pth'))

@@ -93,6 +93,7 @@ def test_l2_fgsm_level_is_one_normalised_gradient_step(model):
   assert moved.max() <= EPS + 1e-5 and moved.max() > 0.9 * EPS
 
 
+@pytest.mark.slow  # AutoAttack's plus version: 5 restarts of every attack
 @pytest.mark.parametrize('norm, eps', [('Linf', 0.1), ('L2', EPS)])
 def test_aa_plus_runs_autoattacks_plus_version(model, norm, eps):
   params, x, y = model

@@ -18,6 +18,8 @@ from fat_jax.train import train_and_evaluate
 from tests.fixtures import write_idx_dir
 from tests.test_train import tiny_config
 
+pytestmark = pytest.mark.slow  # trains the runs whose every figure it renders
+
 MIN_DPI = 120
 MIN_FONT_PT = 7
 # folder/file: the report of one run, the report of both runs, the landscapes of the second.

@@ -247,6 +247,7 @@ def test_unknown_model_name():
     make_model('vgg16')
 
 
+@pytest.mark.slow  # compiles PreActResNet-18 in two dtypes
 def test_bfloat16_compute_keeps_float32_weights_state_and_outputs(preact):
   model, params, state, _ = preact
   low = dataclasses.replace(model, compute_dtype='bfloat16')
