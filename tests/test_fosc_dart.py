@@ -10,15 +10,9 @@ import pytest
 from fat_jax.attacks import dart_attack, dart_threshold, fosc, fosc_at, pgd_attack
 from fat_jax.attacks.eot import loss_and_grad
 from fat_jax.losses import cross_entropy
+from tests.test_attacks import mlp_apply
 
 EPS = 8 / 255
-
-
-def mlp_apply(params, state, x, train):
-  """A two-layer MLP with a counter as 'state' (a stand-in for BN running stats)."""
-  h = jnp.tanh(x.reshape(len(x), -1) @ params['w1'])
-  new_state = {'count': state['count'] + 1} if train else state
-  return h @ params['w2'], new_state, {'A': h}
 
 
 @pytest.fixture(scope='module')

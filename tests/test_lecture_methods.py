@@ -10,7 +10,6 @@ import pytest
 
 from fat_jax import optim
 from fat_jax.attacks import dart_threshold, fgsm_attack, fosc_at
-from fat_jax.config import default_config
 from fat_jax.data import DATASET_INFOS
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
 from fat_jax.losses import mma_loss
@@ -18,16 +17,9 @@ from fat_jax.methods import (MMA, Clock, CrossEntropy, DynamicAttack, Method, PG
                              init_train_state, make_train_step, resolve_method)
 from fat_jax.models import build_model
 from fat_jax.parallel import make_data_mesh
+from tests.test_methods import config
 
 EPS = 0.1
-
-
-def config(name, **fields):
-  c = default_config().method
-  c.name = name
-  for k, v in fields.items():
-    c[k] = v
-  return c
 
 
 def tiny_model():
