@@ -1,24 +1,17 @@
 """Dynamic AT's per-example loss weights (DART; Wang et al., ICML 2019, official code
 `YisenWang/dynamic_adv_training`, `train_models.py`).
 
-From its second epoch on (0-based ``ep ≥ 1``), the official loop weights each example's
-training CE by that example's own CE at its DART point, taken in inference mode with the
-weights before the update and passed to Keras as a constant:
+From its second epoch on (0-based epoch ≥ 1), the official loop weights each example's
+training CE by that example's own CE at its DART point: ``model.predict`` (inference mode,
+the weights before the update) gives p, the weight is w = max_c(−y_c·log(p_c + 10⁻¹²)) =
+−log(p_y + 10⁻¹²) for one-hot y, and it enters ``train_on_batch`` as ``sample_weight``, a
+constant.
 
-    probs = model.predict(batch_advs)
-    loss_weight = np.max(- batch_y * np.log(probs + 1e-12), axis = 1)   # −log(p_y + 10⁻¹²)
-    model.train_on_batch(batch_advs, batch_y, sample_weight = loss_weight)
-
-The code runs on standalone Keras 2 with TensorFlow 1 (``import keras``, ``tf.log``,
-``K.get_session()``). Keras 2.2's ``weighted_masked_objective``
-(keras-team/keras, ``keras/engine/training_utils.py``) reduces a sample-weighted loss as
-
-    score_array *= weights
-    score_array /= K.mean(K.cast(K.not_equal(weights, 0), K.floatx()))
-    return K.mean(score_array)          # = Σ_i w_i ℓ_i / #{i : w_i ≠ 0}
-
-— neither the weight sum nor, where a weight is exactly 0, the batch size (tf.keras and
-Keras ≥ 2.3's ``losses_utils.compute_weighted_loss`` divide by N; keras-team/keras#12176).
+The code runs on standalone Keras 2 with TensorFlow 1. Keras 2.2's
+``weighted_masked_objective`` (keras-team/keras, ``keras/engine/training_utils.py``)
+multiplies the per-example losses by the weights, divides them by the share of non-zero
+weights and takes the mean: Σ_i w_i ℓ_i / #{i : w_i ≠ 0} — neither the weight sum nor, where
+a weight is exactly 0, the batch size (tf.keras divides by N; keras-team/keras#12176).
 """
 from __future__ import annotations
 
