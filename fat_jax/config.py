@@ -72,6 +72,7 @@ def default_config() -> ml_collections.ConfigDict:
   # DART (Wang et al., ICML 2019): c_t = max(c_max·(1 − t/T'), 0), official 0.5 and 100.
   c.method.dart_c_max = 0.5                             # DART: FOSC threshold c_t at epoch 0
   c.method.dart_control_epochs = 100.0                  # DART: c_t reaches 0 at this epoch T'
+  c.method.dart_weighting = 'ce'                        # DART: CE × own CE (epoch ≥ 1) or 'none'
   # ATAS (init 'previous'): step clip(scale/(1 + √v/c), min, max), all three × ε.
   c.method.atas_c = 0.01
   c.method.atas_beta = 0.5                              # momentum of the squared gradient norm

@@ -52,7 +52,7 @@ CASES = {
     'pgd_at': ('pgd_at', dict(steps=3)),
     'trades': ('trades', dict(steps=3)),
     'mart': ('mart', dict(steps=3)),
-    'dart': ('dart', dict(steps=3, dart_control_epochs=2.0)),   # c_t = 0.5, 0.5, 0.25
+    'dart': ('dart', dict(steps=3, dart_control_epochs=2.0)),   # c_t 0.5/0.5/0.25, step 3 weighted
     'mma': ('mma', dict(steps=3)),
     'n_fgsm_lap_aaer': ('n_fgsm', dict(AAER, lap_beta=0.5)),
     'pgd_at_awp': ('pgd_at', dict(steps=3, awp_gamma=0.01, robust_overfitting_forwards=True)),

@@ -13,11 +13,14 @@ hashable dataclass (a static jit argument) that carries its own computation:
   BatchNorm statistics after its forwards, its per-example state):
   `FGSMAttack` (start × sign step × projection, with an optional `ZeroGrad` mask
   of ∇δ), `PriorAttack` (FGSM-MEP), `AdaptiveAttack` (ATAS), `PGDAttack`,
-  `DynamicAttack` (DART: PGD stopped per example by FOSC), `KLAttack` (TRADES). Its `init_examples` gives the per-example state it keeps.
+  `DynamicAttack` (DART: PGD stopped per example by FOSC), `KLAttack` (TRADES). Its
+  `init_examples` gives the per-example state it keeps. An attack may also return
+  per-example loss weights (`Adversarial.example_weights`, DART's official weighting).
   The train step, the loss landscape and the report call the same value.
 * an **objective** ``objective(logits, labels, start_logits) -> (loss, terms)``
   on the training forwards it names (`forward_order`): `CrossEntropy`,
-  `MEPObjective`, `TRADES`, `MART`, `MMA`.
+  `MEPObjective`, `TRADES`, `MART`, `MMA`. `CrossEntropy` also takes
+  ``example_weights=`` (the step passes the attack's weights when it returns some).
 * **regularisers** ``term(inputs: TermInputs) -> (value, terms, state)``, added to
   the objective: `AAER`, `GradAlign`, `LStable`, `LCo`. A term declares the
   start-point features it differentiates through (`taps`), whether it needs the
@@ -43,6 +46,7 @@ from fat_jax.attacks.prior import prior_guided_step, prior_reset
 from fat_jax.data import to_batch_frame, to_stored_frame
 from fat_jax.losses import cross_entropy, smoothed_labels, soft_cross_entropy
 from fat_jax.losses.aaer import aaer_regularizer
+from fat_jax.losses.dart import dart_example_weights, keras_weighted_mean
 from fat_jax.losses.feature_diff import STABLE_ALPHA3, co_loss, stable_loss
 from fat_jax.losses.gradalign import gradalign_regularizer
 from fat_jax.losses.mart import mart_loss
@@ -111,6 +115,7 @@ class Adversarial(NamedTuple):
   rows: Any                  # updated per-example state of the batch
   metrics: Any = None        # the attack's own statistics to log (a dict) or None
   clean_gradient: Any = None  # ∇_x of the CE at x itself when the attack took it (zero start)
+  example_weights: Any = None  # (N,) per-example weights of the training loss (no gradient)
 
 
 def _expand(v, x):
@@ -305,7 +310,12 @@ class DynamicAttack(TrainingAttack):
   PGD-k on the CE from U(−ε, ε) whose examples stop moving once their FOSC is ≤ c_t, with
   c_t = max(c_max − c_max·t/T', 0) at 0-based epoch t (`dart_attack`, `dart_threshold`). The
   official settings: α = ε/4, k = 10, the first step always taken (`min_steps=1`), forwards in
-  inference-mode BatchNorm. Logs c_t and the mean number of steps taken."""
+  inference-mode BatchNorm. Logs c_t, the mean number of steps taken and the mean loss weight.
+
+  `weighting='ce'` (the official ``train_models.py``): from 0-based epoch 1 on, each
+  example's training CE is weighted by its own CE at the DART point, −log(p_y + 10⁻¹²) of one
+  more inference-mode forward, without gradient (`losses.dart.dart_example_weights`); epoch 0
+  weighs every example 1. `'none'`: no weights (the plain mean CE)."""
   eps: float
   alpha: float
   steps: int = 10
@@ -315,9 +325,17 @@ class DynamicAttack(TrainingAttack):
   init: str = 'uniform'
   init_scale: float = 1.0
   train_bn: bool = False
+  weighting: str = 'ce'
   project = True
   loss = 'ce'
   has_start = False
+  WEIGHTINGS = ('ce', 'none')
+  WEIGHTED_FROM_EPOCH = 1   # the official ``if ep == 0: train_on_batch(...)`` without weights
+
+  def __post_init__(self):
+    if self.weighting not in self.WEIGHTINGS:
+      raise ValueError(f'DART weighting must be one of {self.WEIGHTINGS} (method.dart_weighting),'
+                       f' got {self.weighting!r}.')
 
   def threshold(self, clock: Clock):
     """c_t of the step's epoch."""
@@ -333,7 +351,13 @@ class DynamicAttack(TrainingAttack):
                       unroll=True)
     metrics = {'dart_threshold': jnp.asarray(threshold, jnp.float32),
                'dart_steps': adv.steps.mean()}
-    return Adversarial(adv.delta, None, adv.state, rows, metrics)
+    weights = None
+    if self.weighting == 'ce':  # the official ``model.predict(batch_advs)``: inference mode
+      logits = model.apply(params, adv.state, x + adv.delta, False)[0]
+      weights = jnp.where(clock.epoch >= self.WEIGHTED_FROM_EPOCH,
+                          dart_example_weights(logits, y), 1.0)
+      metrics['dart_weight'] = weights.mean()
+    return Adversarial(adv.delta, None, adv.state, rows, metrics, example_weights=weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,16 +387,21 @@ class KLAttack(TrainingAttack):
 
 @dataclasses.dataclass(frozen=True)
 class CrossEntropy:
-  """CE(f(x + δ), y)."""
+  """CE(f(x + δ), y): the mean, or with per-example `example_weights` w (no gradient) Keras
+  2.2's sample-weighted mean Σ_i w_i·CE_i / #{i : w_i ≠ 0} (`losses.dart.keras_weighted_mean`,
+  DART's official training loss)."""
   pairs_with_start = False
 
   def forward_order(self, awp: bool) -> tuple[str, ...]:
     del awp
     return ('adv',)
 
-  def __call__(self, logits: dict, labels, start_logits):
+  def __call__(self, logits: dict, labels, start_logits, example_weights=None):
     del start_logits
-    return cross_entropy(logits['adv'], labels).mean(), {}
+    ce = cross_entropy(logits['adv'], labels)
+    if example_weights is None:
+      return ce.mean(), {}
+    return keras_weighted_mean(ce, jax.lax.stop_gradient(example_weights)), {}
 
 
 @dataclasses.dataclass(frozen=True)

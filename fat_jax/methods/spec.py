@@ -25,8 +25,9 @@ perturbation (the values of `methods.roles`); the optax optimiser is given to
 
 † 0.007·255/8: a step of 0.007 at ε = 8/255 (the official code: 0.007 at ε = 0.031).
 ‡ c_t = max(c_max − c_max·t/T', 0) at 0-based epoch t, `dart_c_max` = 0.5 and
-`dart_control_epochs` T' = 100 (of 120 epochs) by default, the first step always taken
-(`YisenWang/dynamic_adv_training`).
+`dart_control_epochs` T' = 100 (of 120 epochs) by default, the first step always taken, and
+from epoch 1 on each example's CE weighted by its own CE at the DART point (`dart_weighting`
+'ce'; 'none' turns it off) (`YisenWang/dynamic_adv_training`).
 Config fields left unset (None) take the method's default. The components
 compose: setting `lap_beta`, `aaer_lambda*`, `gradalign_lambda`, `zerograd_q`,
 `stable_alpha3` or `co_tact_file` switches LAP, AAER, GradAlign, ZeroGrad,
@@ -118,6 +119,10 @@ def _check_composition(m: Method) -> None:
   if m.awp is not None and isinstance(m.objective, MEPObjective):
     raise ValueError('AWP composes with the CE, TRADES and MART objectives, not with the '
                      'FGSM-MEP objective.')
+  if getattr(attack, 'weighting', 'none') != 'none' and not isinstance(m.objective, CrossEntropy):
+    raise ValueError(f"DART's per-example loss weights (method.dart_weighting="
+                     f"{attack.weighting!r}) weight the CE objective, not {_name(m.objective)}; "
+                     "set method.dart_weighting='none' to train DART's points with it.")
   if m.robust_overfitting_forwards and not isinstance(attack, PGDAttack):
     raise ValueError('method.robust_overfitting_forwards replays the PGD-AT loop of '
                      f'locuslab/robust_overfitting: it needs a multi-step CE attack, not '
@@ -215,7 +220,7 @@ def _resolve_dart(c, common: dict, start: dict, steps: int, loss: str) -> Dynami
                      f'(the official 0.5 and 100), got {c.dart_c_max} and '
                      f'{c.dart_control_epochs}.')
   return DynamicAttack(**common, **start, steps=steps, c_max=float(c.dart_c_max),
-                       control_epochs=float(c.dart_control_epochs))
+                       control_epochs=float(c.dart_control_epochs), weighting=c.dart_weighting)
 
 
 def _default(c, field: str, name: str, value):

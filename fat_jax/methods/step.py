@@ -2,8 +2,9 @@
 
 The step composes the method's values (`methods.roles`) and reads top to bottom:
 
-    batch (uint8, sharded) → augment → attack (δ, its start forward) → weights.apply
-    → value_and_grad(objective + regularisers) → tx.update → weights.undo
+    batch (uint8, sharded) → augment → attack (δ, its start forward, per-example loss
+    weights) → weights.apply → value_and_grad(objective + regularisers) → tx.update
+    → weights.undo
     → per-example state written back.
 
 Terms that compare the adversarial forward with the start forward (FGSM-MEP's
@@ -130,7 +131,10 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, augment_
             masks=masks if name == 'masked' else None)
         logits.setdefault(name, out)
         features.setdefault(name, out_features)
-      loss, aux = objective(logits, labels, start_out[0])
+      if adv.example_weights is None:
+        loss, aux = objective(logits, labels, start_out[0])
+      else:  # DART's per-example weights of the CE (no gradient through them)
+        loss, aux = objective(logits, labels, start_out[0], example_weights=adv.example_weights)
       aux.update(ce=cross_entropy(logits['adv'], labels).mean(),
                  accuracy=accuracy(logits['adv'], labels).mean())
       for term, value in zip(method.regularizers, prepared):
