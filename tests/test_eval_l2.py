@@ -141,6 +141,7 @@ def wiggly_noisy_problem():
   return with_input_noise(apply, 0.15), {'w': w}, np.asarray(x), np.asarray((x @ w).argmax(-1))
 
 
+@pytest.mark.slow
 def test_randomised_model_is_scored_two_ways_and_both_are_named():
   noisy, params, x, y = wiggly_noisy_problem()
   r = evaluate(noisy, params, {}, x, y, suite='aa_rand', eps=0.05, randomized=True,

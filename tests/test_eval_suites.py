@@ -146,6 +146,7 @@ def test_checks_of_more_effort_frozen_noise_and_eot_as_functions():
   assert drop['status'] == sanity.WARN and abs(drop['drop'] - 0.05) < 1e-9
 
 
+@pytest.mark.slow
 def test_aa_rand_scores_a_randomized_model_over_fresh_draws():
   noisy, params, x, y = noisy_problem()
   result = evaluate(noisy, params, {}, x, y, suite='aa_rand', eps=0.1, randomized=True,
@@ -169,6 +170,7 @@ def test_aa_rand_scores_a_randomized_model_over_fresh_draws():
   assert result['checks']['more_iterations']['status'] == sanity.SKIPPED
 
 
+@pytest.mark.slow
 def test_eot_check_warns_when_k_is_too_small():
   noisy, params, x, y = noisy_problem()
   result = evaluate(noisy, params, {}, x, y, suite='aa_rand', eps=0.1, randomized=True,
@@ -228,6 +230,7 @@ def get_config():
 '''
 
 
+@pytest.mark.slow
 def test_launch_eval_end_to_end(tmp_path):
   data_dir = write_idx_dir(str(tmp_path / 'fmnist'), n_train=32, n_test=8)
   config_file = tmp_path / 'tiny.py'

@@ -388,6 +388,7 @@ def test_noise_evaluation_rows():
   json.dumps({k: v for k, v in report.items() if k != 'table'})
 
 
+@pytest.mark.slow
 def test_monitor_vact_and_analysis_of_a_checkpoint(data_dir, tmp_path):  # noqa: F811
   config = tiny_config(data_dir, 'fgsm')
   config.analysis.n_train, config.analysis.n, config.analysis.pgd_steps = 32, 16, 2
