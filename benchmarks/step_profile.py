@@ -10,7 +10,7 @@ convolution forward, input gradient, weight gradient (the backward convolution w
 is the whole feature map), layout transposes, the network's other fused operations
 (BatchNorm, ReLU, additions, and their gradients) and everything else (augmentation, attack
 arithmetic, loss, optimiser). Times are summed over the CPU's threads, so their total can
-exceed the step's wall time. `--torch` prints `torch.profiler`'s self time per aten operator
+exceed the step's wall time; it also counts the step's convolutions of each kind. `--torch` prints `torch.profiler`'s self time per aten operator
 for the PyTorch FGSM-RS step of step_time.py (the operator's time on the calling thread, with
 its intra-op threads working inside it: compare shares, not totals).
 """
@@ -41,13 +41,19 @@ def hlo_categories(hlo: str) -> dict[str, str]:
   """Top-level HLO instruction name → category, from the compiled module's text."""
   computations, current = {}, None
   for line in hlo.splitlines():
-    head = re.match(r'%?([\w.\-]+) \(.*\) -> .*\{$', line)
+    head = re.match(r'(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .*\{$', line)
     if head:
       current = computations.setdefault(head.group(1), [])
     elif current is not None:
       current.append(line)
-  categories = {}
+  fused = set(re.findall(r'kind=\w+, calls=%?([\w.\-]+)', hlo))  # run inside their fusion
+  categories, current = {}, None
   for line in hlo.splitlines():
+    head = re.match(r'(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .*\{$', line)
+    if head:
+      current = head.group(1)
+    if current in fused:
+      continue
     m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = \S+ (\w[\w\-]*)\(', line)
     if not m:
       continue
@@ -123,6 +129,10 @@ def main():
   for category, ms in totals.most_common():
     print(f'  {category:<48}{ms:>9.1f} ms {ms / total:>6.1%}')
   print(f'  {"all":<48}{total:>9.1f} ms')
+  counts = collections.Counter(c for c in categories.values() if c.startswith('conv '))
+  print('convolutions in the compiled step: ' + ', '.join(
+      f'{c[5:]} {counts[c]}' for c in ('conv forward', 'conv input gradient',
+                                       'conv weight gradient')))
   if args.torch:
     profile_torch(args)
 
