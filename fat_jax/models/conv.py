@@ -9,9 +9,9 @@ faster: for stride s, padding p and the output cotangent g,
 
 computed as one matmul ``patches(x)ᵀ · g`` over the (N·H_out·W_out) rows, where
 ``patches(x)[n, h, w, (kh, kw, ci)] = x_pad[n, h·s + kh, w·s + kw, ci]``. XLA's CPU backend
-computes this gradient as a convolution whose window is the whole output map, which is
-several times slower than the matmul for 1×1 (shortcut) kernels (`benchmarks/conv_grad.py`,
-docs/throughput.md). The sum is the same; only its order differs
+computes this gradient as a convolution whose window is the whole output map; for 1×1
+(shortcut) kernels the matmul makes the layer's forward + both gradients 0.4–0.6× as long
+(`benchmarks/conv_grad.py`, docs/throughput.md). The sum is the same; only its order differs
 (float32 results agree to ~1e-6 relative).
 
 Mechanism: a `jax.custom_jvp` whose tangent is ``conv(ẋ, W) + patches(x) · Ẇ``; reverse mode
