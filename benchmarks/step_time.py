@@ -9,10 +9,13 @@ the devices of a ``data`` mesh: parameters replicated, the batch split, BatchNor
 global batch, state donated), with on-device crop/flip augmentation; methods are timed in
 interleaved rounds (median per method) so that machine noise hits all of them alike.
 `--dtypes=float32,bfloat16` times every method in both compute dtypes (bfloat16: forwards in
-bfloat16 with float32 weights, model.dtype), labelled "method/bf16".
+bfloat16 with float32 weights, model.dtype), labelled "method/bf16"; likewise
+`--convs=xla,im2col_grad` times every method with each convolution (model.conv,
+`fat_jax.models.conv`), labelled "method/im2col_grad".
 `--torch` adds a straightforward PyTorch FGSM-RS step (locuslab's PreActResNet-18 with the
 same width, SGD momentum 0.9 and weight decay 5e-4, the same augmentation, ε and α, on one
-device at the per-device batch, in float32), timed in the same rounds.
+device at the per-device batch, in float32) and a PyTorch LAP step with the official code's
+structure (`torch_steps`), timed in the same rounds.
 `--json=PATH` also writes the table as JSON, with each step's device memory: XLA's plan for
 the compiled step (arguments + outputs − donated + temporaries, `memory_analysis()`) and,
 where the device reports it (GPU), the process's peak bytes in use after the method's first
@@ -72,8 +75,19 @@ def method_config(label: str):
   return c
 
 
-def torch_fgsm_rs_step(width: int, batch: int):
-  """A plain PyTorch FGSM-RS step (`locuslab/fast_adversarial` CIFAR-10 loop) → (step, device)."""
+def torch_steps(width: int, batch: int):
+  """PyTorch FGSM-RS and LAP steps → ({label: run(steps)}, device label).
+
+  FGSM-RS: the plain `locuslab/fast_adversarial` CIFAR-10 loop (the attack's backward takes the
+  input gradient only). LAP: the structure of `tmllab/2024_ICML_LAP` CIFAR10/LAP.py: the
+  start forward's backward computes the weight gradient too and the optimiser steps on it
+  (model and optimiser state saved before and restored after, ``load_state_dict``), the
+  layer-weighted scaled difference β·(1 − (ln l / ln L)^γ)·‖w‖/‖Δw‖·Δw is added to the
+  weights, then the training forward and backward at x + δ.
+  """
+  import copy  # pylint: disable=import-outside-toplevel
+  import math  # pylint: disable=import-outside-toplevel
+
   import torch  # pylint: disable=import-outside-toplevel
   from torch import nn  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
@@ -118,14 +132,17 @@ def torch_fgsm_rs_step(width: int, batch: int):
   labels = torch.randint(0, 10, (batch,), device=device)
   rows = torch.arange(32, device=device)
 
-  def step():
+  def augment():
     # Random crop (4-pixel zero padding) and flip, as fat_jax's on-device augmentation.
     x = F.pad(images.float() / 255, (4, 4, 4, 4))
     dy, dx = torch.randint(0, 9, (2, batch, 1), device=device)
     x = x[torch.arange(batch, device=device)[:, None, None], :, (dy + rows)[:, :, None],
           (dx + rows)[:, None, :]].permute(0, 3, 1, 2)
     flip = torch.rand(batch, device=device) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+  def fgsm_rs_step():
+    x = augment()
     delta = (torch.rand_like(x) * 2 - 1) * EPS
     delta = (delta.clamp(-x, 1 - x)).requires_grad_(True)
     loss = F.cross_entropy(model(x + delta), labels)
@@ -138,14 +155,44 @@ def torch_fgsm_rs_step(width: int, batch: int):
     opt.step()
     return loss
 
-  def run(steps: int):
-    for _ in range(steps):
-      loss = step()
-    if device.type == 'cuda':
-      torch.cuda.synchronize()
-    return float(loss.detach())
+  weights = [name for name, w in model.state_dict().items() if w.dim() > 1 and 'weight' in name]
 
-  return run, f'{torch.__version__} on {device}'
+  def lap_step(beta=0.002, gamma=0.3):
+    x = augment()
+    delta = ((torch.rand_like(x) * 2 - 1) * EPS).clamp(-x, 1 - x).requires_grad_(True)
+    loss = F.cross_entropy(model(x + delta), labels)
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    delta = (delta + 1.25 * EPS * delta.grad.sign()).clamp(-EPS, EPS)
+    delta = torch.max(torch.min(delta, 1 - x), -x).detach()
+    stepped = model.state_dict()
+    diff = {k: saved_model[k].norm() / ((stepped[k] - saved_model[k]).norm() + 1e-20)
+               * (stepped[k] - saved_model[k]) for k in weights}
+    model.load_state_dict(saved_model)
+    opt.load_state_dict(saved_opt)
+    with torch.no_grad():
+      for count, (name, param) in enumerate(
+          ((n, p) for n, p in model.named_parameters() if n in diff), start=1):
+        param.add_((1 - (math.log(count) / math.log(len(diff))) ** gamma) * beta * diff[name])
+    loss = F.cross_entropy(model(x + delta), labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+  def runner(step):
+    def run(steps: int):
+      for _ in range(steps):
+        loss = step()
+      if device.type == 'cuda':
+        torch.cuda.synchronize()
+      return float(loss.detach())
+    return run
+
+  return ({'pytorch fgsm_rs': runner(fgsm_rs_step), 'pytorch lap': runner(lap_step)},
+          f'{torch.__version__} on {device}')
 
 
 def jax_runner(step, ts, inputs):
@@ -183,6 +230,8 @@ def main():
   parser.add_argument('--devices', type=int, default=0, help='how many devices (0 = all)')
   parser.add_argument('--dtypes', default='float32',
                       help='comma-separated compute dtypes: float32, bfloat16 (mixed precision)')
+  parser.add_argument('--convs', default='xla',
+                      help='comma-separated model.conv values: xla, im2col_grad')
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--steps', type=int, default=3, help='steps per method per round')
   parser.add_argument('--methods', default='fgsm_rs,lap,aaer,gradalign')
@@ -199,14 +248,14 @@ def main():
   images = np.asarray(jax.random.randint(jax.random.key(1), (batch, 32, 32, 3), 0, 256), np.uint8)
   labels = np.asarray(jax.random.randint(jax.random.key(2), (batch,), 0, 10), np.int32)
   inputs = shard_batch((images, labels, np.arange(batch, dtype=np.int32)), mesh)
-  methods, dtypes = args.methods.split(','), args.dtypes.split(',')
+  methods, dtypes, convs = args.methods.split(','), args.dtypes.split(','), args.convs.split(',')
   unknown = [n for n in methods if n not in METHODS]
   if unknown:
     raise SystemExit(f'Unknown methods {unknown}; known: {sorted(METHODS)}.')
   runs, memory = {}, {}
-  for dtype in dtypes:
+  for dtype, conv in [(d, c) for d in dtypes for c in convs]:
     model = build_model(ml_collections.ConfigDict(dict(name=args.model, width=args.width,
-                                                       dtype=dtype)), info)
+                                                       dtype=dtype, conv=conv)), info)
     for label in methods:
       method = resolve_method(method_config(label), EPS)
       step = jax.jit(make_train_step(model, method, schedule, weight_decay=5e-4,
@@ -216,6 +265,7 @@ def main():
       ts = init_train_state(model, jax.random.key(0), init_examples(method, batch, frame))
       ts = replicate(ts._replace(step=jnp.asarray(500, jnp.int32)), mesh)
       name = label if dtype == 'float32' else f'{label}/{DTYPE_LABELS.get(dtype, dtype)}'
+      name = name if conv == convs[0] else f'{name}/{conv}'
       compiled = step.lower(ts, *inputs).compile()
       runs[name] = jax_runner(compiled, ts, inputs)
       runs[name](1)  # warm-up
@@ -224,8 +274,10 @@ def main():
   names = list(runs)
   torch_label = None
   if args.torch:
-    runs['pytorch fgsm_rs'], torch_label = torch_fgsm_rs_step(args.width, args.batch_per_device)
-    runs['pytorch fgsm_rs'](1)  # warm-up (cuDNN autotuning)
+    torch_runs, torch_label = torch_steps(args.width, args.batch_per_device)
+    for name, run in torch_runs.items():
+      runs[name] = run
+      run(1)  # warm-up (cuDNN autotuning)
   times = {name: [] for name in runs}
   for _ in range(args.rounds):
     for name, run in runs.items():
@@ -239,20 +291,23 @@ def main():
   print(f'{args.model} width {args.width}, {len(devices)} × {devices[0].device_kind} '
         f'({jax.default_backend()}), batch {args.batch_per_device}/device = {batch}, '
         f'median of {args.rounds} rounds × {args.steps} steps')
-  print(f'{"method":<18}{"s/step":>10}{"images/s":>12}{"× " + names[0]:>14}{"XLA MiB":>10}')
+  print(f'{"method":<24}{"s/step":>10}{"images/s":>12}{"× " + names[0]:>14}{"XLA MiB":>10}')
   for name in names:
     t = statistics.median(times[name])
     mib = memory[name]['compiled_bytes']
-    print(f'{name:<18}{t:>10.4f}{batch / t:>12.1f}{t / base:>14.3f}'
+    print(f'{name:<24}{t:>10.4f}{batch / t:>12.1f}{t / base:>14.3f}'
           f'{"" if mib is None else f"{mib / 2**20:.0f}":>10}')
   if torch_label:
     t = statistics.median(times['pytorch fgsm_rs'])
     per_device = args.batch_per_device / t
-    print(f'{"pytorch fgsm_rs":<18}{t:>10.4f}{per_device:>12.1f}   (PyTorch {torch_label}, '
+    print(f'{"pytorch fgsm_rs":<24}{t:>10.4f}{per_device:>12.1f}   (PyTorch {torch_label}, '
           f'batch {args.batch_per_device}, float32)')
-    if 'fgsm_rs' in names:
-      jax_per_device = batch / statistics.median(times['fgsm_rs']) / len(devices)
-      print(f'fat_jax fgsm_rs images/s per device / PyTorch FGSM-RS: '
+    t_lap = statistics.median(times['pytorch lap'])
+    print(f'{"pytorch lap":<24}{t_lap:>10.4f}{args.batch_per_device / t_lap:>12.1f}'
+          f'{t_lap / t:>14.3f}   (× pytorch fgsm_rs; official LAP step structure)')
+    for name in (n for n in names if n.split('/')[0] == 'fgsm_rs' and '/bf16' not in n):
+      jax_per_device = batch / statistics.median(times[name]) / len(devices)
+      print(f'fat_jax {name} images/s per device / PyTorch FGSM-RS: '
             f'{jax_per_device / per_device:.2f}x')
 
 

@@ -33,6 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.normalize = True        # (x − μ)/σ as the first op; False: raw [0, 1] pixels
   c.model.init = 'torch'          # preact_resnet18: 'torch' | 'he_normal' (GradAlign's models.py)
   c.model.head_bn_relu = True     # preact_resnet18: BN-ReLU before pooling (GradAlign's: none)
+  c.model.conv = 'xla'            # 'im2col_grad': weight gradient as im2col matmul on CPU (same values)
   # With normalize: the statistics (x − mean)/std; None = the data set's, () = none (models
   # converted from code that feeds raw [0, 1] pixels, docs/convert.md).
   c.model.mean = config_dict.placeholder(tuple)

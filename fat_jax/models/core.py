@@ -34,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fat_jax.models import conv as conv_lib
+
 Array = jax.Array
 Params = Any  # nested dict of arrays
 Path = tuple[str, ...]
@@ -41,6 +43,9 @@ Initializer = Callable[..., Array]
 
 INITS = ('torch', 'he_normal')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+# model.conv: XLA's convolution everywhere, or its weight gradient as an im2col matmul on CPU
+# where that is faster (`fat_jax.models.conv`); same values and parameters either way.
+CONV_IMPLS = {'xla': None, 'im2col_grad': conv_lib.conv_general_dilated}
 
 
 def torch_uniform(fan_in: int) -> Initializer:
@@ -64,16 +69,17 @@ def he_normal(fan: int) -> Initializer:
 
 
 def conv(x: Array, features: int, kernel: int, *, name: str, stride: int = 1,
-         padding: int = 0, bias: bool = False, init: str = 'torch') -> Array:
+         padding: int = 0, bias: bool = False, init: str = 'torch', impl: str = 'xla') -> Array:
   """``torch.nn.Conv2d(kernel, stride, padding, bias)`` on NHWC input; `init` 'torch' or
-  'he_normal' (see the module doc)."""
+  'he_normal' (see the module doc); `impl` a key of `CONV_IMPLS`."""
   if init == 'he_normal':
     kernel_init, bias_init = he_normal(kernel * kernel * features), nn.initializers.zeros
   else:
     kernel_init = bias_init = torch_uniform(x.shape[-1] * kernel * kernel)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)),
-                 use_bias=bias, kernel_init=kernel_init, bias_init=bias_init, name=name)(x)
+                 use_bias=bias, kernel_init=kernel_init, bias_init=bias_init,
+                 conv_general_dilated=CONV_IMPLS[impl], name=name)(x)
 
 
 def dense(x: Array, features: int, *, name: str, init: str = 'torch') -> Array:

@@ -51,6 +51,7 @@ class PreActBlock(nn.Module):
   stride: int
   shortcut: bool
   weight_init: str = 'torch'
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: Array, train: bool,
@@ -59,13 +60,13 @@ class PreActBlock(nn.Module):
     branch = pre if pre_mask is None else pre * jnp.asarray(pre_mask, pre.dtype)
     # PreActBlock.forward: `shortcut = self.shortcut(x) if hasattr(self, 'shortcut') else x`
     # (the raw input x; locuslab's PreActBottleneck uses `out` instead).
-    init = self.weight_init
+    init, impl = self.weight_init, self.conv_impl
     skip = conv(x, self.features, 1, stride=self.stride, name='shortcut',
-                init=init) if self.shortcut else x
+                init=init, impl=impl) if self.shortcut else x
     out = conv(branch, self.features, 3, stride=self.stride, padding=1, name='conv1',
-               init=init)
+               init=init, impl=impl)
     out = conv(nn.relu(batch_norm(out, train, name='bn2')), self.features, 3, padding=1,
-               name='conv2', init=init)
+               name='conv2', init=init, impl=impl)
     return out + skip, pre
 
 
@@ -73,7 +74,7 @@ class PreActResNet18(nn.Module):
   """Pre-activation ResNet-18 (locuslab); stages have width·(1, 2, 4, 8) channels.
 
   `weight_init`: 'torch' (default) or 'he_normal'; `head_bn_relu`: the BN-ReLU before pooling
-  (locuslab; GradAlign's network has none).
+  (locuslab; GradAlign's network has none); `conv_impl`: a key of `core.CONV_IMPLS`.
   """
   num_classes: int
   width: int = 64
@@ -81,18 +82,19 @@ class PreActResNet18(nn.Module):
   std: tuple[float, ...] = ()
   weight_init: str = 'torch'
   head_bn_relu: bool = True
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: Array, train: bool,
                masks: dict[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
     x = conv(normalize(x, self.mean, self.std), self.width, 3, padding=1, name='stem',
-             init=self.weight_init)
+             init=self.weight_init, impl=self.conv_impl)
     features = {}
     for spec in resnet18_blocks(self.width):
       node = 'ABCD'[spec.stage] if spec.index == 0 else None
       pre_mask = (masks or {}).get(node)
       x, pre = PreActBlock(spec.features, spec.stride, spec.shortcut, self.weight_init,
-                           name=spec.name)(x, train, pre_mask)
+                           self.conv_impl, name=spec.name)(x, train, pre_mask)
       if node:
         features[node] = pre
     if self.head_bn_relu:

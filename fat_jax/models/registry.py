@@ -9,7 +9,7 @@ from typing import Any, Callable
 import flax.linen as nn
 
 from fat_jax.models import preact_resnet, resnet, small
-from fat_jax.models.core import COMPUTE_DTYPES, INITS, Model
+from fat_jax.models.core import COMPUTE_DTYPES, CONV_IMPLS, INITS, Model
 
 # Name → constructor(config, **common kwargs).
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -31,7 +31,7 @@ def build_model(config: Any, info: Any) -> Model:
   ``info`` provides ``num_classes``, ``image_shape`` (H, W, C), ``mean`` and
   ``std`` (tuples; empty = no normalisation). ``config.normalize`` False drops the
   normalisation: the model reads [0, 1] pixels as they are (the official FGSM-MEP and
-  GradAlign networks). ``config.init`` and ``config.head_bn_relu`` are options of
+  GradAlign networks). ``config.conv`` picks the convolution (`fat_jax.models.core.CONV_IMPLS`). ``config.init`` and ``config.head_bn_relu`` are options of
   'preact_resnet18' only (GradAlign's network: 'he_normal', False). ``config.mean`` /
   ``config.std``, when set, replace the data set's statistics (() = no normalisation).
   """
@@ -59,6 +59,9 @@ def build_model(config: Any, info: Any) -> Model:
   dtype = config.get('dtype', 'float32')
   if dtype not in COMPUTE_DTYPES:
     raise ValueError(f'model.dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}.')
+  conv_impl = config.get('conv', 'xla')
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f'model.conv must be one of {tuple(CONV_IMPLS)}, got {conv_impl!r}.')
   module = _BUILDERS[config.name](config, num_classes=int(info.num_classes),
-                                  mean=mean, std=std)
+                                  mean=mean, std=std, conv_impl=conv_impl)
   return Model(module, tuple(int(d) for d in info.image_shape), dtype)

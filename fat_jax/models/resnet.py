@@ -61,14 +61,18 @@ class BasicBlock(nn.Module):
   features: int
   stride: int
   shortcut: bool
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    out = conv(x, self.features, 3, stride=self.stride, padding=1, name='conv1')
+    out = conv(x, self.features, 3, stride=self.stride, padding=1, name='conv1',
+               impl=self.conv_impl)
     out = nn.relu(batch_norm(out, train, name='bn1'))
-    out = batch_norm(conv(out, self.features, 3, padding=1, name='conv2'), train, name='bn2')
+    out = batch_norm(conv(out, self.features, 3, padding=1, name='conv2',
+                          impl=self.conv_impl), train, name='bn2')
     if self.shortcut:
-      x = batch_norm(conv(x, self.features, 1, stride=self.stride, name='shortcut'),
+      x = batch_norm(conv(x, self.features, 1, stride=self.stride, name='shortcut',
+                              impl=self.conv_impl),
                      train, name='shortcut_bn')
     return nn.relu(out + x)
 
@@ -79,17 +83,20 @@ class ResNet18(nn.Module):
   width: int = 64
   mean: tuple[float, ...] = ()
   std: tuple[float, ...] = ()
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: Array, train: bool,
                masks: dict[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
     x = normalize(x, self.mean, self.std)
-    x = nn.relu(batch_norm(conv(x, self.width, 3, padding=1, name='stem'), train,
+    x = nn.relu(batch_norm(conv(x, self.width, 3, padding=1, name='stem', impl=self.conv_impl),
+                           train,
                            name='stem_bn'))
     features = {}
     x = tap(features, 'A', x, masks)
     for spec in resnet18_blocks(self.width):
-      x = BasicBlock(spec.features, spec.stride, spec.shortcut, name=spec.name)(x, train)
+      x = BasicBlock(spec.features, spec.stride, spec.shortcut, self.conv_impl,
+                     name=spec.name)(x, train)
       if spec.index == BLOCKS_PER_STAGE - 1:
         x = tap(features, 'BCDE'[spec.stage], x, masks)
     check_mask_nodes(masks, features)

@@ -23,15 +23,18 @@ class MNISTNet(nn.Module):
   num_classes: int = 10
   mean: tuple[float, ...] = ()
   std: tuple[float, ...] = ()
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: Array, train: bool,
                masks: dict[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
     x = normalize(x, self.mean, self.std)
     features = {}
-    a = tap(features, 'A', nn.relu(conv(x, 16, 4, stride=2, padding=1, bias=True, name='conv1')),
+    a = tap(features, 'A', nn.relu(conv(x, 16, 4, stride=2, padding=1, bias=True, name='conv1',
+                                    impl=self.conv_impl)),
             masks)
-    b = tap(features, 'B', nn.relu(conv(a, 32, 4, stride=2, padding=1, bias=True, name='conv2')),
+    b = tap(features, 'B', nn.relu(conv(a, 32, 4, stride=2, padding=1, bias=True, name='conv2',
+                                    impl=self.conv_impl)),
             masks)
     check_mask_nodes(masks, features)
     h = nn.relu(dense(b.reshape(b.shape[0], -1), 100, name='fc1'))
@@ -55,6 +58,7 @@ class SmallCNN(nn.Module):
   batchnorm: bool = False
   mean: tuple[float, ...] = ()
   std: tuple[float, ...] = ()
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: Array, train: bool,
@@ -65,7 +69,7 @@ class SmallCNN(nn.Module):
     features = {}
     for i in range(self.depth):
       x = conv(x, self.width * 2 ** (i // 2), 3, stride=1 + i % 2, padding=1,
-               bias=not self.batchnorm, name=f'conv{i}')
+               bias=not self.batchnorm, name=f'conv{i}', impl=self.conv_impl)
       if self.batchnorm:
         x = batch_norm(x, train, name=f'bn{i}')
       x = tap(features, string.ascii_uppercase[i], nn.relu(x), masks)

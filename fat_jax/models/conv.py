@@ -1,0 +1,133 @@
+"""A 2-D convolution whose weight gradient on XLA's CPU backend is an im2col matmul.
+
+`conv_general_dilated` has `jax.lax.conv_general_dilated`'s signature (flax ``nn.Conv``'s
+``conv_general_dilated`` field). Its value, its input gradient and everything on GPU/TPU are
+XLA's plain convolution. Only the weight gradient on CPU changes formulation where it is
+faster: for stride s, padding p and the output cotangent g,
+
+    dL/dW[kh, kw, ci, co] = Σ_{n,h,w} x_pad[n, h·s + kh, w·s + kw, ci] · g[n, h, w, co],
+
+computed as one matmul ``patches(x)ᵀ · g`` over the (N·H_out·W_out) rows, where
+``patches(x)[n, h, w, (kh, kw, ci)] = x_pad[n, h·s + kh, w·s + kw, ci]``. XLA's CPU backend
+computes this gradient as a convolution whose window is the whole output map; for 1×1
+(shortcut) kernels the matmul makes the layer's forward + both gradients 0.4–0.6× as long
+(`benchmarks/conv_grad.py`, docs/throughput.md). The sum is the same; only its order differs
+(float32 results agree to ~1e-6 relative).
+
+Mechanism: a `jax.custom_jvp` whose tangent is ``conv(ẋ, W) + patches(x) · Ẇ``; reverse mode
+transposes the second term into the matmul above, the first into XLA's own input gradient, and
+forward mode (`jax.jvp`), `vmap` and higher-order gradients keep working. Which formulation
+runs is chosen when the computation is lowered, from its platform
+(`jax.lax.platform_dependent`), so a function exported or compiled for a GPU holds only XLA's
+convolutions even when traced on a CPU host. Configurations other than NHWC/HWIO, no dilation,
+one feature/batch group, an explicit or 'SAME'/'VALID' padding, and shapes where XLA's own
+gradient is faster (`use_patch_gradient`) are XLA's plain convolution everywhere.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+NHWC_HWIO = ('NHWC', 'HWIO', 'NHWC')
+
+
+def use_patch_gradient(x_shape: Sequence[int], w_shape: Sequence[int],
+                       strides: Sequence[int]) -> bool:
+  """Whether the im2col weight gradient beats XLA's on CPU for this layer: for 1×1 kernels
+  (PreActResNet-18's strided shortcuts) it is one matmul of the strided input with g and took
+  0.2–0.6× XLA's time (`benchmarks/conv_grad.py`, widths 16 and 64, batch 64); for 3×3
+  kernels neither formulation won consistently, so XLA's stays."""
+  del x_shape, strides
+  return tuple(w_shape[:2]) == (1, 1)
+
+
+def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int],
+                         padding: str | Sequence[tuple[int, int]],
+                         lhs_dilation: Sequence[int] | None = None,
+                         rhs_dilation: Sequence[int] | None = None,
+                         dimension_numbers: Any = None, feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision: Any = None,
+                         preferred_element_type: Any = None) -> Array:
+  """`jax.lax.conv_general_dilated`, with the im2col weight gradient on CPU (module doc)."""
+  plain = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+               dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+               batch_group_count=batch_group_count, precision=precision,
+               preferred_element_type=preferred_element_type)
+  strides = tuple(window_strides)
+  if not (_is_nhwc_hwio(dimension_numbers, lhs.ndim) and _all_one(lhs_dilation)
+          and _all_one(rhs_dilation) and feature_group_count == 1 and batch_group_count == 1
+          and preferred_element_type is None
+          and use_patch_gradient(lhs.shape, rhs.shape, strides)):
+    return lax.conv_general_dilated(lhs, rhs, strides, padding, **plain)
+  return conv_patch_gradient(lhs, rhs, strides, padding, precision)
+
+
+def conv_patch_gradient(x: Array, w: Array, strides: Sequence[int],
+                        padding: str | Sequence[tuple[int, int]], precision: Any = None) -> Array:
+  """NHWC × HWIO convolution whose weight gradient on CPU is always ``patches(x)ᵀ · g``."""
+  strides = tuple(int(s) for s in strides)
+  pads = (lax.padtype_to_pads(x.shape[1:3], w.shape[:2], strides, padding)
+          if isinstance(padding, str) else padding)
+  return _conv(x, w, strides, tuple((int(lo), int(hi)) for lo, hi in pads), precision)
+
+
+def _is_nhwc_hwio(dimension_numbers: Any, ndim: int) -> bool:
+  if ndim != 4 or dimension_numbers is None:
+    return False
+  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    return dimension_numbers == lax.conv_dimension_numbers(
+        (1, 1, 1, 1), (1, 1, 1, 1), NHWC_HWIO)
+  return tuple(dimension_numbers) == NHWC_HWIO
+
+
+def _all_one(dilation: Sequence[int] | None) -> bool:
+  return dilation is None or all(d == 1 for d in dilation)
+
+
+def _xla_conv(x: Array, w: Array, strides, pads, precision) -> Array:
+  return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=NHWC_HWIO,
+                                  precision=precision)
+
+
+def patches(x: Array, kernel: tuple[int, int], strides: Sequence[int],
+            pads: Sequence[tuple[int, int]]) -> Array:
+  """(N, H_out, W_out, kh·kw·C): ``x_pad[n, h·s + i, w·s + j, c]`` at column (i, j, c)."""
+  (kh, kw), (sh, sw) = kernel, strides
+  x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  n, hp, wp, c = x.shape
+  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+  taps = [lax.slice(x, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                    (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+  return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+
+
+def _patch_matmul(x: Array, w: Array, strides, pads, precision) -> Array:
+  """``patches(x) · W`` (= the convolution); its transpose in W is ``patches(x)ᵀ · g``."""
+  kh, kw, cin, cout = w.shape
+  return jnp.dot(patches(x, (kh, kw), strides, pads), w.reshape(kh * kw * cin, cout),
+                 precision=precision)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _conv(x: Array, w: Array, strides, pads, precision) -> Array:
+  return _xla_conv(x, w, strides, pads, precision)
+
+
+@functools.partial(_conv.defjvp, symbolic_zeros=True)
+def _conv_jvp(strides, pads, precision, primals, tangents):
+  """``conv(ẋ, W) + patches(x)·Ẇ`` on CPU, ``conv(ẋ, W) + conv(x, Ẇ)`` (XLA's rule) elsewhere."""
+  (x, w), (x_dot, w_dot) = primals, tangents
+  y = _xla_conv(x, w, strides, pads, precision)
+  parts = []
+  if not isinstance(x_dot, jax.custom_derivatives.SymbolicZero):
+    parts.append(_xla_conv(x_dot, w, strides, pads, precision))
+  if not isinstance(w_dot, jax.custom_derivatives.SymbolicZero):
+    parts.append(lax.platform_dependent(
+        x, w_dot, cpu=lambda a, b: _patch_matmul(a, b, strides, pads, precision),
+        default=lambda a, b: _xla_conv(a, b, strides, pads, precision)))
+  return y, sum(parts[1:], parts[0])

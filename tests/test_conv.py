@@ -1,0 +1,142 @@
+"""The im2col weight-gradient convolution (`fat_jax.models.conv`) against XLA's convolution.
+
+Value, input gradient and weight gradient equal `jax.grad` of `lax.conv_general_dilated` for
+every configuration the models use; forward mode, vmap and second-order gradients keep
+working; a computation lowered for a GPU holds only XLA's convolutions.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax import lax
+
+from fat_jax.data import DATASET_INFOS
+from fat_jax.models import build_model, core
+from fat_jax.models.conv import (NHWC_HWIO, conv_general_dilated, conv_patch_gradient,
+                                 use_patch_gradient)
+
+# (input size, in channels, out channels, kernel, stride, padding): PreActResNet-18's stem,
+# 3×3 stride 1 and 2, its 1×1 stride-2 shortcuts, MNISTNet's 4×4 stride 2, odd sizes, 'SAME'.
+CONFIGS = [(8, 3, 5, 3, 1, ((1, 1), (1, 1))), (8, 4, 6, 3, 2, ((1, 1), (1, 1))),
+           (8, 4, 6, 1, 2, ((0, 0), (0, 0))), (7, 3, 5, 1, 2, ((0, 0), (0, 0))),
+           (9, 2, 4, 4, 2, ((1, 1), (1, 1))), (7, 3, 4, 3, 2, 'SAME'), (5, 3, 4, 3, 1, 'VALID')]
+
+
+def xla(x, w, strides, padding):
+  return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC_HWIO)
+
+
+def ours(x, w, strides, padding):
+  return conv_patch_gradient(x, w, strides, padding)
+
+
+def inputs(size, cin, cout, k, seed=0):
+  kx, kw = jax.random.split(jax.random.key(seed))
+  return (jax.random.normal(kx, (3, size, size, cin)),
+          jax.random.normal(kw, (k, k, cin, cout)) / np.sqrt(k * k * cin))
+
+
+def rel(a, b):
+  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+@pytest.mark.parametrize('size,cin,cout,k,s,padding', CONFIGS)
+def test_value_and_gradients_equal_xla(size, cin, cout, k, s, padding):
+  x, w = inputs(size, cin, cout, k)
+  loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w, (s, s), padding)))
+  np.testing.assert_array_equal(jax.jit(ours, static_argnums=(2, 3))(x, w, (s, s), padding),
+                                jax.jit(xla, static_argnums=(2, 3))(x, w, (s, s), padding))
+  (gx, gw), (rx, rw) = (jax.jit(jax.grad(loss(f), (0, 1)))(x, w) for f in (ours, xla))
+  np.testing.assert_array_equal(gx, rx)  # the input gradient is XLA's own
+  assert rel(gw, rw) < 1e-5
+  dispatched = lambda x, w, st, p: conv_general_dilated(x, w, st, p, dimension_numbers=NHWC_HWIO)
+  assert rel(jax.jit(jax.grad(loss(dispatched), 1))(x, w), rw) < 1e-5
+
+
+def test_vmap_jvp_and_second_order_match_xla():
+  x, w = inputs(8, 4, 6, 1)
+  cotangents = jax.random.normal(jax.random.key(1), (2, 3, 4, 4, 6))
+
+  def pullbacks(conv):  # per-cotangent (∇x, ∇W), as FAB's vmapped pullback of the logits
+    _, vjp = jax.vjp(lambda x, w: conv(x, w, (2, 2), ((0, 0), (0, 0))), x, w)
+    return jax.vmap(vjp)(cotangents)
+
+  for a, b in zip(jax.jit(lambda: pullbacks(ours))(), jax.jit(lambda: pullbacks(xla))()):
+    assert rel(a, b) < 1e-5
+  tangents = (jnp.ones_like(x), jnp.ones_like(w))
+  assert rel(jax.jvp(lambda x, w: ours(x, w, (2, 2), 'VALID'), (x, w), tangents)[1],
+             jax.jvp(lambda x, w: xla(x, w, (2, 2), 'VALID'), (x, w), tangents)[1]) < 1e-5
+
+  def input_grad_norm(conv):  # GradAlign-style: ∇_W of a function of ∇_x
+    grad_x = jax.grad(lambda x, w: jnp.sum(jnp.tanh(conv(x, w, (2, 2), 'VALID'))))
+    return jax.grad(lambda w: jnp.sum(grad_x(x, w) ** 2))(w)
+
+  assert rel(input_grad_norm(ours), input_grad_norm(xla)) < 1e-5
+
+
+def weight_gradient_hlo(platform: str) -> str:
+  x, w = inputs(8, 4, 6, 1)
+  grad = jax.jit(jax.grad(lambda w: jnp.sum(ours(x, w, (2, 2), 'VALID') ** 2)))
+  return grad.trace(w).lower(lowering_platforms=(platform,)).as_text()
+
+
+def test_gpu_lowering_is_xla_convolution_cpu_lowering_is_matmul():
+  gpu, cpu = weight_gradient_hlo('cuda'), weight_gradient_hlo('cpu')
+  assert 'dot_general' not in gpu and gpu.count('stablehlo.convolution') == 2  # fwd, ∇W
+  assert 'dot_general' in cpu and cpu.count('stablehlo.convolution') == 1      # fwd only
+
+
+def test_dispatch_keeps_xla_for_3x3_and_unsupported_configurations():
+  assert use_patch_gradient((2, 8, 8, 4), (1, 1, 4, 6), (2, 2))
+  assert not use_patch_gradient((2, 8, 8, 4), (3, 3, 4, 6), (1, 1))
+  x, w = inputs(8, 4, 4, 1)
+  dilated = jax.make_jaxpr(lambda x, w: conv_general_dilated(
+      x, w, (1, 1), 'SAME', rhs_dilation=(2, 2), dimension_numbers=NHWC_HWIO))(x, w)
+  nchw = jax.make_jaxpr(lambda x, w: conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=('NCHW', 'HWIO', 'NCHW')))(
+          x.transpose(0, 3, 1, 2), w)
+  used = jax.make_jaxpr(lambda x, w: conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=NHWC_HWIO))(x, w)
+  assert 'name=_conv' not in str(dilated) and 'name=_conv' not in str(nchw)
+  assert 'name=_conv' in str(used)
+
+
+class TwoConvs(nn.Module):
+  """conv3×3 then a 1×1 stride-2 shortcut-like conv, built with the models' `core.conv`."""
+  impl: str
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(core.conv(x, 6, 3, padding=1, name='a', impl=self.impl))
+    return core.conv(x, 5, 1, stride=2, bias=True, name='b', impl=self.impl)
+
+
+def test_core_conv_switch_keeps_parameters_values_and_gradients():
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  params = TwoConvs('xla').init(jax.random.key(0), x)
+  jax.tree.map(np.testing.assert_array_equal, params,
+               TwoConvs('im2col_grad').init(jax.random.key(0), x))
+  (v1, g1), (v2, g2) = (jax.jit(jax.value_and_grad(
+      lambda p, m=TwoConvs(impl): jnp.sum(jnp.sin(m.apply(p, x)))))(params)
+      for impl in ('im2col_grad', 'xla'))
+  np.testing.assert_array_equal(v1, v2)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g2)
+
+
+def test_preact_resnet18_uses_it_for_its_three_shortcuts_only():
+  info = DATASET_INFOS['cifar10']
+  x = jnp.zeros((2, 32, 32, 3))
+  for impl, calls in (('xla', 0), ('im2col_grad', 3)):
+    model = build_model(ml_collections.ConfigDict(dict(name='preact_resnet18', width=4,
+                                                       conv=impl)), info)
+    variables = jax.eval_shape(lambda: model.module.init(jax.random.key(0), x, train=False))
+    jaxpr = jax.make_jaxpr(lambda p, s: model.apply(p, s, x, True)[0])(
+        variables['params'], variables['batch_stats'])
+    assert str(jaxpr).count('name=_conv') == calls
+
+
+def test_unknown_conv_value_is_rejected():
+  with pytest.raises(ValueError, match='model.conv'):
+    build_model(ml_collections.ConfigDict(dict(name='cnn', conv='fast')), DATASET_INFOS['cifar10'])
