@@ -39,6 +39,7 @@ def l2_norms(v):
   return np.sqrt((np.asarray(v, np.float64).reshape(len(v), -1) ** 2).sum(axis=1))
 
 
+@pytest.mark.slow  # AutoAttack-standard under L2 on a trained model
 def test_aa_standard_under_l2_stays_in_the_l2_ball_and_box(l2_report, model):
   params, x, _ = model
   r = l2_report
@@ -164,11 +165,13 @@ def test_randomised_model_is_scored_two_ways_and_both_are_named():
   assert 'Randomised model' in entry['footnote']
 
 
+@pytest.mark.slow  # AutoAttack-standard under L2 on a trained model
 def test_deterministic_reports_have_no_rand_rule(l2_report):
   assert 'autoattack_rand_rule' not in l2_report
   assert "'rand' rule" not in format_table(l2_report)
 
 
+@pytest.mark.slow  # AutoAttack-standard under L2 on a trained model
 def test_robustbench_entry(l2_report):
   assert eps_string(8 / 255) == '8/255' and eps_string(4 / 255) == '4/255'
   assert eps_string(0.031) == '0.031' and eps_string(0.5, 'L2') == '0.5'

@@ -210,6 +210,7 @@ def test_mma_is_its_own_objective_chosen_by_name():
   assert MMA().forward_order(awp=False) == ('clean', 'adv')
 
 
+@pytest.mark.slow
 def test_the_monitor_logs_the_mean_fosc_of_its_fgsm_and_pgd_points():
   model = tiny_model()
   params, state = model.init(jax.random.key(0))
