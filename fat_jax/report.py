@@ -106,6 +106,13 @@ def _mark_onset(ax, run: Run) -> None:
     ax.axvline(onset, color='k', ls='--', lw=1)
 
 
+def _epoch_panel(ax, run: Run, ylabel: str, **limits) -> None:
+  """A run's per-epoch panel: the CO onset marked, the run as title, the axes labelled."""
+  _mark_onset(ax, run)
+  ax.set(title=_title(run), xlabel='epoch', ylabel=ylabel, **limits)
+  ax.title.set_fontsize(figures.TITLE_PT)
+
+
 # ---------------------------------------------------------------------------
 # Figures from metrics.jsonl and results.json.
 
@@ -122,9 +129,7 @@ def plot_accuracy(runs: Sequence[Run], out_dir: str) -> str:
                 ms=7)
     ax.plot([], [], 'D', mfc='none', color='k', label='final evaluation')
     ax.plot([], [], 'k--', lw=1, label='CO onset')
-    _mark_onset(ax, run)
-    ax.set(title=_title(run), xlabel='epoch', ylabel='accuracy', ylim=(0, 1))
-    ax.title.set_fontsize(figures.TITLE_PT)
+    _epoch_panel(ax, run, 'accuracy', ylim=(0, 1))
   fig.legend(*axes[0].get_legend_handles_labels(), loc='outside lower center',
              ncol=2 * min(len(axes), 3), fontsize=figures.TEXT_PT, frameon=False)
   return _save(fig, out_dir, 'accuracy.png')
@@ -205,9 +210,7 @@ def plot_vact(runs: Sequence[Run], out_dir: str) -> str:
     for j, node in enumerate(sorted(set().union(*vact))):
       ax.plot(epochs, [v.get(node, np.nan) for v in vact], 'o-', ms=3, color=_color(j),
               label=f'node {node}')
-    _mark_onset(ax, run)
-    ax.set(title=_title(run), xlabel='epoch', ylabel='V_act')
-    ax.title.set_fontsize(figures.TITLE_PT)
+    _epoch_panel(ax, run, 'V_act')
     ax.legend(fontsize=figures.TEXT_PT)
   return _save(fig, out_dir, 'vact.png')
 
@@ -220,9 +223,7 @@ def plot_fosc(runs: Sequence[Run], out_dir: str) -> str:
     for j, point in enumerate(('fgsm', 'pgd')):
       ax.plot(*_epochs(run, f'fosc_{point}'), 'o-', ms=3, color=_color(j),
               label=f'{point.upper()} point')
-    _mark_onset(ax, run)
-    ax.set(title=_title(run), xlabel='epoch', ylabel='mean FOSC')
-    ax.title.set_fontsize(figures.TITLE_PT)
+    _epoch_panel(ax, run, 'mean FOSC')
     ax.legend(fontsize=figures.TEXT_PT)
   return _save(fig, out_dir, 'fosc.png')
 

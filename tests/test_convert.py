@@ -356,14 +356,18 @@ def test_converted_preact_resnet18_evaluates_through_launch(tmp_path):
   path = torch_files.save_zip(torch_files.state_dict(sd), str(tmp_path / 'model.pth'))
   workdir = convert_lib.convert(path, str(tmp_path / 'run'))
   data_dir = write_cifar10_dir(str(tmp_path / 'cifar'), n_train_per_batch=2, n_test=4)
-  done = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'launch.py'),
-       f'--config={os.path.join(ROOT, "configs", "from_workdir.py")}:{workdir}',
-       f'--workdir={workdir}', '--mode=eval', f'--config.data.dir={data_dir}',
-       '--config.eval.n=4', '--config.eval.batch_size=4', '--config.eval.suite=pgd',
-       '--config.eval.pgd_steps=2', '--config.eval.pgd_restarts=1', '--config.eval.checks=False',
-       '--config.progress=False'], cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
+
+  def evaluate(*overrides):  # launch.py --mode=eval of the converted workdir on 4 test images
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'launch.py'),
+         f'--config={os.path.join(ROOT, "configs", "from_workdir.py")}:{workdir}',
+         f'--workdir={workdir}', '--mode=eval', f'--config.data.dir={data_dir}',
+         '--config.eval.n=4', '--config.eval.batch_size=4', '--config.progress=False',
+         *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+  evaluate('--config.eval.suite=pgd', '--config.eval.pgd_steps=2',
+           '--config.eval.pgd_restarts=1', '--config.eval.checks=False')
   report = json.load(open(os.path.join(workdir, 'eval_pgd.json')))
   assert report['method'] == 'converted' and report['model'] == 'preact_resnet18'
   assert report['n'] == 4 and report['evaluated_epoch'] == 0
@@ -376,16 +380,10 @@ def test_converted_preact_resnet18_evaluates_through_launch(tmp_path):
       np.mean(logits.argmax(1) == data.test_labels[:4]))
   assert report['robust_accuracy'] <= report['clean_accuracy']
   # The same model under L2 (RobustBench's ε = 0.5), AutoAttack-standard with short attacks.
-  done = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'launch.py'),
-       f'--config={os.path.join(ROOT, "configs", "from_workdir.py")}:{workdir}',
-       f'--workdir={workdir}', '--mode=eval', f'--config.data.dir={data_dir}',
-       '--config.eval.n=4', '--config.eval.batch_size=4', '--config.eval.suite=aa_standard',
-       '--config.eval.norm=L2', '--config.eval.eps=0.5', '--config.eval.apgd_steps=2',
-       '--config.eval.fab_steps=2', '--config.eval.square_queries=4',
-       '--config.eval.n_target_classes=2', '--config.eval.check_pgd_steps=1',
-       '--config.progress=False'], cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
+  evaluate('--config.eval.suite=aa_standard', '--config.eval.norm=L2', '--config.eval.eps=0.5',
+           '--config.eval.apgd_steps=2', '--config.eval.fab_steps=2',
+           '--config.eval.square_queries=4', '--config.eval.n_target_classes=2',
+           '--config.eval.check_pgd_steps=1')
   l2 = json.load(open(os.path.join(workdir, 'eval_aa_standard_L2.json')))
   assert (l2['norm'], l2['eps'], l2['n']) == ('L2', 0.5, 4)
   assert l2['clean_accuracy'] == report['clean_accuracy']

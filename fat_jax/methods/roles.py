@@ -438,15 +438,19 @@ class TRADES:
     return loss, {'trades_natural': terms.natural, 'trades_robust': terms.robust}
 
 
-@dataclasses.dataclass(frozen=True)
-class MART:
-  """MART (`YisenWang/MART`): BCE(f(x + δ)) + β·KL(p(x) ‖ p(x + δ))·(1 − p_y(x))."""
-  beta: float = 5.0
+class _CleanThenAdversarial:
+  """An objective on f(x), then f(x + δ), with or without AWP (MART's official loop; MMA)."""
   pairs_with_start = False
 
   def forward_order(self, awp: bool) -> tuple[str, ...]:
     del awp
     return ('clean', 'adv')
+
+
+@dataclasses.dataclass(frozen=True)
+class MART(_CleanThenAdversarial):
+  """MART (`YisenWang/MART`): BCE(f(x + δ)) + β·KL(p(x) ‖ p(x + δ))·(1 − p_y(x))."""
+  beta: float = 5.0
 
   def __call__(self, logits: dict, labels, start_logits):
     del start_logits
@@ -455,14 +459,9 @@ class MART:
 
 
 @dataclasses.dataclass(frozen=True)
-class MMA:
+class MMA(_CleanThenAdversarial):
   """MMA (Ding et al., ICLR 2020) in the lecture's surrogate-loss form: CE(f(x + δ)) on the
   points f classifies correctly at x, CE(f(x)) on the others (`losses.mma.mma_loss`)."""
-  pairs_with_start = False
-
-  def forward_order(self, awp: bool) -> tuple[str, ...]:
-    del awp
-    return ('clean', 'adv')
 
   def __call__(self, logits: dict, labels, start_logits):
     del start_logits
