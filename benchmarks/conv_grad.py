@@ -4,7 +4,7 @@
 
 For every distinct convolution of PreActResNet-18 (32×32 input) it times, in interleaved rounds
 (median), one jitted forward + input gradient + weight gradient of ``sum(conv(x, W) · g)``
-with `jax.lax.conv_general_dilated` (XLA) and with `fat_jax.models.conv.conv_patch_gradient`
+with `jax.lax.conv_general_dilated` (XLA) and with `fat_jax.models.conv.conv_nhwc`
 (forward and input gradient XLA's, weight gradient ``patches(x)ᵀ · g``), checks that both give
 the same gradients, and prints the ratio and the formulation `fat_jax.models.conv` picks for the
 layer (`use_patch_gradient`).
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fat_jax.models.conv import NHWC_HWIO, conv_patch_gradient, use_patch_gradient
+from fat_jax.models.conv import NHWC_HWIO, conv_nhwc, use_patch_gradient
 
 
 def resnet18_layers(width: int) -> list[tuple[int, int, int, int, int]]:
@@ -49,7 +49,7 @@ def main():
   parser.add_argument('--rounds', type=int, default=5)
   args = parser.parse_args()
   xla = lambda x, w, s, p: lax.conv_general_dilated(x, w, s, p, dimension_numbers=NHWC_HWIO)
-  patch = lambda x, w, s, p: conv_patch_gradient(x, w, s, p)
+  patch = lambda x, w, s, p: conv_nhwc(x, w, s, p, patch_weight_gradient=True)
   print(f'{jax.default_backend()}, {jax.device_count()} × {jax.devices()[0].device_kind}, '
         f'batch {args.batch}; ms per forward + input and weight gradient, median of '
         f'{args.rounds} interleaved rounds')

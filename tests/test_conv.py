@@ -1,9 +1,12 @@
-"""The im2col weight-gradient convolution (`fat_jax.models.conv`) against XLA's convolution.
+"""fat_jax's convolution (`fat_jax.models.conv`) against XLA's.
 
-Value, input gradient and weight gradient equal `jax.grad` of `lax.conv_general_dilated` for
-every configuration the models use; forward mode, vmap and second-order gradients keep
-working; a computation lowered for a GPU holds only XLA's convolutions.
+The default one equals `lax.conv_general_dilated` bit for bit in value and gradients, and its
+input gradient stays a canonical convolution inside loops; the im2col weight-gradient one
+equals it to 1e-5 for every configuration the models use; forward mode, vmap and second-order
+gradients keep working; a computation lowered for a GPU holds only XLA's convolutions.
 """
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,7 +17,7 @@ from jax import lax
 
 from fat_jax.data import DATASET_INFOS
 from fat_jax.models import build_model, core
-from fat_jax.models.conv import (NHWC_HWIO, conv_general_dilated, conv_patch_gradient,
+from fat_jax.models.conv import (NHWC_HWIO, conv_general_dilated, conv_nhwc,
                                  use_patch_gradient)
 
 # (input size, in channels, out channels, kernel, stride, padding): PreActResNet-18's stem,
@@ -29,7 +32,7 @@ def xla(x, w, strides, padding):
 
 
 def ours(x, w, strides, padding):
-  return conv_patch_gradient(x, w, strides, padding)
+  return conv_nhwc(x, w, strides, padding, patch_weight_gradient=True)
 
 
 def inputs(size, cin, cout, k, seed=0):
@@ -125,16 +128,45 @@ def test_core_conv_switch_keeps_parameters_values_and_gradients():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g2)
 
 
-def test_preact_resnet18_uses_it_for_its_three_shortcuts_only():
+def test_preact_resnet18_takes_the_matmul_for_its_three_shortcuts_only():
   info = DATASET_INFOS['cifar10']
   x = jnp.zeros((2, 32, 32, 3))
-  for impl, calls in (('xla', 0), ('im2col_grad', 3)):
+  convolutions = {}
+  for impl in ('xla', 'im2col_grad'):
     model = build_model(ml_collections.ConfigDict(dict(name='preact_resnet18', width=4,
                                                        conv=impl)), info)
     variables = jax.eval_shape(lambda: model.module.init(jax.random.key(0), x, train=False))
-    jaxpr = jax.make_jaxpr(lambda p, s: model.apply(p, s, x, True)[0])(
-        variables['params'], variables['batch_stats'])
-    assert str(jaxpr).count('name=_conv') == calls
+    grad = jax.jit(jax.grad(lambda p, s: jnp.sum(model.apply(p, s, x, True)[0])))
+    hlo = grad.trace(variables['params'], variables['batch_stats']).lower(
+        lowering_platforms=('cpu',)).as_text()
+    convolutions[impl] = hlo.count('stablehlo.convolution')
+  assert convolutions['xla'] == 20 + 19 + 20       # forward, input and weight gradients
+  assert convolutions['im2col_grad'] == convolutions['xla'] - 3
+
+
+@pytest.mark.parametrize('size,cin,cout,k,s,padding', CONFIGS)
+def test_default_convolution_is_xla_value_and_gradients_bit_for_bit(size, cin, cout, k, s,
+                                                                     padding):
+  x, w = inputs(size, cin, cout, k, seed=2)
+  default = lambda x, w, st, p: conv_general_dilated(x, w, st, p, dimension_numbers=NHWC_HWIO)
+  loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w, (s, s), padding)))
+  for a, b in zip(*(jax.jit(jax.value_and_grad(loss(f), (0, 1)))(x, w) for f in (default, xla))):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_input_gradient_inside_a_loop_is_a_canonical_convolution_on_cpu():
+  """Inside a `fori_loop` (the evaluation attacks) XLA's CPU backend keeps JAX's own
+  input-gradient convolution with its kernel labelled 01oi and runs it on a slow generic path;
+  fat_jax's is labelled 01io there too (`fat_jax.models.conv`)."""
+  x, w = inputs(9, 4, 6, 4)
+  default = lambda x, w: conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
+                                              dimension_numbers=NHWC_HWIO)
+  grad = jax.grad(lambda d, w: jnp.sum(jnp.tanh(default(x + d, w))))
+  steps = jax.jit(lambda w: jax.lax.fori_loop(
+      0, 3, lambda i, d: jnp.clip(d + 0.1 * jnp.sign(grad(d, w)), -0.3, 0.3), jnp.zeros_like(x)))
+  hlo = steps.lower(w).compile().as_text()
+  labels = re.findall(r'dim_labels=(\w+)->', hlo)
+  assert len(labels) >= 2 and all(label.endswith('_01io') for label in labels), labels
 
 
 def test_unknown_conv_value_is_rejected():

@@ -1,27 +1,38 @@
-"""A 2-D convolution whose weight gradient on XLA's CPU backend is an im2col matmul.
+"""A 2-D convolution whose gradients XLA's CPU backend runs at full speed, also inside loops.
 
 `conv_general_dilated` has `jax.lax.conv_general_dilated`'s signature (flax ``nn.Conv``'s
-``conv_general_dilated`` field). Its value, its input gradient and everything on GPU/TPU are
-XLA's plain convolution. Only the weight gradient on CPU changes formulation where it is
-faster: for stride s, padding p and the output cotangent g,
+``conv_general_dilated`` field). Its value, and everything on GPU/TPU, is XLA's plain
+convolution. On CPU two gradients change formulation, not value:
 
-    dL/dW[kh, kw, ci, co] = Σ_{n,h,w} x_pad[n, h·s + kh, w·s + kw, ci] · g[n, h, w, co],
+* **Input gradient** (every model's convolutions, `model.conv` 'xla' and 'im2col_grad'):
+  dL/dx is the convolution of the output cotangent g with the spatially reversed kernel whose
+  in/out features are swapped. JAX's transpose rule expresses that swap in the convolution's
+  dimension labels (kernel ``01oi``); outside loops XLA's CPU layout pass copies the kernel
+  into its canonical ``01io`` layout, but inside a ``while`` body (every attack written with
+  `lax.fori_loop`: evaluation PGD, APGD, FAB, Square) it does not, and the non-canonical
+  convolution runs on a generic path 3–6× slower than the whole rest of the step
+  (docs/throughput.md). Here the tangent in x is written as the same convolution with the
+  kernel stored transposed (``swapaxes(W, 2, 3)``, labels ``HWOI``), so its transpose, the
+  input gradient, carries canonical ``HWIO`` labels everywhere. Same sum, same order.
+* **Weight gradient** (`model.conv='im2col_grad'` and 1×1 kernels only,
+  `use_patch_gradient`): for stride s, padding p,
 
-computed as one matmul ``patches(x)ᵀ · g`` over the (N·H_out·W_out) rows, where
-``patches(x)[n, h, w, (kh, kw, ci)] = x_pad[n, h·s + kh, w·s + kw, ci]``. XLA's CPU backend
-computes this gradient as a convolution whose window is the whole output map; for 1×1
-(shortcut) kernels the matmul makes the layer's forward + both gradients 0.4–0.6× as long
-(`benchmarks/conv_grad.py`, docs/throughput.md). The sum is the same; only its order differs
-(float32 results agree to ~1e-6 relative).
+      dL/dW[kh, kw, ci, co] = Σ_{n,h,w} x_pad[n, h·s + kh, w·s + kw, ci] · g[n, h, w, co],
 
-Mechanism: a `jax.custom_jvp` whose tangent is ``conv(ẋ, W) + patches(x) · Ẇ``; reverse mode
-transposes the second term into the matmul above, the first into XLA's own input gradient, and
-forward mode (`jax.jvp`), `vmap` and higher-order gradients keep working. Which formulation
-runs is chosen when the computation is lowered, from its platform
-(`jax.lax.platform_dependent`), so a function exported or compiled for a GPU holds only XLA's
-convolutions even when traced on a CPU host. Configurations other than NHWC/HWIO, no dilation,
-one feature/batch group, an explicit or 'SAME'/'VALID' padding, and shapes where XLA's own
-gradient is faster (`use_patch_gradient`) are XLA's plain convolution everywhere.
+  computed as one matmul ``patches(x)ᵀ · g`` over the (N·H_out·W_out) rows, where
+  ``patches(x)[n, h, w, (kh, kw, ci)] = x_pad[n, h·s + kh, w·s + kw, ci]``; XLA computes
+  it as a convolution whose window is the whole output map. For the 1×1 (shortcut) kernels the
+  matmul makes the layer's forward + both gradients 0.4–0.6× as long
+  (`benchmarks/conv_grad.py`, docs/throughput.md); the sum's order differs (float32 results
+  agree to ~1e-6 relative).
+
+Mechanism: a `jax.custom_jvp` whose tangent is ``conv(ẋ, W) + conv(x, Ẇ)`` (or
+``patches(x) · Ẇ``); reverse mode transposes the terms into the gradients above, and forward
+mode (`jax.jvp`), `vmap` and higher-order gradients keep working. Which formulation runs is
+chosen when the computation is lowered, from its platform (`jax.lax.platform_dependent`), so
+a function exported or compiled for a GPU holds only XLA's own convolutions even when traced on
+a CPU host. Configurations other than NHWC/HWIO, no dilation, one feature/batch group and an
+explicit or 'SAME'/'VALID' padding are XLA's plain convolution everywhere.
 """
 from __future__ import annotations
 
@@ -52,8 +63,10 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int],
                          rhs_dilation: Sequence[int] | None = None,
                          dimension_numbers: Any = None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision: Any = None,
-                         preferred_element_type: Any = None) -> Array:
-  """`jax.lax.conv_general_dilated`, with the im2col weight gradient on CPU (module doc)."""
+                         preferred_element_type: Any = None, *,
+                         patch_weight_gradient: bool = False) -> Array:
+  """`jax.lax.conv_general_dilated` with the CPU gradients of the module doc; the im2col
+  weight gradient only with `patch_weight_gradient` and where `use_patch_gradient`."""
   plain = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
                batch_group_count=batch_group_count, precision=precision,
@@ -61,19 +74,22 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int],
   strides = tuple(window_strides)
   if not (_is_nhwc_hwio(dimension_numbers, lhs.ndim) and _all_one(lhs_dilation)
           and _all_one(rhs_dilation) and feature_group_count == 1 and batch_group_count == 1
-          and preferred_element_type is None
-          and use_patch_gradient(lhs.shape, rhs.shape, strides)):
+          and preferred_element_type is None):
     return lax.conv_general_dilated(lhs, rhs, strides, padding, **plain)
-  return conv_patch_gradient(lhs, rhs, strides, padding, precision)
+  return conv_nhwc(lhs, rhs, strides, padding, precision, patch_weight_gradient=(
+      patch_weight_gradient and use_patch_gradient(lhs.shape, rhs.shape, strides)))
 
 
-def conv_patch_gradient(x: Array, w: Array, strides: Sequence[int],
-                        padding: str | Sequence[tuple[int, int]], precision: Any = None) -> Array:
-  """NHWC × HWIO convolution whose weight gradient on CPU is always ``patches(x)ᵀ · g``."""
+def conv_nhwc(x: Array, w: Array, strides: Sequence[int],
+              padding: str | Sequence[tuple[int, int]], precision: Any = None, *,
+              patch_weight_gradient: bool = False) -> Array:
+  """NHWC × HWIO convolution with the canonical input gradient on CPU and, with
+  `patch_weight_gradient`, the weight gradient ``patches(x)ᵀ · g`` on CPU."""
   strides = tuple(int(s) for s in strides)
   pads = (lax.padtype_to_pads(x.shape[1:3], w.shape[:2], strides, padding)
           if isinstance(padding, str) else padding)
-  return _conv(x, w, strides, tuple((int(lo), int(hi)) for lo, hi in pads), precision)
+  return _conv(x, w, strides, tuple((int(lo), int(hi)) for lo, hi in pads), precision,
+               patch_weight_gradient)
 
 
 def _is_nhwc_hwio(dimension_numbers: Any, ndim: int) -> bool:
@@ -113,21 +129,33 @@ def _patch_matmul(x: Array, w: Array, strides, pads, precision) -> Array:
                  precision=precision)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _conv(x: Array, w: Array, strides, pads, precision) -> Array:
+def _swapped_kernel_conv(x: Array, w: Array, strides, pads, precision) -> Array:
+  """``_xla_conv(x, w)`` with the kernel stored as ``swapaxes(w, 2, 3)`` (labels HWOI): its
+  transpose in x, the input gradient, has canonical HWIO labels (module doc)."""
+  return lax.conv_general_dilated(x, jnp.swapaxes(w, 2, 3), strides, pads,
+                                  dimension_numbers=('NHWC', 'HWOI', 'NHWC'),
+                                  precision=precision)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(x: Array, w: Array, strides, pads, precision, patch_weight_gradient: bool) -> Array:
   return _xla_conv(x, w, strides, pads, precision)
 
 
 @functools.partial(_conv.defjvp, symbolic_zeros=True)
-def _conv_jvp(strides, pads, precision, primals, tangents):
-  """``conv(ẋ, W) + patches(x)·Ẇ`` on CPU, ``conv(ẋ, W) + conv(x, Ẇ)`` (XLA's rule) elsewhere."""
+def _conv_jvp(strides, pads, precision, patch_weight_gradient, primals, tangents):
+  """``conv(ẋ, W) + conv(x, Ẇ)``; on CPU the first with the swapped kernel labels and, with
+  `patch_weight_gradient`, the second as ``patches(x)·Ẇ``."""
   (x, w), (x_dot, w_dot) = primals, tangents
   y = _xla_conv(x, w, strides, pads, precision)
+  xla = lambda a, b: _xla_conv(a, b, strides, pads, precision)
   parts = []
   if not isinstance(x_dot, jax.custom_derivatives.SymbolicZero):
-    parts.append(_xla_conv(x_dot, w, strides, pads, precision))
+    parts.append(lax.platform_dependent(
+        x_dot, w, cpu=lambda a, b: _swapped_kernel_conv(a, b, strides, pads, precision),
+        default=xla))
   if not isinstance(w_dot, jax.custom_derivatives.SymbolicZero):
     parts.append(lax.platform_dependent(
         x, w_dot, cpu=lambda a, b: _patch_matmul(a, b, strides, pads, precision),
-        default=lambda a, b: _xla_conv(a, b, strides, pads, precision)))
+        default=xla) if patch_weight_gradient else xla(x, w_dot))
   return y, sum(parts[1:], parts[0])

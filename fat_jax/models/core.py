@@ -43,9 +43,12 @@ Initializer = Callable[..., Array]
 
 INITS = ('torch', 'he_normal')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
-# model.conv: XLA's convolution everywhere, or its weight gradient as an im2col matmul on CPU
-# where that is faster (`fat_jax.models.conv`); same values and parameters either way.
-CONV_IMPLS = {'xla': None, 'im2col_grad': conv_lib.conv_general_dilated}
+# model.conv: XLA's convolutions ('xla'; on CPU the input gradient in canonical layout), or
+# also the 1×1 weight gradients as an im2col matmul on CPU ('im2col_grad'); `fat_jax.models.conv`.
+# Same values and parameters either way.
+CONV_IMPLS = {'xla': conv_lib.conv_general_dilated,
+              'im2col_grad': functools.partial(conv_lib.conv_general_dilated,
+                                               patch_weight_gradient=True)}
 
 
 def torch_uniform(fan_in: int) -> Initializer:
