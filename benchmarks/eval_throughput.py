@@ -4,6 +4,9 @@
   python benchmarks/eval_throughput.py --model=preact_resnet18 --width=64 --n=512
   python benchmarks/eval_throughput.py --workdir=runs/quickstart/fgsm --n=256   # a trained run
   python benchmarks/eval_throughput.py --workdir=runs/quickstart/fgsm --norm=Linf,L2  # both
+  python benchmarks/torch_mnist_net.py --out=runs/mnist_net.pth        # a PyTorch model, then
+  python benchmarks/eval_throughput.py --torch-file=runs/mnist_net.pth --dataset=fashion_mnist \
+      --eps=0.1 --n=200 --batch-size=500 --reference       # fat_jax's AA next to the reference
 
 `--norm` lists the threat models (L2 radius `--eps-l2`, default 0.5); each runs PGD-50-10 and
 AutoAttack-standard.
@@ -19,6 +22,15 @@ accuracy per attack, and AA's cost relative to PGD; `--json=PATH` writes it as J
 `--pgd-steps`, `--pgd-restarts`, `--apgd-steps`, `--fab-steps` and `--square-queries` shrink
 the attacks (e.g. for a smoke test of the script); the defaults are PGD-50-10 and AutoAttack's.
 
+`--torch-file` evaluates a PyTorch ``state_dict`` (`--source`, a `fat_jax.convert` source,
+default locuslab_mnist), converted into a temporary run directory. `--reference` also runs
+the reference AutoAttack (Croce & Hein's ``autoattack``, or PyPI's ``pyautoattack``, the
+same code; version 'standard') on the same points with the same file loaded into PyTorch,
+and prints fat_jax's AutoAttack-standard points/s over the reference's, and both robust
+accuracies (L∞; MNIST net only, the architecture defined in `benchmarks/torch_mnist_net.py`).
+The reference runs its own sanity checks (a few forward passes); its per-attack times are
+the ones it logs. Without PyTorch or the package it says so and skips the reference.
+
 On CPU, XLA runs convolutions inside loops several times slower than outside
 (jax-ml/jax#12868); every attack here loops (PGD included), so the ratio is meaningful, the
 absolute CPU throughput much less so.
@@ -26,9 +38,16 @@ absolute CPU throughput much less so.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import inspect
+import io
 import json
+import logging
 import os
+import re
 import sys
+import tempfile
 import time
 
 import jax
@@ -39,6 +58,7 @@ from jax import monitoring
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fat_jax import run_log  # noqa: E402
+from fat_jax.convert import convert  # noqa: E402
 from fat_jax.data import DATASET_INFOS, load_dataset  # noqa: E402
 from fat_jax.evaluate import evaluate  # noqa: E402
 from fat_jax.evaluate.checkpoints import restore_model  # noqa: E402
@@ -53,7 +73,12 @@ def parse_args():
   p.add_argument('--model', default='cnn', help='cnn | mnist_net | resnet18 | preact_resnet18')
   p.add_argument('--width', type=int, default=8)
   p.add_argument('--depth', type=int, default=4)
-  p.add_argument('--dataset', default='cifar10', help='image shape and classes (no data read)')
+  p.add_argument('--dataset', default=None,
+                 help='image shape and classes (no data read), or --torch-file\'s data set')
+  p.add_argument('--torch-file', default='', help='a PyTorch state_dict to convert and evaluate')
+  p.add_argument('--source', default='locuslab_mnist', help="--torch-file's fat_jax.convert source")
+  p.add_argument('--reference', action='store_true',
+                 help='also time the reference AutoAttack on --torch-file (needs torch)')
   p.add_argument('--n', type=int, default=64)
   p.add_argument('--eps', type=float, default=None, help='default 0.5/255, or the run\'s eps')
   p.add_argument('--batch-size', type=int, default=64)
@@ -72,7 +97,7 @@ def parse_args():
 
 def random_model(args):
   """A fresh model and n random images labelled with its own predictions."""
-  info = DATASET_INFOS[args.dataset]
+  info = DATASET_INFOS[args.dataset or 'cifar10']
   config = ml_collections.ConfigDict(dict(name=args.model, width=args.width, depth=args.depth,
                                           batchnorm=True, dtype=args.dtype))
   model = build_model(config, info)
@@ -94,6 +119,60 @@ def trained_model(args):
           data.test_labels[:args.n], eps)
 
 
+def reference_autoattack(args, x, y, eps):
+  """The reference AutoAttack-standard (L∞) on --torch-file's MNIST net and the same points.
+
+  Returns (wall seconds, robust accuracy, {attack: cumulative seconds it logged}), or None
+  (after saying why) when PyTorch or the package is missing.
+  """
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    print('reference AutoAttack: skipped, PyTorch is not installed')
+    return None
+  for package in ('autoattack', 'pyautoattack'):
+    try:
+      auto_attack = importlib.import_module(package).AutoAttack
+      break
+    except ImportError:
+      continue
+  else:
+    print('reference AutoAttack: skipped, neither autoattack (github.com/fra31/auto-attack) nor '
+          'pyautoattack (PyPI) is installed')
+    return None
+  if args.source != 'locuslab_mnist':
+    raise SystemExit('--reference: only --source=locuslab_mnist (the MNIST net) is defined in '
+                     'PyTorch here')
+  from torch_mnist_net import mnist_net  # pylint: disable=import-outside-toplevel
+  net = mnist_net()
+  net.load_state_dict(torch.load(args.torch_file, map_location='cpu'))
+  net.eval()
+  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+  yt = torch.from_numpy(np.asarray(y, np.int64))
+  adversary = auto_attack(net, norm='Linf', eps=eps, version='standard', seed=args.seed,
+                          device='cpu')
+  run = adversary.run_standard_evaluation
+  batch = {('bs' if 'bs' in inspect.signature(run).parameters else 'batch_size'):
+           args.batch_size}
+  log = io.StringIO()
+  handler = logging.StreamHandler(log)
+  logging.getLogger('auto-attack').addHandler(handler)
+  logging.getLogger('auto-attack').setLevel(logging.DEBUG)
+  try:
+    with contextlib.redirect_stdout(log):
+      t0 = time.time()
+      out = run(xt, yt, **batch)
+      wall = time.time() - t0
+  finally:
+    logging.getLogger('auto-attack').removeHandler(handler)
+  x_adv = out[0] if isinstance(out, tuple) else out
+  with torch.no_grad():
+    robust = (net(x_adv).argmax(1) == yt).float().mean().item()
+  times = {m[0]: float(m[2]) for m in re.findall(
+      r'robust accuracy after (\S+): ([\d.]+)% \(total time ([\d.]+) s\)', log.getvalue())}
+  return wall, robust, times
+
+
 COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
                   '/jax/core/compile/jaxpr_to_mlir_module_duration',
                   '/jax/core/compile/backend_compile_duration')
@@ -108,6 +187,9 @@ def main():
       compile_s[0] += duration
 
   monitoring.register_event_duration_secs_listener(count_compilation)
+  if args.torch_file:
+    args.workdir = convert(args.torch_file, os.path.join(tempfile.mkdtemp(), 'run'),
+                           source=args.source, dataset=args.dataset, eps=args.eps)
   model, ts, x, y, eps = (trained_model if args.workdir else random_model)(args)
   eps = args.eps if args.eps is not None else eps
   norms = args.norm.split(',')
@@ -147,13 +229,24 @@ def main():
     base = rows[f'pgd {norms[0]}'][1]
     print(f'run time relative to PGD-{args.pgd_steps}-{args.pgd_restarts} {norms[0]}: '
           + ', '.join(f'{name} {wall / base:.2f}x' for name, (_, wall, _) in rows.items()))
+  reference = None
+  if args.reference:
+    reference = reference_autoattack(args, x, y, eps)
+  if reference:
+    wall, robust, times = reference
+    ours = rows['aa_standard Linf']
+    print(f"{'reference AA':<16} {wall:>9.1f} {len(x) / wall:>9.2f} {'':>8} {'':>8} {'':>6} "
+          f"{robust:>7.3f} {'':>11}  cumulative: "
+          + '  '.join(f'{a} {t:.1f} s' for a, t in times.items()))
+    print(f"fat_jax AA-standard points/s / reference points/s: {wall / ours[1]:.2f}x "
+          f"(robust accuracy {ours[0]['robust_accuracy']:.3f} vs {robust:.3f})")
   if args.json:
-    write_json(args, x, eps, rows)
+    write_json(args, x, eps, rows, reference)
 
 
-def write_json(args, x, eps, rows) -> None:
+def write_json(args, x, eps, rows, reference) -> None:
   """The table as JSON: per suite its settings, run time (compilation subtracted), points/s,
-  passes per point, accuracies and per-attack times."""
+  passes per point, accuracies and per-attack times; the reference AutoAttack's when run."""
   n = len(x)
   out = {'devices': jax.device_count(), 'device_kind': jax.devices()[0].device_kind,
          'backend': jax.default_backend(), 'jax': jax.__version__, 'dtype': args.dtype,
@@ -171,6 +264,12 @@ def write_json(args, x, eps, rows) -> None:
          'aa_over_pgd_run_time': {
              norm: rows[f'aa_standard {norm}'][1] / rows[f'pgd {norm}'][1]
              for norm in args.norm.split(',')}}
+  if reference:
+    wall, robust, times = reference
+    out['reference_aa_standard'] = {
+        'run_s': wall, 'points_per_s': n / wall, 'robust_accuracy': robust,
+        'cumulative_s_by_attack': times,
+        'fat_jax_over_reference_points_per_s': wall / rows['aa_standard Linf'][1]}
   with open(args.json, 'w', encoding='utf-8') as f:
     json.dump(out, f, indent=1)
 

@@ -201,16 +201,12 @@ def score_batch(params, state, x, y, key, *, apply_fn, randomized: bool = False,
 
 
 def _bucket(m: int, batch_size: int, multiple: int = 1) -> int:
-  """Padded batch length: the smallest of batch_size, ⌈batch_size/4⌉, ⌈batch_size/16⌉, …
-  (each rounded up to a multiple of `multiple`, the devices of the data axis) that holds m
-  points (a few compilations per attack, at most 4× padding)."""
-  round_up = lambda v: -(-v // multiple) * multiple
-  size = batch_size
-  while True:
-    smaller = round_up(-(-size // 4))
-    if smaller >= size or smaller < m:
-      return size
-    size = smaller
+  """Padded batch length for m points: m rounded up to its three leading binary digits (at
+  most 25 % padding, at most four lengths per doubling of m, so few compilations per attack),
+  then to a multiple of `multiple` (the devices of the data axis), at most `batch_size`."""
+  step = 1 << max(m.bit_length() - 3, 0)
+  size = -(-m // step) * step
+  return min(-(-size // multiple) * multiple, batch_size)
 
 
 def _batches(idx: np.ndarray, batch_size: int, multiple: int = 1):
