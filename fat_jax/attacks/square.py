@@ -159,40 +159,63 @@ def image_view(x: jax.Array) -> jax.Array:
   return x.reshape(len(x), 1, -1, 1)
 
 
-def square_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, queries: int = 5000,
-                  p_init: float = 0.8, rescale_schedule: bool = False, norm: str = 'Linf',
-                  train: bool = False) -> SquareResult:
-  """Square Attack in the `norm` ball ('Linf' or 'L2') with at most `queries` model
-  queries per example.
+class SquareCarry(NamedTuple):
+  """Square's state between queries: the next query index, the current δ (N, H, W, C), its
+  margin, the queries used per example, the model state and the examples attacked."""
+  i: jax.Array
+  delta: jax.Array
+  best: jax.Array
+  used: jax.Array
+  state: object
+  active: jax.Array
 
-  δ is the lowest-margin point found (misclassified if the attack succeeded);
-  examples misclassified at x get δ = 0 and no queries. L2 needs images (NHWC or
-  NHW) of at least 5 × 5 pixels.
-  """
+
+def _margin_fn(apply_fn, params, x, y, train):
+  """δ (image view), state → (z_y − max_{i≠y} z_i at x + δ, the new state)."""
+  xi = image_view(x)
+
+  def margin(delta, st):
+    logits, st, _ = apply_fn(params, st, (xi + delta).reshape(x.shape), train)
+    return -margin_loss(logits, y), st
+  return margin
+
+
+def square_start(apply_fn: ApplyFn, params, state, x, y, key, *, eps, norm: str = 'Linf',
+                 train: bool = False) -> SquareCarry:
+  """Square's start (module doc) and its margin, before query 0; the examples misclassified
+  at x are not attacked."""
   check_eps(eps, norm)
   xi = image_view(x)
   n, height, width, channels = xi.shape
   if norm == 'L2' and min(height, width) < 5:
     raise ValueError(f'Square L2 needs images of at least 5 × 5 pixels (its start uses blocks '
                      f'of side H // 5), got x of shape {x.shape}; pass images as (N, H, W, C).')
-  sides = jnp.asarray(square_sides(p_init, height, width))
-  rows = jnp.arange(height)[None, :, None, None]
-  cols = jnp.arange(width)[None, None, :, None]
-
-  def margin(delta, st):  # z_y − max_{i≠y} z_i at x + δ, and the new state
-    logits, st, _ = apply_fn(params, st, (xi + delta).reshape(x.shape), train)
-    return -margin_loss(logits, y), st
-
   logits, state, _ = apply_fn(params, state, x, train)
   active = logits.argmax(-1) == y
-  init_key, key = jax.random.split(key)
+  init_key, _ = jax.random.split(key)
   if norm == 'L2':
     delta = _square_l2_start(init_key, xi, eps)
   else:
     stripes = jax.random.rademacher(init_key, (n, 1, width, channels), xi.dtype)
     delta = clip_to_box(xi, eps * stripes)
-  best, state = margin(delta, state)
-  used = active.astype(jnp.int32)
+  best, state = _margin_fn(apply_fn, params, x, y, train)(delta, state)
+  return SquareCarry(jnp.zeros((), jnp.int32), delta, best, active.astype(jnp.int32), state,
+                     active)
+
+
+def square_queries(apply_fn: ApplyFn, params, x, y, key, carry: SquareCarry, stop, *, eps,
+                   queries: int = 5000, p_init: float = 0.8, rescale_schedule: bool = False,
+                   norm: str = 'Linf', train: bool = False) -> SquareCarry:
+  """Queries carry.i, …, stop − 1 of a `queries`-query Square run (fewer when no example is
+  left), with the same `key` as `square_start`. Query i draws from ``fold_in(key', i)``, so
+  running 0…queries − 1 in pieces gives the same δ as in one call."""
+  xi = image_view(x)
+  n, height, width, channels = xi.shape
+  _, key = jax.random.split(key)
+  margin = _margin_fn(apply_fn, params, x, y, train)
+  sides = jnp.asarray(square_sides(p_init, height, width))
+  rows = jnp.arange(height)[None, :, None, None]
+  cols = jnp.arange(width)[None, None, :, None]
 
   def proposal_linf(i, delta):
     pos_key, sign_key = jax.random.split(jax.random.fold_in(key, i))
@@ -231,24 +254,50 @@ def square_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, queries: 
 
   proposal = proposal_l2 if norm == 'L2' else proposal_linf
 
-  def todo(best):
-    return active & (best > 0)
+  def keep_going(c: SquareCarry):
+    return (c.i < jnp.minimum(stop, queries)) & jnp.any(_todo(c))
 
-  def keep_going(carry):
-    i, _, best, _, _ = carry
-    return (i < queries) & jnp.any(todo(best))
+  def query(c: SquareCarry):
+    candidate = proposal(c.i, c.delta)
+    m, st = margin(candidate, c.state)
+    left = _todo(c)
+    accept = left & (m < c.best)   # a lower margin; with the margin loss this covers m ≤ 0
+    delta = jnp.where(accept[:, None, None, None], candidate, c.delta)
+    return c._replace(i=c.i + 1, delta=delta, best=jnp.where(accept, m, c.best),
+                      used=c.used + left, state=st)
 
-  def query(carry):
-    i, delta, best, used, st = carry
-    candidate = proposal(i, delta)
-    m, st = margin(candidate, st)
-    left = todo(best)
-    accept = left & (m < best)   # a lower margin; with the margin loss this covers m ≤ 0
-    delta = jnp.where(accept[:, None, None, None], candidate, delta)
-    return i + 1, delta, jnp.where(accept, m, best), used + left, st
+  return jax.lax.while_loop(keep_going, query, carry)
 
-  _, delta, _, used, state = jax.lax.while_loop(
-      keep_going, query, (jnp.zeros((), jnp.int32), delta, best, used, state))
-  delta = jnp.where(active[:, None, None, None], delta, 0.0).reshape(x.shape)
-  return SquareResult(jax.lax.stop_gradient(delta), state, used)
 
+def _todo(carry: SquareCarry) -> jax.Array:
+  """The examples still querying: attacked and not yet misclassified."""
+  return carry.active & (carry.best > 0)
+
+
+def square_done(carry: SquareCarry, queries: int) -> jax.Array:
+  """Whether the run has nothing left to do: all queries made or no example left."""
+  return (carry.i >= queries) | ~jnp.any(_todo(carry))
+
+
+def square_result(x, carry: SquareCarry) -> SquareResult:
+  """The `SquareResult` of a finished run: δ = 0 for the examples not attacked."""
+  delta = jnp.where(carry.active[:, None, None, None], carry.delta, 0.0).reshape(x.shape)
+  return SquareResult(jax.lax.stop_gradient(delta), carry.state, carry.used)
+
+
+def square_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, queries: int = 5000,
+                  p_init: float = 0.8, rescale_schedule: bool = False, norm: str = 'Linf',
+                  train: bool = False) -> SquareResult:
+  """Square Attack in the `norm` ball ('Linf' or 'L2') with at most `queries` model
+  queries per example.
+
+  δ is the lowest-margin point found (misclassified if the attack succeeded);
+  examples misclassified at x get δ = 0 and no queries. L2 needs images (NHWC or
+  NHW) of at least 5 × 5 pixels. In pieces: `square_start`, `square_queries`,
+  `square_result`.
+  """
+  carry = square_start(apply_fn, params, state, x, y, key, eps=eps, norm=norm, train=train)
+  carry = square_queries(apply_fn, params, x, y, key, carry, queries, eps=eps, queries=queries,
+                         p_init=p_init, rescale_schedule=rescale_schedule, norm=norm,
+                         train=train)
+  return square_result(x, carry)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from fat_jax.attacks import fgsm_attack, fosc_at, pgd_attack
 from fat_jax.data import augment, shard_batch
-from fat_jax.evaluate.restarts import pgd_by_restart
+from fat_jax.evaluate.pieces import pgd_by_restart
 from fat_jax.losses import accuracy
 from fat_jax.losses.feature_diff import feature_distance
 from fat_jax.parallel import to_host

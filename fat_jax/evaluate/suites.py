@@ -30,7 +30,7 @@ from fat_jax.data import shard_batch
 from fat_jax.evaluate.checks import run_sanity_checks, square_fits
 from fat_jax.evaluate.classifier import Classifier, as_classifier, count_classes
 from fat_jax.evaluate.output import format_table
-from fat_jax.evaluate.restarts import pgd_by_restart
+from fat_jax.evaluate.pieces import pgd_by_restart, square_by_chunk
 from fat_jax.losses import accuracy, cross_entropy
 from fat_jax.parallel import replicate, to_host
 
@@ -187,6 +187,18 @@ def pgd_batch_by_restart(params, state, x, y, key, eps, *, apply_fn, name: str,
   return delta, jnp.full((n,), forward, jnp.int32), jnp.full((n,), runs, jnp.int32)
 
 
+def square_batch_by_chunk(params, state, x, y, key, eps, *, apply_fn, options: SuiteOptions,
+                          on_chunk: Callable[[int], None] | None = None, norm: str = 'Linf'):
+  """`attack_batch` of 'square' (the same δ and counts), a chunk of queries per jitted call
+  (`square_by_chunk`), calling `on_chunk(queries run)` after each."""
+  o = options
+  result = square_by_chunk(apply_fn, params, state, x, y, key,
+                           eps=jnp.asarray(eps, jnp.float32), queries=o.square_queries,
+                           p_init=o.square_p_init, rescale_schedule=o.square_rescale_schedule,
+                           norm=norm, on_chunk=on_chunk)
+  return result.delta, 1 + result.queries, jnp.zeros((len(x),), jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=('apply_fn', 'randomized', 'draws'))
 def score_batch(params, state, x, y, key, *, apply_fn, randomized: bool = False, draws: int = 1):
   """Per example, the fraction of forwards classifying x correctly: one forward for a
@@ -301,6 +313,16 @@ class _Run:
                 apply_fn=attacker.apply_fn, name=name, options=options,
                 on_restart=(lambda: bar.update(per_restart)) if self.progress else None,
                 norm=self.norm)
+          elif name == 'square':   # the bar moves per chunk of queries
+            ran = [0]   # queries of this batch shown on the bar so far
+
+            def on_chunk(queries, n=len(chunk), ran=ran):
+              bar.update(n * (queries - ran[0]) / options.square_queries)
+              ran[0] = queries
+            delta, fwd, bwd = square_batch_by_chunk(
+                attacker.params, attacker.state, xb, yb, attack_key, eps,
+                apply_fn=attacker.apply_fn, options=options, on_chunk=on_chunk, norm=self.norm)
+            on_chunk(options.square_queries)   # a run that ended early: the rest at once
           else:
             delta, fwd, bwd = attack_batch(
                 attacker.params, attacker.state, xb, yb, attack_key, eps, unit,
@@ -322,7 +344,7 @@ class _Run:
                                       apply_fn=m.apply_fn, randomized=True, draws=1))[:n]
             single_draw[chunk] &= one > 0.5
             forward += n
-          if name not in ('pgd', 'pgd_margin'):
+          if name not in ('pgd', 'pgd_margin', 'square'):
             bar.update(n)
     return forward, backward
 

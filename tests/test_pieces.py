@@ -1,4 +1,5 @@
-"""The restart-by-restart PGD driver (progress per restart) gives the very δ of one call."""
+"""The piecewise drivers (PGD per restart, Square per chunk of queries: a progress bar moves per
+piece) give the very δ and counts of one call."""
 import dataclasses
 
 import jax
@@ -6,11 +7,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fat_jax.attacks import pgd_attack
+from fat_jax.attacks import pgd_attack, square_attack
 from fat_jax.data import DATASET_INFOS
 from fat_jax.evaluate.monitor import PGDSettings, evaluate_robustness, robust_flags
-from fat_jax.evaluate.restarts import pgd_by_restart
-from fat_jax.evaluate.suites import SuiteOptions, attack_batch, pgd_batch_by_restart
+from fat_jax.evaluate import pieces
+from fat_jax.evaluate.pieces import pgd_by_restart, square_by_chunk
+from fat_jax.evaluate.suites import (SuiteOptions, attack_batch, pgd_batch_by_restart,
+                                    square_batch_by_chunk)
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
 from fat_jax.parallel import make_data_mesh
@@ -52,6 +55,34 @@ def test_suite_batch_equals_attack_batch(problem, name='pgd'):
                        name=name, options=options)
   split = pgd_batch_by_restart(params, state, x, y, jax.random.key(4), EPS, apply_fn=apply_fn,
                                name=name, options=options)
+  for a, b in zip(split, whole):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize('norm,eps', [('Linf', EPS), ('L2', 0.5)])
+def test_square_by_chunk_equals_one_call(problem, monkeypatch, norm, eps):
+  monkeypatch.setattr(pieces, 'SQUARE_CHUNK', 7)
+  apply_fn, params, state, x, y = problem
+  kw = dict(eps=eps, queries=30, norm=norm)
+  one_call = jax.jit(lambda p, s, x, y, k: square_attack(apply_fn, p, s, x, y, k, **kw))(
+      params, state, x, y, jax.random.key(7))
+  calls = []
+  chunked = square_by_chunk(apply_fn, params, state, x, y, jax.random.key(7), on_chunk=calls.append,
+                            **kw)
+  assert calls == [7, 14, 21, 28, 30]
+  for a, b in ((chunked.delta, one_call.delta), (chunked.queries, one_call.queries)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert np.abs(np.asarray(one_call.delta)).max() > 0 and int(one_call.queries.max()) == 31  # the start + 30
+
+
+def test_suite_square_batch_equals_attack_batch(problem, monkeypatch):
+  monkeypatch.setattr(pieces, 'SQUARE_CHUNK', 16)
+  apply_fn, params, state, x, y = problem
+  options = dataclasses.replace(SuiteOptions(), square_queries=40, n_draws=0)
+  whole = attack_batch(params, state, x, y, jax.random.key(8), EPS, 0, apply_fn=apply_fn,
+                       name='square', options=options)
+  split = square_batch_by_chunk(params, state, x, y, jax.random.key(8), EPS, apply_fn=apply_fn,
+                                options=options)
   for a, b in zip(split, whole):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

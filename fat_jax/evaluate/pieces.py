@@ -1,0 +1,90 @@
+"""Long evaluation attacks run in pieces, one jitted call per piece, so that a progress bar moves.
+
+* `pgd_by_restart`: one restart per call; the same δ, bit for bit, as `pgd_attack` with
+  `train=False` (freeze_misclassified, uniform start) in one call: each call runs
+  `pgd_restart` and PGD's max-loss choice (`keep_higher_loss`) on the device.
+* `square_by_chunk`: `SQUARE_CHUNK` queries per call; the same δ and query counts, bit for
+  bit, as `square_attack` in one call (query i draws from ``fold_in(key, i)`` in both), and it
+  stops after the first piece that leaves no example to attack.
+
+Only the restart number or the query bound crosses from the host, so each (attack, batch
+shape) compiles once.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from fat_jax.attacks.core import check_eps
+from fat_jax.attacks.pgd import keep_higher_loss, pgd_restart
+from fat_jax.attacks.square import (SquareResult, square_done, square_queries, square_result,
+                                    square_start)
+
+SQUARE_CHUNK = 250   # queries per call: 20 pieces for AutoAttack's 5000
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'steps', 'loss', 'norm', 'select'))
+def _restart(params, state, x, y, key, restart, eps, alpha, best_delta, best_loss, *, apply_fn,
+             steps: int, loss: str, norm: str, select: bool):
+  delta, _ = pgd_restart(apply_fn, params, state, x, y, key, restart, eps=eps, alpha=alpha,
+                         steps=steps, loss=loss, norm=norm)
+  if not select:
+    return delta, best_loss
+  return keep_higher_loss(apply_fn, params, state, x, y, delta, best_delta, best_loss, loss=loss)
+
+
+def pgd_by_restart(apply_fn, params, state, x, y, key, *, eps, alpha, steps: int,
+                   restarts: int, loss: str = 'ce', norm: str = 'Linf',
+                   on_restart: Callable[[], None] | None = None) -> jnp.ndarray:
+  """δ of evaluation PGD-`steps`-`restarts` (`pgd_attack(..., train=False)`), one jitted
+  call per restart; with `on_restart`, each restart is waited for and then `on_restart()`
+  called (e.g. to move a progress bar). `eps` and `alpha` are device values or floats
+  (changing them does not recompile)."""
+  check_eps(eps, norm)
+  best_delta = jnp.zeros_like(x)
+  best_loss = jnp.full(x.shape[:1], -jnp.inf, jnp.float32)
+  for r in range(restarts):
+    best_delta, best_loss = _restart(params, state, x, y, key, r, eps, alpha, best_delta,
+                                     best_loss, apply_fn=apply_fn, steps=steps, loss=loss,
+                                     norm=norm, select=restarts > 1)
+    if on_restart is not None:
+      best_delta.block_until_ready()
+      on_restart()
+  return best_delta
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'norm'))
+def _square_start(params, state, x, y, key, eps, *, apply_fn, norm: str):
+  return square_start(apply_fn, params, state, x, y, key, eps=eps, norm=norm)
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'queries', 'p_init', 'rescale_schedule',
+                                             'norm'))
+def _square_chunk(params, x, y, key, carry, stop, eps, *, apply_fn, queries: int, p_init: float,
+                  rescale_schedule: bool, norm: str):
+  carry = square_queries(apply_fn, params, x, y, key, carry, stop, eps=eps, queries=queries,
+                         p_init=p_init, rescale_schedule=rescale_schedule, norm=norm)
+  return carry, square_done(carry, queries)
+
+
+def square_by_chunk(apply_fn, params, state, x, y, key, *, eps, queries: int = 5000,
+                    p_init: float = 0.8, rescale_schedule: bool = False, norm: str = 'Linf',
+                    on_chunk: Callable[[int], None] | None = None) -> SquareResult:
+  """`square_attack` (evaluation mode), `SQUARE_CHUNK` queries per jitted call, calling
+  `on_chunk(number of queries run so far)` after each (e.g. to move a progress bar); stops
+  after the first call that leaves no example to attack. `eps` is a device value or a float."""
+  check_eps(eps, norm)
+  carry = _square_start(params, state, x, y, key, eps, apply_fn=apply_fn, norm=norm)
+  for stop in range(SQUARE_CHUNK, queries + SQUARE_CHUNK, SQUARE_CHUNK):
+    stop = min(stop, queries)
+    carry, done = _square_chunk(params, x, y, key, carry, stop, eps, apply_fn=apply_fn,
+                                queries=queries, p_init=p_init,
+                                rescale_schedule=rescale_schedule, norm=norm)
+    if on_chunk is not None:
+      on_chunk(stop)
+    if bool(done):
+      break
+  return square_result(x, carry)
