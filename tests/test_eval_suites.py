@@ -259,9 +259,9 @@ def test_launch_eval_end_to_end(tmp_path):
 
 
 def test_survivor_batches_are_padded_by_at_most_a_quarter_to_few_lengths():
-  from fat_jax.evaluate.suites import _bucket  # pylint: disable=import-outside-toplevel
+  from fat_jax.evaluate.pieces import padded_length  # pylint: disable=import-outside-toplevel
   for batch_size, devices in ((500, 1), (512, 8), (64, 2)):
-    sizes = {m: _bucket(m, batch_size, devices) for m in range(1, batch_size + 1)}
+    sizes = {m: padded_length(m, batch_size, devices) for m in range(1, batch_size + 1)}
     for m, size in sizes.items():
       assert m <= size <= batch_size and size % devices == 0
       assert size <= max(1.25 * m, m + devices - 1), (m, size)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from fat_jax.attacks import fgsm_attack, fosc_at, pgd_attack
 from fat_jax.data import augment, shard_batch
-from fat_jax.evaluate.pieces import pgd_by_restart
+from fat_jax.evaluate.pieces import padded_length, pgd_by_restart
 from fat_jax.losses import accuracy
 from fat_jax.losses.feature_diff import feature_distance
 from fat_jax.parallel import to_host
@@ -70,7 +70,8 @@ def _to_unit_range(key, images):
 def evaluate_robustness(model, params, state, images, labels, settings: PGDSettings, *,
                         mesh, batch_size: int, seed: int = 0, desc: str = 'eval',
                         progress: bool = True) -> dict:
-  """Clean / FGSM / PGD accuracy over uint8 `images`, padded to whole batches.
+  """Clean / FGSM / PGD accuracy over uint8 `images` in batches of `batch_size`, the last one
+  padded with zeros to `padded_length`.
 
   Returns the accuracies, the per-point flags, the settings, the wall time and
   V_act = mean ‖M_i(x) − M_i(x + δ)‖₂ per feature node i (Zhao et al., "Catastrophic
@@ -84,7 +85,8 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
              disable=not progress, unit='restart')
   for i, lo in enumerate(range(0, n, batch_size)):
     x, y = images[lo:lo + batch_size], labels[lo:lo + batch_size]
-    pad = batch_size - len(x)
+    keep = len(x)
+    pad = padded_length(keep, batch_size, mesh.shape['data']) - keep
     x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
     y = np.concatenate([y, np.zeros((pad,), y.dtype)])
     xb, yb = shard_batch((x, y), mesh)
@@ -95,7 +97,7 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
                                restarts=settings.restarts,
                                on_restart=(lambda: bar.update(1)) if progress else None)
     out = robust_flags(model, settings, params, state, xb, yb, key, pgd_delta)
-    chunks.append(jax.tree.map(lambda v, keep=batch_size - pad: to_host(v)[:keep], out))
+    chunks.append(jax.tree.map(lambda v, keep=keep: to_host(v)[:keep], out))
   bar.close()
   merged = jax.tree.map(lambda *c: np.concatenate(c), *chunks)
   vact = {point: {node: float(v.mean()) for node, v in nodes.items()}

@@ -30,7 +30,7 @@ from fat_jax.data import shard_batch
 from fat_jax.evaluate.checks import run_sanity_checks, square_fits
 from fat_jax.evaluate.classifier import Classifier, as_classifier, count_classes
 from fat_jax.evaluate.output import format_table
-from fat_jax.evaluate.pieces import pgd_by_restart, square_by_chunk
+from fat_jax.evaluate.pieces import padded_length, pgd_by_restart, square_by_chunk
 from fat_jax.losses import accuracy, cross_entropy
 from fat_jax.parallel import replicate, to_host
 
@@ -212,20 +212,11 @@ def score_batch(params, state, x, y, key, *, apply_fn, randomized: bool = False,
   return jax.lax.fori_loop(0, draws, one_draw, jnp.zeros((len(x),), jnp.float32)) / draws
 
 
-def _bucket(m: int, batch_size: int, multiple: int = 1) -> int:
-  """Padded batch length for m points: m rounded up to its three leading binary digits (at
-  most 25 % padding, at most four lengths per doubling of m, so few compilations per attack),
-  then to a multiple of `multiple` (the devices of the data axis), at most `batch_size`."""
-  step = 1 << max(m.bit_length() - 3, 0)
-  size = -(-m // step) * step
-  return min(-(-size // multiple) * multiple, batch_size)
-
-
 def _batches(idx: np.ndarray, batch_size: int, multiple: int = 1):
   """(indices, padded length) of consecutive chunks of `idx`."""
   for lo in range(0, len(idx), batch_size):
     chunk = idx[lo:lo + batch_size]
-    yield chunk, _bucket(len(chunk), batch_size, multiple)
+    yield chunk, padded_length(len(chunk), batch_size, multiple)
 
 
 def _pad(a: np.ndarray, size: int) -> np.ndarray:
