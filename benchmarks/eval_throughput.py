@@ -31,9 +31,7 @@ accuracies (L∞; MNIST net only, the architecture defined in `benchmarks/torch_
 The reference runs its own sanity checks (a few forward passes); its per-attack times are
 the ones it logs. Without PyTorch or the package it says so and skips the reference.
 
-On CPU, XLA runs convolutions inside loops several times slower than outside
-(jax-ml/jax#12868); every attack here loops (PGD included), so the ratio is meaningful, the
-absolute CPU throughput much less so.
+docs/throughput.md has a run of each kind and what limits the CPU figures.
 """
 from __future__ import annotations
 

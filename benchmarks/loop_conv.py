@@ -13,7 +13,10 @@ APGD) on a fresh model, in interleaved rounds (median, seconds per step):
 
 each with JAX's own input-gradient convolution (``lax``: flax's default
 `lax.conv_general_dilated`, whose transpose labels the kernel 01oi) and with fat_jax's
-(``fat_jax``: `fat_jax.models.conv`, kernel 01io). The two give the same δ bit for bit.
+(``fat_jax``: `fat_jax.models.conv`, kernel 01io). The last column is the share of δ's
+entries equal to the Python loop's with fat_jax's convolution (differently compiled programs
+may round differently; a sign step turns a rounding difference at a zero gradient into a
+different entry).
 """
 from __future__ import annotations
 
@@ -87,8 +90,8 @@ def main():
     for name, fn in fns.items():
       results[(conv, name)] = np.asarray(jax.block_until_ready(fn(params, d0)))  # compiles
       runs[(conv, name)] = (fn, params, d0)
-  for key, value in results.items():
-    np.testing.assert_array_equal(value, results[('lax', 'python')], err_msg=str(key))
+  reference = results[('xla', 'python')]
+  same = {key: float(np.mean(value == reference)) for key, value in results.items()}
   times = {key: [] for key in runs}
   for _ in range(args.rounds):
     for key, (fn, params, d0) in runs.items():
@@ -97,11 +100,13 @@ def main():
       times[key].append((time.perf_counter() - t0) / args.steps)
   base = statistics.median(times[('xla', 'python')])
   print(f'{args.model} width {args.width}, {args.n} points, {args.steps} steps, '
-        f'{jax.devices()[0].device_kind}; all δ equal bit for bit')
-  print(f"{'loop':<16}{'convolution':<14}{'ms/step':>9}{'× fat_jax python':>18}")
+        f'{jax.devices()[0].device_kind}')
+  print(f"{'loop':<16}{'convolution':<14}{'ms/step':>9}{'× fat_jax python':>18}"
+        f"{'δ as fat_jax python':>21}")
   for (conv, name), ts in times.items():
     t = statistics.median(ts)
-    print(f"{name:<16}{'fat_jax' if conv == 'xla' else 'lax':<14}{t * 1e3:>9.2f}{t / base:>18.2f}")
+    print(f"{name:<16}{'fat_jax' if conv == 'xla' else 'lax':<14}{t * 1e3:>9.2f}{t / base:>18.2f}"
+          f"{same[(conv, name)]:>20.2%}")
 
 
 if __name__ == '__main__':

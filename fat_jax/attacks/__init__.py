@@ -16,16 +16,19 @@ from fat_jax.attacks.fgsm import fgsm_attack
 from fat_jax.attacks.fosc import fosc, fosc_at
 from fat_jax.attacks.mifgsm import mifgsm_attack
 from fat_jax.attacks.pgd import pgd_attack
-from fat_jax.attacks.square import SquareResult, square_attack
+from fat_jax.attacks.square import (SquareCarry, SquareResult, square_attack, square_queries,
+                                    square_result, square_start)
 from fat_jax.attacks.trades import kl_attack
 from fat_jax.attacks.zerograd import zero_small_gradients
 
-__all__ = ['NORMS', 'Attack', 'CWResult', 'DARTAttack', 'DeepFoolResult', 'InputGradient',
-           'LossGrad', 'Preprocessed', 'SquareResult', 'apgd_attack', 'apgd_checkpoints',
-           'apgd_targeted_attack', 'atas_step_sizes', 'bpda', 'clip_to_box', 'cw_l2_attack',
-           'dart_attack', 'dart_threshold', 'deepfool_attack', 'eot_loss_and_grad', 'fab_attack',
-           'fab_targeted_attack', 'fab_untargeted_attack', 'fgsm_attack', 'fosc', 'fosc_at',
-           'freeze_noise', 'init_perturbation', 'input_gradient', 'kl_attack', 'l2_step',
+__all__ = ['NORMS', 'Attack', 'CWResult', 'DARTAttack', 'DeepFoolResult',
+           'InputGradient', 'LossGrad', 'Preprocessed', 'SquareCarry', 'SquareResult',
+           'apgd_attack', 'apgd_checkpoints', 'apgd_targeted_attack', 'atas_step_sizes',
+           'bpda', 'clip_to_box', 'cw_l2_attack', 'dart_attack', 'dart_threshold',
+           'deepfool_attack', 'eot_loss_and_grad', 'fab_attack', 'fab_targeted_attack',
+           'fab_untargeted_attack', 'fgsm_attack', 'fosc', 'fosc_at', 'freeze_noise',
+           'init_perturbation', 'input_gradient', 'kl_attack', 'l2_step',
            'loss_and_grad', 'mifgsm_attack', 'pgd_attack', 'project_l2', 'project_linf',
-           'sign_step', 'square_attack', 'with_input_noise', 'with_preprocessing',
+           'sign_step', 'square_attack', 'square_queries', 'square_result',
+           'square_start', 'with_input_noise', 'with_preprocessing',
            'zero_small_gradients']
