@@ -1,5 +1,5 @@
-"""The piecewise drivers (PGD per restart, Square per chunk of queries: a progress bar moves per
-piece) give the very δ and counts of one call."""
+"""The piecewise drivers (PGD per restart, APGD per chunk of iterations, Square per chunk of
+queries: a progress bar moves per piece) give the very δ and counts of one call."""
 import dataclasses
 
 import jax
@@ -7,13 +7,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fat_jax.attacks import pgd_attack, square_attack
+from fat_jax.attacks import apgd_attack, pgd_attack, square_attack
 from fat_jax.data import DATASET_INFOS
 from fat_jax.evaluate.monitor import PGDSettings, evaluate_robustness, robust_flags
 from fat_jax.evaluate import pieces
-from fat_jax.evaluate.pieces import pgd_by_restart, square_by_chunk
-from fat_jax.evaluate.suites import (SuiteOptions, attack_batch, pgd_batch_by_restart,
-                                    square_batch_by_chunk)
+from fat_jax.evaluate.pieces import apgd_by_chunk, pgd_by_restart, square_by_chunk
+from fat_jax.evaluate.suites import (SuiteOptions, apgd_batch_by_chunk, attack_batch,
+                                    pgd_batch_by_restart, square_batch_by_chunk)
+from tests.test_apgd import noisy_problem
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
 from fat_jax.parallel import make_data_mesh
@@ -83,6 +84,48 @@ def test_suite_square_batch_equals_attack_batch(problem, monkeypatch):
                        name='square', options=options)
   split = square_batch_by_chunk(params, state, x, y, jax.random.key(8), EPS, apply_fn=apply_fn,
                                 options=options)
+  for a, b in zip(split, whole):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize('loss,restarts', [('ce', 2), ('dlr', 1)])
+def test_apgd_by_chunk_equals_one_call(problem, monkeypatch, loss, restarts):
+  monkeypatch.setattr(pieces, 'APGD_CHUNK', 4)
+  apply_fn, params, state, x, y = problem
+  kw = dict(eps=EPS, steps=10, restarts=restarts, loss=loss)
+  one_call = jax.jit(lambda p, s, x, y, k: apgd_attack(apply_fn, p, s, x, y, k, **kw).delta)(
+      params, state, x, y, jax.random.key(9))
+  calls = []
+  chunked = apgd_by_chunk(apply_fn, params, state, x, y, jax.random.key(9),
+                          on_chunk=calls.append, **kw)
+  assert calls[:4] == [4, 8, 10, 10] and calls[-1] == 10 * restarts
+  np.testing.assert_array_equal(np.asarray(chunked), np.asarray(one_call))
+  assert np.abs(np.asarray(one_call)).max() > 0
+
+
+@pytest.mark.parametrize('name,rank', [('apgd-ce', 0), ('apgd-t', 1), ('apgd-dlr', 0)])
+def test_suite_apgd_batch_equals_attack_batch(problem, monkeypatch, name, rank):
+  monkeypatch.setattr(pieces, 'APGD_CHUNK', 3)
+  apply_fn, params, state, x, y = problem
+  options = dataclasses.replace(SuiteOptions(), apgd_steps=7, apgd_restarts=2, n_draws=0)
+  whole = attack_batch(params, state, x, y, jax.random.key(10), EPS, rank, apply_fn=apply_fn,
+                       name=name, options=options)
+  done = []
+  split = apgd_batch_by_chunk(params, state, x, y, jax.random.key(10), EPS, rank,
+                              apply_fn=apply_fn, name=name, options=options,
+                              on_chunk=done.append)
+  assert done[-1] == 1.0 and done == sorted(done)
+  for a, b in zip(split, whole):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_suite_apgd_batch_equals_attack_batch_with_eot():
+  noisy, params, x, y = noisy_problem()
+  options = dataclasses.replace(SuiteOptions(), apgd_steps=5, eot_samples=3, n_draws=0)
+  args = (params, {}, x, y, jax.random.key(11), 0.1, 0)
+  whole = attack_batch(*args, apply_fn=noisy, name='apgd-ce', options=options, randomized=True)
+  split = apgd_batch_by_chunk(*args, apply_fn=noisy, name='apgd-ce', options=options,
+                              randomized=True)
   for a, b in zip(split, whole):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

@@ -117,21 +117,29 @@ def apgd_step(x, delta, delta_old, grad, step, a, *, eps, norm: str = 'Linf'):
   return clip_to_box(x, project(delta + a * (z - delta) + (1 - a) * (delta - delta_old), eps))
 
 
-def _apgd_run(gradient, misclassified, x, key, *, eps, steps: int, rho: float, state,
-              norm: str) -> _Run:
-  """One APGD run; `gradient(delta, key, state) -> LossGrad` at x + δ,
-  `misclassified(logits)` the per-example success test."""
+def apgd_start(gradient, misclassified, x, key, *, eps, state, norm: str) -> dict:
+  """The carry of one APGD run before iteration 0: the sphere start, its gradient and the
+  bookkeeping; `gradient(delta, key, state) -> LossGrad` at x + δ, `misclassified(logits)` the
+  per-example success test."""
   start_key, draw_key = jax.random.split(key)
-  is_check, window = map(jnp.asarray, _check_tables(steps))
   delta = _sphere_start(start_key, x, eps, norm)
   g = gradient(delta, jax.random.fold_in(draw_key, 0), state)
-  wrong = misclassified(g.logits)
   n = len(x)
-  carry = dict(
+  return dict(
       delta=delta, delta_old=delta, grad=g.grad, step=jnp.full((n,), 2.0, x.dtype) * eps,
-      delta_best=delta, grad_best=g.grad, loss_best=g.loss, fooled=wrong, delta_adv=delta,
-      loss_prev=jnp.zeros((n,), g.loss.dtype), increases=jnp.zeros((n,), jnp.float32),
-      loss_best_check=g.loss, reduced_check=jnp.ones((n,), bool), state=g.state)
+      delta_best=delta, grad_best=g.grad, loss_best=g.loss, fooled=misclassified(g.logits),
+      delta_adv=delta, loss_prev=jnp.zeros((n,), g.loss.dtype),
+      increases=jnp.zeros((n,), jnp.float32), loss_best_check=g.loss,
+      reduced_check=jnp.ones((n,), bool), state=g.state)
+
+
+def apgd_iterations(gradient, misclassified, x, key, carry: dict, lo, hi, *, eps, steps: int,
+                    rho: float, norm: str) -> dict:
+  """Iterations lo, …, hi − 1 of an APGD run of `steps` iterations (module doc), with the
+  run's `key` as in `apgd_start`; iteration k draws from ``fold_in(key', k + 1)`` and reads the
+  checkpoint tables at k, so running 0…steps − 1 in pieces gives the same carry."""
+  _, draw_key = jax.random.split(key)
+  is_check, window = map(jnp.asarray, _check_tables(steps))
 
   def iteration(k, c):
     a = jnp.where(k > 0, MOMENTUM, 1.0)
@@ -160,13 +168,29 @@ def _apgd_run(gradient, misclassified, x, key, *, eps, steps: int, rho: float, s
         reduced_check=jnp.where(check, oscillating | stalled, c['reduced_check']),
         state=g.state)
 
-  c = jax.lax.fori_loop(0, steps, iteration, carry)
-  return _Run(c['delta_best'], c['fooled'], c['loss_best'], c['delta_adv'], c['state'])
+  return jax.lax.fori_loop(lo, hi, iteration, carry)
+
+
+def apgd_run_result(carry: dict) -> _Run:
+  """A finished run's result."""
+  return _Run(carry['delta_best'], carry['fooled'], carry['loss_best'], carry['delta_adv'],
+              carry['state'])
+
+
+def apgd_merge(run: _Run, x, delta_out, fooled, best_loss):
+  """(δ, fooled, best loss) after `run` on the examples not yet fooled: a newly fooled example
+  takes the run's misclassified point, another one its best point if its loss is higher."""
+  newly = ~fooled & run.fooled
+  better = ~fooled & ~run.fooled & (run.loss_best > best_loss)
+  delta_out = jnp.where(_expand(newly, x), run.delta_adv,
+                        jnp.where(_expand(better, x), run.delta_best, delta_out))
+  return delta_out, fooled | run.fooled, jnp.where(better, run.loss_best, best_loss)
 
 
 def _apgd_runs(gradient_for_run, misclassified, x, key, fooled, state, *, runs: int, eps,
                steps: int, rho: float, norm: str):
-  """`runs` APGD runs; run r uses `gradient_for_run(r)` and only changes examples not yet fooled.
+  """`runs` APGD runs; run r uses `gradient_for_run(r)` and the key ``fold_in(key, r)``, and
+  only changes examples not yet fooled.
 
   Returns (δ, state): for fooled examples the misclassified point of the
   first successful run, for the others the highest-loss point over the runs. A
@@ -176,20 +200,17 @@ def _apgd_runs(gradient_for_run, misclassified, x, key, fooled, state, *, runs: 
     delta_out, fooled, best_loss, st = carry
 
     def attack(st):
-      return _apgd_run(gradient_for_run(r), misclassified, x, jax.random.fold_in(key, r),
-                       eps=eps, steps=steps, rho=rho, state=st, norm=norm)
+      gradient, run_key = gradient_for_run(r), jax.random.fold_in(key, r)
+      c = apgd_start(gradient, misclassified, x, run_key, eps=eps, state=st, norm=norm)
+      return apgd_run_result(apgd_iterations(gradient, misclassified, x, run_key, c, 0, steps,
+                                             eps=eps, steps=steps, rho=rho, norm=norm))
 
     def skip(st):
       zeros = jnp.zeros_like(x)
       return _Run(zeros, jnp.zeros_like(fooled), jnp.full_like(best_loss, -jnp.inf), zeros, st)
 
     run = jax.lax.cond(jnp.all(fooled), skip, attack, st)
-    newly = ~fooled & run.fooled
-    better = ~fooled & ~run.fooled & (run.loss_best > best_loss)
-    delta_out = jnp.where(_expand(newly, x), run.delta_adv,
-                          jnp.where(_expand(better, x), run.delta_best, delta_out))
-    return (delta_out, fooled | run.fooled, jnp.where(better, run.loss_best, best_loss),
-            run.state)
+    return (*apgd_merge(run, x, delta_out, fooled, best_loss), run.state)
 
   init = (jnp.zeros_like(x), fooled, jnp.full(fooled.shape, -jnp.inf, jnp.float32), state)
   delta, _, _, state = jax.lax.fori_loop(0, runs, one_run, init)
@@ -204,11 +225,26 @@ def _misclassified_fn(y, randomized: bool):
   return lambda logits: logits.argmax(-1) != y
 
 
-def _gradient_fn(apply_fn, params, x, loss_fn, *, train, randomized, eot_samples):
+def apgd_functions(apply_fn, params, x, y, *, loss: str = 'ce', target=None, train: bool = False,
+                   randomized: bool = False, eot_samples: int = 1):
+  """(gradient, misclassified) of an APGD run on `loss`: ``gradient(delta, key, state) ->
+  LossGrad`` at x + δ (EOT over `eot_samples` draws when `randomized`) and the success test."""
+  loss_fn = attack_loss(loss, y, target)
+
   def gradient(delta, key, st):
     return randomized_gradient(apply_fn, params, st, x + delta, loss_fn, key,
                                randomized=randomized, samples=eot_samples, train=train)
-  return gradient
+  return gradient, _misclassified_fn(y, randomized)
+
+
+def apgd_clean(apply_fn, params, state, x, y, key, *, train: bool = False,
+               randomized: bool = False):
+  """What APGD decides at x before its runs: (examples already fooled, state, the runs' key;
+  run r uses ``fold_in(runs' key, r)``)."""
+  clean_key, key = jax.random.split(key)
+  logits, state = randomized_logits(apply_fn, params, state, x, clean_key,
+                                    randomized=randomized, train=train)
+  return _misclassified_fn(y, randomized)(logits), state, key
 
 
 def apgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, steps: int = 100,
@@ -229,17 +265,18 @@ def apgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, steps: int 
   `fat_jax.attacks.eot`), every example is attacked and gets its highest-loss
   point (a single draw's misclassification decides nothing; score the result
   over many draws). `train` is the BatchNorm mode (evaluation: False).
+
+  In pieces: `apgd_clean`, then per run `apgd_start`, `apgd_iterations`, `apgd_run_result`
+  and `apgd_merge`.
   """
   check_eps(eps, norm)
-  loss_fn = attack_loss(loss, y, target)
-  gradient = _gradient_fn(apply_fn, params, x, loss_fn, train=train, randomized=randomized,
-                          eot_samples=eot_samples)
-  clean_key, key = jax.random.split(key)
-  logits, state = randomized_logits(apply_fn, params, state, x, clean_key,
-                                    randomized=randomized, train=train)
-  misclassified = _misclassified_fn(y, randomized)
-  delta, state = _apgd_runs(lambda r: gradient, misclassified, x, key, misclassified(logits),
-                               state, runs=restarts, eps=eps, steps=steps, rho=rho, norm=norm)
+  gradient, misclassified = apgd_functions(apply_fn, params, x, y, loss=loss, target=target,
+                                           train=train, randomized=randomized,
+                                           eot_samples=eot_samples)
+  fooled, state, key = apgd_clean(apply_fn, params, state, x, y, key, train=train,
+                                  randomized=randomized)
+  delta, state = _apgd_runs(lambda r: gradient, misclassified, x, key, fooled, state,
+                            runs=restarts, eps=eps, steps=steps, rho=rho, norm=norm)
   return Attack(delta, state)
 
 
@@ -265,9 +302,9 @@ def apgd_targeted_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, st
   targets = top_targets(logits, n_target_classes)
 
   def gradient_for_run(r):
-    loss_fn = attack_loss('dlr_targeted', y, targets[:, r // restarts])
-    return _gradient_fn(apply_fn, params, x, loss_fn, train=train, randomized=randomized,
-                        eot_samples=eot_samples)
+    return apgd_functions(apply_fn, params, x, y, loss='dlr_targeted',
+                          target=targets[:, r // restarts], train=train, randomized=randomized,
+                          eot_samples=eot_samples)[0]
 
   misclassified = _misclassified_fn(y, randomized)
   delta, state = _apgd_runs(gradient_for_run, misclassified, x, key, misclassified(logits),

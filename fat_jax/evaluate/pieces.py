@@ -3,11 +3,14 @@
 * `pgd_by_restart`: one restart per call; the same δ, bit for bit, as `pgd_attack` with
   `train=False` (freeze_misclassified, uniform start) in one call: each call runs
   `pgd_restart` and PGD's max-loss choice (`keep_higher_loss`) on the device.
+* `apgd_by_chunk`: `APGD_CHUNK` iterations per call; the same δ, bit for bit, as `apgd_attack`
+  with `train=False` in one call (iteration k of run r draws from the same keys and reads the
+  same checkpoint tables); a run is skipped when every example is already fooled.
 * `square_by_chunk`: `SQUARE_CHUNK` queries per call; the same δ and query counts, bit for
   bit, as `square_attack` in one call (query i draws from ``fold_in(key, i)`` in both), and it
   stops after the first piece that leaves no example to attack.
 
-Only the restart number or the query bound crosses from the host, so each (attack, batch
+Only the restart number or the bounds of a piece cross from the host, so each (attack, batch
 shape) compiles once.
 """
 from __future__ import annotations
@@ -18,11 +21,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from fat_jax.attacks.apgd import (apgd_clean, apgd_functions, apgd_iterations, apgd_merge,
+                                  apgd_run_result, apgd_start)
 from fat_jax.attacks.core import check_eps
 from fat_jax.attacks.pgd import keep_higher_loss, pgd_restart
 from fat_jax.attacks.square import (SquareResult, square_done, square_queries, square_result,
                                     square_start)
 
+APGD_CHUNK = 25      # iterations per call: 4 pieces for AutoAttack's 100
 SQUARE_CHUNK = 250   # queries per call: 20 pieces for AutoAttack's 5000
 
 
@@ -97,3 +103,64 @@ def square_by_chunk(apply_fn, params, state, x, y, key, *, eps, queries: int = 5
     if bool(done):
       break
   return square_result(x, carry)
+
+
+_APGD_STATIC = ('apply_fn', 'loss', 'randomized', 'eot_samples', 'norm')
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'randomized'))
+def _apgd_clean(params, state, x, y, key, *, apply_fn, randomized: bool):
+  return apgd_clean(apply_fn, params, state, x, y, key, randomized=randomized)
+
+
+@functools.partial(jax.jit, static_argnames=_APGD_STATIC)
+def _apgd_start(params, state, x, y, target, key, eps, *, apply_fn, loss: str, randomized: bool,
+                eot_samples: int, norm: str):
+  gradient, misclassified = apgd_functions(apply_fn, params, x, y, loss=loss, target=target,
+                                           randomized=randomized, eot_samples=eot_samples)
+  return apgd_start(gradient, misclassified, x, key, eps=eps, state=state, norm=norm)
+
+
+@functools.partial(jax.jit, static_argnames=_APGD_STATIC + ('steps', 'rho'))
+def _apgd_chunk(params, x, y, target, key, carry, lo, hi, eps, *, apply_fn, loss: str,
+                randomized: bool, eot_samples: int, norm: str, steps: int, rho: float):
+  gradient, misclassified = apgd_functions(apply_fn, params, x, y, loss=loss, target=target,
+                                           randomized=randomized, eot_samples=eot_samples)
+  return apgd_iterations(gradient, misclassified, x, key, carry, lo, hi, eps=eps, steps=steps,
+                         rho=rho, norm=norm)
+
+
+@jax.jit
+def _apgd_merge(carry, x, delta, fooled, best_loss):
+  run = apgd_run_result(carry)
+  return apgd_merge(run, x, delta, fooled, best_loss), run.state
+
+
+def apgd_by_chunk(apply_fn, params, state, x, y, key, *, eps, steps: int = 100,
+                  restarts: int = 1, loss: str = 'ce', target=None, rho: float = 0.75,
+                  norm: str = 'Linf', randomized: bool = False, eot_samples: int = 1,
+                  on_chunk: Callable[[int], None] | None = None) -> jnp.ndarray:
+  """δ of `apgd_attack` (evaluation mode), `APGD_CHUNK` iterations per jitted call, calling
+  `on_chunk(iterations run or skipped so far, over all restarts)` after each piece.
+  `eps` is a device value or a float."""
+  check_eps(eps, norm)
+  fooled, state, runs_key = _apgd_clean(params, state, x, y, key, apply_fn=apply_fn,
+                                        randomized=randomized)
+  delta = jnp.zeros_like(x)
+  best_loss = jnp.full(fooled.shape, -jnp.inf, jnp.float32)
+  fixed = dict(apply_fn=apply_fn, loss=loss, randomized=randomized, eot_samples=eot_samples,
+               norm=norm)
+  for r in range(restarts):
+    if not bool(jnp.all(fooled)):
+      run_key = jax.random.fold_in(runs_key, r)
+      carry = _apgd_start(params, state, x, y, target, run_key, eps, **fixed)
+      for lo in range(0, steps, APGD_CHUNK):
+        hi = min(lo + APGD_CHUNK, steps)
+        carry = _apgd_chunk(params, x, y, target, run_key, carry, lo, hi, eps, steps=steps,
+                            rho=rho, **fixed)
+        if on_chunk is not None:
+          on_chunk(r * steps + hi)
+      (delta, fooled, best_loss), state = _apgd_merge(carry, x, delta, fooled, best_loss)
+    if on_chunk is not None:
+      on_chunk((r + 1) * steps)
+  return jax.lax.stop_gradient(delta)

@@ -30,7 +30,8 @@ from fat_jax.data import shard_batch
 from fat_jax.evaluate.checks import run_sanity_checks, square_fits
 from fat_jax.evaluate.classifier import Classifier, as_classifier, count_classes
 from fat_jax.evaluate.output import format_table
-from fat_jax.evaluate.pieces import padded_length, pgd_by_restart, square_by_chunk
+from fat_jax.evaluate.pieces import (apgd_by_chunk, padded_length, pgd_by_restart,
+                                    square_by_chunk)
 from fat_jax.losses import accuracy, cross_entropy
 from fat_jax.parallel import replicate, to_host
 
@@ -140,8 +141,8 @@ def attack_batch(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
     return delta, result.steps + 1, result.steps * classes
   target, ranking = None, 0
   if name in TARGETED:
-    logits, _ = randomized_logits(apply_fn, params, state, x, key, randomized=randomized)
-    target, ranking = jnp.take(top_targets(logits, o.n_target_classes), rank, axis=1), 1
+    target, ranking = _target(params, state, x, key, rank, apply_fn=apply_fn,
+                              randomized=randomized, n_target_classes=o.n_target_classes), 1
   if name in APGD_LOSS:
     restarts = (o.apgd_t_restarts or o.apgd_restarts) if name == 'apgd-t' else o.apgd_restarts
     delta = apgd_attack(apply_fn, params, state, x, y, key, eps=eps, steps=o.apgd_steps,
@@ -187,15 +188,46 @@ def pgd_batch_by_restart(params, state, x, y, key, eps, *, apply_fn, name: str,
   return delta, jnp.full((n,), forward, jnp.int32), jnp.full((n,), runs, jnp.int32)
 
 
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'randomized', 'n_target_classes'))
+def _target(params, state, x, key, rank, *, apply_fn, randomized: bool, n_target_classes: int):
+  """Class number rank + 2 by the clean logits: the target of a targeted attack's unit."""
+  logits, _ = randomized_logits(apply_fn, params, state, x, key, randomized=randomized)
+  return jnp.take(top_targets(logits, n_target_classes), rank, axis=1)
+
+
+def apgd_batch_by_chunk(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
+                        options: SuiteOptions, randomized: bool = False,
+                        on_chunk: Callable[[float], None] | None = None, norm: str = 'Linf'):
+  """`attack_batch` of an APGD attack (the same δ and counts), a chunk of iterations per
+  jitted call (`apgd_by_chunk`), calling `on_chunk(fraction done)` after each."""
+  o, n = options, len(x)
+  k = o.eot_samples if randomized else 1
+  target, ranking = None, 0
+  if name in TARGETED:
+    target, ranking = _target(params, state, x, key, rank, apply_fn=apply_fn,
+                              randomized=randomized, n_target_classes=o.n_target_classes), 1
+  restarts = (o.apgd_t_restarts or o.apgd_restarts) if name == 'apgd-t' else o.apgd_restarts
+  delta = apgd_by_chunk(
+      apply_fn, params, state, x, y, key, eps=jnp.asarray(eps, jnp.float32), steps=o.apgd_steps,
+      restarts=restarts, loss=APGD_LOSS[name], target=target, rho=o.apgd_rho, norm=norm,
+      randomized=randomized, eot_samples=k,
+      on_chunk=None if on_chunk is None else (
+          lambda done: on_chunk(done / (restarts * o.apgd_steps))))
+  runs = restarts * (o.apgd_steps + 1) * k
+  return (delta, jnp.full((n,), ranking + 1 + runs, jnp.int32),
+          jnp.full((n,), runs, jnp.int32))
+
+
 def square_batch_by_chunk(params, state, x, y, key, eps, *, apply_fn, options: SuiteOptions,
-                          on_chunk: Callable[[int], None] | None = None, norm: str = 'Linf'):
+                          on_chunk: Callable[[float], None] | None = None, norm: str = 'Linf'):
   """`attack_batch` of 'square' (the same δ and counts), a chunk of queries per jitted call
-  (`square_by_chunk`), calling `on_chunk(queries run)` after each."""
+  (`square_by_chunk`), calling `on_chunk(fraction done)` after each."""
   o = options
   result = square_by_chunk(apply_fn, params, state, x, y, key,
                            eps=jnp.asarray(eps, jnp.float32), queries=o.square_queries,
                            p_init=o.square_p_init, rescale_schedule=o.square_rescale_schedule,
-                           norm=norm, on_chunk=on_chunk)
+                           norm=norm, on_chunk=None if on_chunk is None else (
+                               lambda done: on_chunk(done / o.square_queries)))
   return result.delta, 1 + result.queries, jnp.zeros((len(x),), jnp.int32)
 
 
@@ -304,16 +336,23 @@ class _Run:
                 apply_fn=attacker.apply_fn, name=name, options=options,
                 on_restart=(lambda: bar.update(per_restart)) if self.progress else None,
                 norm=self.norm)
-          elif name == 'square':   # the bar moves per chunk of queries
-            ran = [0]   # queries of this batch shown on the bar so far
+          elif name == 'square' or name in APGD_LOSS:   # the bar moves per chunk of steps
+            shown = [0.0]   # fraction of this batch shown on the bar so far
 
-            def on_chunk(queries, n=len(chunk), ran=ran):
-              bar.update(n * (queries - ran[0]) / options.square_queries)
-              ran[0] = queries
-            delta, fwd, bwd = square_batch_by_chunk(
-                attacker.params, attacker.state, xb, yb, attack_key, eps,
-                apply_fn=attacker.apply_fn, options=options, on_chunk=on_chunk, norm=self.norm)
-            on_chunk(options.square_queries)   # a run that ended early: the rest at once
+            def on_chunk(done, n=len(chunk), shown=shown):
+              bar.update(n * (done - shown[0]))
+              shown[0] = done
+            if name == 'square':
+              delta, fwd, bwd = square_batch_by_chunk(
+                  attacker.params, attacker.state, xb, yb, attack_key, eps,
+                  apply_fn=attacker.apply_fn, options=options, on_chunk=on_chunk,
+                  norm=self.norm)
+            else:
+              delta, fwd, bwd = apgd_batch_by_chunk(
+                  attacker.params, attacker.state, xb, yb, attack_key, eps, unit,
+                  apply_fn=attacker.apply_fn, name=name, options=options,
+                  randomized=attacker.randomized, on_chunk=on_chunk, norm=self.norm)
+            on_chunk(1.0)   # a run that ended early: the rest at once
           else:
             delta, fwd, bwd = attack_batch(
                 attacker.params, attacker.state, xb, yb, attack_key, eps, unit,
@@ -335,7 +374,7 @@ class _Run:
                                       apply_fn=m.apply_fn, randomized=True, draws=1))[:n]
             single_draw[chunk] &= one > 0.5
             forward += n
-          if name not in ('pgd', 'pgd_margin', 'square'):
+          if name not in ('pgd', 'pgd_margin', 'square') and name not in APGD_LOSS:
             bar.update(n)
     return forward, backward
 
