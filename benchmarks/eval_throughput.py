@@ -142,27 +142,33 @@ def reference_autoattack(args, x, y, eps):
     raise SystemExit('--reference: only --source=locuslab_mnist (the MNIST net) is defined in '
                      'PyTorch here')
   from torch_mnist_net import mnist_net  # pylint: disable=import-outside-toplevel
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'   # where fat_jax runs, on a GPU
   net = mnist_net()
   net.load_state_dict(torch.load(args.torch_file, map_location='cpu'))
-  net.eval()
-  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-  yt = torch.from_numpy(np.asarray(y, np.int64))
+  net = net.to(device).eval()
+  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
+  yt = torch.from_numpy(np.asarray(y, np.int64)).to(device)
   adversary = auto_attack(net, norm='Linf', eps=eps, version='standard', seed=args.seed,
-                          device='cpu')
+                          device=device)
   run = adversary.run_standard_evaluation
   batch = {('bs' if 'bs' in inspect.signature(run).parameters else 'batch_size'):
            args.batch_size}
-  log = io.StringIO()
-  handler = logging.StreamHandler(log)
-  logging.getLogger('auto-attack').addHandler(handler)
-  logging.getLogger('auto-attack').setLevel(logging.DEBUG)
+  log, logger = io.StringIO(), logging.getLogger('auto-attack')
+  handler, propagate, level = logging.StreamHandler(log), logger.propagate, logger.level
+  logger.addHandler(handler)
+  logger.setLevel(logging.DEBUG)
+  logger.propagate = False   # its per-attack lines are parsed, not printed
   try:
     with contextlib.redirect_stdout(log):
       t0 = time.time()
       out = run(xt, yt, **batch)
+      if device == 'cuda':
+        torch.cuda.synchronize()
       wall = time.time() - t0
   finally:
-    logging.getLogger('auto-attack').removeHandler(handler)
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = propagate
   x_adv = out[0] if isinstance(out, tuple) else out
   with torch.no_grad():
     robust = (net(x_adv).argmax(1) == yt).float().mean().item()

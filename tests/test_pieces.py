@@ -10,7 +10,7 @@ import pytest
 from fat_jax.attacks import apgd_attack, pgd_attack, square_attack
 from fat_jax.data import DATASET_INFOS
 from fat_jax.evaluate.monitor import PGDSettings, evaluate_robustness, robust_flags
-from fat_jax.evaluate import pieces
+from fat_jax.evaluate import evaluate, pieces, suites
 from fat_jax.evaluate.pieces import apgd_by_chunk, pgd_by_restart, square_by_chunk
 from fat_jax.evaluate.suites import (SuiteOptions, apgd_batch_by_chunk, attack_batch,
                                     pgd_batch_by_restart, square_batch_by_chunk)
@@ -128,6 +128,27 @@ def test_suite_apgd_batch_equals_attack_batch_with_eot():
                               randomized=True)
   for a, b in zip(split, whole):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_evaluate_with_a_progress_bar_runs_in_pieces_and_gives_the_same_report(problem,
+                                                                                monkeypatch):
+  monkeypatch.setattr(pieces, 'APGD_CHUNK', 2)
+  monkeypatch.setattr(pieces, 'SQUARE_CHUNK', 8)
+  calls = []
+  for driver in (apgd_by_chunk, square_by_chunk):
+    monkeypatch.setattr(suites, driver.__name__,
+                        lambda *a, driver=driver, **k: calls.append(driver.__name__)
+                        or driver(*a, **k))
+  apply_fn, params, state, x, y = problem
+  kw = dict(suite='aa_standard', eps=EPS, apgd_steps=5, fab_steps=3, square_queries=20,
+            checks=False, verbose=False, batch_size=8)
+  with_bar = evaluate(apply_fn, params, state, x, y, progress=True, **kw)
+  assert {'apgd_by_chunk', 'square_by_chunk'} <= set(calls)   # the pieces ran
+  without = evaluate(apply_fn, params, state, x, y, progress=False, **kw)
+  for field in ('scores', 'x_adv'):
+    np.testing.assert_array_equal(with_bar[field], without[field])
+  assert with_bar['forward_passes'] == without['forward_passes']
+  assert with_bar['robust_accuracy_by_attack'] == without['robust_accuracy_by_attack']
 
 
 def test_monitor_equals_one_call(problem):

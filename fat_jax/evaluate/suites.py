@@ -321,6 +321,9 @@ class _Run:
         lambda: (scores > 0) | single_draw)
     targets = lambda: np.arange(len(scores)) if every_point else np.flatnonzero(flagged())
     forward = backward = 0
+    # With a progress bar, APGD and Square run in pieces (the same result) so that it moves
+    # inside a batch; without one, in one call (one program to compile).
+    in_pieces = self.progress and (name == 'square' or name in APGD_LOSS)
     with tqdm(total=units * len(targets()), desc=name, leave=False, unit='pt',
               disable=not self.progress) as bar:
       for unit in range(units):
@@ -336,7 +339,7 @@ class _Run:
                 apply_fn=attacker.apply_fn, name=name, options=options,
                 on_restart=(lambda: bar.update(per_restart)) if self.progress else None,
                 norm=self.norm)
-          elif name == 'square' or name in APGD_LOSS:   # the bar moves per chunk of steps
+          elif in_pieces:   # the bar moves per chunk of steps
             shown = [0.0]   # fraction of this batch shown on the bar so far
 
             def on_chunk(done, n=len(chunk), shown=shown):
@@ -374,7 +377,7 @@ class _Run:
                                       apply_fn=m.apply_fn, randomized=True, draws=1))[:n]
             single_draw[chunk] &= one > 0.5
             forward += n
-          if name not in ('pgd', 'pgd_margin', 'square') and name not in APGD_LOSS:
+          if name not in ('pgd', 'pgd_margin') and not in_pieces:
             bar.update(n)
     return forward, backward
 
