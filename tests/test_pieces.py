@@ -140,8 +140,8 @@ def test_evaluate_with_a_progress_bar_runs_in_pieces_and_gives_the_same_report(p
                         lambda *a, driver=driver, **k: calls.append(driver.__name__)
                         or driver(*a, **k))
   apply_fn, params, state, x, y = problem
-  kw = dict(suite='aa_standard', eps=EPS, apgd_steps=5, fab_steps=3, square_queries=20,
-            checks=False, verbose=False, batch_size=8)
+  kw = dict(suite='custom', attacks=['apgd-ce', 'apgd-t', 'square'], eps=EPS, apgd_steps=5,
+            n_target_classes=2, square_queries=20, checks=False, verbose=False, batch_size=8)
   with_bar = evaluate(apply_fn, params, state, x, y, progress=True, **kw)
   assert {'apgd_by_chunk', 'square_by_chunk'} <= set(calls)   # the pieces ran
   without = evaluate(apply_fn, params, state, x, y, progress=False, **kw)
