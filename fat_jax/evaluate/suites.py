@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -139,25 +139,24 @@ def attack_batch(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
     classes = jax.eval_shape(lambda: apply_fn(params, state, x, False))[0].shape[-1]
     delta = clip_to_box(x, project_linf(result.delta, eps))
     return delta, result.steps + 1, result.steps * classes
-  target, ranking = None, 0
-  if name in TARGETED:
-    target, ranking = _target(params, state, x, key, rank, apply_fn=apply_fn,
-                              randomized=randomized, n_target_classes=o.n_target_classes), 1
   if name in APGD_LOSS:
-    restarts = (o.apgd_t_restarts or o.apgd_restarts) if name == 'apgd-t' else o.apgd_restarts
+    unit = _apgd_unit(params, state, x, key, rank, apply_fn=apply_fn, name=name, options=o,
+                      randomized=randomized)
     delta = apgd_attack(apply_fn, params, state, x, y, key, eps=eps, steps=o.apgd_steps,
-                        restarts=restarts, loss=APGD_LOSS[name], target=target,
-                        rho=o.apgd_rho, randomized=randomized, eot_samples=k, norm=norm).delta
-    runs = restarts * (o.apgd_steps + 1) * k
-    return (delta, *per(ranking + 1 + runs, runs))
+                        restarts=unit.restarts, loss=APGD_LOSS[name], target=unit.target,
+                        rho=o.apgd_rho, randomized=randomized, eot_samples=unit.eot_samples,
+                        norm=norm).delta
+    return (delta, *per(unit.forwards, unit.backwards))
   fab_settings = dict(steps=o.fab_steps, alpha_max=o.fab_alpha_max, eta=o.fab_eta,
                       beta=o.fab_beta, norm=norm)
   if name == 'fab-t':
+    target = _target(params, state, x, key, rank, apply_fn=apply_fn, randomized=randomized,
+                     n_target_classes=o.n_target_classes)
     restarts = o.fab_t_restarts or o.fab_restarts
     delta = fab_attack(apply_fn, params, state, x, y, key, eps=eps, target=target,
                        restarts=restarts, **fab_settings).delta
     runs = restarts * o.fab_steps
-    return (delta, *per(ranking + 1 + 2 * runs, runs))
+    return (delta, *per(2 + 2 * runs, runs))   # the target's forward, the clean one, the steps
   if name == 'fab':
     delta = fab_untargeted_attack(apply_fn, params, state, x, y, key, eps=eps,
                                   restarts=o.fab_restarts, **fab_settings).delta
@@ -165,10 +164,9 @@ def attack_batch(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
     classes = jax.eval_shape(lambda: apply_fn(params, state, x, False)[0]).shape[-1]
     return (delta, *per(1 + 2 * runs, classes * runs))
   if name == 'square':
-    result = square_attack(apply_fn, params, state, x, y, key, eps=eps, queries=o.square_queries,
-                           p_init=o.square_p_init, rescale_schedule=o.square_rescale_schedule,
-                           norm=norm)
-    return result.delta, 1 + result.queries, jnp.zeros((n,), jnp.int32)
+    return _square_counts(square_attack(
+        apply_fn, params, state, x, y, key, eps=eps, queries=o.square_queries,
+        p_init=o.square_p_init, rescale_schedule=o.square_rescale_schedule, norm=norm))
   raise ValueError(f'Unknown attack {name!r}; known: {ATTACKS}.')
 
 
@@ -195,27 +193,52 @@ def _target(params, state, x, key, rank, *, apply_fn, randomized: bool, n_target
   return jnp.take(top_targets(logits, n_target_classes), rank, axis=1)
 
 
+class _APGDUnit(NamedTuple):
+  """One unit of an APGD attack: its target (APGD-T) or None, restarts, EOT samples, and the
+  forward and backward passes it costs per example."""
+  target: Optional[jax.Array]
+  restarts: int
+  eot_samples: int
+  forwards: int
+  backwards: int
+
+
+def _apgd_unit(params, state, x, key, rank, *, apply_fn, name: str, options: SuiteOptions,
+               randomized: bool) -> _APGDUnit:
+  """`_APGDUnit` of APGD attack `name`: restarts·(steps + 1)·K passes each way, plus the clean
+  forward and, for APGD-T, the one that ranks the target (rank + 2 by the clean logits)."""
+  o = options
+  k = o.eot_samples if randomized else 1
+  restarts = (o.apgd_t_restarts or o.apgd_restarts) if name == 'apgd-t' else o.apgd_restarts
+  runs = restarts * (o.apgd_steps + 1) * k
+  if name not in TARGETED:
+    return _APGDUnit(None, restarts, k, 1 + runs, runs)
+  target = _target(params, state, x, key, rank, apply_fn=apply_fn, randomized=randomized,
+                   n_target_classes=o.n_target_classes)
+  return _APGDUnit(target, restarts, k, 2 + runs, runs)
+
+
+def _square_counts(result):
+  """(δ, forwards, backwards) of a Square run: the start's forward and one per query."""
+  return result.delta, 1 + result.queries, jnp.zeros_like(result.queries)
+
+
 def apgd_batch_by_chunk(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
                         options: SuiteOptions, randomized: bool = False,
                         on_chunk: Callable[[float], None] | None = None, norm: str = 'Linf'):
   """`attack_batch` of an APGD attack (the same δ and counts), a chunk of iterations per
   jitted call (`apgd_by_chunk`), calling `on_chunk(fraction done)` after each."""
   o, n = options, len(x)
-  k = o.eot_samples if randomized else 1
-  target, ranking = None, 0
-  if name in TARGETED:
-    target, ranking = _target(params, state, x, key, rank, apply_fn=apply_fn,
-                              randomized=randomized, n_target_classes=o.n_target_classes), 1
-  restarts = (o.apgd_t_restarts or o.apgd_restarts) if name == 'apgd-t' else o.apgd_restarts
+  unit = _apgd_unit(params, state, x, key, rank, apply_fn=apply_fn, name=name, options=o,
+                    randomized=randomized)
   delta = apgd_by_chunk(
       apply_fn, params, state, x, y, key, eps=jnp.asarray(eps, jnp.float32), steps=o.apgd_steps,
-      restarts=restarts, loss=APGD_LOSS[name], target=target, rho=o.apgd_rho, norm=norm,
-      randomized=randomized, eot_samples=k,
+      restarts=unit.restarts, loss=APGD_LOSS[name], target=unit.target, rho=o.apgd_rho,
+      norm=norm, randomized=randomized, eot_samples=unit.eot_samples,
       on_chunk=None if on_chunk is None else (
-          lambda done: on_chunk(done / (restarts * o.apgd_steps))))
-  runs = restarts * (o.apgd_steps + 1) * k
-  return (delta, jnp.full((n,), ranking + 1 + runs, jnp.int32),
-          jnp.full((n,), runs, jnp.int32))
+          lambda done: on_chunk(done / (unit.restarts * o.apgd_steps))))
+  return (delta, jnp.full((n,), unit.forwards, jnp.int32),
+          jnp.full((n,), unit.backwards, jnp.int32))
 
 
 def square_batch_by_chunk(params, state, x, y, key, eps, *, apply_fn, options: SuiteOptions,
@@ -223,12 +246,11 @@ def square_batch_by_chunk(params, state, x, y, key, eps, *, apply_fn, options: S
   """`attack_batch` of 'square' (the same δ and counts), a chunk of queries per jitted call
   (`square_by_chunk`), calling `on_chunk(fraction done)` after each."""
   o = options
-  result = square_by_chunk(apply_fn, params, state, x, y, key,
-                           eps=jnp.asarray(eps, jnp.float32), queries=o.square_queries,
-                           p_init=o.square_p_init, rescale_schedule=o.square_rescale_schedule,
-                           norm=norm, on_chunk=None if on_chunk is None else (
-                               lambda done: on_chunk(done / o.square_queries)))
-  return result.delta, 1 + result.queries, jnp.zeros((len(x),), jnp.int32)
+  return _square_counts(square_by_chunk(
+      apply_fn, params, state, x, y, key, eps=jnp.asarray(eps, jnp.float32),
+      queries=o.square_queries, p_init=o.square_p_init,
+      rescale_schedule=o.square_rescale_schedule, norm=norm,
+      on_chunk=None if on_chunk is None else (lambda done: on_chunk(done / o.square_queries))))
 
 
 @functools.partial(jax.jit, static_argnames=('apply_fn', 'randomized', 'draws'))
