@@ -175,5 +175,10 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.checkpoint_keep = 2
   c.progress = True
+  # JAX's persistent compilation cache (launch.py): compiled programs kept across runs, so a
+  # relaunch, a resumption or a checkpoint evaluation skips most compilation. 'auto' =
+  # $JAX_COMPILATION_CACHE_DIR, else on GPU/TPU ~/.cache/fat_jax/xla ($XDG_CACHE_HOME) and on
+  # CPU none; a folder (any device); '' = off.
+  c.compilation_cache = 'auto'
   c.report = True                 # launch.py writes WORKDIR/report (fat_jax.report) after training
   return c

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 
+import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -67,6 +68,7 @@ def main(argv):
 def run_mode(config):
   """Runs --mode on `config` and --workdir."""
   initialize_distributed(config.distributed)
+  use_compilation_cache(config.compilation_cache, jax.default_backend())
   absl_logging.set_verbosity(absl_logging.WARNING)  # quiet the libraries (orbax, ...)
   # Process 0 reports; the others only warn.
   logging.getLogger('fat_jax').setLevel(logging.INFO if is_writer() else logging.WARNING)
@@ -95,6 +97,30 @@ def run_mode(config):
   write_end_of_run_report(config, _WORKDIR.value)  # config.report: WORKDIR/report
   if is_writer():
     print(run_summary(_WORKDIR.value))
+
+
+def compilation_cache_dir(setting: str, platform: str) -> str:
+  """The folder of JAX's persistent compilation cache for ``config.compilation_cache`` on
+  `platform` ('' = none). 'auto': ``$JAX_COMPILATION_CACHE_DIR``, else on GPU/TPU
+  ``$XDG_CACHE_HOME/fat_jax/xla`` (``~/.cache/fat_jax/xla``) and on CPU none, since XLA's CPU
+  loader rejects every cached program on some x86 CPUs (openxla/xla#44565); anything else:
+  that folder."""
+  if setting != 'auto':
+    return os.path.expanduser(setting)
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR') or platform == 'cpu':
+    return os.environ.get('JAX_COMPILATION_CACHE_DIR', '')
+  cache_home = os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache')
+  return os.path.join(cache_home, 'fat_jax', 'xla')
+
+
+def use_compilation_cache(setting: str, platform: str) -> None:
+  """Keeps compiled programs (those JAX finds worth it: ≥ 1 s to compile by default) in
+  `compilation_cache_dir`, or switches JAX's cache off where that is ''."""
+  folder = compilation_cache_dir(setting, platform)
+  if folder:
+    jax.config.update('jax_compilation_cache_dir', folder)
+  else:
+    jax.config.update('jax_enable_compilation_cache', False)
 
 
 PACKAGED_CONFIGS = 'configs'

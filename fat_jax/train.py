@@ -35,7 +35,7 @@ log = logging.getLogger('fat_jax')
 
 # Config sections that may change between a run and its resumption.
 RESUMABLE_CHANGES = ('eval', 'co_monitor', 'progress', 'checkpoint_keep', 'distributed',
-                     'analysis', 'report')
+                     'analysis', 'report', 'compilation_cache')
 NAN_CHECK_EVERY = 20
 # Component statistics shown in the epoch line (all are in metrics.jsonl).
 EXTRA_LOG = {'train_aaer_aae_fraction': 'AAE fraction', 'train_gradalign_cos': 'grad cos',

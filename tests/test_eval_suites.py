@@ -243,10 +243,17 @@ def test_launch_eval_end_to_end(tmp_path):
   checkpointer = Checkpointer(workdir)   # an initialised model saved as epoch 3
   checkpointer.save(3, init_train_state(model, jax.random.key(0)))
   checkpointer.close()
-  done = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), f'--config={config_file}',
-                         f'--workdir={workdir}', '--mode=eval'], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300)
+  # Twice, with every program kept in a compilation cache: the second run reads them back.
+  command = [sys.executable, os.path.join(ROOT, 'launch.py'), f'--config={config_file}',
+             f'--workdir={workdir}', '--mode=eval',
+             f'--config.compilation_cache={tmp_path / "xla_cache"}']
+  env = {**os.environ, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', 'JAX_LOG_COMPILES': '1'}
+  first, done = (subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                                env=env) for _ in range(2))
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert 'Persistent compilation cache hit' not in first.stderr
   assert done.returncode == 0, done.stderr[-3000:]
+  assert 'Persistent compilation cache hit' in done.stderr
   assert 'eval_custom.json' in done.stderr
   stored = json.load(open(os.path.join(workdir, 'eval_custom.json')))
   assert stored['evaluated_epoch'] == 3 and stored['n'] == 8 and stored['attacks'] == ['apgd-ce']

@@ -1,5 +1,6 @@
 """The package as installed: its package list, the console entry points, the recipes it
-ships (--config=configs/NAME.py from any folder), TFDS only on demand, and CITATION.cff.
+ships (--config=configs/NAME.py from any folder), the launcher's compilation cache folder,
+TFDS only on demand, and CITATION.cff.
 
 The end-to-end check (a fresh venv, `pip install .`, the console commands on the quickstart
 config) is scripts/check_install.sh, run by .ci/run."""
@@ -86,6 +87,25 @@ def test_config_paths_fall_back_to_the_packaged_recipes(tmp_path, monkeypatch):
   (tmp_path / 'configs').mkdir()
   (tmp_path / 'configs' / 'quickstart.py').write_text('')
   assert launch.resolve_config_path('configs/quickstart.py') == 'configs/quickstart.py'
+
+
+def test_compilation_cache_folder(tmp_path, monkeypatch):
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
+  assert launch.compilation_cache_dir('auto', 'gpu') == str(tmp_path / 'xdg' / 'fat_jax' / 'xla')
+  assert launch.compilation_cache_dir('auto', 'cpu') == ''
+  assert launch.compilation_cache_dir('~/c', 'cpu') == os.path.expanduser('~/c')
+  assert launch.compilation_cache_dir('', 'tpu') == ''
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path / 'env'))
+  for platform in ('cpu', 'gpu'):
+    assert launch.compilation_cache_dir('auto', platform) == str(tmp_path / 'env')
+  # '' switches off the cache that JAX's own environment variable would have used.
+  code = ('import jax; from fat_jax.launch import use_compilation_cache; '
+          "print(jax.config.jax_enable_compilation_cache, end=' '); "
+          "use_compilation_cache('', 'cpu'); print(jax.config.jax_enable_compilation_cache)")
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True, capture_output=True,
+                       text=True, env={**os.environ, 'PYTHONPATH': ROOT})
+  assert out.stdout.split() == ['True', 'False']
 
 
 def test_training_and_reporting_do_not_import_tfds():
