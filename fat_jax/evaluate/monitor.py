@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from fat_jax.attacks import fgsm_attack, fosc_at, pgd_attack
 from fat_jax.data import augment, shard_batch
-from fat_jax.evaluate.pieces import padded_length, pgd_by_restart
+from fat_jax.evaluate.pieces import pad_rows, padded_length, pgd_by_restart
 from fat_jax.losses import accuracy
 from fat_jax.losses.feature_diff import feature_distance
 from fat_jax.parallel import to_host
@@ -71,7 +71,7 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
                         mesh, batch_size: int, seed: int = 0, desc: str = 'eval',
                         progress: bool = True) -> dict:
   """Clean / FGSM / PGD accuracy over uint8 `images` in batches of `batch_size`, the last one
-  padded with zeros to `padded_length`.
+  padded to `padded_length` (`pad_rows`).
 
   Returns the accuracies, the per-point flags, the settings, the wall time and
   V_act = mean ‖M_i(x) − M_i(x + δ)‖₂ per feature node i (Zhao et al., "Catastrophic
@@ -86,10 +86,8 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
   for i, lo in enumerate(range(0, n, batch_size)):
     x, y = images[lo:lo + batch_size], labels[lo:lo + batch_size]
     keep = len(x)
-    pad = padded_length(keep, batch_size, mesh.shape['data']) - keep
-    x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-    y = np.concatenate([y, np.zeros((pad,), y.dtype)])
-    xb, yb = shard_batch((x, y), mesh)
+    size = padded_length(keep, batch_size, mesh.shape['data'])
+    xb, yb = shard_batch((pad_rows(x, size), pad_rows(y, size)), mesh)
     key = jax.random.fold_in(jax.random.key(seed), i)
     # PGD one restart per call (the bar moves per restart), then the rest in one call.
     pgd_delta = pgd_by_restart(model.apply, params, state, _to_unit_range(key, xb), yb, key,

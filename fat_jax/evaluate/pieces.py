@@ -20,6 +20,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fat_jax.attacks.apgd import (apgd_clean, apgd_functions, apgd_iterations, apgd_merge,
                                   apgd_run_result, apgd_start)
@@ -39,6 +40,12 @@ def padded_length(m: int, batch_size: int, multiple: int = 1) -> int:
   step = 1 << max(m.bit_length() - 3, 0)
   size = -(-m // step) * step
   return min(-(-size // multiple) * multiple, batch_size)
+
+
+def pad_rows(a, size: int):
+  """Host array `a` padded to `size` rows by repeating its last row (a real example, so padded
+  rows run the same code as the others; their results are dropped)."""
+  return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)]) if size > len(a) else a
 
 
 @functools.partial(jax.jit, static_argnames=('apply_fn', 'steps', 'loss', 'norm', 'select'))

@@ -30,7 +30,7 @@ from fat_jax.data import shard_batch
 from fat_jax.evaluate.checks import run_sanity_checks, square_fits
 from fat_jax.evaluate.classifier import Classifier, as_classifier, count_classes
 from fat_jax.evaluate.output import format_table
-from fat_jax.evaluate.pieces import (apgd_by_chunk, padded_length, pgd_by_restart,
+from fat_jax.evaluate.pieces import (apgd_by_chunk, pad_rows, padded_length, pgd_by_restart,
                                     square_by_chunk)
 from fat_jax.losses import accuracy, cross_entropy
 from fat_jax.parallel import replicate, to_host
@@ -273,11 +273,6 @@ def _batches(idx: np.ndarray, batch_size: int, multiple: int = 1):
     yield chunk, padded_length(len(chunk), batch_size, multiple)
 
 
-def _pad(a: np.ndarray, size: int) -> np.ndarray:
-  """`a` padded to `size` rows by repeating its last row."""
-  return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)]) if size > len(a) else a
-
-
 @dataclasses.dataclass
 class _Run:
   """What an evaluation works on: the scored model, the data, the settings."""
@@ -299,7 +294,7 @@ class _Run:
 
   def padded_batch(self, chunk: np.ndarray, size: int):
     """Points `chunk` of x and y, padded to `size`, on the devices."""
-    return self.put(_pad(self.x[chunk], size), _pad(self.y[chunk], size))
+    return self.put(pad_rows(self.x[chunk], size), pad_rows(self.y[chunk], size))
 
   def put(self, *arrays):
     """Padded host batches on the devices (split over the mesh's data axis, if any)."""
@@ -311,9 +306,9 @@ class _Run:
     out = []
     for b, (chunk, size) in enumerate(self.batches(np.arange(len(x)))):
       m = self.model
-      s = score_batch(m.params, m.state, *self.put(_pad(x[chunk], size), _pad(self.y[chunk], size)),
-                      jax.random.fold_in(key, b), apply_fn=m.apply_fn, randomized=m.randomized,
-                      draws=draws or self.draws())
+      xb, yb = self.put(pad_rows(x[chunk], size), pad_rows(self.y[chunk], size))
+      s = score_batch(m.params, m.state, xb, yb, jax.random.fold_in(key, b),
+                      apply_fn=m.apply_fn, randomized=m.randomized, draws=draws or self.draws())
       out.append(to_host(s)[:len(chunk)])
     return np.concatenate(out)
 
