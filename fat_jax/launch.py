@@ -68,8 +68,8 @@ def main(argv):
 def run_mode(config):
   """Runs --mode on `config` and --workdir."""
   initialize_distributed(config.distributed)
+  absl_logging.set_verbosity(absl_logging.WARNING)  # quiet the libraries (orbax, jax, ...)
   use_compilation_cache(config.compilation_cache, jax.default_backend())
-  absl_logging.set_verbosity(absl_logging.WARNING)  # quiet the libraries (orbax, ...)
   # Process 0 reports; the others only warn.
   logging.getLogger('fat_jax').setLevel(logging.INFO if is_writer() else logging.WARNING)
   config.progress = config.progress and is_writer()
