@@ -2,6 +2,7 @@
 
   python benchmarks/step_profile.py --width=16                  # FGSM-RS, PreActResNet-18
   python benchmarks/step_profile.py --width=64 --torch          # + PyTorch's profile of its step
+  python benchmarks/step_profile.py --fusions                   # + BN/ReLU/add by fusion kind
 
 Runs `benchmarks/step_time.py`'s step (same model, batch, augmentation and optimiser) a few
 times under `jax.profiler.trace`, reads the trace back (`jax.profiler.ProfileData`) and sums
@@ -87,6 +88,8 @@ def main():
   parser.add_argument('--conv', default='xla', help='model.conv: xla or im2col_grad')
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--torch', action='store_true')
+  parser.add_argument('--fusions', action='store_true',
+                      help="also split the network's other operations by XLA fusion kind")
   args = parser.parse_args()
 
   info, batch = DATASET_INFOS['cifar10'], args.batch
@@ -116,12 +119,15 @@ def main():
       jax.block_until_ready(metrics)
     profile = jax.profiler.ProfileData.from_file(
         glob.glob(f'{trace_dir}/**/*.xplane.pb', recursive=True)[0])
-  totals = collections.Counter()
+  totals, fusions = collections.Counter(), collections.Counter()
   for plane in profile.planes:
     for line in plane.lines:
       for event in line.events:
         if event.name in categories:
-          totals[categories[event.name]] += event.duration_ns / 1e6 / args.steps
+          ms = event.duration_ns / 1e6 / args.steps
+          totals[categories[event.name]] += ms
+          if categories[event.name].startswith('network other'):
+            fusions[re.sub(r'\.\d+$', '', event.name)] += ms
   total = sum(totals.values())
   print(f'fat_jax {args.method}, PreActResNet-18 width {args.width}, batch {batch}, '
         f'model.conv={args.conv}, {jax.default_backend()}: XLA op time per step '
@@ -129,6 +135,9 @@ def main():
   for category, ms in totals.most_common():
     print(f'  {category:<48}{ms:>9.1f} ms {ms / total:>6.1%}')
   print(f'  {"all":<48}{total:>9.1f} ms')
+  if args.fusions:
+    print("the network's other operations (BN, ReLU, add) by XLA fusion kind: " + ', '.join(
+        f'{name} {ms:.1f} ms' for name, ms in fusions.most_common()))
   counts = collections.Counter(c for c in categories.values() if c.startswith('conv '))
   print('convolutions in the compiled step: ' + ', '.join(
       f'{c[5:]} {counts[c]}' for c in ('conv forward', 'conv input gradient',
