@@ -255,7 +255,7 @@ def square_queries(apply_fn: ApplyFn, params, x, y, key, carry: SquareCarry, sto
   proposal = proposal_l2 if norm == 'L2' else proposal_linf
 
   def keep_going(c: SquareCarry):
-    return (c.i < jnp.minimum(stop, queries)) & jnp.any(_todo(c))
+    return (c.i < stop) & ~square_done(c, queries)
 
   def query(c: SquareCarry):
     candidate = proposal(c.i, c.delta)
