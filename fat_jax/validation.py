@@ -15,19 +15,49 @@ import numpy as np
 log = logging.getLogger('fat_jax')
 
 NORMS = ('Linf', 'L2')     # the evaluation's threat models (fat_jax.attacks.NORMS)
+# The suites of `fat_jax.evaluate.evaluate` (the keys of its `SUITES`, which imports this module).
+SUITES = ('aa_standard', 'aa_plus', 'aa_rand', 'pgd', 'transfer', 'custom')
+SEED_LIMIT = 2 ** 63       # seeds are integers in [0, 2^63): NumPy's and JAX's generators
 PIXEL_UNITS_WARNING = 0.5  # ε above this on [0, 1] images: likely given in 0–255 units
-# (field, what it counts): 0 means all examples.
-COUNTS = ('data.n_train', 'data.n_test', 'eval.n', 'eval.monitor_n', 'eval.monitor_every_steps',
-          'eval.eot_check_n', 'analysis.n_train', 'analysis.n')
-POSITIVE = ('batch_size', 'num_epochs', 'eval.batch_size', 'eval.pgd_steps',
-            'eval.pgd_restarts', 'eval.monitor_pgd_steps', 'eval.monitor_pgd_restarts',
-            'eval.check_pgd_steps', 'eval.n_draws', 'analysis.batch_size', 'checkpoint_keep')
+# `evaluate()`'s counts, each also the field eval.<name> of a run config where that exists:
+# integers ≥ 1, and those below ≥ 0 with what 0 means.
+EVAL_POSITIVE = ('batch_size', 'pgd_steps', 'pgd_restarts', 'check_pgd_steps', 'sweep_steps',
+                 'n_draws', 'eot_samples', 'apgd_steps', 'apgd_restarts', 'apgd_t_restarts',
+                 'n_target_classes', 'fab_steps', 'fab_restarts', 'fab_t_restarts',
+                 'square_queries')
+EVAL_COUNTS = {'eot_check_n': 'off'}
+# `evaluate()`'s real settings, likewise: name -> (low, high, low excluded, what it is); the
+# high end is included unless infinite.
+EVAL_RANGES = {
+    'pgd_step_size': (0, math.inf, True, 'the PGD step as a multiple of ε, e.g. 0.25'),
+    'apgd_rho': (0, 1, False, "APGD's step-halving threshold, a fraction (0.75)"),
+    'fab_alpha_max': (0, 1, False, "FAB's largest weight of the biased step (0.1)"),
+    'fab_eta': (0, math.inf, True, "FAB's overshoot factor (1.05)"),
+    'fab_beta': (0, 1, False, "FAB's backward step, a fraction (0.9)"),
+    'square_p_init': (0, 1, True, "Square's initial fraction of pixels changed (0.8)"),
+}
+# (field, what 0 means): counts ≥ 0.
+COUNTS = {'data.n_train': 'all', 'data.n_test': 'all', 'eval.n': 'all', 'eval.monitor_n': 'all',
+          'eval.monitor_every_steps': 'off', 'analysis.n_train': 'all', 'analysis.n': 'all',
+          **{f'eval.{name}': zero for name, zero in EVAL_COUNTS.items()}}
+POSITIVE = ('batch_size', 'num_epochs', 'eval.monitor_pgd_steps', 'eval.monitor_pgd_restarts',
+            'analysis.batch_size', 'analysis.pgd_steps', 'checkpoint_keep',
+            *(f'eval.{name}' for name in EVAL_POSITIVE))
+RANGES = {'method.mep_label_smoothing': (0, 1, False, "FGSM-MEP's true-class probability"),
+          'method.mep_decay': (0, 1, False, "FGSM-MEP's momentum decay"),
+          'method.atas_beta': (0, 1, False, "ATAS's momentum of the squared gradient norm"),
+          **{f'eval.{name}': rule for name, rule in EVAL_RANGES.items()}}
 NON_NEGATIVE = ('optim.lr_max', 'optim.weight_decay', 'eval.input_noise')
 EPSILONS = ('eps', 'eval.eps')
 
 
 class ConfigError(ValueError):
   """A config or an argument holds a value that cannot be meant; the message says which."""
+
+
+def _raise(problems: list[str]) -> None:
+  if problems:
+    raise ConfigError('\n'.join(problems))
 
 
 def _get(config, dotted: str):
@@ -75,12 +105,46 @@ def eps_problem(eps, field: str = 'eps', norm: str = 'Linf') -> str | None:
   return None
 
 
+def seed_problem(seed, field: str = 'seed') -> str | None:
+  """Why `seed` cannot seed a run (None if it can): an integer in [0, `SEED_LIMIT`)."""
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
+      0 <= seed < SEED_LIMIT):
+    return f'{field}={seed!r} is not a seed: give an integer in [0, 2^63), e.g. 0.'
+  return None
+
+
+def count_problem(field: str, value, zero: str | None = None) -> str | None:
+  """Why `value` cannot be the count `field` (None if it can): an integer ≥ 1, or ≥ 0 where
+  `zero` says what 0 means."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    return f'{field}={value!r} is not an integer: give a count.'
+  if zero is None and value < 1:
+    return f'{field}={value} must be positive: give an integer ≥ 1.'
+  if value < 0:
+    return f'{field}={value} is negative: give a count ≥ 0 (0 = {zero}).'
+  return None
+
+
+def range_problem(field: str, value, rule: tuple) -> str | None:
+  """Why `value` falls outside `rule` = (low, high, low excluded, what it is) (None if not)."""
+  low, high, low_excluded, what = rule
+  interval = f"{'(' if low_excluded else '['}{low:g}, {high:g}{')' if math.isinf(high) else ']'}"
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    return f'{field}={value!r} is not a number: give {what}.'
+  above_low = low < number if low_excluded else low <= number
+  if math.isfinite(number) and above_low and number <= high:
+    return None
+  return f'{field}={value} must be finite and in {interval}: give {what}.'
+
+
 def config_problems(config, training: bool = False) -> list[str]:
   """One line per mistake in a run config (`fat_jax.config.default_config` layout).
 
   `eval.norm` is the evaluation's threat model ('Linf' or 'L2'; `eval.eps` is checked in it);
   with `training` (a training run) it must be 'Linf': training, its monitor and its final
-  evaluation are L∞ only."""
+  evaluation are L∞ only. `eval.suite` is checked in every mode."""
   problems = [f'{name}={value} is not finite.' for name, value in _numbers(config)
               if isinstance(value, float) and not math.isfinite(value)]
   bad = {p.split('=')[0] for p in problems}
@@ -97,31 +161,68 @@ def config_problems(config, training: bool = False) -> list[str]:
       problem = eps_problem(value, field, norm if field == 'eval.eps' and norm in NORMS
                             else 'Linf')
       problems += [problem] if problem else []
-  for field in COUNTS:
-    value = _get(config, field)
-    if value is not None and value < 0:
-      problems.append(f'{field}={value} is negative: give a count ≥ 0 (0 = all).')
-  for field in POSITIVE:
-    value = _get(config, field)
-    if value is not None and value <= 0:
-      problems.append(f'{field}={value} must be positive.')
+  problems += [seed_problem(config['seed'])] if 'seed' in config else []
+  suite = _get(config, 'eval.suite')
+  if suite is not None and suite not in SUITES:
+    problems.append(f'eval.suite={suite!r} is not a suite: use one of {", ".join(SUITES)}.')
+  problems += [count_problem(field, _get(config, field), zero) for field, zero in COUNTS.items()
+               if _get(config, field) is not None]
+  problems += [count_problem(field, _get(config, field)) for field in POSITIVE
+               if _get(config, field) is not None]
+  problems += [range_problem(field, _get(config, field), rule) for field, rule in RANGES.items()
+               if _get(config, field) is not None and field not in bad]
   for field in NON_NEGATIVE:
     value = _get(config, field)
     if value is not None and field not in bad and value < 0:
       problems.append(f'{field}={value} must be ≥ 0.')
-  return problems
+  return [p for p in problems if p]
 
 
 def validate_config(config, training: bool = False) -> None:
   """Raise one `ConfigError` listing every mistake of `config` (one line each)."""
-  problems = config_problems(config, training)
-  if problems:
-    raise ConfigError('\n'.join(problems))
+  _raise(config_problems(config, training))
+
+
+def _real(dtype) -> bool:
+  return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+
+
+def argument_problems(settings: dict, x, y) -> list[str]:
+  """One line per mistake in the arguments of `fat_jax.evaluate.evaluate` that need no model,
+  read before any cast: its `settings` (name -> value: the seed, the counts `EVAL_POSITIVE`
+  and `EVAL_COUNTS`, the real settings `EVAL_RANGES`; other names, and None for a count or a
+  real setting, pass), points `x` (N, ...) of real numbers and labels `y` (N,) of an integer
+  or a float dtype (bool labels, a mask rather than classes, are refused)."""
+  problems = [seed_problem(settings.get('seed'))]
+  for name, value in settings.items():
+    if value is not None and name in EVAL_POSITIVE + tuple(EVAL_COUNTS):
+      problems.append(count_problem(name, value, EVAL_COUNTS.get(name)))
+    elif value is not None and name in EVAL_RANGES:
+      problems.append(range_problem(name, value, EVAL_RANGES[name]))
+  x, y = np.asarray(x), np.asarray(y)
+  if x.ndim == 0 or not len(x):
+    problems.append(f'x of shape {x.shape} holds no points: pass an array (N, ...), N ≥ 1.')
+  if not _real(x.dtype):
+    problems.append(f'x of dtype {x.dtype} is not pixels: pass float32 in [0, 1].')
+  if y.dtype == bool:
+    problems.append('labels are bool (a mask?): pass class indices, e.g. y.astype(int) for '
+                    'the classes 0 and 1.')
+  elif not _real(y.dtype):
+    problems.append(f'labels of dtype {y.dtype} are not class indices: pass integers.')
+  if y.ndim != 1:
+    hint = ('' if y.ndim != 2 else ': one-hot? pass y.argmax(-1)' if y.shape[1] > 1 else
+            ': pass y.reshape(-1)')
+    problems.append(f'labels must be class indices of shape (N,), got {y.shape}{hint}.')
+  elif x.ndim and len(y) != len(x):
+    problems.append(f'x of shape {x.shape} holds {len(x)} points, labels of shape {y.shape} '
+                    f'{len(y)}: pass one label per point.')
+  return [p for p in problems if p]
 
 
 def evaluation_problems(eps, x, y, n_classes: int, norm: str = 'Linf') -> list[str]:
-  """One line per mistake in the arguments of `fat_jax.evaluate.evaluate`: ε a radius of
-  `norm` (L∞: in [0, 1]), finite inputs, integer labels in [0, n_classes) (others would count
+  """One line per mistake in the arguments of `fat_jax.evaluate.evaluate` (shapes and dtypes
+  as `argument_problems` accepts them) given the model's `n_classes`: ε a radius of `norm`
+  (L∞: in [0, 1]), finite inputs, labels whole numbers in [0, n_classes) (others would count
   as errors)."""
   problems = [eps_problem(eps, norm=norm)]
   x, y = np.asarray(x), np.asarray(y)
@@ -129,7 +230,12 @@ def evaluation_problems(eps, x, y, n_classes: int, norm: str = 'Linf') -> list[s
   if bad.any():
     problems.append(f'{int(bad.sum())} inputs hold NaN or inf (first at index '
                     f'{int(np.flatnonzero(bad)[0])}): pass finite pixels in [0, 1].')
-  outside = ~np.isfinite(y) | (y < 0) | (y >= n_classes) | (y != np.round(y))
+  fractional = np.isfinite(y) & (y != np.round(y))
+  if fractional.any():
+    first = int(np.flatnonzero(fractional)[0])
+    problems.append(f'{int(fractional.sum())} labels are not whole numbers (e.g. y[{first}] = '
+                    f'{y[first]}): pass class indices, not scores or probabilities.')
+  outside = ~np.isfinite(y) | (y < 0) | (y >= n_classes)
   if outside.any():
     first = int(np.flatnonzero(outside)[0])
     problems.append(f'{int(outside.sum())} labels are not classes 0..{n_classes - 1} of the '
@@ -138,8 +244,11 @@ def evaluation_problems(eps, x, y, n_classes: int, norm: str = 'Linf') -> list[s
   return [p for p in problems if p]
 
 
+def validate_arguments(settings: dict, x, y) -> None:
+  """Raise one `ConfigError` listing every mistake of `argument_problems`."""
+  _raise(argument_problems(settings, x, y))
+
+
 def validate_evaluation(eps, x, y, n_classes: int, norm: str = 'Linf') -> None:
   """Raise one `ConfigError` listing every mistake of `evaluation_problems`."""
-  problems = evaluation_problems(eps, x, y, n_classes, norm)
-  if problems:
-    raise ConfigError('\n'.join(problems))
+  _raise(evaluation_problems(eps, x, y, n_classes, norm))

@@ -431,9 +431,8 @@ def suite_options(suite: str, options: dict, n_classes: int) -> SuiteOptions:
 
 
 def _check_data(x, y) -> tuple[np.ndarray, np.ndarray]:
-  x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
-  if x.shape[:1] != y.shape or not len(x):
-    raise ValueError(f'x {x.shape} and y {y.shape} must hold the same, non-zero number of points.')
+  """x as float32 in [0, 1], and y as given (cast once `validate_evaluation` accepts it)."""
+  x, y = np.asarray(x, np.float32), np.asarray(y)
   if x.min() < 0 or x.max() > 1:
     raise ValueError(f'x must be in pixel space [0, 1] (got [{x.min():.3g}, {x.max():.3g}]); '
                      'normalise inside the apply function.')
@@ -481,7 +480,8 @@ def _interval(scores: np.ndarray, draws: int) -> list[float]:
 
 
 def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y=None, *,
-             suite: str = 'aa_standard', eps: float, seed: int = 0, attacks: Sequence[str] | None = None, surrogate=None,
+             suite: str = 'aa_standard', eps: float, seed: int = 0,
+             attacks: Sequence[str] | None = None, surrogate=None,
              randomized: bool = False, batch_size: int = 256, checks: bool = True,
              eps_sweep: bool | Sequence[float] = False, square_check: bool = True,
              check_pgd_steps: int = 20, sweep_steps: int = 20, eot_check_n: int = 0,
@@ -537,12 +537,15 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   also prints its table (`format_table`) to stdout; `verbose=False` only logs it (INFO).
   """
   start = time.time()
-  eps = float(eps)
-  check_eps(eps, norm)
-  names = _suite_attacks(suite, attacks)
   if x is None or y is None:
     raise ValueError('evaluate needs the points x (N, ...) in [0, 1] and their labels y (N,): '
                      'evaluate(model, [params, state,] x=x, y=y, eps=...).')
+  validation.validate_arguments(
+      dict(seed=seed, batch_size=batch_size, check_pgd_steps=check_pgd_steps,
+           sweep_steps=sweep_steps, eot_check_n=eot_check_n, **options), x, y)
+  eps = float(eps)
+  check_eps(eps, norm)
+  names = _suite_attacks(suite, attacks)
   x, y = _check_data(x, y)
   model = as_classifier(apply_fn, params, state, randomized)
   attacker = _attacker(model, suite, surrogate)
@@ -559,6 +562,7 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   clean_key, fresh_key, check_key, attack_key = (jax.random.fold_in(key, i) for i in range(4))
   n_classes = count_classes(model, x, clean_key)
   validation.validate_evaluation(eps, x, y, n_classes, norm)
+  y = y.astype(np.int32)
   _check_compatible(names, randomized, n_classes, norm, x)
   opts = suite_options(suite, options, n_classes)
   run = _Run(model, x, y, eps, opts, batch_size, progress, mesh, norm)
