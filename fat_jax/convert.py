@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fat_jax import run_log, torch_file
+from fat_jax import errors, run_log, torch_file
 from fat_jax.checkpoint import Checkpointer
 from fat_jax.config import default_config
 from fat_jax.data import DATASET_INFOS
@@ -284,15 +284,16 @@ def _sha256(path: str) -> str:
 
 
 def convert(path: str, workdir: str, *, source: str = 'locuslab', dataset: str | None = None,
-            normalization: str | None = None, eps: float | None = None) -> str:
+            normalization: str | None = None, eps: float | None = None,
+            limits: torch_file.Limits = torch_file.Limits()) -> str:
   """Converts the ``torch.save`` file `path` into a fat_jax run directory `workdir`.
 
   Writes ``config.json`` (model, data set, normalisation, ε, method 'converted' and
   ``converted_from``: file name, sha256, source) and the checkpoint of epoch 0
   (`Checkpointer`), so that ``launch.py --mode=eval`` evaluates it with
   ``--config=configs/from_workdir.py:WORKDIR``. `dataset`, `normalization`
-  ('dataset' | 'none' | 'm1,m2,m3/s1,s2,s3') and `eps` default to `source`'s.
-  Returns the absolute workdir.
+  ('dataset' | 'none' | 'm1,m2,m3/s1,s2,s3') and `eps` default to `source`'s; `limits`
+  bounds what the file may make the reader allocate. Returns the absolute workdir.
   """
   if source not in SOURCES:
     raise ValueError(f'source={source!r}: use one of {sorted(SOURCES)}.')
@@ -305,7 +306,7 @@ def convert(path: str, workdir: str, *, source: str = 'locuslab', dataset: str |
   if os.path.exists(os.path.join(workdir, run_log.CONFIG)) or os.path.isdir(
       os.path.join(workdir, 'checkpoints')):
     raise FileExistsError(f'{workdir} already holds a run: choose a new --workdir.')
-  state = unwrap_state_dict(torch_file.load(path))
+  state = unwrap_state_dict(torch_file.load(path, limits))
 
   config = default_config()
   config.model.name, config.data.name = spec.model, dataset
@@ -359,12 +360,19 @@ def main(argv: list[str] | None = None) -> int:
                            "'m1,m2,m3/s1,s2,s3'; default: what the source's code uses")
   parser.add_argument('--eps', type=float, default=None,
                       help="ε of the evaluation in [0, 1] pixel units; default: the source's")
+  parser.add_argument('--max-elements', type=int, default=torch_file.MAX_ELEMENTS,
+                      help='largest tensor or storage the file may declare, in elements '
+                           f'(default {torch_file.MAX_ELEMENTS}); raise only for a trusted file')
+  parser.add_argument('--max-total-bytes', type=int, default=torch_file.MAX_TOTAL_BYTES,
+                      help='largest total of bytes read and rebuilt from the file (default '
+                           f'{torch_file.MAX_TOTAL_BYTES}); raise only for a trusted file')
   args = parser.parse_args(argv)
   try:
     workdir = convert(args.file, args.workdir, source=args.source, dataset=args.dataset,
-                      normalization=args.normalization, eps=args.eps)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f'fat-jax-convert: error: {e}', file=sys.stderr)
+                      normalization=args.normalization, eps=args.eps,
+                      limits=torch_file.Limits(args.max_elements, args.max_total_bytes))
+  except (ValueError, OSError) as e:  # a bad file, a refused one, a failing disk: one line
+    print(f'fat-jax-convert: {errors.one_line(e)}', file=sys.stderr)
     return 2
   print(f'Wrote {workdir}. Evaluate it with:\n  python launch.py '
         f'--config=configs/from_workdir.py:{workdir} --workdir={workdir} --mode=eval '

@@ -10,6 +10,11 @@ element count and its raw bytes. In both, a tensor pickles as
 OrderedDict())`` and a storage as the persistent id ``('storage',
 torch.<Type>Storage, key, 'cpu', numel)`` (legacy: plus a view entry None), with
 pickle protocol 2 (torch's DEFAULT_PROTOCOL).
+
+For hostile files (tests/test_untrusted_files.py): a `Storage` may declare more elements
+than it holds, a `Tensor` any size, stride and offset; `zip_records` and `legacy_parts`
+give a file's pieces to replace, `write_zip` writes them, `declare_size` changes a zip
+record's declared size.
 """
 from __future__ import annotations
 
@@ -58,10 +63,11 @@ class Tensor:
 
 
 class Storage:
-  """A flat typed storage."""
+  """A flat typed storage; the file declares `numel` elements (default: those of `data`)."""
 
-  def __init__(self, data: np.ndarray):
+  def __init__(self, data: np.ndarray, numel: int | None = None):
     self.data = data
+    self.numel = data.size if numel is None else numel
 
 
 class _Pickler(pickle._Pickler):  # the Python pickler: its dispatch table is extensible
@@ -101,45 +107,76 @@ def state_dict(arrays: dict[str, np.ndarray]) -> collections.OrderedDict:
 def save_zip(obj, path: str, archive: str | None = None) -> str:
   """``torch.save(obj, path)`` (zip format); `archive` defaults to the file's stem as
   torch ≥ 2 names it ('archive' for a buffer)."""
-  archive = archive or os.path.splitext(os.path.basename(path))[0]
+  return write_zip(path, zip_records(obj, archive or os.path.splitext(os.path.basename(path))[0]))
+
+
+def zip_records(obj, archive: str = 'archive') -> dict[str, bytes]:
+  """The records of the zip file of `obj`, name → bytes, in torch's order."""
   keys: dict[int, tuple[str, Storage]] = {}
 
   def persistent_id(o):
     if isinstance(o, Storage):
       key = keys.setdefault(id(o), (str(len(keys)), o))[0]
-      return ('storage', _storage_type(o), key, 'cpu', o.data.size)
+      return ('storage', _storage_type(o), key, 'cpu', o.numel)
     return None
 
-  data = _pickle(obj, persistent_id)
-  with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as z:
-    z.writestr(f'{archive}/data.pkl', data)
-    z.writestr(f'{archive}/byteorder', 'little')
-    for key, storage in sorted(keys.values(), key=lambda ks: ks[0]):
-      z.writestr(f'{archive}/data/{key}', storage.data.astype(
-          storage.data.dtype.newbyteorder('<')).tobytes())
-    z.writestr(f'{archive}/version', '3\n')
-  return path
+  records = {f'{archive}/data.pkl': _pickle(obj, persistent_id),
+             f'{archive}/byteorder': b'little'}
+  for key, storage in sorted(keys.values(), key=lambda ks: ks[0]):
+    records[f'{archive}/data/{key}'] = storage.data.astype(
+        storage.data.dtype.newbyteorder('<')).tobytes()
+  records[f'{archive}/version'] = b'3\n'
+  return records
 
 
 def save_legacy(obj, path: str) -> str:
   """``torch.save(obj, path, _use_new_zipfile_serialization=False)``."""
+  with open(path, 'wb') as f:
+    f.write(b''.join(legacy_parts(obj)))
+  return path
+
+
+def legacy_parts(obj) -> list[bytes]:
+  """The legacy file of `obj` in its six parts: the magic-number, protocol, sys_info and
+  object pickles, the storage-key pickle, then the storages (counts and bytes)."""
   keys: dict[int, tuple[str, Storage]] = {}
 
   def persistent_id(o):
     if isinstance(o, Storage):  # torch: str(storage._cdata), a pointer value
       key = keys.setdefault(id(o), (str(140000000000 + 4096 * len(keys)), o))[0]
-      return ('storage', _storage_type(o), key, 'cpu', o.data.size, None)
+      return ('storage', _storage_type(o), key, 'cpu', o.numel, None)
     return None
 
   sys_info = dict(protocol_version=1001, little_endian=True,
                   type_sizes=dict(short=2, int=4, long=8))
-  with open(path, 'wb') as f:
-    for header in (0x1950a86a20f9469cfc6c, 1001, sys_info):
-      pickle.dump(header, f, protocol=2)
-    f.write(_pickle(obj, persistent_id))
-    ordered = sorted(keys.values(), key=lambda ks: ks[0])
-    pickle.dump([key for key, _ in ordered], f, protocol=2)
-    for _, storage in ordered:
-      f.write(struct.pack('<q', storage.data.size))
-      f.write(storage.data.astype(storage.data.dtype.newbyteorder('<')).tobytes())
+  headers = [pickle.dumps(h, protocol=2) for h in (0x1950a86a20f9469cfc6c, 1001, sys_info)]
+  data = _pickle(obj, persistent_id)
+  ordered = sorted(keys.values(), key=lambda ks: ks[0])
+  storages = b''.join(struct.pack('<q', s.numel) + s.data.astype(
+      s.data.dtype.newbyteorder('<')).tobytes() for _, s in ordered)
+  return [*headers, data, pickle.dumps([key for key, _ in ordered], protocol=2), storages]
+
+
+def write_zip(path: str, records: dict[str, bytes], deflate: bool = False) -> str:
+  """A zip archive of `records` (name → bytes), stored or deflated."""
+  with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED) as z:
+    for name, data in records.items():
+      z.writestr(name, data)
   return path
+
+
+def declare_size(path: str, record: str, size: int) -> None:
+  """Rewrites the uncompressed size that the zip's central directory declares for `record`
+  (what ``ZipInfo.file_size`` reads), leaving its data as it is."""
+  with open(path, 'rb') as f:
+    data = bytearray(f.read())
+  at = 0
+  while True:  # central directory entries: signature, ..., uncompressed size at 24, name at 46
+    at = data.index(b'PK\x01\x02', at)
+    (name_length,) = struct.unpack('<H', data[at + 28:at + 30])
+    if data[at + 46:at + 46 + name_length] == record.encode():
+      data[at + 24:at + 28] = struct.pack('<I', size)
+      break
+    at += 46
+  with open(path, 'wb') as f:
+    f.write(data)

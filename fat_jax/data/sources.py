@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
-import pickle
 import struct
 import types
 import zlib
@@ -27,6 +26,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from fat_jax import restricted_pickle
 
 FASHION_MNIST_DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
 
@@ -72,12 +73,23 @@ def _locate(root: str, files: Sequence[str], subdir: str | None = None) -> str:
 
 
 def _read_cifar_batch(path: str, label_key: bytes) -> Arrays:
-  """Reads one pickled CIFAR batch (rows are CHW-ordered 32x32x3 images)."""
+  """Reads one pickled CIFAR batch (rows are CHW-ordered 32x32x3 images) with the restricted
+  unpickler: plain values and numeric numpy arrays, nothing else."""
   with open(path, 'rb') as f:
-    batch = pickle.load(f, encoding='bytes')
-  data = np.asarray(batch[b'data'], dtype=np.uint8)
+    try:
+      batch = restricted_pickle.load(f, os.fstat(f.fileno()).st_size,
+                                     restricted_pickle.NUMPY_ARRAYS, encoding='bytes')
+    except restricted_pickle.PickleError as e:
+      raise ValueError(f'{path}: {e}') from None
+  data = batch.get(b'data') if isinstance(batch, dict) else None
+  labels = batch.get(label_key) if isinstance(batch, dict) else None
+  if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or
+      data.shape[1] != 3 * 32 * 32 or not isinstance(labels, list) or
+      not all(type(y) is int and -2**31 <= y < 2**31 for y in labels)):
+    raise ValueError(f'{path}: not a CIFAR python batch: expected a dict with {b"data"!r} '
+                     f'(uint8, N x 3072) and {label_key!r} (a list of int32 values)')
   images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  return np.ascontiguousarray(images), np.asarray(batch[label_key], np.int32)
+  return np.ascontiguousarray(images), np.asarray(labels, np.int32)
 
 
 def _concat(parts: Sequence[Arrays]) -> Arrays:
