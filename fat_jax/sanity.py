@@ -186,6 +186,44 @@ def check_eot_samples(samples: int, scores: np.ndarray, check_samples: int,
                  drop=drop, margin=margin)
 
 
+class NonFiniteLogitsError(FloatingPointError):
+  """The model outputs NaN or inf logits on some evaluated point."""
+
+
+def require_finite_logits(clean_logits: np.ndarray, adversarial_logits: np.ndarray) -> None:
+  """Raise `NonFiniteLogitsError` if the logits of a point (rows of `clean_logits` at the clean
+  points, of `adversarial_logits` at the suite's adversarial ones) hold NaN or inf.
+
+  An error, not a 'warn': a NaN row's argmax is one fixed class, so every accuracy computed
+  from such logits (clean, robust, each check's) counts label coincidences, and the other
+  checks misread the NaN (a repeated forward "differs" by NaN and looks randomised).
+  """
+  clean = ~np.isfinite(clean_logits).all(axis=-1)
+  adversarial = ~np.isfinite(adversarial_logits).all(axis=-1)
+  bad = int(np.sum(clean | adversarial))
+  if bad:
+    raise NonFiniteLogitsError(
+        f'the model outputs NaN/inf logits on {bad} of {len(clean)} points ({int(clean.sum())} '
+        f'clean, {int(adversarial.sum())} adversarial): the weights have diverged (or its '
+        'forward overflows float32), so no accuracy computed from them is valid; evaluate an '
+        'earlier checkpoint.')
+
+
+def check_prediction(logits: np.ndarray, labels: np.ndarray) -> dict:
+  """The model does not predict one class for every clean point while the `labels` hold
+  several. A constant prediction (a diverged or collapsed model) scores the share of its class
+  in every accuracy, robust ones included, whatever the attack: a 'warn', since the numbers
+  are computed correctly but measure the labels, not robustness."""
+  predicted = np.unique(np.argmax(logits, axis=-1))
+  classes = len(np.unique(labels))
+  constant = len(predicted) == 1 and classes > 1
+  return _record(not constant, f'predicts one class ({int(predicted[0])}) for every input '
+                 f'while the labels hold {classes}: the model is degenerate (diverged or '
+                 'collapsed), its accuracies are the share of that class' if constant else
+                 f'predicts {len(predicted)} classes (the labels hold {classes})',
+                 predicted_classes=int(len(predicted)), label_classes=classes)
+
+
 def check_logits(logits: np.ndarray) -> dict:
   """The model returns logits, not probabilities (rows in [0, 1] summing to 1)."""
   tol = PROBABILITY_TOLERANCE

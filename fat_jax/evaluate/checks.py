@@ -17,6 +17,7 @@ import numpy as np
 from fat_jax import sanity
 from fat_jax.attacks.eot import InputNoise, freeze_noise, randomized_gradient
 from fat_jax.evaluate.classifier import Classifier
+from fat_jax.evaluate.pieces import pad_rows
 from fat_jax.losses import cross_entropy
 from fat_jax.parallel import to_host
 
@@ -43,20 +44,17 @@ def probe_batch(params, state, x, y, key, *, apply_fn, randomized: bool = False)
   return g.logits, jnp.all(g.grad.reshape(len(x), -1) == 0, axis=1)
 
 
-def _probe(run, key):
-  """Clean logits and zero-gradient flags of all points, and the same logits again."""
-  m, logits, again, zero = run.model, [], [], []
-  for b, (chunk, size) in enumerate(run.batches(np.arange(len(run.x)))):
-    xb, yb = run.padded_batch(chunk, size)
-    k = jax.random.fold_in(key, b)
-    first, z = probe_batch(m.params, m.state, xb, yb, k, apply_fn=m.apply_fn,
-                           randomized=m.randomized)
-    second, _ = probe_batch(m.params, m.state, xb, yb, k, apply_fn=m.apply_fn,
-                            randomized=m.randomized)
-    logits.append(to_host(first)[:len(chunk)])
-    again.append(to_host(second)[:len(chunk)])
+def _probe(run, x, key):
+  """The logits (one draw) of all points at `x` and whether their CE input gradient is exactly
+  zero (batch b uses ``fold_in(key, b)``)."""
+  m, logits, zero = run.model, [], []
+  for b, (chunk, size) in enumerate(run.batches(np.arange(len(x)))):
+    xb, yb = run.put(pad_rows(x[chunk], size), pad_rows(run.y[chunk], size))
+    out, z = probe_batch(m.params, m.state, xb, yb, jax.random.fold_in(key, b),
+                         apply_fn=m.apply_fn, randomized=m.randomized)
+    logits.append(to_host(out)[:len(chunk)])
     zero.append(to_host(z)[:len(chunk)])
-  return np.concatenate(logits), np.concatenate(again), np.concatenate(zero)
+  return np.concatenate(logits), np.concatenate(zero)
 
 
 def square_fits(x: np.ndarray, norm: str) -> bool:
@@ -69,7 +67,9 @@ def run_sanity_checks(run, names, suite, clean, scores, final, x_adv, by_attack,
   """The checks of `fat_jax.sanity` for one evaluation, and their forward/backward passes.
 
   The extra attacks (FGSM, PGD, Square, ε sweep, frozen noise, EOT with K = 100) run
-  white-box from the clean points and do not change the suite's result.
+  white-box from the clean points and do not change the suite's result. First the logits at
+  the clean and the adversarial points are probed: NaN or inf there raises
+  `sanity.NonFiniteLogitsError` (`sanity.require_finite_logits`) before any extra attack.
   """
   n, draws, randomized = len(run.x), run.draws(), run.model.randomized
   keys = {name: jax.random.fold_in(key, i) for i, name in enumerate((
@@ -93,6 +93,10 @@ def run_sanity_checks(run, names, suite, clean, scores, final, x_adv, by_attack,
     counts['forward'] += len(scorer.x) * scorer.draws()
     return scorer.score(scorer.x, k)
 
+  logits, zero = _probe(run, run.x, keys['probe'])
+  sanity.require_finite_logits(logits, _probe(run, x_adv, keys['probe'])[0])
+  counts['forward'] += 2 * n
+  counts['backward'] += 2 * n
   checks = {'validity': sanity.check_validity(run.x, x_adv, run.eps, run.norm)}
   again = run.score(x_adv, keys['rescore'])
   counts['forward'] += n * draws
@@ -192,17 +196,18 @@ def run_sanity_checks(run, names, suite, clean, scores, final, x_adv, by_attack,
       checks['eot_samples'] = sanity.check_eot_samples(k, final[:m_check], EOT_CHECK_SAMPLES,
                                                        rescored)
 
-  logits, logits_again, zero = _probe(run, keys['probe'])
-  counts['forward'] += 2 * n
-  counts['backward'] += 2 * n
+  logits_again, _ = _probe(run, run.x, keys['probe'])
+  counts['forward'] += n
+  counts['backward'] += n
   checks['logits'] = sanity.check_logits(logits)
+  checks['prediction'] = sanity.check_prediction(logits, run.y)
   checks['zero_gradients'] = sanity.check_zero_gradients(zero)
   draw_change = None
   if randomized:
-    other, _, _ = _probe(run, keys['draw'])
+    other, _ = _probe(run, run.x, keys['draw'])
     draw_change = float(np.abs(other - logits).max())
-    counts['forward'] += 2 * n
-    counts['backward'] += 2 * n
+    counts['forward'] += n
+    counts['backward'] += n
   checks['determinism'] = sanity.check_determinism(float(np.abs(logits_again - logits).max()),
                                                    randomized, draw_change)
   return checks, counts

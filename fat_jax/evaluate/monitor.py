@@ -11,6 +11,7 @@ import functools
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -40,7 +41,8 @@ def robust_flags(model, settings: PGDSettings, params, state, images, labels, ke
                  pgd_delta=None):
   """Per-example correctness {'clean', 'fgsm', 'pgd'} in eval mode (BN running stats), and
   'vact': {'fgsm'|'pgd': {node: ‖M(x) − M(x + δ)‖₂ per example}} from the same forwards, and
-  'fosc': {'fgsm'|'pgd': FOSC c(x + δ) per example} (Wang et al., ICML 2019; `fosc_at`).
+  'fosc': {'fgsm'|'pgd': FOSC c(x + δ) per example} (Wang et al., ICML 2019; `fosc_at`), and
+  'finite': whether the logits at the clean, FGSM and PGD points are all finite, per example.
   `pgd_delta`: the PGD δ if already computed (`pgd_by_restart` on ``images / 255``)."""
   x = augment(key, images, mode='none')
   clean_logits, _, clean_features = model.apply(params, state, x, False)
@@ -52,13 +54,15 @@ def robust_flags(model, settings: PGDSettings, params, state, images, labels, ke
                            alpha=settings.alpha, steps=settings.steps,
                            restarts=settings.restarts).delta
   flags, vact, fosc = {'clean': clean}, {}, {}
+  finite = jnp.isfinite(clean_logits).all(axis=-1)
   for name, delta in (('fgsm', fgsm.delta), ('pgd', pgd_delta)):
     fosc[name] = fosc_at(model.apply, params, state, x, labels, delta, eps=eps)
     logits, _, features = model.apply(params, state, x + delta, False)
     flags[name] = clean * accuracy(logits, labels)
+    finite &= jnp.isfinite(logits).all(axis=-1)
     vact[name] = {node: feature_distance(clean_features[node], features[node])
                   for node in features}
-  return {**flags, 'vact': vact, 'fosc': fosc}
+  return {**flags, 'vact': vact, 'fosc': fosc, 'finite': finite}
 
 
 @jax.jit
@@ -73,10 +77,11 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
   """Clean / FGSM / PGD accuracy over uint8 `images` in batches of `batch_size`, the last one
   padded to `padded_length` (`pad_rows`).
 
-  Returns the accuracies, the per-point flags, the settings, the wall time and
+  Returns the accuracies, the per-point flags, the settings, the wall time,
   V_act = mean ‖M_i(x) − M_i(x + δ)‖₂ per feature node i (Zhao et al., "Catastrophic
   Overfitting: A Potential Blessing in Disguise") at the FGSM point ('vact') and at the PGD
-  point ('vact_pgd').
+  point ('vact_pgd'), and 'non_finite_logits': the number of points whose logits hold NaN or
+  inf at the clean, FGSM or PGD point (a diverged model: `fat_jax.divergence.check_monitor`).
   """
   n = len(images)
   start = time.time()
@@ -101,11 +106,13 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
   vact = {point: {node: float(v.mean()) for node, v in nodes.items()}
           for point, nodes in merged.pop('vact').items()}
   fosc = merged.pop('fosc')
+  finite = merged.pop('finite')
   flags = {k: v.astype(bool) for k, v in merged.items()}
   return {
       **{f'{k}_accuracy': float(v.mean()) for k, v in flags.items()},
       'vact': vact['fgsm'], 'vact_pgd': vact['pgd'],
       'fosc_fgsm': float(fosc['fgsm'].mean()), 'fosc_pgd': float(fosc['pgd'].mean()),
+      'non_finite_logits': int(np.sum(~finite)),
       'n': n, 'eps': settings.eps, 'pgd_steps': settings.steps,
       'pgd_restarts': settings.restarts, 'pgd_step_size': settings.alpha,
       'seed': seed, 'wall_time_s': time.time() - start, 'flags': flags,
