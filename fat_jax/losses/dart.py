@@ -11,14 +11,18 @@ The code runs on standalone Keras 2 with TensorFlow 1. Keras 2.2's
 ``weighted_masked_objective`` (keras-team/keras, ``keras/engine/training_utils.py``)
 multiplies the per-example losses by the weights, divides them by the share of non-zero
 weights and takes the mean: Σ_i w_i ℓ_i / #{i : w_i ≠ 0} — neither the weight sum nor, where
-a weight is exactly 0, the batch size (tf.keras divides by N; keras-team/keras#12176).
+a weight is exactly 0, the batch size (tf.keras divides by N; keras-team/keras#12176). The
+per-example loss is the official ``losses.cross_entropy`` on the softmax outputs, which clips
+p to [10⁻⁷, 1 − 10⁻⁷] (`keras_cross_entropy`).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from fat_jax.losses.classification import assert_logits_and_labels
+from fat_jax.losses.classification import assert_logits_and_labels, cross_entropy
+
+KERAS_EPSILON = 1e-7   # Keras' ``K.epsilon()``
 
 
 def dart_example_weights(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -26,9 +30,25 @@ def dart_example_weights(logits: jax.Array, labels: jax.Array) -> jax.Array:
   ``np.max(-batch_y * np.log(probs + 1e-12), axis=1)`` for one-hot labels. In float32 the
   10⁻¹² is absorbed unless p_y < 10⁻⁵, so an example with p_y = 1.0 exactly weighs 0."""
   assert_logits_and_labels(logits, labels)
-  probs = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
-  p_true = jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0]
+  p_true = _true_class_probability(logits, labels)
   return jax.lax.stop_gradient(-jnp.log(p_true + 1e-12))
+
+
+def _true_class_probability(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  probs = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
+  return jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0]
+
+
+def keras_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """−log(clip(p_y, 10⁻⁷, 1 − 10⁻⁷)) per example (N,): the official ``losses.cross_entropy``
+  (``tf.clip_by_value`` of the softmax outputs, bounds in float32). Where p_y is clipped the
+  loss is that constant and its gradient 0; elsewhere it is the log-softmax CE."""
+  assert_logits_and_labels(logits, labels)
+  p_true = _true_class_probability(logits, labels)
+  lo, hi = jnp.float32(KERAS_EPSILON), jnp.float32(1 - KERAS_EPSILON)
+  clipped = (p_true < lo) | (p_true > hi)
+  constant = -jnp.log(jax.lax.stop_gradient(jnp.clip(p_true, lo, hi)))
+  return jnp.where(clipped, constant, cross_entropy(logits, labels))
 
 
 def keras_weighted_mean(losses: jax.Array, weights: jax.Array) -> jax.Array:

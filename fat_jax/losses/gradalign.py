@@ -3,7 +3,9 @@
     R = λ·(1 − mean_i cos(∇_x ℓ(x_i), ∇_η ℓ(x_i + η_i))),  η ~ U(−ε, ε) (not box-clipped),
 
 the first gradient a constant, the second differentiated through (double
-backprop), the mean over the examples whose two gradients are both non-zero.
+backprop), the mean over the examples whose two gradients are both non-zero. With the FGSM
+attack the official first gradient is taken through ``clamp(X + δ, 0, 1)`` at δ = 0
+(`gradient_through_box_clamp`); the second one has no clamp.
 """
 from __future__ import annotations
 
@@ -17,6 +19,17 @@ from fat_jax.losses.input_gradient import input_gradient
 def gradalign_lambda(eps: float) -> float:
   """The CIFAR-10 rule of the paper's code: λ = 0.02·10^(ε·255/8) (0.2 at 8/255, 2.0 at 16/255)."""
   return 0.02 * 10 ** (eps * 255 / 8)
+
+
+def gradient_through_box_clamp(grad, x):
+  """∇_δ ℓ(f(clamp(x + δ, 0, 1))) at δ = 0, given ∇_x ℓ(f(x)).
+
+  The official ``utils.clamp`` is ``torch.max(torch.min(X, 1), 0)``; torch's binary min/max
+  send half of the gradient to each side of a tie (since pytorch/pytorch#59669), so a pixel
+  exactly 0 or 1 keeps half of its gradient and every other pixel of [0, 1] all of it.
+  """
+  chex.assert_equal_shape([grad, x])
+  return jnp.where((x == 0) | (x == 1), 0.5 * grad, grad)
 
 
 def cosine_alignment(grad_clean, grad_random):

@@ -46,9 +46,9 @@ from fat_jax.attacks.prior import prior_guided_step, prior_reset
 from fat_jax.data import to_batch_frame, to_stored_frame
 from fat_jax.losses import cross_entropy, smoothed_labels, soft_cross_entropy
 from fat_jax.losses.aaer import aaer_regularizer
-from fat_jax.losses.dart import dart_example_weights, keras_weighted_mean
+from fat_jax.losses.dart import dart_example_weights, keras_cross_entropy, keras_weighted_mean
 from fat_jax.losses.feature_diff import STABLE_ALPHA3, co_loss, stable_loss
-from fat_jax.losses.gradalign import gradalign_regularizer
+from fat_jax.losses.gradalign import gradalign_regularizer, gradient_through_box_clamp
 from fat_jax.losses.mart import mart_loss
 from fat_jax.losses.mep import mep_loss
 from fat_jax.losses.mma import mma_loss
@@ -387,9 +387,10 @@ class KLAttack(TrainingAttack):
 
 @dataclasses.dataclass(frozen=True)
 class CrossEntropy:
-  """CE(f(x + δ), y): the mean, or with per-example `example_weights` w (no gradient) Keras
-  2.2's sample-weighted mean Σ_i w_i·CE_i / #{i : w_i ≠ 0} (`losses.dart.keras_weighted_mean`,
-  DART's official training loss)."""
+  """CE(f(x + δ), y): the mean, or with per-example `example_weights` w (no gradient) DART's
+  official training loss, Keras 2.2's sample-weighted mean Σ_i w_i·CE_i / #{i : w_i ≠ 0}
+  (`losses.dart.keras_weighted_mean`) of the CE with p clipped to [10⁻⁷, 1 − 10⁻⁷]
+  (`losses.dart.keras_cross_entropy`)."""
   pairs_with_start = False
 
   def forward_order(self, awp: bool) -> tuple[str, ...]:
@@ -398,9 +399,9 @@ class CrossEntropy:
 
   def __call__(self, logits: dict, labels, start_logits, example_weights=None):
     del start_logits
-    ce = cross_entropy(logits['adv'], labels)
     if example_weights is None:
-      return ce.mean(), {}
+      return cross_entropy(logits['adv'], labels).mean(), {}
+    ce = keras_cross_entropy(logits['adv'], labels)
     return keras_weighted_mean(ce, jax.lax.stop_gradient(example_weights)), {}
 
 
@@ -527,14 +528,15 @@ class AAER(Regularizer):
 @dataclasses.dataclass(frozen=True)
 class GradAlign(Regularizer):
   """GradAlign (Andriushchenko & Flammarion 2020): λ·(1 − cos(∇_x ℓ(x), ∇_x ℓ(x + η))),
-  η ~ U(±ε). ∇_x ℓ(x) is the attack's own gradient when it starts at x, else one more
-  train-mode forward/backward at x (before the training forwards)."""
+  η ~ U(±ε). ∇_x ℓ(x) is the attack's own gradient when it starts at x, taken through the
+  official FGSM forward's box clamp (`gradient_through_box_clamp`), else one more train-mode
+  forward/backward at x (before the training forwards; the official one has no clamp)."""
   lam: float
 
   def prepare(self, model, params, state, x, labels, adv: Adversarial):
     """(∇_x ℓ(x) as a constant, the BatchNorm statistics after it)."""
     if adv.clean_gradient is not None:
-      return adv.clean_gradient, state
+      return gradient_through_box_clamp(adv.clean_gradient, x), state
     g = input_gradient(model.apply, jax.lax.stop_gradient(params), state, x, labels,
                        jnp.zeros_like(x), train=True)
     return g.grad, g.state
