@@ -1,12 +1,16 @@
 """Orbax checkpoints of the train state, one per completed epoch, verified on restore.
 
-After orbax has finished a checkpoint, process 0 writes a SHA-256 of every file of its
-directory (``CHECKSUM``, atomically). Restoring verifies it: a checkpoint whose files changed
-since (a flipped byte, a torn copy) is corrupt, and `latest_verified_epoch` falls back to the
-newest one that verifies, with a warning naming the bad one, which training moves aside into
-``workdir/checkpoints.corrupt/`` (never deleted). A checkpoint that verifies but does not fit
-the state it is restored into is a config mismatch (`CheckpointMismatchError`), not damage.
-Checkpoints written before checksums existed restore with a warning.
+After orbax has finished a checkpoint, process 0 writes its manifest (``CHECKSUM``,
+atomically): one ``SHA-256  relative path`` line per file orbax wrote, the format of
+``sha256sum``. Restoring verifies it: a checkpoint with a file changed or missing since (a
+flipped byte, a torn copy) is corrupt, and `latest_verified_epoch` falls back to the newest one
+that verifies, with a warning naming the bad one and its files, which training moves aside into
+``workdir/checkpoints.corrupt/`` (never deleted). A file the manifest does not list (a
+``.DS_Store``) is named as extra and ignored. A checkpoint that verifies but does not fit the
+state it is restored into is a config mismatch (`CheckpointMismatchError`), not damage.
+Checkpoints written before checksums existed restore with a warning, as unverified; those whose
+checksum file holds one SHA-256 over the whole directory (written before manifests) verify
+against it.
 
 Layout of ``checkpoints/<epoch>``: item 'state' = the `TrainState` fields step, params,
 batch_stats and opt_state (the optax optimiser state; for the torch SGD `optim.TorchSGDState`:
@@ -45,20 +49,53 @@ class CheckpointMismatchError(CheckpointError, ValueError):
   """An intact checkpoint does not fit the state it is restored into (another model config)."""
 
 
-def directory_digest(path: str) -> str:
-  """SHA-256 over the relative paths and contents of every file under `path` (sorted), the
-  checksum file excepted."""
-  digest = hashlib.sha256()
+def _files(path: str) -> list[str]:
+  """The relative paths of every file under `path` (sorted), the checksum file excepted."""
   files = sorted(os.path.relpath(os.path.join(root, name), path)
                  for root, _, names in os.walk(path) for name in names)
-  for rel in files:
-    if rel in (CHECKSUM, CHECKSUM + '.tmp'):
-      continue
+  return [rel for rel in files if rel not in (CHECKSUM, CHECKSUM + '.tmp')]
+
+
+def _update(digest, path: str):
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest
+
+
+def directory_digest(path: str) -> str:
+  """SHA-256 over the relative paths and contents of every file under `path` (sorted), the
+  checksum file excepted: the checksum of checkpoints written before manifests."""
+  digest = hashlib.sha256()
+  for rel in _files(path):
     digest.update(rel.encode() + b'\0')
-    with open(os.path.join(path, rel), 'rb') as f:
-      for block in iter(lambda: f.read(1 << 20), b''):
-        digest.update(block)
+    _update(digest, os.path.join(path, rel))
   return digest.hexdigest()
+
+
+def manifest(path: str) -> dict[str, str]:
+  """{relative path: SHA-256 of its content} of every file under `path`, the checksum file
+  excepted."""
+  return {rel: _update(hashlib.sha256(), os.path.join(path, rel)).hexdigest()
+          for rel in _files(path)}
+
+
+def _read_manifest(text: str) -> dict[str, str] | str:
+  """A checksum file's content: the manifest, or the single directory digest of the format
+  before manifests."""
+  lines = text.splitlines()
+  if len(lines) == 1 and ' ' not in lines[0].strip():
+    return lines[0].strip()
+  return {rel: digest for digest, _, rel in (line.partition('  ') for line in lines if line)}
+
+
+def compare(stored: dict[str, str], found: dict[str, str]) -> tuple[list[str], list[str]]:
+  """(problems, extra files) of the files `found` against the manifest `stored`: 'changed: F'
+  and 'missing: F' for each file of the manifest that differs or is absent; the extra files
+  are those the manifest does not list."""
+  problems = [f'{"missing" if rel not in found else "changed"}: {rel}'
+              for rel, digest in stored.items() if found.get(rel) != digest]
+  return problems, sorted(set(found) - set(stored))
 
 
 def _items(state) -> dict:
@@ -93,6 +130,11 @@ def _shape_differences(stored, wanted, limit: int = 5) -> list[str]:
   return diff[:limit] + ([f'... {len(diff) - limit} more'] if len(diff) > limit else [])
 
 
+def _listing(items: list[str], limit: int = 5) -> str:
+  return ', '.join(items[:limit]) + (f' and {len(items) - limit} more' if len(items) > limit
+                                     else '')
+
+
 class Checkpointer:
   """Saves `TrainState`s under ``workdir/checkpoints/<epoch>``; keeps the last `keep`."""
 
@@ -118,16 +160,27 @@ class Checkpointer:
     if is_writer():
       path = os.path.join(self.path(epoch), CHECKSUM)
       with open(path + '.tmp', 'w') as f:
-        f.write(directory_digest(self.path(epoch)) + '\n')
+        f.writelines(f'{digest}  {rel}\n' for rel, digest in manifest(self.path(epoch)).items())
       os.replace(path + '.tmp', path)
 
-  def verify(self, epoch: int) -> bool | None:
-    """Whether checkpoint `epoch` matches its checksum; None when it has none (older runs)."""
+  def check(self, epoch: int) -> tuple[list[str], list[str]] | None:
+    """(problems, extra files) of checkpoint `epoch` against its checksum file (`compare`; a
+    directory digest that differs is the problem 'its files changed'); None when it has none
+    (older runs, or a save cut short before it)."""
     checksum = os.path.join(self.path(epoch), CHECKSUM)
     if not os.path.exists(checksum):
       return None
     with open(checksum) as f:
-      return f.read().strip() == directory_digest(self.path(epoch))
+      stored = _read_manifest(f.read())
+    if isinstance(stored, str):
+      return ([] if stored == directory_digest(self.path(epoch)) else ['its files changed']), []
+    return compare(stored, manifest(self.path(epoch)))
+
+  def verify(self, epoch: int) -> bool | None:
+    """Whether checkpoint `epoch` matches its checksum file (files it does not list are
+    ignored); None when it has none."""
+    checked = self.check(epoch)
+    return None if checked is None else not checked[0]
 
   def latest_verified_epoch(self, set_aside: bool = False):
     """The newest epoch whose checkpoint verifies (or has no checksum), None if there is none.
@@ -140,15 +193,18 @@ class Checkpointer:
     epochs, bad = self.epochs(), []
     good = None
     for epoch in reversed(epochs):
-      verified = self.verify(epoch)
-      if verified is False:
-        log.warning('Checkpoint %s fails its checksum (corrupted after it was written); '
-                    'falling back to an earlier one.', self.path(epoch))
+      checked = self.check(epoch)
+      if checked is None:
+        log.warning('Checkpoint %s has no checksum (written by an older fat_jax, or its save was '
+                    'cut short): using it unverified.', self.path(epoch))
+      elif checked[1]:
+        log.warning('Checkpoint %s holds files it was not written with, ignored: %s.',
+                    self.path(epoch), _listing(checked[1]))
+      if checked and checked[0]:
+        log.warning('Checkpoint %s fails its checksum (corrupted after it was written: %s); '
+                    'falling back to an earlier one.', self.path(epoch), _listing(checked[0]))
         bad.append(epoch)
         continue
-      if verified is None:
-        log.warning('Checkpoint %s has no checksum (written by an older fat_jax): restoring it '
-                    'unverified.', self.path(epoch))
       good = epoch
       break
     if bad and set_aside:
@@ -158,6 +214,13 @@ class Checkpointer:
           f'No checkpoint in {self.directory} verifies: epochs {sorted(bad)} fail their '
           'checksums. Retrain in a new --workdir, or restore the files from a backup.')
     return good
+
+  def delete_after(self, epoch: int) -> None:
+    """Delete the checkpoints of the epochs after `epoch` (training writes them again)."""
+    for later in self.epochs():
+      if later > epoch:
+        self._manager.delete(later)
+    self._manager.reload()
 
   def _set_aside(self, epochs) -> None:
     if jax.process_count() > 1:  # every process has verified before process 0 moves
@@ -180,10 +243,11 @@ class Checkpointer:
     """Restore epoch `epoch` with the structure, dtypes and shardings of `like` (a
     `TrainState`; its per-example state only if `like` has one), after verifying it."""
     path = self.path(epoch)
-    verified = self.verify(epoch)
-    if verified is False:
-      raise CorruptCheckpointError(f'Checkpoint {path} fails its checksum: its files changed '
-                                   'after it was written.')
+    checked = self.check(epoch)
+    if checked and checked[0]:
+      raise CorruptCheckpointError(f'Checkpoint {path} fails its checksum ({_listing(checked[0])})'
+                                   ': its files changed after it was written.')
+    verified = checked is not None
     items = _items(like)
     try:
       restored = self._restore(epoch, items, like.examples)

@@ -10,22 +10,26 @@
       --config.eval.input_noise=0.0627
 
 ``--config.<field>=<value>`` overrides any field; the configs are locked, so a
-misspelt field is an error. Errors print one line (``--traceback`` shows the full one).
+misspelt field is an error. Errors print one line (``--traceback`` shows the full one), those
+in the flags and the config file too; the tracebacks the libraries log meanwhile (orbax's
+background threads on a full disk) go to ``WORKDIR/errors.log`` (`fat_jax.errors`).
 The checkpoint modes (eval, analyze, noise_eval) refuse a config that contradicts the run's
 config.json (model, data, method, ε). ``--config=configs/NAME.py`` is the file in the
 current folder when it exists (a checkout), else the recipe shipped in the
 package (`fat_jax.configs`, the repository's configs/ folder).
 """
+import difflib
 import logging
 import os
 import sys
+import traceback
 
 import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from fat_jax.errors import one_line
+from fat_jax.errors import TracebackLog, chain, message, one_line, storage_error
 from fat_jax.evaluate.checkpoints import evaluate_checkpoint
 from fat_jax.feature_analysis import analyze_checkpoint
 from fat_jax.noise_eval import evaluate_noise_checkpoint
@@ -34,7 +38,7 @@ from fat_jax.report import write_end_of_run_report
 from fat_jax.run_config import check_against_run
 from fat_jax.summary import run_summary
 from fat_jax.train import train_and_evaluate
-from fat_jax.validation import validate_config
+from fat_jax.validation import ConfigError, validate_config
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file in configs/.',
                                           lock_config=True)
@@ -53,16 +57,27 @@ flags.DEFINE_alias('verbose', 'traceback')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+TRACEBACK_HINT = '(--traceback shows the full traceback)'
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  tracebacks = None if _TRACEBACK.value else TracebackLog(_WORKDIR.value)
+  if tracebacks is not None:
+    tracebacks.capture()
   try:
     run_mode(_CONFIG.value)
   except Exception as e:  # pylint: disable=broad-except  # the command line's one line
-    if _TRACEBACK.value:
+    if tracebacks is None:
       raise
-    print(f'fat_jax: {one_line(e)}\n(--traceback shows the full traceback)', file=sys.stderr)
+    if tracebacks.path or storage_error(e) is not None:
+      tracebacks.write_exception(e)
+    where = f' (tracebacks: {tracebacks.path})' if tracebacks.path else ''
+    print(f'fat_jax: {one_line(e)}{where}\n{TRACEBACK_HINT}', file=sys.stderr)
     sys.exit(1)
+  if tracebacks is not None and tracebacks.path:
+    logging.getLogger('fat_jax').warning('The libraries logged errors: see %s.', tracebacks.path)
 
 
 def run_mode(config):
@@ -153,9 +168,83 @@ def resolve_config_args(argv: list[str]) -> list[str]:
   return out
 
 
+def config_file(argv: list[str]) -> str | None:
+  """The file of the last ``--config=PATH[:ARG]`` / ``--config PATH[:ARG]`` of `argv`."""
+  value = None
+  for i, a in enumerate(argv):
+    if a.startswith('--config='):
+      value = a[len('--config='):]
+    elif a == '--config' and i + 1 < len(argv):
+      value = argv[i + 1]
+  return None if value is None else value.partition(':')[0]
+
+
+def check_config_file(path: str | None) -> None:
+  """`ConfigError` when `path` (of --config) is no file, naming the closest recipes."""
+  if path is None or os.path.isfile(path):
+    return
+  folder, name = os.path.split(path)
+  names = os.listdir(folder or '.') if os.path.isdir(folder or '.') else []
+  close = [os.path.join(folder, n) for n in difflib.get_close_matches(
+      name, sorted(n for n in names if n.endswith('.py')))]
+  raise ConfigError(f'--config={path}: no such file' +
+                    (f'. Did you mean {" or ".join(close)}?' if close else ''))
+
+
+def asks_traceback(argv: list[str]) -> bool:
+  """Whether `argv` sets --traceback (or --verbose), read before absl parses it."""
+  wanted = False
+  for a in argv[1:]:
+    if a == '--':
+      break
+    name, _, value = a.lstrip('-').partition('=')
+    if name in ('traceback', 'verbose'):
+      wanted = value.lower() not in ('false', 'f', '0')
+    elif name in ('notraceback', 'noverbose'):
+      wanted = False
+  return wanted
+
+
+def flag_error(error: Exception, argv: list[str]) -> str:
+  """The one line for `error`, raised while the flags of `argv` were parsed: an error in the
+  config file with its line, a field the config lacks with the flag that names it (and
+  ml_collections' "Did you mean"), else `one_line`."""
+  path = config_file(argv)
+  lines = lambda e: message(e).splitlines() or ['']
+  for e in chain(error):
+    if isinstance(e, SyntaxError) and path and e.filename == path:
+      return f'error: the config file {path}, line {e.lineno}: {e.msg}'
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if path and f.filename == path]
+    if frames:
+      return (f'error: the config file {path}, line {frames[-1].lineno}: '
+              f'{type(e).__name__}: {lines(e)[0]}')
+  if isinstance(error, flags.Error):
+    return f'error: {lines(error)[0]}'
+  if isinstance(error, (AttributeError, KeyError)):
+    field, *hint = lines(error)
+    field = field.strip('\'"')
+    flag = next((a.partition('=')[0] for a in argv if a.startswith('--config.') and
+                 field in a.partition('=')[0].split('.')), '--config')
+    return f'error: {flag}: the config has no field {field!r}' + ''.join(f'. {h}' for h in hint)
+  return one_line(error).splitlines()[0]
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (``app.run``'s ``flags_parser``), with an error in a flag or in the
+  config file it loads as one line (the full traceback with --traceback)."""
+  try:
+    check_config_file(config_file(argv))
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except  # the config file may raise anything
+    if asks_traceback(argv):
+      raise
+    print(f'fat_jax: {flag_error(e, argv)}\n{TRACEBACK_HINT}', file=sys.stderr)
+    sys.exit(1)
+
+
 def run():
   """The ``fat-jax-train`` console command."""
-  app.run(main, argv=resolve_config_args(sys.argv))
+  app.run(main, argv=resolve_config_args(sys.argv), flags_parser=parse_flags)
 
 
 if __name__ == '__main__':

@@ -24,7 +24,8 @@ log = logging.getLogger('fat_jax')
 
 
 class CorruptLogError(ValueError):
-  """A line before the last of a ``.jsonl`` file is not JSON (not a torn write)."""
+  """A line before the last of a ``.jsonl`` file, or a ``.json`` file, is not JSON (not a torn
+  write)."""
 
 
 def _parse_lines(path: str) -> list[dict]:
@@ -51,6 +52,15 @@ def append_record(workdir: str, record: dict, name: str = METRICS) -> None:
     return
   with open(os.path.join(workdir, name), 'a') as f:
     f.write(json.dumps(record) + '\n')
+
+
+def has_records(workdir: str, name: str = METRICS) -> bool:
+  """Whether `name` holds anything (a torn line included)."""
+  path = os.path.join(workdir, name)
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return bool(f.read().strip())
 
 
 def read_records(workdir: str, up_to_epoch: int | None = None,
@@ -83,11 +93,19 @@ def write_json(workdir: str, name: str, obj: dict) -> str:
 
 
 def read_json(workdir: str, name: str):
+  """The content of `name`, None when it does not exist; `CorruptLogError`, naming the file and
+  what to do, when it is not JSON (cut short or edited)."""
   path = os.path.join(workdir, name)
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      rerun = ('rerun training with the config the run was trained with' if name == CONFIG
+               else 'rerun the command that wrote it')
+      raise CorruptLogError(f'{path} is not valid JSON ({e}): it was cut short or edited. '
+                            f'Restore it from a backup, or delete it and {rerun}.') from None
 
 
 def write_arrays(workdir: str, name: str, arrays: dict) -> str:

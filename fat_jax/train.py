@@ -25,7 +25,7 @@ from fat_jax.config import default_config
 from fat_jax.data import (iterate_batches, load_dataset, shard_batch, steps_per_epoch,
                           stored_frame_shape)
 from fat_jax.diagnostics import co_onset
-from fat_jax.divergence import DivergenceError, check_finite
+from fat_jax.divergence import DivergenceError, check_finite, check_loss, check_monitor
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
 from fat_jax.methods import init_examples, init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
@@ -64,30 +64,54 @@ def _same_run(stored, current, default) -> bool:
       for k, v in current.items())
 
 
-def _check_resumable(workdir: str, config) -> None:
-  """Write config.json, or check that the one in `workdir` trains the same run."""
-  current = json.loads(config.to_json_best_effort())
+def _check_resumable(workdir: str, config, checkpointer) -> None:
+  """Check that the config.json in `workdir`, if any, trains the same run. One of a run that
+  never trained (no checkpoint, no metrics record: its start failed) is replaced."""
   stored = run_log.read_json(workdir, run_log.CONFIG)
-  if stored is not None:
-    default = json.loads(default_config().to_json_best_effort())
-    differ = sorted(k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and
-                    not _same_run(stored.get(k), current.get(k), default.get(k)))
-    if differ:
-      raise ValueError(f'{workdir} holds a run with a different config (sections {differ}); '
-                       'use a new --workdir or the original config.')
-  run_log.write_json(workdir, run_log.CONFIG, current)
+  if stored is None:
+    return
+  current = json.loads(config.to_json_best_effort())
+  default = json.loads(default_config().to_json_best_effort())
+  differ = sorted(k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and
+                  not _same_run(stored.get(k), current.get(k), default.get(k)))
+  if not differ:
+    return
+  if checkpointer.epochs() or run_log.has_records(workdir):
+    raise ValueError(f'{workdir} holds a run with a different config (sections {differ}); '
+                     'use a new --workdir or the original config.')
+  log.info('%s holds the %s of a run that never trained (sections %s differ): this config '
+           'replaces it.', workdir, run_log.CONFIG, differ)
+
+
+def _resume(checkpointer, workdir: str) -> tuple[int, list[dict]]:
+  """The epoch to resume from and the metrics records up to it: the newest checkpoint that
+  verifies and whose epoch has its record. A record lost with a torn last line is trained
+  again (deterministically): the checkpoints after the last record are deleted first."""
+  start = checkpointer.latest_verified_epoch(set_aside=True) or 0
+  history = run_log.read_records(workdir, up_to_epoch=start)
+  logged = history[-1]['epoch'] if history else 0
+  if logged < start:
+    log.warning('%s ends at epoch %d but the checkpoint of epoch %d exists: training the epochs '
+                'after %d again.', run_log.METRICS, logged, start, logged)
+    checkpointer.delete_after(logged)
+    start = checkpointer.latest_verified_epoch(set_aside=True) or 0
+    history = run_log.read_records(workdir, up_to_epoch=start)
+  run_log.read_records(workdir, up_to_epoch=start, name=run_log.MONITOR)
+  return start, history
 
 
 def _last_good(checkpointer) -> str:
-  """Where a diverged run can go back to: the newest checkpoint that verifies."""
+  """Where a diverged run can go back to: the newest checkpoint that verifies (or has no
+  checksum, said so)."""
   try:
     epoch = checkpointer.latest_verified_epoch()
   except CheckpointError as e:
     return f'No checkpoint verifies ({e}).'
   if epoch is None:
     return 'No checkpoint was saved; lower optim.lr_max or eps and rerun in a new --workdir.'
+  checked = 'verified' if checkpointer.verify(epoch) else 'unverified: it has no checksum'
   return (f'The last good state is the checkpoint of epoch {epoch} ({checkpointer.path(epoch)}, '
-          'verified); lower optim.lr_max or eps and rerun in a new --workdir.')
+          f'{checked}); lower optim.lr_max or eps and rerun in a new --workdir.')
 
 
 def _train_epoch(train_step, ts, data, config, epoch: int, mesh, steps: int, checkpointer,
@@ -170,17 +194,16 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
 
   os.makedirs(workdir, exist_ok=True)
-  _check_resumable(workdir, config)
   checkpointer = Checkpointer(workdir, keep=config.checkpoint_keep)
+  _check_resumable(workdir, config, checkpointer)
   examples = init_examples(method, len(data.train_images),
                            stored_frame_shape(data.info.image_shape, data.info.augment))
   ts = replicate(init_train_state(model, init_key, examples), mesh)
-  start = checkpointer.latest_verified_epoch(set_aside=True) or 0
+  start, history = _resume(checkpointer, workdir)
   if start:
     ts = checkpointer.restore(start, ts)
     log.info('Resuming from the checkpoint of epoch %d in %s.', start, workdir)
-  history = run_log.read_records(workdir, up_to_epoch=start)
-  run_log.read_records(workdir, up_to_epoch=start, name=run_log.MONITOR)
+  run_log.write_json(workdir, run_log.CONFIG, json.loads(config.to_json_best_effort()))
 
   train_step = jax.jit(make_train_step(model, method, schedule,
                                        weight_decay=config.optim.weight_decay,
@@ -210,6 +233,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         return
       r = evaluate_robustness(model, ts.params, ts.batch_stats, monitor_x, monitor_y, monitor,
                               desc='monitor', **eval_kwargs)
+      check_monitor(r, f'at step {(epoch - 1) * steps + i + 1} (epoch {epoch})',
+                    lambda: _last_good(checkpointer))
       monitor_time[0] += r['wall_time_s']
       run_log.append_record(workdir, {
           'epoch': epoch - 1 + (i + 1) / steps, 'step': (epoch - 1) * steps + i + 1,
@@ -226,11 +251,15 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     ts, record = _train_epoch(train_step, ts, data, config, epoch, mesh, steps, checkpointer,
                               monitor_within_epoch(epoch))
     # The loss precedes each update: the state after the epoch's last step is checked here,
-    # before it is evaluated, logged or saved.
-    check_finite(ts, f'after epoch {epoch}', lambda: _last_good(checkpointer))
+    # before it is evaluated, logged or saved, and so are the loss and the monitor's values
+    # (finite weights can still be too large for finite forwards).
+    last_good = lambda: _last_good(checkpointer)
+    check_finite(ts, f'after epoch {epoch}', last_good)
+    check_loss(record['train_ce'], data.info.num_classes, f'of epoch {epoch}', last_good)
     train_time = time.time() - t0 - monitor_time[0]
     result = evaluate_robustness(model, ts.params, ts.batch_stats, monitor_x, monitor_y,
                                  monitor, desc='monitor', **eval_kwargs)
+    check_monitor(result, f'after epoch {epoch}', last_good)
     record = {'epoch': epoch, **record,
               **{f'{k}_accuracy': result[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
               'vact': result['vact'], 'vact_pgd': result['vact_pgd'],
@@ -259,11 +288,13 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     ts_epoch = epoch
 
   check_finite(ts, 'before the final evaluation', lambda: _last_good(checkpointer))
-  checkpointer.close()
   settings = _pgd_settings(config, config.eval.pgd_steps, config.eval.pgd_restarts)
   test_x, test_y = _eval_subset(data, config.eval.n)
   final = evaluate_robustness(model, ts.params, ts.batch_stats, test_x, test_y, settings,
                               desc='final eval', **eval_kwargs)
+  check_monitor(final, f'in the final evaluation (epoch {ts_epoch})',
+                lambda: _last_good(checkpointer))
+  checkpointer.close()
   run_log.write_arrays(workdir, 'eval_flags.npz', final.pop('flags'))
   results = {'method': config.method.name, 'dataset': config.data.name,
              'model': config.model.name, 'train_eps': config.eps, 'seed': config.seed,

@@ -51,11 +51,15 @@ def _holder(path: str) -> dict | None:
 
 
 def _create(path: str) -> bool:
-  """Create the lock for this process; False when it exists."""
+  """Create the lock for this process; False when it exists. A workdir that cannot be written
+  (read-only, full, not this user's) is an `OSError` naming the workdir."""
   try:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
   except FileExistsError:
     return False
+  except OSError as e:
+    raise OSError(e.errno, f'cannot write to the workdir ({e.strerror})',
+                  os.path.dirname(path)) from e
   with os.fdopen(fd, 'w') as f:
     json.dump({'pid': os.getpid(), 'host': socket.gethostname()}, f)
   return True
