@@ -27,7 +27,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = 'preact_resnet18'
   c.model.width = 64
-  c.model.depth = 4               # 'cnn' only
+  c.model.depth = 4               # 'cnn': conv layers; WideResNets: 6n + 4 (set it: 34, 28)
+  c.model.widen_factor = 10       # wide_resnet, dm_wide_resnet: k of WRN-d-k
+  c.model.activation = 'relu'     # wide_resnet, dm_wide_resnet: 'relu' | 'swish'
   c.model.batchnorm = False       # 'cnn' only
   c.model.dtype = 'float32'       # compute dtype: 'bfloat16' = mixed precision (fp32 weights)
   c.model.normalize = True        # (x − μ)/σ as the first op; False: raw [0, 1] pixels
@@ -38,6 +40,9 @@ def default_config() -> ml_collections.ConfigDict:
   # converted from code that feeds raw [0, 1] pixels, docs/convert.md).
   c.model.mean = config_dict.placeholder(tuple)
   c.model.std = config_dict.placeholder(tuple)
+  # 'vit_small' (LAP's vit.py): its sizes; smaller values give a tiny ViT.
+  c.model.vit = ml_collections.ConfigDict(dict(patch_size=4, embed_dim=384, depth=12,
+                                               num_heads=6, mlp_ratio=4.0))
 
   c.method = ml_collections.ConfigDict()
   c.method.name = 'fgsm_rs'

@@ -18,6 +18,20 @@ of the code that trained it (data set, input normalisation, ε):
   feed raw [0, 1] pixels (FGSM-PGI's ``utils.py``: μ = 0, σ = 1), so no normalisation.
 * ``locuslab_mnist``: ``locuslab/fast_adversarial MNIST/mnist_net.py`` (an
   ``nn.Sequential``: keys 0, 2, 5, 7), MNIST without normalisation, ε = 0.3.
+* ``wrn``: the WideResNet of ``yaodongyu/TRADES models/wideresnet.py`` (= MART, AWP, LAP, AAER,
+  RobustBench ``wide_resnet.py``), keys ``conv1``, ``block{1,2,3}.layer.{i}.{bn1, conv1, bn2,
+  conv2, convShortcut}``, ``bn1``, ``fc``; depth and widen factor read from the keys, TRADES'
+  unused ``sub_block1.*`` ignored; ReLU; raw [0, 1] pixels as TRADES, MART and AWP feed them
+  (LAP and AAER normalise: ``--normalization=dataset``).
+* ``dm_wrn``: ``DMWideResNet`` of RobustBench ``model_zoo/architectures/dm_wide_resnet.py``,
+  keys ``init_conv``, ``layer.{g}.block.{i}.{batchnorm_0, conv_0, batchnorm_1, conv_1,
+  shortcut}``, ``batchnorm``, ``logits``; depth and width read from the keys; Swish (its
+  RobustBench entries'; ``--activation=relu`` for the class default); its ``mean`` / ``std``
+  buffers, when the file holds them, are the normalisation (else CIFAR-10's, the file's
+  defaults).
+
+A ``locuslab`` file without the head ``bn.*`` keys (RobustBench ``Wong2020Fast``) converts to
+``preact_resnet18`` with ``head_bn_relu=False``.
 
 Weights map one to one: conv OIHW → HWIO, linear (out, in) → (in, out), BatchNorm
 weight/bias → scale/bias and running mean/var → ``batch_stats`` (torch's eps 1e-5
@@ -49,6 +63,7 @@ from fat_jax.data import DATASET_INFOS
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
 from fat_jax.models.resnet import resnet18_blocks
+from fat_jax.models.wide_resnet import ACTIVATIONS, block_specs, group_widths
 
 METHOD_LABEL = 'converted'
 WRAPPER_KEYS = ('state_dict', 'model_state_dict', 'model', 'net', 'network')
@@ -62,6 +77,7 @@ class Source:
   normalization: str  # 'dataset' (fat_jax's statistics of the data set) | 'none'
   eps: float
   repos: str
+  activation: str = 'relu'  # wrn, dm_wrn: the network's activation
 
 
 SOURCES = {
@@ -72,7 +88,15 @@ SOURCES = {
                        'kuangliu/pytorch-cifar, jiaxiaojunQAQ/FGSM-PGI, TRADES, MART'),
     'locuslab_mnist': Source('mnist_net', 'mnist', 'none', 0.3,
                              'locuslab/fast_adversarial MNIST/mnist_net.py'),
+    'wrn': Source('wide_resnet', 'cifar10', 'none', 8 / 255,
+                  'yaodongyu/TRADES, YisenWang/MART, csdongxian/AWP, tmllab/2024_ICML_LAP, '
+                  'tmllab/2023_NeurIPS_AAER, RobustBench wide_resnet.py'),
+    'dm_wrn': Source('dm_wide_resnet', 'cifar10', 'dataset', 8 / 255,
+                     'RobustBench dm_wide_resnet.py (deepmind-research adversarial_robustness)',
+                     activation='swish'),
 }
+# Keys of a source's file that hold no weights of the network.
+IGNORED_PREFIXES = {'wrn': ('sub_block1.',)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,9 +113,9 @@ class Layer:
   flatten_chw: tuple[int, int, int] | None = None
 
 
-def preact_resnet18_layers(width: int) -> list[Layer]:
+def preact_resnet18_layers(width: int, head_bn_relu: bool = True) -> list[Layer]:
   """locuslab ``PreActResNet18``: conv1, layer{1-4}.{0,1}.(bn1, conv1, bn2, conv2,
-  shortcut.0), bn, linear."""
+  shortcut.0), bn (unless not `head_bn_relu`), linear."""
   layers = [Layer('conv', 'conv1', ('stem',))]
   for spec in resnet18_blocks(width):
     block = f'layer{spec.stage + 1}.{spec.index}'
@@ -101,7 +125,8 @@ def preact_resnet18_layers(width: int) -> list[Layer]:
                Layer('conv', f'{block}.conv2', (spec.name, 'conv2'))]
     if spec.shortcut:
       layers.append(Layer('conv', f'{block}.shortcut.0', (spec.name, 'shortcut')))
-  return layers + [Layer('bn', 'bn', ('head_bn',)), Layer('linear', 'linear', ('linear',), True)]
+  head = [Layer('bn', 'bn', ('head_bn',))] if head_bn_relu else []
+  return layers + head + [Layer('linear', 'linear', ('linear',), True)]
 
 
 def resnet18_layers(width: int) -> list[Layer]:
@@ -128,15 +153,88 @@ def mnist_net_layers(image_shape: tuple[int, int, int]) -> list[Layer]:
           Layer('linear', '7', ('fc2',), True)]
 
 
-def _layers(model: str, width: int, image_shape) -> list[Layer]:
-  if model == 'preact_resnet18':
-    return preact_resnet18_layers(width)
-  if model == 'resnet18':
-    return resnet18_layers(width)
-  if model == 'mnist_net':
+def wide_resnet_layers(depth: int, widen_factor: int) -> list[Layer]:
+  """Official ``WideResNet``: conv1, block{1,2,3}.layer.{i}.(bn1, conv1, bn2, conv2,
+  convShortcut where the widths differ), bn1, fc."""
+  layers = [Layer('conv', 'conv1', ('stem',))]
+  for name, group, index, in_ch, out_ch, _ in block_specs(depth, widen_factor):
+    block = f'block{group + 1}.layer.{index}'
+    layers += [Layer('bn', f'{block}.bn1', (name, 'bn1')),
+               Layer('conv', f'{block}.conv1', (name, 'conv1')),
+               Layer('bn', f'{block}.bn2', (name, 'bn2')),
+               Layer('conv', f'{block}.conv2', (name, 'conv2'))]
+    if in_ch != out_ch:
+      layers.append(Layer('conv', f'{block}.convShortcut', (name, 'shortcut')))
+  return layers + [Layer('bn', 'bn1', ('head_bn',)), Layer('linear', 'fc', ('linear',), True)]
+
+
+def dm_wide_resnet_layers(depth: int, widen_factor: int) -> list[Layer]:
+  """``DMWideResNet``: init_conv, layer.{g}.block.{i}.(batchnorm_0, conv_0, batchnorm_1,
+  conv_1, shortcut where the widths differ), batchnorm, logits."""
+  layers = [Layer('conv', 'init_conv', ('stem',))]
+  for name, group, index, in_ch, out_ch, _ in block_specs(depth, widen_factor):
+    block = f'layer.{group}.block.{index}'
+    layers += [Layer('bn', f'{block}.batchnorm_0', (name, 'bn1')),
+               Layer('conv', f'{block}.conv_0', (name, 'conv1')),
+               Layer('bn', f'{block}.batchnorm_1', (name, 'bn2')),
+               Layer('conv', f'{block}.conv_1', (name, 'conv2'))]
+    if in_ch != out_ch:
+      layers.append(Layer('conv', f'{block}.shortcut', (name, 'shortcut')))
+  return layers + [Layer('bn', 'batchnorm', ('head_bn',)),
+                   Layer('linear', 'logits', ('linear',), True)]
+
+
+def _layers(model, image_shape) -> list[Layer]:
+  """The layout of the model config `model` (name and sizes)."""
+  if model.name == 'preact_resnet18':
+    return preact_resnet18_layers(model.width, model.head_bn_relu)
+  if model.name == 'resnet18':
+    return resnet18_layers(model.width)
+  if model.name == 'mnist_net':
     return mnist_net_layers(image_shape)
-  raise ValueError(f'no PyTorch layout for model {model!r}; convertible: preact_resnet18, '
-                   'resnet18, mnist_net.')
+  if model.name == 'wide_resnet':
+    return wide_resnet_layers(model.depth, model.widen_factor)
+  if model.name == 'dm_wide_resnet':
+    return dm_wide_resnet_layers(model.depth, model.widen_factor)
+  raise ValueError(f'no PyTorch layout for model {model.name!r}; convertible: preact_resnet18, '
+                   'resnet18, mnist_net, wide_resnet, dm_wide_resnet.')
+
+
+# (stem key, first key of a group-1 block, its conv) of the WideResNet layouts.
+_WRN_KEYS = {'wide_resnet': ('conv1.weight', 'block1.layer.', 'conv1'),
+             'dm_wide_resnet': ('init_conv.weight', 'layer.0.block.', 'conv_0')}
+
+
+def wide_resnet_size(model: str, state: Mapping[str, np.ndarray]) -> tuple[int, int]:
+  """(depth, widen factor) of a WideResNet state_dict: n = the number of group-1 blocks,
+  depth = 6n + 4; k = the first block's conv width / 16."""
+  stem_key, prefix, conv_name = _WRN_KEYS[model]
+  first = f'{prefix}0.{conv_name}.weight'
+  for key in (stem_key, first):
+    if key not in state or np.ndim(state[key]) != 4:
+      raise ValueError(f'missing key {key!r} (a conv weight of the WideResNet); the state_dict '
+                       f'has {len(state)} keys, e.g. {sorted(state)[:5]}. Check --source.')
+  stem, width = int(state[stem_key].shape[0]), int(state[first].shape[0])
+  if stem != group_widths(1)[0] or width % stem:
+    raise ValueError(f'{stem_key!r} has {stem} and {first!r} {width} output channels: a '
+                     'WideResNet has 16 and 16·k. Check --source.')
+  blocks = {k[len(prefix):].split('.', 1)[0] for k in state if k.startswith(prefix)}
+  n = 1 + max(int(b) for b in blocks if b.isdigit())
+  return 6 * n + 4, width // stem
+
+
+def _normalization_buffers(state: dict, info) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """DMWideResNet's ``mean`` and ``std`` buffers (C, 1, 1), removed from `state`."""
+  stats = []
+  for key in ('mean', 'std'):
+    value = np.asarray(state.pop(key), np.float64)
+    if value.size != info.image_shape[-1] or not np.all(np.isfinite(value)):
+      raise ValueError(f'buffer {key!r} holds {value.size} values {value.reshape(-1)[:4]}; '
+                       f'expected {info.image_shape[-1]} finite ones.')
+    stats.append(tuple(float(v) for v in value.reshape(-1)))
+  if min(stats[1]) <= 0:
+    raise ValueError(f"buffer 'std' must be positive, got {stats[1]}.")
+  return stats[0], stats[1]
 
 
 def _is_state_dict(obj) -> bool:
@@ -285,6 +383,7 @@ def _sha256(path: str) -> str:
 
 def convert(path: str, workdir: str, *, source: str = 'locuslab', dataset: str | None = None,
             normalization: str | None = None, eps: float | None = None,
+            activation: str | None = None,
             limits: torch_file.Limits = torch_file.Limits()) -> str:
   """Converts the ``torch.save`` file `path` into a fat_jax run directory `workdir`.
 
@@ -292,8 +391,9 @@ def convert(path: str, workdir: str, *, source: str = 'locuslab', dataset: str |
   ``converted_from``: file name, sha256, source) and the checkpoint of epoch 0
   (`Checkpointer`), so that ``launch.py --mode=eval`` evaluates it with
   ``--config=configs/from_workdir.py:WORKDIR``. `dataset`, `normalization`
-  ('dataset' | 'none' | 'm1,m2,m3/s1,s2,s3') and `eps` default to `source`'s; `limits`
-  bounds what the file may make the reader allocate. Returns the absolute workdir.
+  ('dataset' | 'none' | 'm1,m2,m3/s1,s2,s3'), `eps` and `activation` (WideResNets: 'relu' |
+  'swish') default to `source`'s (dm_wrn: the file's mean/std buffers); `limits` bounds what
+  the file may make the reader allocate. Returns the absolute workdir.
   """
   if source not in SOURCES:
     raise ValueError(f'source={source!r}: use one of {sorted(SOURCES)}.')
@@ -307,6 +407,7 @@ def convert(path: str, workdir: str, *, source: str = 'locuslab', dataset: str |
       os.path.join(workdir, 'checkpoints')):
     raise FileExistsError(f'{workdir} already holds a run: choose a new --workdir.')
   state = unwrap_state_dict(torch_file.load(path, limits))
+  state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES.get(source, ()))}
 
   config = default_config()
   config.model.name, config.data.name = spec.model, dataset
@@ -316,14 +417,31 @@ def convert(path: str, workdir: str, *, source: str = 'locuslab', dataset: str |
     if 'conv1.weight' not in state:
       raise ValueError("missing key 'conv1.weight' (the stem conv); check --source.")
     config.model.width = int(state['conv1.weight'].shape[0])
+  if spec.model == 'preact_resnet18':  # RobustBench Wong2020Fast: no head BN-ReLU
+    config.model.head_bn_relu = 'bn.weight' in state
+  if spec.model in _WRN_KEYS:
+    config.model.depth, config.model.widen_factor = wide_resnet_size(spec.model, state)
+    config.eval.robustbench.architecture = (
+        f'WideResNet-{config.model.depth}-{config.model.widen_factor}')
+    config.model.activation = activation or spec.activation
+    if config.model.activation not in ACTIVATIONS:
+      raise ValueError(f'activation={config.model.activation!r}: use one of {sorted(ACTIVATIONS)}.')
+  elif activation not in (None, 'relu'):
+    raise ValueError(f'activation={activation!r} is an option of the WideResNet sources; '
+                     f'{source!r} is ReLU.')
+  buffers = None
+  if spec.model == 'dm_wide_resnet' and 'mean' in state and 'std' in state:
+    buffers = _normalization_buffers(state, info)
   stats = parse_normalization(normalization or spec.normalization, info)
+  if normalization is None and buffers is not None:
+    stats = buffers
   if stats is not None:
     config.model.mean, config.model.std = stats
 
   model = build_model(config.model, info)
   like = jax.eval_shape(lambda: init_train_state(model, jax.random.key(0)))
   params, batch_stats = map_state_dict(
-      state, _layers(spec.model, config.model.width, info.image_shape),
+      state, _layers(config.model, info.image_shape),
       {'params': like.params, 'batch_stats': like.batch_stats})
 
   train_state = init_train_state(
@@ -360,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
                            "'m1,m2,m3/s1,s2,s3'; default: what the source's code uses")
   parser.add_argument('--eps', type=float, default=None,
                       help="ε of the evaluation in [0, 1] pixel units; default: the source's")
+  parser.add_argument('--activation', default=None, choices=sorted(ACTIVATIONS),
+                      help="the WideResNet's activation; default: the source's (wrn relu, "
+                           'dm_wrn swish)')
   parser.add_argument('--max-elements', type=int, default=torch_file.MAX_ELEMENTS,
                       help='largest tensor or storage the file may declare, in elements '
                            f'(default {torch_file.MAX_ELEMENTS}); raise only for a trusted file')
@@ -370,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     workdir = convert(args.file, args.workdir, source=args.source, dataset=args.dataset,
                       normalization=args.normalization, eps=args.eps,
+                      activation=args.activation,
                       limits=torch_file.Limits(args.max_elements, args.max_total_bytes))
   except (ValueError, OSError) as e:  # a bad file, a refused one, a failing disk: one line
     print(f'fat-jax-convert: {errors.one_line(e)}', file=sys.stderr)

@@ -42,6 +42,21 @@ AAER_LAMBDAS = {
 AWP_GAMMA = {'pgd_at': 0.01, 'trades': 0.005}
 
 
+# Networks a recipe argument names: model config fields. 'wrn34_10' is the WideResNet-34-10 of
+# TRADES, MART, AWP and LAP (`WideResNet(34, 10, 10)` in LAP.py for `--model WideResNet`).
+NETWORKS = {
+    'wrn34_10': {'name': 'wide_resnet', 'depth': 34, 'widen_factor': 10},
+    'resnet18': {'name': 'resnet18'},
+    'preact_resnet18': {'name': 'preact_resnet18'},
+}
+
+
+def set_network(c, network: str) -> None:
+  """Make `c.model` the network `network`, a key of `NETWORKS`."""
+  for field, value in _pick(NETWORKS, network, 'the recipe').items():
+    c.model[field] = value
+
+
 def _pick(table: dict, variant: str, what: str):
   if variant not in table:
     raise ValueError(f'{what} has no variant {variant!r}; known: {sorted(table)}.')

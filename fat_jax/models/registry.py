@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
-from fat_jax.models import preact_resnet, resnet, small
+from fat_jax.models import preact_resnet, resnet, small, vit, wide_resnet
 from fat_jax.models.core import COMPUTE_DTYPES, CONV_IMPLS, INITS, Model
 
 # Name → constructor(config, **common kwargs).
@@ -21,8 +21,18 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     'cnn': lambda c, **kw: small.SmallCNN(
         width=c.get('width', 32), depth=c.get('depth', 4),
         batchnorm=c.get('batchnorm', False), **kw),
+    # WideResNet-depth-widen_factor: the official one (TRADES, MART, AWP, LAP) and DeepMind's.
+    'wide_resnet': lambda c, **kw: wide_resnet.WideResNet(
+        depth=c.get('depth', 34), widen_factor=c.get('widen_factor', 10),
+        activation=c.get('activation', 'relu'), dropout=c.get('dropout', 0.0), **kw),
+    'dm_wide_resnet': lambda c, **kw: wide_resnet.WideResNet(
+        depth=c.get('depth', 28), widen_factor=c.get('widen_factor', 10), variant='dm',
+        activation=c.get('activation', 'relu'), dropout=c.get('dropout', 0.0), **kw),
+    # LAP's vit_small; model.vit overrides its sizes (a tiny ViT for tests and CPUs).
+    'vit_small': lambda c, **kw: vit.vit_small(**dict(c.get('vit') or {}), **kw),
 }
 MODEL_NAMES = tuple(_BUILDERS)
+WIDE_RESNETS = ('wide_resnet', 'dm_wide_resnet')
 
 
 def build_model(config: Any, info: Any) -> Model:
@@ -43,6 +53,10 @@ def build_model(config: Any, info: Any) -> Model:
   if config.name != 'preact_resnet18' and (init != 'torch' or not head):
     raise ValueError("model.init and model.head_bn_relu are options of 'preact_resnet18'; "
                      f"leave them at 'torch' and True for {config.name!r}.")
+  if config.name not in WIDE_RESNETS and (config.get('activation', 'relu') != 'relu' or
+                                          config.get('dropout', 0.0)):
+    raise ValueError(f'model.activation and model.dropout are options of {WIDE_RESNETS}; leave '
+                     f"them at 'relu' and 0 for {config.name!r}.")
   own_mean, own_std = config.get('mean'), config.get('std')
   if (own_mean is None) != (own_std is None):
     raise ValueError(f'model.mean={own_mean} and model.std={own_std}: set both (or neither, '
