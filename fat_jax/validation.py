@@ -15,7 +15,8 @@ import numpy as np
 log = logging.getLogger('fat_jax')
 
 NORMS = ('Linf', 'L2')     # the evaluation's threat models (fat_jax.attacks.NORMS)
-# The suites of `fat_jax.evaluate.evaluate` (the keys of its `SUITES`, which imports this module).
+# The suites of `fat_jax.evaluate.evaluate` (the keys of `fat_jax.evaluate.registry.SUITES`,
+# whose package imports this module).
 SUITES = ('aa_standard', 'aa_plus', 'aa_rand', 'pgd', 'transfer', 'custom')
 SEED_LIMIT = 2 ** 63       # seeds are integers in [0, 2^63): NumPy's and JAX's generators
 PIXEL_UNITS_WARNING = 0.5  # ε above this on [0, 1] images: likely given in 0–255 units

@@ -10,10 +10,9 @@ import pytest
 from fat_jax.attacks import apgd_attack, pgd_attack, square_attack
 from fat_jax.data import DATASET_INFOS
 from fat_jax.evaluate.monitor import PGDSettings, evaluate_robustness, robust_flags
-from fat_jax.evaluate import evaluate, pieces, suites
+from fat_jax.evaluate import evaluate, pieces, registry
 from fat_jax.evaluate.pieces import apgd_by_chunk, pgd_by_restart, square_by_chunk
-from fat_jax.evaluate.suites import (SuiteOptions, apgd_batch_by_chunk, attack_batch,
-                                    pgd_batch_by_restart, square_batch_by_chunk)
+from fat_jax.evaluate.registry import SuiteOptions, attack_batch, attack_in_pieces
 from tests.test_apgd import noisy_problem
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
@@ -54,8 +53,8 @@ def test_suite_batch_equals_attack_batch(problem, name='pgd'):
                                 pgd_step_size=0.3, n_draws=0)
   whole = attack_batch(params, state, x, y, jax.random.key(4), EPS, 0, apply_fn=apply_fn,
                        name=name, options=options)
-  split = pgd_batch_by_restart(params, state, x, y, jax.random.key(4), EPS, apply_fn=apply_fn,
-                               name=name, options=options)
+  split = attack_in_pieces(params, state, x, y, jax.random.key(4), EPS, 0, apply_fn=apply_fn,
+                           name=name, options=options)
   for a, b in zip(split, whole):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -82,8 +81,8 @@ def test_suite_square_batch_equals_attack_batch(problem, monkeypatch):
   options = dataclasses.replace(SuiteOptions(), square_queries=40, n_draws=0)
   whole = attack_batch(params, state, x, y, jax.random.key(8), EPS, 0, apply_fn=apply_fn,
                        name='square', options=options)
-  split = square_batch_by_chunk(params, state, x, y, jax.random.key(8), EPS, apply_fn=apply_fn,
-                                options=options)
+  split = attack_in_pieces(params, state, x, y, jax.random.key(8), EPS, 0, apply_fn=apply_fn,
+                           name='square', options=options)
   for a, b in zip(split, whole):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -111,9 +110,8 @@ def test_suite_apgd_batch_equals_attack_batch(problem, monkeypatch, name, rank):
   whole = attack_batch(params, state, x, y, jax.random.key(10), EPS, rank, apply_fn=apply_fn,
                        name=name, options=options)
   done = []
-  split = apgd_batch_by_chunk(params, state, x, y, jax.random.key(10), EPS, rank,
-                              apply_fn=apply_fn, name=name, options=options,
-                              on_chunk=done.append)
+  split = attack_in_pieces(params, state, x, y, jax.random.key(10), EPS, rank,
+                           apply_fn=apply_fn, name=name, options=options, on_piece=done.append)
   assert done[-1] == 1.0 and done == sorted(done)
   for a, b in zip(split, whole):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -124,8 +122,8 @@ def test_suite_apgd_batch_equals_attack_batch_with_eot():
   options = dataclasses.replace(SuiteOptions(), apgd_steps=5, eot_samples=3, n_draws=0)
   args = (params, {}, x, y, jax.random.key(11), 0.1, 0)
   whole = attack_batch(*args, apply_fn=noisy, name='apgd-ce', options=options, randomized=True)
-  split = apgd_batch_by_chunk(*args, apply_fn=noisy, name='apgd-ce', options=options,
-                              randomized=True)
+  split = attack_in_pieces(*args, apply_fn=noisy, name='apgd-ce', options=options,
+                           randomized=True)
   for a, b in zip(split, whole):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -136,7 +134,7 @@ def test_evaluate_with_a_progress_bar_runs_in_pieces_and_gives_the_same_report(p
   monkeypatch.setattr(pieces, 'SQUARE_CHUNK', 8)
   calls = []
   for driver in (apgd_by_chunk, square_by_chunk):
-    monkeypatch.setattr(suites, driver.__name__,
+    monkeypatch.setattr(registry, driver.__name__,
                         lambda *a, driver=driver, **k: calls.append(driver.__name__)
                         or driver(*a, **k))
   apply_fn, params, state, x, y = problem

@@ -2,6 +2,8 @@
 
 Modules, one job each:
   suites       `evaluate`: an attack suite on any JAX classifier, in padded, bucketed batches
+  registry     `ATTACKS`: one entry per attack (how it runs, where it applies); `SUITES`,
+               `SuiteOptions`, `attack_batch`
   checks       the sanity checks run with every suite (verdicts in `fat_jax.sanity`)
   classifier   `Classifier`: the model an evaluation attacks or scores; `from_logits_fn`,
                `from_params_fn` adapt plain f(x) / f(params, x) -> logits
@@ -16,8 +18,9 @@ from fat_jax.evaluate.checks import probe_batch
 from fat_jax.evaluate.classifier import Classifier, from_logits_fn, from_params_fn
 from fat_jax.evaluate.monitor import PGDSettings, evaluate_robustness, robust_flags
 from fat_jax.evaluate.output import format_table, save_report
-from fat_jax.evaluate.suites import (ATTACKS, EOT_ATTACKS, SUITES, SuiteOptions, attack_batch,
-                                    evaluate, score_batch)
+from fat_jax.evaluate.registry import (ATTACKS, EOT_ATTACKS, SUITES, SuiteOptions,
+                                       attack_batch)
+from fat_jax.evaluate.suites import evaluate, score_batch
 
 _CHECKPOINT_NAMES = ('restore_model', 'evaluate_checkpoint')
 __all__ = ['ATTACKS', 'EOT_ATTACKS', 'SUITES', 'Classifier', 'PGDSettings', 'SuiteOptions',

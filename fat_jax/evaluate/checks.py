@@ -18,6 +18,7 @@ from fat_jax import sanity
 from fat_jax.attacks.eot import InputNoise, freeze_noise, randomized_gradient
 from fat_jax.evaluate.classifier import Classifier
 from fat_jax.evaluate.pieces import pad_rows
+from fat_jax.evaluate.registry import square_fits
 from fat_jax.losses import cross_entropy
 from fat_jax.parallel import to_host
 
@@ -55,11 +56,6 @@ def _probe(run, x, key):
     logits.append(to_host(out)[:len(chunk)])
     zero.append(to_host(z)[:len(chunk)])
   return np.concatenate(logits), np.concatenate(zero)
-
-
-def square_fits(x: np.ndarray, norm: str) -> bool:
-  """Whether Square can attack `x` in `norm`: its L2 start needs images of at least 5 × 5."""
-  return norm != 'L2' or (x.ndim >= 3 and min(x.shape[1], x.shape[2]) >= 5)
 
 
 def run_sanity_checks(run, names, suite, clean, scores, final, x_adv, by_attack, key, *,

@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,237 +20,20 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from fat_jax import sanity, validation
-from fat_jax.attacks import (apgd_attack, clip_to_box, deepfool_attack, fab_attack,
-                             fab_untargeted_attack, fgsm_attack, mifgsm_attack, pgd_attack,
-                             project_l2, project_linf, square_attack)
-from fat_jax.attacks.apgd import top_targets
-from fat_jax.attacks.core import NORMS, check_eps, normalize_l2
-from fat_jax.attacks.eot import eot_loss_and_grad, randomized_logits
+from fat_jax.attacks.core import check_eps
 from fat_jax.data import shard_batch
-from fat_jax.evaluate.checks import run_sanity_checks, square_fits
+from fat_jax.evaluate.checks import run_sanity_checks
 from fat_jax.evaluate.classifier import Classifier, as_classifier, count_classes
 from fat_jax.evaluate.output import format_table
-from fat_jax.evaluate.pieces import (apgd_by_chunk, pad_rows, padded_length, pgd_by_restart,
-                                    square_by_chunk)
-from fat_jax.losses import accuracy, cross_entropy
+from fat_jax.evaluate.pieces import pad_rows, padded_length
+from fat_jax.evaluate.registry import (ATTACKS, EOT_ATTACKS, REFUSED_ATTACKS, SUITES,
+                                       SuiteOptions, attack_batch, attack_in_pieces)
+from fat_jax.losses import accuracy
 from fat_jax.parallel import replicate, to_host
 
 log = logging.getLogger('fat_jax')
 
-SUITES = {
-    'aa_standard': ('apgd-ce', 'apgd-t', 'fab-t', 'square'),
-    'aa_plus': ('apgd-ce', 'apgd-dlr', 'fab', 'square', 'apgd-t', 'fab-t'),
-    'aa_rand': ('apgd-ce', 'apgd-dlr'),
-    'pgd': ('pgd',),
-    'transfer': ('apgd-ce',),   # default attacks on the surrogate; `attacks=` overrides
-    'custom': (),               # `attacks=` is the list
-}
-ATTACKS = ('fgsm', 'pgd', 'pgd_margin', 'mifgsm', 'deepfool', 'apgd-ce', 'apgd-dlr', 'apgd-t',
-           'fab', 'fab-t', 'square')
-LINF_ONLY = ('mifgsm', 'deepfool')  # sign steps / the L∞ DeepFool
-# Names refused with the reason and what to use instead.
-REFUSED_ATTACKS = {
-    'cw': "'cw' was PGD on the C&W margin loss; it is now 'pgd_margin' (the C&W-L2 optimisation "
-          "attack is fat_jax.attacks.cw_l2_attack)",
-    'cw_l2': "'cw_l2' (Carlini & Wagner's L2 attack) minimises the L2 distance without a "
-             "radius, so it is no ε-bounded suite attack; call fat_jax.attacks.cw_l2_attack "
-             "directly (docs/lecture_systems.md), or use 'pgd_margin' for the margin loss "
-             "within the ε-ball",
-}
-EOT_ATTACKS = ('fgsm', 'apgd-ce', 'apgd-dlr', 'apgd-t')  # usable on randomised models
-TARGETED = ('apgd-t', 'fab-t')
-APGD_LOSS = {'apgd-ce': 'ce', 'apgd-dlr': 'dlr', 'apgd-t': 'dlr_targeted'}
 SINGLE_DRAW_KEY = 1 << 30   # fold_in index of the 'rand' rule's draw (batch indices stay below)
-
-
-@dataclasses.dataclass(frozen=True)
-class SuiteOptions:
-  """Attack settings of a suite (AutoAttack-standard defaults), recorded with every result.
-
-  `pgd_step_size` is a multiple of ε; `eot_samples` (K) applies to randomised
-  models (aa_rand: 20); `n_draws` (M) fresh draws score each point of a
-  randomised model. `apgd_restarts` and `fab_restarts` apply to APGD-CE/-DLR and
-  untargeted FAB, `apgd_t_restarts` / `fab_t_restarts` to the targeted versions
-  (AutoAttack's separate `apgd_targeted.n_restarts` and `fab.n_restarts` before FAB-T).
-  """
-  apgd_steps: int = 100
-  apgd_restarts: int = 1
-  apgd_t_restarts: Optional[int] = None   # APGD-T; None = apgd_restarts (aa_plus: 1)
-  apgd_rho: float = 0.75
-  n_target_classes: int = 9
-  fab_steps: int = 100
-  fab_restarts: int = 1
-  fab_t_restarts: Optional[int] = None    # FAB-T; None = fab_restarts (aa_plus: 1)
-  fab_alpha_max: float = 0.1
-  fab_eta: float = 1.05
-  fab_beta: float = 0.9
-  square_queries: int = 5000
-  square_p_init: float = 0.8
-  square_rescale_schedule: bool = False
-  pgd_steps: int = 50
-  pgd_restarts: int = 10
-  pgd_step_size: float = 0.25
-  eot_samples: int = 1
-  n_draws: int = 100
-
-
-@functools.partial(jax.jit, static_argnames=('apply_fn', 'name', 'options', 'randomized',
-                                             'norm'))
-def attack_batch(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
-                 options: SuiteOptions, randomized: bool = False, norm: str = 'Linf'):
-  """(δ, forwards, backwards) of attack `name` in the `norm` ball on a batch, counts per
-  example.
-
-  `rank` picks the target of a targeted attack: class number rank + 2 by the
-  clean logits. Evaluation mode (BatchNorm running statistics) throughout. 'fgsm' in
-  L2 is the one normalised-gradient step δ = box(ε·∇/‖∇‖₂) (FGM).
-  """
-  o, n = options, len(x)
-  k = o.eot_samples if randomized else 1
-  per = lambda f, b: (jnp.full((n,), f, jnp.int32), jnp.full((n,), b, jnp.int32))
-  if name == 'fgsm':
-    if randomized:
-      g = eot_loss_and_grad(apply_fn, params, state, x, lambda z: cross_entropy(z, y), key,
-                            samples=k)
-      step = (project_l2(eps * normalize_l2(g.grad), eps) if norm == 'L2' else
-              project_linf(eps * jnp.sign(g.grad), eps))
-      return (clip_to_box(x, step), *per(k, k))
-    if norm == 'L2':
-      delta = pgd_attack(apply_fn, params, state, x, y, key, eps=eps, alpha=eps, steps=1,
-                         init='zero', freeze_misclassified=False, norm='L2').delta
-    else:
-      delta = fgsm_attack(apply_fn, params, state, x, y, key, eps=eps, alpha=eps,
-                          train=False).delta
-    return (delta, *per(1, 1))
-  if name in ('pgd', 'pgd_margin'):
-    delta = pgd_attack(apply_fn, params, state, x, y, key, eps=eps, alpha=o.pgd_step_size * eps,
-                       steps=o.pgd_steps, restarts=o.pgd_restarts,
-                       loss='ce' if name == 'pgd' else 'margin', norm=norm).delta
-    runs = o.pgd_restarts * o.pgd_steps
-    return (delta, *per(runs + (o.pgd_restarts if o.pgd_restarts > 1 else 0), runs))
-  if name == 'mifgsm':  # Dong et al. 2018: μ = 1, 10 steps of ε/10
-    steps = 10
-    delta = mifgsm_attack(apply_fn, params, state, x, y, eps=eps, steps=steps).delta
-    return (delta, *per(steps, steps))
-  if name == 'deepfool':
-    # The minimal L∞ perturbation (Moosavi-Dezfooli et al. 2016), projected onto the ε-ball and
-    # the box before it is scored: beyond ε it is no valid ε-attack.
-    result = deepfool_attack(apply_fn, params, state, x, y, norm='linf')
-    classes = jax.eval_shape(lambda: apply_fn(params, state, x, False))[0].shape[-1]
-    delta = clip_to_box(x, project_linf(result.delta, eps))
-    return delta, result.steps + 1, result.steps * classes
-  if name in APGD_LOSS:
-    unit = _apgd_unit(params, state, x, key, rank, apply_fn=apply_fn, name=name, options=o,
-                      randomized=randomized)
-    delta = apgd_attack(apply_fn, params, state, x, y, key, eps=eps, steps=o.apgd_steps,
-                        restarts=unit.restarts, loss=APGD_LOSS[name], target=unit.target,
-                        rho=o.apgd_rho, randomized=randomized, eot_samples=unit.eot_samples,
-                        norm=norm).delta
-    return (delta, *per(unit.forwards, unit.backwards))
-  fab_settings = dict(steps=o.fab_steps, alpha_max=o.fab_alpha_max, eta=o.fab_eta,
-                      beta=o.fab_beta, norm=norm)
-  if name == 'fab-t':
-    target = _target(params, state, x, key, rank, apply_fn=apply_fn, randomized=randomized,
-                     n_target_classes=o.n_target_classes)
-    restarts = o.fab_t_restarts or o.fab_restarts
-    delta = fab_attack(apply_fn, params, state, x, y, key, eps=eps, target=target,
-                       restarts=restarts, **fab_settings).delta
-    runs = restarts * o.fab_steps
-    return (delta, *per(2 + 2 * runs, runs))   # the target's forward, the clean one, the steps
-  if name == 'fab':
-    delta = fab_untargeted_attack(apply_fn, params, state, x, y, key, eps=eps,
-                                  restarts=o.fab_restarts, **fab_settings).delta
-    runs = o.fab_restarts * o.fab_steps
-    classes = jax.eval_shape(lambda: apply_fn(params, state, x, False)[0]).shape[-1]
-    return (delta, *per(1 + 2 * runs, classes * runs))
-  if name == 'square':
-    return _square_counts(square_attack(
-        apply_fn, params, state, x, y, key, eps=eps, queries=o.square_queries,
-        p_init=o.square_p_init, rescale_schedule=o.square_rescale_schedule, norm=norm))
-  raise ValueError(f'Unknown attack {name!r}; known: {ATTACKS}.')
-
-
-def pgd_batch_by_restart(params, state, x, y, key, eps, *, apply_fn, name: str,
-                        options: SuiteOptions, on_restart: Callable[[], None] | None = None,
-                        norm: str = 'Linf'):
-  """`attack_batch` of 'pgd' or 'pgd_margin' (the same δ and counts), one jitted call per restart
-  (`pgd_by_restart`), calling `on_restart()` after each."""
-  o, n = options, len(x)
-  eps = jnp.asarray(eps, jnp.float32)   # α = step·ε in float32, as inside `attack_batch`
-  delta = pgd_by_restart(apply_fn, params, state, x, y, key, eps=eps,
-                         alpha=o.pgd_step_size * eps, steps=o.pgd_steps,
-                         restarts=o.pgd_restarts, loss='ce' if name == 'pgd' else 'margin',
-                         norm=norm, on_restart=on_restart)
-  runs = o.pgd_restarts * o.pgd_steps
-  forward = runs + (o.pgd_restarts if o.pgd_restarts > 1 else 0)
-  return delta, jnp.full((n,), forward, jnp.int32), jnp.full((n,), runs, jnp.int32)
-
-
-@functools.partial(jax.jit, static_argnames=('apply_fn', 'randomized', 'n_target_classes'))
-def _target(params, state, x, key, rank, *, apply_fn, randomized: bool, n_target_classes: int):
-  """Class number rank + 2 by the clean logits: the target of a targeted attack's unit."""
-  logits, _ = randomized_logits(apply_fn, params, state, x, key, randomized=randomized)
-  return jnp.take(top_targets(logits, n_target_classes), rank, axis=1)
-
-
-class _APGDUnit(NamedTuple):
-  """One unit of an APGD attack: its target (APGD-T) or None, restarts, EOT samples, and the
-  forward and backward passes it costs per example."""
-  target: Optional[jax.Array]
-  restarts: int
-  eot_samples: int
-  forwards: int
-  backwards: int
-
-
-def _apgd_unit(params, state, x, key, rank, *, apply_fn, name: str, options: SuiteOptions,
-               randomized: bool) -> _APGDUnit:
-  """`_APGDUnit` of APGD attack `name`: restarts·(steps + 1)·K passes each way, plus the clean
-  forward and, for APGD-T, the one that ranks the target (rank + 2 by the clean logits)."""
-  o = options
-  k = o.eot_samples if randomized else 1
-  restarts = (o.apgd_t_restarts or o.apgd_restarts) if name == 'apgd-t' else o.apgd_restarts
-  runs = restarts * (o.apgd_steps + 1) * k
-  if name not in TARGETED:
-    return _APGDUnit(None, restarts, k, 1 + runs, runs)
-  target = _target(params, state, x, key, rank, apply_fn=apply_fn, randomized=randomized,
-                   n_target_classes=o.n_target_classes)
-  return _APGDUnit(target, restarts, k, 2 + runs, runs)
-
-
-def _square_counts(result):
-  """(δ, forwards, backwards) of a Square run: the start's forward and one per query."""
-  return result.delta, 1 + result.queries, jnp.zeros_like(result.queries)
-
-
-def apgd_batch_by_chunk(params, state, x, y, key, eps, rank, *, apply_fn, name: str,
-                        options: SuiteOptions, randomized: bool = False,
-                        on_chunk: Callable[[float], None] | None = None, norm: str = 'Linf'):
-  """`attack_batch` of an APGD attack (the same δ and counts), a chunk of iterations per
-  jitted call (`apgd_by_chunk`), calling `on_chunk(fraction done)` after each."""
-  o, n = options, len(x)
-  unit = _apgd_unit(params, state, x, key, rank, apply_fn=apply_fn, name=name, options=o,
-                    randomized=randomized)
-  delta = apgd_by_chunk(
-      apply_fn, params, state, x, y, key, eps=jnp.asarray(eps, jnp.float32), steps=o.apgd_steps,
-      restarts=unit.restarts, loss=APGD_LOSS[name], target=unit.target, rho=o.apgd_rho,
-      norm=norm, randomized=randomized, eot_samples=unit.eot_samples,
-      on_chunk=None if on_chunk is None else (
-          lambda done: on_chunk(done / (unit.restarts * o.apgd_steps))))
-  return (delta, jnp.full((n,), unit.forwards, jnp.int32),
-          jnp.full((n,), unit.backwards, jnp.int32))
-
-
-def square_batch_by_chunk(params, state, x, y, key, eps, *, apply_fn, options: SuiteOptions,
-                          on_chunk: Callable[[float], None] | None = None, norm: str = 'Linf'):
-  """`attack_batch` of 'square' (the same δ and counts), a chunk of queries per jitted call
-  (`square_by_chunk`), calling `on_chunk(fraction done)` after each."""
-  o = options
-  return _square_counts(square_by_chunk(
-      apply_fn, params, state, x, y, key, eps=jnp.asarray(eps, jnp.float32),
-      queries=o.square_queries, p_init=o.square_p_init,
-      rescale_schedule=o.square_rescale_schedule, norm=norm,
-      on_chunk=None if on_chunk is None else (lambda done: on_chunk(done / o.square_queries))))
 
 
 @functools.partial(jax.jit, static_argnames=('apply_fn', 'randomized', 'draws'))
@@ -333,14 +116,16 @@ class _Run:
     # A static jit argument: the fields this attack does not use are fixed (no recompilation).
     options = dataclasses.replace(options, n_draws=0,
                                   eot_samples=options.eot_samples if attacker.randomized else 1)
-    units = options.n_target_classes if name in TARGETED else 1
+    entry = ATTACKS[name]
+    units = options.n_target_classes if entry.targeted else 1
     flagged = (lambda: scores > 0) if single_draw is None else (
         lambda: (scores > 0) | single_draw)
     targets = lambda: np.arange(len(scores)) if every_point else np.flatnonzero(flagged())
     forward = backward = 0
-    # With a progress bar, APGD and Square run in pieces (the same result) so that it moves
-    # inside a batch; without one, in one call (one program to compile).
-    in_pieces = self.progress and (name == 'square' or name in APGD_LOSS)
+    # With a progress bar, an attack with pieces runs in them (the same result) so that it
+    # moves inside a batch; without one, in one call (one program to compile), but PGD, which
+    # always runs per restart.
+    in_pieces = entry.pieces is not None and (self.progress or entry.always_in_pieces)
     with tqdm(total=units * len(targets()), desc=name, leave=False, unit='pt',
               disable=not self.progress) as bar:
       for unit in range(units):
@@ -349,35 +134,20 @@ class _Run:
           batch_key = jax.random.fold_in(unit_key, b)
           attack_key, score_key = jax.random.split(batch_key)
           xb, yb = self.padded_batch(chunk, size)
-          if name in ('pgd', 'pgd_margin'):   # the bar moves per restart
-            per_restart = len(chunk) / options.pgd_restarts
-            delta, fwd, bwd = pgd_batch_by_restart(
-                attacker.params, attacker.state, xb, yb, attack_key, eps,
-                apply_fn=attacker.apply_fn, name=name, options=options,
-                on_restart=(lambda: bar.update(per_restart)) if self.progress else None,
-                norm=self.norm)
-          elif in_pieces:   # the bar moves per chunk of steps
+          batch = (attacker.params, attacker.state, xb, yb, attack_key, eps, unit)
+          settings = dict(apply_fn=attacker.apply_fn, name=name, options=options,
+                          randomized=attacker.randomized, norm=self.norm)
+          if in_pieces:   # the bar moves per piece
             shown = [0.0]   # fraction of this batch shown on the bar so far
 
-            def on_chunk(done, n=len(chunk), shown=shown):
+            def on_piece(done, n=len(chunk), shown=shown):
               bar.update(n * (done - shown[0]))
               shown[0] = done
-            if name == 'square':
-              delta, fwd, bwd = square_batch_by_chunk(
-                  attacker.params, attacker.state, xb, yb, attack_key, eps,
-                  apply_fn=attacker.apply_fn, options=options, on_chunk=on_chunk,
-                  norm=self.norm)
-            else:
-              delta, fwd, bwd = apgd_batch_by_chunk(
-                  attacker.params, attacker.state, xb, yb, attack_key, eps, unit,
-                  apply_fn=attacker.apply_fn, name=name, options=options,
-                  randomized=attacker.randomized, on_chunk=on_chunk, norm=self.norm)
-            on_chunk(1.0)   # a run that ended early: the rest at once
+            delta, fwd, bwd = attack_in_pieces(
+                *batch, **settings, on_piece=on_piece if self.progress else None)
+            on_piece(1.0)   # a run that ended early: the rest at once
           else:
-            delta, fwd, bwd = attack_batch(
-                attacker.params, attacker.state, xb, yb, attack_key, eps, unit,
-                apply_fn=attacker.apply_fn, name=name, options=options,
-                randomized=attacker.randomized, norm=self.norm)
+            delta, fwd, bwd = attack_batch(*batch, **settings)
           candidate = xb + delta
           m, n = self.model, len(chunk)
           s = to_host(score_batch(m.params, m.state, candidate, yb, score_key,
@@ -394,7 +164,7 @@ class _Run:
                                       apply_fn=m.apply_fn, randomized=True, draws=1))[:n]
             single_draw[chunk] &= one > 0.5
             forward += n
-          if name not in ('pgd', 'pgd_margin') and not in_pieces:
+          if not in_pieces:
             bar.update(n)
     return forward, backward
 
@@ -410,7 +180,7 @@ def _suite_attacks(suite: str, attacks) -> tuple[str, ...]:
     raise ValueError('; '.join(f'eval.attacks: {REFUSED_ATTACKS[a]}' for a in refused) + '.')
   unknown = [a for a in names if a not in ATTACKS]
   if unknown:
-    raise ValueError(f'Unknown attacks {unknown}; known: {ATTACKS}.')
+    raise ValueError(f'Unknown attacks {unknown}; known: {tuple(ATTACKS)}.')
   return names
 
 
@@ -455,18 +225,20 @@ def _attacker(model: Classifier, suite: str, surrogate) -> Classifier:
 
 
 def _check_compatible(names, randomized: bool, n_classes: int, norm: str, x) -> None:
-  linf_only = [a for a in names if a in LINF_ONLY]
-  if norm != 'Linf' and linf_only:
-    raise ValueError(f'Attacks {linf_only} are L∞ attacks; drop them for norm={norm!r}.')
-  if 'square' in names and not square_fits(x, norm):
-    raise ValueError(f'Square L2 needs images (N, H, W[, C]) of at least 5 × 5 pixels, got x of '
-                     f"shape {x.shape}: drop 'square' (suite='custom') or use norm='Linf'.")
+  entries = [ATTACKS[a] for a in names]
+  other_norm = [a for a, e in zip(names, entries) if norm not in e.norms]
+  if other_norm:
+    raise ValueError(f'Attacks {other_norm} are L∞ attacks; drop them for norm={norm!r}.')
+  for e in entries:
+    problem = e.input_problem and e.input_problem(x, norm)
+    if problem:
+      raise ValueError(problem)
   if randomized:
-    bad = [a for a in names if a not in EOT_ATTACKS]
+    bad = [a for a, e in zip(names, entries) if not e.eot]
     if bad:
       raise ValueError(f'Attacks {bad} have no EOT; a randomised model can be attacked with '
                        f'{EOT_ATTACKS} (suite aa_rand).')
-  need = max([4 if a in ('apgd-t', 'fab-t') else 3 if a == 'apgd-dlr' else 2 for a in names])
+  need = max(e.min_classes for e in entries)
   if n_classes < need:
     raise ValueError(f'Attacks {list(names)} need at least {need} classes, the model has '
                      f'{n_classes}.')
