@@ -15,8 +15,10 @@ against it.
 Layout of ``checkpoints/<epoch>``: item 'state' = the `TrainState` fields step, params,
 batch_stats and opt_state (the optax optimiser state; for the torch SGD `optim.TorchSGDState`:
 count and momentum buffers 'trace'), item 'examples' = the per-example state when the method
-keeps one. Checkpoints written before the optax state hold the momentum buffers as a field
-'momentum' instead of 'opt_state'; they restore into a torch-SGD state (count = step).
+keeps one, item 'ema' = the weight average of the params when the run keeps one (runs
+without one, and checkpoints written before it, have no such item). Checkpoints written
+before the optax state hold the momentum buffers as a field 'momentum' instead of
+'opt_state'; they restore into a torch-SGD state (count = step).
 """
 from __future__ import annotations
 
@@ -99,11 +101,12 @@ def compare(stored: dict[str, str], found: dict[str, str]) -> tuple[list[str], l
 
 
 def _items(state) -> dict:
-  """A `TrainState` as checkpoint items: 'state' and, when it has one, the per-example state
-  'examples' (stored apart, so that evaluation restores the model without it)."""
+  """A `TrainState` as checkpoint items: 'state' and, when it has them, the per-example state
+  'examples' (stored apart, so that evaluation restores the model without it) and the weight
+  average 'ema'."""
   fields = state._asdict()
-  examples = fields.pop('examples')
-  return {'state': fields, **({'examples': examples} if examples else {})}
+  apart = {name: fields.pop(name, {}) for name in ('examples', 'ema')}
+  return {'state': fields, **{name: tree for name, tree in apart.items() if tree}}
 
 
 def _momentum_layout(items: dict) -> dict:
@@ -162,6 +165,10 @@ class Checkpointer:
       with open(path + '.tmp', 'w') as f:
         f.writelines(f'{digest}  {rel}\n' for rel, digest in manifest(self.path(epoch)).items())
       os.replace(path + '.tmp', path)
+
+  def has_ema(self, epoch: int) -> bool:
+    """Whether checkpoint `epoch` holds a weight average (item 'ema')."""
+    return os.path.isdir(os.path.join(self.path(epoch), 'ema'))
 
   def check(self, epoch: int) -> tuple[list[str], list[str]] | None:
     """(problems, extra files) of checkpoint `epoch` against its checksum file (`compare`; a
@@ -241,7 +248,8 @@ class Checkpointer:
 
   def restore(self, epoch: int, like):
     """Restore epoch `epoch` with the structure, dtypes and shardings of `like` (a
-    `TrainState`; its per-example state only if `like` has one), after verifying it."""
+    `TrainState`; its per-example state and weight average only if `like` has them), after
+    verifying it."""
     path = self.path(epoch)
     checked = self.check(epoch)
     if checked and checked[0]:
@@ -255,7 +263,8 @@ class Checkpointer:
       restored = self._restore_momentum_layout(epoch, items, like)
       if restored is None:
         raise self._restore_error(epoch, verified, like, e) from e
-    return type(like)(**restored['state'], examples=restored.get('examples', {}))
+    return type(like)(**restored['state'], examples=restored.get('examples', {}),
+                      ema=restored.get('ema', {}))
 
   def _restore(self, epoch: int, items: dict, examples) -> dict:
     abstract = {k: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, v))

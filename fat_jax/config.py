@@ -16,6 +16,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.eps = 8 / 255
   c.batch_size = 128
   c.num_epochs = 30
+  # Weight EMA of any method (fat_jax.optim.WeightAverage); the monitor, the final evaluation
+  # and --mode=eval use it. τ in [0, 1), 0 = off (Gowal et al. 2020: 0.995).
+  c.ema_decay = 0.0
+  c.ema_warmup = 0.025            # EMA warm-up W as a fraction of all training steps
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'cifar10'
@@ -36,13 +40,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.init = 'torch'          # preact_resnet18: 'torch' | 'he_normal' (GradAlign's models.py)
   c.model.head_bn_relu = True     # preact_resnet18: BN-ReLU before pooling (GradAlign's: none)
   c.model.conv = 'xla'            # 'im2col_grad': weight gradient as im2col matmul on CPU (same values)
+  # 'vit_small' (LAP's vit.py): its sizes; smaller values give a tiny ViT.
+  c.model.vit = ml_collections.ConfigDict(dict(patch_size=4, embed_dim=384, depth=12,
+                                               num_heads=6, mlp_ratio=4.0))
   # With normalize: the statistics (x − mean)/std; None = the data set's, () = none (models
   # converted from code that feeds raw [0, 1] pixels, docs/convert.md).
   c.model.mean = config_dict.placeholder(tuple)
   c.model.std = config_dict.placeholder(tuple)
-  # 'vit_small' (LAP's vit.py): its sizes; smaller values give a tiny ViT.
-  c.model.vit = ml_collections.ConfigDict(dict(patch_size=4, embed_dim=384, depth=12,
-                                               num_heads=6, mlp_ratio=4.0))
 
   c.method = ml_collections.ConfigDict()
   c.method.name = 'fgsm_rs'

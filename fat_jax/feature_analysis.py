@@ -47,6 +47,7 @@ from fat_jax.attacks import fgsm_attack, pgd_attack
 from fat_jax.data import load_dataset
 from fat_jax.evaluate.checkpoints import restore_model
 from fat_jax.losses import accuracy
+from fat_jax.methods import evaluated_weights
 from fat_jax.losses.feature_diff import (TACT_SCALE, channel_saliency, channel_squared_difference,
                                          feature_distance)
 
@@ -309,24 +310,26 @@ def analyze_checkpoint(config, workdir: str) -> dict:
   a = config.analysis
   data = load_dataset(config.data)
   model, ts, epoch = restore_model(config.model, data.info, workdir, config.eval.epoch)
+  weights, params = evaluated_weights(ts)
   eps = config.eval.eps if config.eval.eps is not None else config.eps
   n_train = a.n_train or len(data.train_images)
   n_test = a.n or len(data.test_images)
   to_float = lambda images: images.astype(np.float32) / 255.0
-  stats = activation_statistics(model.apply, ts.params, ts.batch_stats,
+  stats = activation_statistics(model.apply, params, ts.batch_stats,
                                 to_float(data.train_images[:n_train]),
                                 data.train_labels[:n_train], eps=eps, attack=a.attack,
                                 scale=a.tact_scale, pgd_steps=a.pgd_steps,
                                 batch_size=a.batch_size, seed=config.seed,
                                 tact_reduction=a.tact_reduction)
   log.info('%s', format_statistics(stats))
-  rows = masking_study(model.apply, ts.params, ts.batch_stats,
+  rows = masking_study(model.apply, params, ts.batch_stats,
                        to_float(data.test_images[:n_test]), data.test_labels[:n_test],
                        stats['tact'], stats['variance'], eps=eps, alphas=tuple(a.alpha2),
                        pgd_steps=a.pgd_steps, batch_size=a.batch_size, seed=config.seed)
   log.info('Channel masking (T_act on %d training points, accuracies on %d test points, '
            'PGD-%d step ε/4):\n%s', n_train, n_test, a.pgd_steps, format_masking_table(rows))
-  report = {'workdir': workdir, 'evaluated_epoch': epoch, 'method': config.method.name,
+  report = {'workdir': workdir, 'evaluated_epoch': epoch, 'evaluated_weights': weights,
+            'method': config.method.name,
             'dataset': config.data.name, 'model': config.model.name,
             'settings': {**a.to_dict(), 'alpha2': list(a.alpha2), 'n_train': n_train, 'n': n_test,
                          'eps': eps, 'seed': config.seed},

@@ -29,6 +29,7 @@ from fat_jax.attacks.eot import with_input_noise
 from fat_jax.data import load_dataset
 from fat_jax.evaluate import SUITES, evaluate
 from fat_jax.evaluate.checkpoints import restore_model
+from fat_jax.methods import evaluated_weights
 
 log = logging.getLogger('fat_jax')
 
@@ -94,16 +95,17 @@ def evaluate_noise_checkpoint(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   data = load_dataset(config.data)
   model, ts, epoch = restore_model(config.model, data.info, workdir, e.epoch)
+  weights, params = evaluated_weights(ts)
   n = e.n or len(data.test_images)
   report = evaluate_input_noise(
-      model.apply, ts.params, ts.batch_stats, data.test_images[:n].astype(np.float32) / 255.0,
+      model.apply, params, ts.batch_stats, data.test_images[:n].astype(np.float32) / 255.0,
       data.test_labels[:n], eps=e.eps if e.eps is not None else config.eps,
       scale=e.input_noise, kind=e.noise_kind, clip=e.noise_clip,
       attacks=tuple(e.attacks) or SUITES['aa_rand'],
       eot_samples=e.eot_samples if e.eot_samples is not None else 20, seed=config.seed,
       n_draws=e.n_draws, apgd_steps=e.apgd_steps, apgd_restarts=e.apgd_restarts or 1,
       batch_size=e.batch_size, checks=e.checks, progress=config.progress)
-  report.update(evaluated_epoch=epoch, method=config.method.name, dataset=config.data.name,
+  report.update(evaluated_epoch=epoch, evaluated_weights=weights, method=config.method.name, dataset=config.data.name,
                 model=config.model.name, workdir=workdir)
   run_log.write_json(workdir, REPORT, report)
   log.info('Inference noise (epoch %d, n = %d):\n%s', epoch, n, report['table'])

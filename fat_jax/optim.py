@@ -56,6 +56,50 @@ def torch_sgd(schedule: 'Schedule', weight_decay: float) -> optax.GradientTransf
 
 
 @dataclasses.dataclass(frozen=True)
+class WeightAverage:
+  """An exponential moving average of the weights (EMA), the rule of Gowal et al. (2020),
+  "Uncovering the limits of adversarial training", as in the public reimplementation
+  `imrahulr/adversarial_robustness_pytorch` ``gowal21uncovering/utils/watrain.py``
+  ``ema_update(wa_model, model, global_step, decay_rate=τ, warmup_steps=W,
+  dynamic_decay=True)``, called after each optimiser step t = 1, 2, ... (updates taken):
+
+      d_t = 0                                 t < W   (a copy of the weights)
+      d_t = min(τ, (1 + t − W)/(10 + t − W))  t ≥ W   (τ where 10 + t − W = 0)
+      ŵ ← d_t·ŵ + (1 − d_t)·w
+
+  with ŵ₀ = w₀ (the official ``copy.deepcopy`` of the model). It averages what torch's
+  ``model.parameters()`` holds: the params, BatchNorm scale and bias included; the BatchNorm
+  running statistics are the model's own (the official ``update_bn`` copies them into the
+  averaged model before every evaluation). d_t is computed in float32 (the official: Python
+  floats, rounded to float32 when it scales the tensors).
+  """
+  decay: float
+  warmup_steps: float = 0.0
+
+  def __post_init__(self):
+    if not 0 <= self.decay < 1 or self.warmup_steps < 0:
+      raise ValueError(f'WeightAverage needs 0 ≤ decay < 1 and warmup_steps ≥ 0, got '
+                       f'{self.decay} and {self.warmup_steps}.')
+
+  def init(self, params):
+    """ŵ₀ = w₀, in buffers of its own."""
+    return jax.tree.map(lambda w: jnp.array(w, copy=True), params)
+
+  def decay_at(self, step) -> jax.Array:
+    """d_t after the optimiser step `step` = t (1-based)."""
+    delta = jnp.asarray(step, jnp.float32) - jnp.float32(self.warmup_steps)
+    dynamic = jnp.where(10 + delta != 0, jnp.minimum(jnp.float32(self.decay),
+                                                     (1 + delta) / (10 + delta)), self.decay)
+    return jnp.where(delta >= 0, dynamic, 0.0).astype(jnp.float32)
+
+  def update(self, average, params, step):
+    """ŵ after the optimiser step `step` = t, given the weights w after it."""
+    d = self.decay_at(step)
+    return jax.tree.map(lambda a, w: a * d.astype(a.dtype) + w * (1 - d).astype(w.dtype),
+                        average, params)
+
+
+@dataclasses.dataclass(frozen=True)
 class Schedule:
   """Learning rate and momentum as functions of the iteration (0-based).
 

@@ -12,7 +12,8 @@ folder is self-contained. Sections:
 * AAER statistics (AAE fraction m/n, V_A, V_N, C_A), LAP perturbation norms
   (per layer), feature-activation differences V_act (per node), the mean FOSC of
   the monitor's FGSM and PGD points, GradAlign cosine — each when the runs record it;
-* Evaluation — results.json and every eval_<suite>.json, with the sanity checks;
+* Evaluation — results.json and every eval_<suite>.json, with the sanity checks (an
+  evaluation of a run's weight EMA is marked 'EMA');
 * Adversarial examples — the first `ADV_EXAMPLES` test points at the evaluated
   checkpoint (the latest kept one if it is gone): clean, the run's own training
   attack (the value its train step ran) and PGD with the final-evaluation settings
@@ -49,6 +50,7 @@ from fat_jax.config import default_config
 from fat_jax.aggregate import Run
 from fat_jax.data import DatasetNotFoundError, load_dataset
 from fat_jax.evaluate.checkpoints import restore_model
+from fat_jax.methods import evaluated_weights
 from fat_jax.parallel import is_writer
 
 log = logging.getLogger('fat_jax')
@@ -258,13 +260,14 @@ def adversarial_examples(run: Run, n: int = ADV_EXAMPLES, seed: int = 0) -> dict
   epoch = wanted if wanted in epochs else epochs[-1]
   data = load_dataset(config.data)
   model, ts, _ = restore_model(config.model, data.info, run.workdir, epoch)
+  params = evaluated_weights(ts)[1]
   x = jnp.asarray(data.test_images[:n], jnp.float32) / 255.0
   y = jnp.asarray(data.test_labels[:n])
   inputs = landscape.adversarial_inputs(
-      ts.params, ts.batch_stats, x, y, jax.random.key(seed), landscape.attack_clock(config, epoch),
+      params, ts.batch_stats, x, y, jax.random.key(seed), landscape.attack_clock(config, epoch),
       model=model, attack=landscape.training_attack(config),
       pgd=landscape.final_pgd_settings(config))
-  predictions = {k: np.asarray(_predict(model, ts.params, ts.batch_stats, v))
+  predictions = {k: np.asarray(_predict(model, params, ts.batch_stats, v))
                  for k, v in inputs.items()}
   return {'epoch': epoch, 'labels': np.asarray(y), 'predictions': predictions,
           'inputs': {k: np.asarray(v) for k, v in inputs.items()},
@@ -326,6 +329,11 @@ def _settings(run: Run) -> str:
           f"{aggregate.COLUMNS['data'].value(run)} |")
 
 
+def _ema_mark(result: dict) -> str:
+  """' (EMA)' for an evaluation of the run's weight average, else ''."""
+  return ' (EMA)' if result.get('evaluated_weights') == 'ema' else ''
+
+
 def _results_table(runs: Sequence[Run]) -> str:
   lines = ['| run | epoch | n | ε | step | clean | FGSM | PGD | PGD-k-r | CO onset | train (s) |',
            '|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|']
@@ -335,7 +343,7 @@ def _results_table(runs: Sequence[Run]) -> str:
       lines.append(f'| {run.name} | no results.json yet |' + ' |' * 9)
       continue
     lines.append(
-        f"| {run.name} | {r['evaluated_epoch']} | {r['n']} | {r['eps']:.4g} | "
+        f"| {run.name} | {r['evaluated_epoch']}{_ema_mark(r)} | {r['n']} | {r['eps']:.4g} | "
         f"{r['pgd_step_size']:.4g} | {r['clean_accuracy']:.3f} | {r['fgsm_accuracy']:.3f} | "
         f"{r['pgd_accuracy']:.3f} | {r['pgd_steps']}-{r['pgd_restarts']} | "
         f"{r['co_onset_epoch'] or '–'} | {r['train_time_s']:.0f} |")
@@ -343,7 +351,8 @@ def _results_table(runs: Sequence[Run]) -> str:
 
 
 def _evaluation_section(run: Run, suite: str, report: dict) -> str:
-  head = (f"#### {run.name}: `eval_{suite}.json` (epoch {report.get('evaluated_epoch', '?')}, "
+  head = (f"#### {run.name}: `eval_{suite}.json` (epoch {report.get('evaluated_epoch', '?')}"
+          f"{_ema_mark(report)}, "
           f"n={report['n']}, ε={report['eps']:.4g}, seed {report['seed']})")
   rows = ['| attack | accuracy after it | time (s) |', '|---|---:|---:|',
           f"| clean | {report['clean_accuracy']:.4f} | "

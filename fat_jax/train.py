@@ -6,7 +6,10 @@ for catastrophic overfitting, append a record to ``metrics.jsonl``, checkpoint. 
 rerun with the same workdir resumes from the last checkpoint; the data order
 (seed, epoch) and the step keys (seed, step) make the resumed run identical to
 an uninterrupted one. At the end the last good state is evaluated with PGD-k-r
-into ``results.json``. The report (`fat_jax.report`) is the launcher's job, not the loop's.
+into ``results.json``. With ``config.ema_decay`` > 0 the state keeps a weight average
+(`optim.WeightAverage`), and the monitor and the final evaluation use it
+(``evaluated_weights``: 'ema', else 'model'). The report (`fat_jax.report`) is the
+launcher's job, not the loop's.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from fat_jax.data import (iterate_batches, load_dataset, shard_batch, steps_per_
 from fat_jax.diagnostics import co_onset
 from fat_jax.divergence import DivergenceError, check_finite, check_loss, check_monitor
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
-from fat_jax.methods import init_examples, init_train_state, make_train_step, resolve_method
+from fat_jax.methods import (evaluated_weights, init_examples, init_train_state, make_train_step,
+                             resolve_method)
 from fat_jax.models import build_model
 from fat_jax.parallel import make_data_mesh, replicate
 
@@ -50,6 +54,15 @@ def make_schedule(config, steps: int) -> optim.Schedule:
                         steps_per_epoch=steps, momentum=o.momentum,
                         base_momentum=o.base_momentum, milestones=tuple(o.milestones),
                         gamma=o.gamma)
+
+
+def make_weight_average(config, schedule: optim.Schedule) -> optim.WeightAverage | None:
+  """The weight average of `config` (None when ``ema_decay`` = 0): τ = ``ema_decay``, warm-up
+  W = ``ema_warmup`` × the total number of steps (the official 0.025 × epochs × steps per
+  epoch, ``gowal21uncovering/utils/watrain.py``)."""
+  if not config.ema_decay:
+    return None
+  return optim.WeightAverage(config.ema_decay, config.ema_warmup * schedule.total_steps)
 
 
 def _same_run(stored, current, default) -> bool:
@@ -198,7 +211,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   _check_resumable(workdir, config, checkpointer)
   examples = init_examples(method, len(data.train_images),
                            stored_frame_shape(data.info.image_shape, data.info.augment))
-  ts = replicate(init_train_state(model, init_key, examples), mesh)
+  ema = make_weight_average(config, schedule)
+  ts = replicate(init_train_state(model, init_key, examples, ema=ema), mesh)
   start, history = _resume(checkpointer, workdir)
   if start:
     ts = checkpointer.restore(start, ts)
@@ -207,7 +221,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
 
   train_step = jax.jit(make_train_step(model, method, schedule,
                                        weight_decay=config.optim.weight_decay,
-                                       augment_mode=data.info.augment, key=step_key),
+                                       augment_mode=data.info.augment, key=step_key, ema=ema),
                        donate_argnums=0)
   monitor = _pgd_settings(config, config.eval.monitor_pgd_steps,
                           config.eval.monitor_pgd_restarts)
@@ -223,6 +237,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   onset = co_onset(history, drop=cm.drop, gap=cm.gap)
   ts_epoch = start
   every = config.eval.monitor_every_steps
+  weights = evaluated_weights(ts)[0]  # 'ema' or 'model', recorded with every evaluation
   monitor_time = [0.0]  # time of the within-epoch monitor, not counted as training time
 
   def monitor_within_epoch(epoch):
@@ -231,8 +246,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     def after_step(ts, i):
       if not every or ((epoch - 1) * steps + i + 1) % every or i + 1 == steps:
         return
-      r = evaluate_robustness(model, ts.params, ts.batch_stats, monitor_x, monitor_y, monitor,
-                              desc='monitor', **eval_kwargs)
+      r = evaluate_robustness(model, evaluated_weights(ts)[1], ts.batch_stats, monitor_x,
+                              monitor_y, monitor, desc='monitor', **eval_kwargs)
       check_monitor(r, f'at step {(epoch - 1) * steps + i + 1} (epoch {epoch})',
                     lambda: _last_good(checkpointer))
       monitor_time[0] += r['wall_time_s']
@@ -240,7 +255,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
           'epoch': epoch - 1 + (i + 1) / steps, 'step': (epoch - 1) * steps + i + 1,
           **{f'{k}_accuracy': r[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
           'vact': r['vact'], 'vact_pgd': r['vact_pgd'], 'fosc_fgsm': r['fosc_fgsm'],
-          'fosc_pgd': r['fosc_pgd'], 'monitor': protocol},
+          'fosc_pgd': r['fosc_pgd'], 'monitor': protocol, 'evaluated_weights': weights},
           name=run_log.MONITOR)
     return after_step
 
@@ -257,15 +272,15 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     check_finite(ts, f'after epoch {epoch}', last_good)
     check_loss(record['train_ce'], data.info.num_classes, f'of epoch {epoch}', last_good)
     train_time = time.time() - t0 - monitor_time[0]
-    result = evaluate_robustness(model, ts.params, ts.batch_stats, monitor_x, monitor_y,
-                                 monitor, desc='monitor', **eval_kwargs)
+    result = evaluate_robustness(model, evaluated_weights(ts)[1], ts.batch_stats, monitor_x,
+                                 monitor_y, monitor, desc='monitor', **eval_kwargs)
     check_monitor(result, f'after epoch {epoch}', last_good)
     record = {'epoch': epoch, **record,
               **{f'{k}_accuracy': result[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
               'vact': result['vact'], 'vact_pgd': result['vact_pgd'],
               'fosc_fgsm': result['fosc_fgsm'], 'fosc_pgd': result['fosc_pgd'],
               'train_time_s': train_time, 'eval_time_s': result['wall_time_s'],
-              'monitor': protocol}
+              'monitor': protocol, 'evaluated_weights': weights}
     history.append(record)
     onset = co_onset(history, drop=cm.drop, gap=cm.gap)
     record['co_detected'] = onset is not None
@@ -290,18 +305,18 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   check_finite(ts, 'before the final evaluation', lambda: _last_good(checkpointer))
   settings = _pgd_settings(config, config.eval.pgd_steps, config.eval.pgd_restarts)
   test_x, test_y = _eval_subset(data, config.eval.n)
-  final = evaluate_robustness(model, ts.params, ts.batch_stats, test_x, test_y, settings,
-                              desc='final eval', **eval_kwargs)
+  final = evaluate_robustness(model, evaluated_weights(ts)[1], ts.batch_stats, test_x, test_y,
+                              settings, desc='final eval', **eval_kwargs)
   check_monitor(final, f'in the final evaluation (epoch {ts_epoch})',
                 lambda: _last_good(checkpointer))
   checkpointer.close()
   run_log.write_arrays(workdir, 'eval_flags.npz', final.pop('flags'))
   results = {'method': config.method.name, 'dataset': config.data.name,
              'model': config.model.name, 'train_eps': config.eps, 'seed': config.seed,
-             'evaluated_epoch': ts_epoch, 'co_onset_epoch': onset,
+             'evaluated_epoch': ts_epoch, 'evaluated_weights': weights, 'co_onset_epoch': onset,
              'train_time_s': sum(r['train_time_s'] for r in history), **final}
   run_log.write_json(workdir, run_log.RESULTS, results)
-  log.info('Final (epoch %d, n=%d, eps=%.4f): clean %.4f  FGSM %.4f  PGD-%d-%d %.4f',
-           ts_epoch, final['n'], settings.eps, final['clean_accuracy'],
+  log.info('Final (epoch %d, %s weights, n=%d, eps=%.4f): clean %.4f  FGSM %.4f  PGD-%d-%d %.4f',
+           ts_epoch, weights, final['n'], settings.eps, final['clean_accuracy'],
            final['fgsm_accuracy'], settings.steps, settings.restarts, final['pgd_accuracy'])
   return results

@@ -47,6 +47,8 @@ POSITIVE = ('batch_size', 'num_epochs', 'eval.monitor_pgd_steps', 'eval.monitor_
 RANGES = {'method.mep_label_smoothing': (0, 1, False, "FGSM-MEP's true-class probability"),
           'method.mep_decay': (0, 1, False, "FGSM-MEP's momentum decay"),
           'method.atas_beta': (0, 1, False, "ATAS's momentum of the squared gradient norm"),
+          'ema_decay': (0, 1, False, 'the weight EMA decay τ < 1, e.g. 0.995 (0 = off)'),
+          'ema_warmup': (0, 1, False, 'the EMA warm-up as a fraction of the training steps'),
           **{f'eval.{name}': rule for name, rule in EVAL_RANGES.items()}}
 NON_NEGATIVE = ('optim.lr_max', 'optim.weight_decay', 'eval.input_noise')
 EPSILONS = ('eps', 'eval.eps')
@@ -172,6 +174,8 @@ def config_problems(config, training: bool = False) -> list[str]:
                if _get(config, field) is not None]
   problems += [range_problem(field, _get(config, field), rule) for field, rule in RANGES.items()
                if _get(config, field) is not None and field not in bad]
+  if _get(config, 'ema_decay') == 1:  # RANGES include their high end
+    problems.append('ema_decay=1 would never move the average: give τ in [0, 1), e.g. 0.995.')
   for field in NON_NEGATIVE:
     value = _get(config, field)
     if value is not None and field not in bad and value < 0:

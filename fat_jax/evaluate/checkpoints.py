@@ -19,17 +19,27 @@ from fat_jax.data import load_dataset
 from fat_jax.evaluate.output import save_report
 from fat_jax.evaluate.robustbench import AUTOATTACK_SUITES, robustbench_entry, save_robustbench_entry
 from fat_jax.evaluate.suites import SuiteOptions, evaluate
-from fat_jax.methods import init_train_state
+from fat_jax.methods import evaluated_weights, init_train_state
 from fat_jax.models import build_model
+from fat_jax.optim import WeightAverage
 from fat_jax.parallel import is_writer, make_data_mesh
 
 ARCHITECTURES = {'preact_resnet18': 'PreActResNet-18', 'resnet18': 'ResNet-18',
-                 'mnist_net': 'MNIST CNN (locuslab)', 'cnn': 'CNN'}  # RobustBench's names
+                 'mnist_net': 'MNIST CNN (locuslab)', 'cnn': 'CNN',
+                 'vit_small': 'ViT-small'}  # RobustBench's names
+
+
+def architecture_name(model_config) -> str:
+  """The network's name in RobustBench's style (WideResNet-34-10, PreActResNet-18, ...)."""
+  if model_config.name in ('wide_resnet', 'dm_wide_resnet'):
+    return f'WideResNet-{model_config.depth}-{model_config.widen_factor}'
+  return ARCHITECTURES.get(model_config.name, model_config.name)
 
 
 def restore_model(model_config, info, workdir: str, epoch: int = 0):
   """(model, train state, epoch): `build_model(model_config, info)` and its checkpoint
-  `epoch` (0 = the latest) of the run in `workdir`."""
+  `epoch` (0 = the latest) of the run in `workdir`, with its weight average when it holds one
+  (`methods.evaluated_weights` picks the weights to evaluate)."""
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise FileNotFoundError(f'No checkpoints in {workdir}: train there first '
                             '(python launch.py --mode=train ...).')
@@ -41,7 +51,8 @@ def restore_model(model_config, info, workdir: str, epoch: int = 0):
       raise FileNotFoundError(f'No checkpoint of epoch {epoch} in {workdir} (have '
                               f'{checkpointer.epochs()}).')
     # The shapes of a fresh state suffice (eval_shape: no initialisation is compiled or run).
-    like = jax.eval_shape(lambda: init_train_state(model, jax.random.key(0)))
+    ema = WeightAverage(0.0) if checkpointer.has_ema(epoch) else None  # only its shapes count
+    like = jax.eval_shape(lambda: init_train_state(model, jax.random.key(0), ema=ema))
     return model, checkpointer.restore(epoch, like), epoch
   finally:
     checkpointer.close()
@@ -53,7 +64,9 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   Uses the first `eval.n` test points, ε = `eval.eps` (None: the training ε),
   the `SuiteOptions` fields found in `config.eval`, `eval.input_noise` > 0 for
   the randomised model f(x + r) (`eval.noise_kind`), and for 'transfer' the
-  latest checkpoint of `eval.surrogate_workdir` (its own config.json).
+  latest checkpoint of `eval.surrogate_workdir` (its own config.json). A run that keeps a
+  weight EMA is evaluated (and attacks as a surrogate) with it; the report's
+  ``evaluated_weights`` says which ('ema' or 'model').
   The threat model is `eval.norm` ('Linf' or 'L2'), `eval.individual` runs every attack on
   all points. Writes ``eval_<suite>.json`` (L2: ``eval_<suite>_L2.json``) and the per-point
   flags ``eval_<suite>[_L2]_flags.npz``; for an AutoAttack suite also the RobustBench entry
@@ -74,12 +87,13 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
                               f'with config.json and checkpoints; got {e.surrogate_workdir!r}.')
     other, other_ts, _ = restore_model(ml_collections.ConfigDict(stored['model']), data.info,
                                        e.surrogate_workdir)
-    surrogate = (other.apply, other_ts.params, other_ts.batch_stats)
+    surrogate = (other.apply, evaluated_weights(other_ts)[1], other_ts.batch_stats)
   apply_fn = (with_input_noise(model.apply, e.input_noise, e.noise_kind, e.noise_clip)
               if e.input_noise else model.apply)
   options = {f.name: e[f.name] for f in dataclasses.fields(SuiteOptions)
              if e.get(f.name) is not None}
-  report = evaluate(apply_fn, ts.params, ts.batch_stats, x, data.test_labels[:n], suite=e.suite,
+  weights, params = evaluated_weights(ts)
+  report = evaluate(apply_fn, params, ts.batch_stats, x, data.test_labels[:n], suite=e.suite,
                     eps=e.eps if e.eps is not None else config.eps, seed=config.seed,
                     attacks=tuple(e.attacks) or None, surrogate=surrogate,
                     randomized=bool(e.input_noise), batch_size=e.batch_size, checks=e.checks,
@@ -87,8 +101,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
                     check_pgd_steps=e.check_pgd_steps, eot_check_n=e.eot_check_n,
                     progress=config.progress, mesh=make_data_mesh(), norm=e.norm,
                     individual=e.individual, **options)
-  report.update(evaluated_epoch=epoch, method=config.method.name, dataset=config.data.name,
-                model=config.model.name, workdir=workdir)
+  report.update(evaluated_epoch=epoch, evaluated_weights=weights, method=config.method.name,
+                dataset=config.data.name, model=config.model.name, workdir=workdir)
   stem = f'eval_{e.suite}' + ('' if e.norm == 'Linf' else f'_{e.norm}')
   if is_writer():
     save_report(report, os.path.join(workdir, f'{stem}.json'))
@@ -96,7 +110,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
       rb = e.robustbench
       entry = robustbench_entry(
           report, dataset=config.data.name,
-          architecture=rb.architecture or ARCHITECTURES.get(config.model.name, config.model.name),
+          architecture=rb.architecture or architecture_name(config.model),
           name=rb.name, link=rb.link, authors=rb.authors, venue=rb.venue, reported=rb.reported,
           additional_data=rb.additional_data, footnote=rb.footnote)
       save_robustbench_entry(entry, os.path.join(workdir, f'robustbench_{e.suite}_{e.norm}.json'))

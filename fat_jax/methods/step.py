@@ -35,23 +35,34 @@ class TrainState(NamedTuple):
   launcher's torch SGD: its count and momentum buffers). `examples` is the
   per-example state of the training attack (FGSM-MEP's prior perturbation and
   momentum, ATAS's previous perturbation and gradient norm), with the
-  training-set index as leading axis; {} otherwise.
+  training-set index as leading axis; {} otherwise. `ema` is the moving average of the params
+  (`optim.WeightAverage`) when the run keeps one, {} otherwise.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   examples: Any = {}
+  ema: Any = {}
+
+
+def evaluated_weights(ts: TrainState) -> tuple[str, Any]:
+  """('ema', the averaged params) when `ts` keeps an EMA, else ('model', the params): the
+  weights every evaluation uses, with the model's BatchNorm statistics."""
+  return ('ema', ts.ema) if ts.ema else ('model', ts.params)
 
 
 def init_train_state(model, key, examples=None, *,
-                     tx: Optional[optax.GradientTransformation] = None) -> TrainState:
+                     tx: Optional[optax.GradientTransformation] = None,
+                     ema: Optional[optim.WeightAverage] = None) -> TrainState:
   """A fresh state of `model` (initialised from `key`) for the optimiser `tx` (default: the
-  torch SGD of `optim.torch_sgd`, whose state does not depend on its schedule)."""
+  torch SGD of `optim.torch_sgd`, whose state does not depend on its schedule), with the
+  weight average `ema` (its ŵ₀ = the params) when given."""
   params, batch_stats = model.init(key)
   opt_state = optim.init_torch_sgd(params) if tx is None else tx.init(params)
   return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, opt_state,
-                    {} if examples is None else examples)
+                    {} if examples is None else examples,
+                    {} if ema is None else ema.init(params))
 
 
 def init_examples(method: Method, num_examples: int, frame_shape: tuple[int, ...]) -> dict:
@@ -81,7 +92,8 @@ def _scatter(tree, indices, rows):
 
 def make_train_step(model, method: Method, schedule: optim.Schedule, *, augment_mode: str, key,
                     weight_decay: Optional[float] = None,
-                    tx: Optional[optax.GradientTransformation] = None):
+                    tx: Optional[optax.GradientTransformation] = None,
+                    ema: Optional[optim.WeightAverage] = None):
   """``train_step(state, images_uint8, labels, indices) -> (state, metrics)``, pure, jittable.
 
   The optimiser is `tx` (any optax transformation; LAP and AWP call its
@@ -89,7 +101,8 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, augment_
   `schedule` also gives the epoch length (FGSM-MEP's and ATAS's resets, AWP's
   warm-up) and the logged `lr` and `momentum`. `indices` are the examples'
   positions in the training set (for per-example state). The step's randomness
-  is ``fold_in(key, state.step)``.
+  is ``fold_in(key, state.step)``. With `ema` the state's `ema` follows the params after
+  each update (`optim.WeightAverage.update` at t = ``state.step + 1``).
   """
   if (tx is None) == (weight_decay is None):
     raise ValueError('make_train_step needs either weight_decay (the torch SGD of the schedule) '
@@ -108,6 +121,9 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, augment_
   with_params = pairs_with_start(method) or (weights is not None and weights.needs_start)
 
   def train_step(ts: TrainState, images, labels, indices):
+    if bool(ts.ema) != (ema is not None):
+      raise ValueError('Pass the same ema to init_train_state and make_train_step (weight '
+                       f'average in the state: {bool(ts.ema)}, in the step: {ema is not None}).')
     step_key = jax.random.fold_in(key, ts.step)
     aug_key, init_key, align_key = jax.random.split(step_key, 3)
     aug = draw_augmentation(aug_key, images, mode=augment_mode)
@@ -169,6 +185,7 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, augment_
       metrics['clean_accuracy'] = accuracy(clean_logits, labels).mean()
     metrics.update(aux, lr=hyper.lr, momentum=hyper.momentum)
     examples = _scatter(ts.examples, indices, adv.rows)
-    return TrainState(ts.step + 1, params, batch_stats, opt_state, examples), metrics
+    average = ts.ema if ema is None else ema.update(ts.ema, params, ts.step + 1)
+    return TrainState(ts.step + 1, params, batch_stats, opt_state, examples, average), metrics
 
   return train_step
