@@ -56,6 +56,7 @@ from jax import monitoring
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fat_jax import run_log  # noqa: E402
+from fat_jax.config import eval_eps  # noqa: E402
 from fat_jax.convert import convert  # noqa: E402
 from fat_jax.data import DATASET_INFOS, load_dataset  # noqa: E402
 from fat_jax.evaluate import evaluate  # noqa: E402
@@ -112,9 +113,8 @@ def trained_model(args):
   data = load_dataset(stored.data)
   stored.model.dtype = args.dtype
   model, ts, _ = restore_model(stored.model, data.info, os.path.abspath(args.workdir))
-  eps = stored.eval.eps if stored.eval.eps is not None else stored.eps
   return (model, ts, data.test_images[:args.n].astype(np.float32) / 255,
-          data.test_labels[:args.n], eps)
+          data.test_labels[:args.n], eval_eps(stored))
 
 
 def reference_autoattack(args, x, y, eps):

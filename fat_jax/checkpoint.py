@@ -30,7 +30,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from fat_jax import optim
+from fat_jax import optim, run_log
 from fat_jax.parallel import is_writer
 
 log = logging.getLogger('fat_jax')
@@ -139,7 +139,11 @@ def _listing(items: list[str], limit: int = 5) -> str:
 
 
 class Checkpointer:
-  """Saves `TrainState`s under ``workdir/checkpoints/<epoch>``; keeps the last `keep`."""
+  """Saves `TrainState`s under ``workdir/checkpoints/<epoch>``; keeps the last `keep`.
+
+  A context manager: ``with Checkpointer(workdir) as c:`` closes it (waiting for orbax's
+  background work) however the block ends.
+  """
 
   def __init__(self, workdir: str, keep: int = 2):
     self.workdir = os.path.abspath(workdir)
@@ -161,10 +165,8 @@ class Checkpointer:
         **{k: ocp.args.StandardSave(v) for k, v in _items(state).items()}))
     self._manager.wait_until_finished()
     if is_writer():
-      path = os.path.join(self.path(epoch), CHECKSUM)
-      with open(path + '.tmp', 'w') as f:
-        f.writelines(f'{digest}  {rel}\n' for rel, digest in manifest(self.path(epoch)).items())
-      os.replace(path + '.tmp', path)
+      run_log.atomic_write(os.path.join(self.path(epoch), CHECKSUM), ''.join(
+          f'{digest}  {rel}\n' for rel, digest in manifest(self.path(epoch)).items()))
 
   def has_ema(self, epoch: int) -> bool:
     """Whether checkpoint `epoch` holds a weight average (item 'ema')."""
@@ -306,3 +308,9 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -2,7 +2,7 @@
 
 All sizes are global (over all devices); `eps` and step sizes are in pixel
 units of [0, 1]; `method.alpha` and `eval.pgd_step_size` are multiples of ε as
-in the seed papers' ``--alpha`` flags.
+in the seed papers' ``--alpha`` flags. `eval_eps` reads a config's evaluation ε.
 """
 from __future__ import annotations
 
@@ -191,3 +191,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.compilation_cache = 'auto'
   c.report = True                 # launch.py writes WORKDIR/report (fat_jax.report) after training
   return c
+
+
+def eval_eps(config) -> float:
+  """The evaluation ε of a run: `eval.eps`, or the training `eps` when it is None (or absent,
+  in a config.json written before the field existed)."""
+  return float(config.eval.eps if config.eval.get('eps') is not None else config.eps)

@@ -447,11 +447,8 @@ def convert(path: str, workdir: str, *, source: str = 'locuslab', dataset: str |
   train_state = init_train_state(
       _Converted(model, jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, batch_stats)),
       jax.random.key(0))
-  checkpointer = Checkpointer(workdir)
-  try:
+  with Checkpointer(workdir) as checkpointer:
     checkpointer.save(0, train_state)
-  finally:
-    checkpointer.close()
   stored = json.loads(config.to_json_best_effort())
   stored['converted_from'] = {'file': os.path.basename(path), 'sha256': _sha256(path),
                               'source': source, 'repos': spec.repos}

@@ -43,7 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fat_jax import run_log
-from fat_jax.attacks import fgsm_attack, pgd_attack
+from fat_jax.attacks import fgsm_attack, per_example, pgd_attack
+from fat_jax.config import eval_eps
 from fat_jax.data import load_dataset
 from fat_jax.evaluate.checkpoints import restore_model
 from fat_jax.losses import accuracy
@@ -79,7 +80,7 @@ def _statistics_batch(params, state, x, y, weight, key, *, apply_fn, attack, eps
   _, _, adv = apply_fn(params, state, x + delta, False)
   out = {}
   for node in clean:
-    w = weight.reshape((-1,) + (1,) * (clean[node].ndim - 1))
+    w = per_example(weight, clean[node])
     a, b = clean[node] * w, adv[node] * w
     axes = tuple(range(b.ndim - 1))
     out[node] = {'distance': jnp.sum(weight * feature_distance(a, b)),
@@ -311,7 +312,7 @@ def analyze_checkpoint(config, workdir: str) -> dict:
   data = load_dataset(config.data)
   model, ts, epoch = restore_model(config.model, data.info, workdir, config.eval.epoch)
   weights, params = evaluated_weights(ts)
-  eps = config.eval.eps if config.eval.eps is not None else config.eps
+  eps = eval_eps(config)
   n_train = a.n_train or len(data.train_images)
   n_test = a.n or len(data.test_images)
   to_float = lambda images: images.astype(np.float32) / 255.0

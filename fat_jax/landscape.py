@@ -65,6 +65,7 @@ from fat_jax import figures, run_log
 from fat_jax.aggregate import method_label
 from fat_jax.attacks import pgd_attack
 from fat_jax.checkpoint import Checkpointer
+from fat_jax.config import eval_eps
 from fat_jax.data import draw_augmentation, load_dataset
 from fat_jax.evaluate import PGDSettings
 from fat_jax.evaluate.checkpoints import restore_model
@@ -92,28 +93,18 @@ def checkpoint_epochs(workdir: str) -> list[int]:
   """The epochs with a checkpoint in `workdir`."""
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     return []
-  checkpointer = Checkpointer(workdir)
-  try:
+  with Checkpointer(workdir) as checkpointer:
     return checkpointer.epochs()
-  finally:
-    checkpointer.close()
 
 
 def restored_checkpoints(config, info, workdir: str, epochs: Sequence[int]):
   """Yields (epoch, model, train state) for each of `epochs` of the run in `workdir`."""
   model, ts, _ = restore_model(config.model, info, workdir, epochs[0])
-  checkpointer = Checkpointer(workdir)
-  try:
+  with Checkpointer(workdir) as checkpointer:
     for epoch in epochs:
       if epoch != epochs[0]:
         ts = checkpointer.restore(epoch, ts)
       yield epoch, model, ts
-  finally:
-    checkpointer.close()
-
-
-def eval_eps(config) -> float:
-  return float(config.eval.eps if config.eval.get('eps') is not None else config.eps)
 
 
 def training_attack(config):

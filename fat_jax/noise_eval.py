@@ -26,6 +26,7 @@ import numpy as np
 
 from fat_jax import run_log
 from fat_jax.attacks.eot import with_input_noise
+from fat_jax.config import eval_eps
 from fat_jax.data import load_dataset
 from fat_jax.evaluate import SUITES, evaluate
 from fat_jax.evaluate.checkpoints import restore_model
@@ -99,7 +100,7 @@ def evaluate_noise_checkpoint(config, workdir: str) -> dict:
   n = e.n or len(data.test_images)
   report = evaluate_input_noise(
       model.apply, params, ts.batch_stats, data.test_images[:n].astype(np.float32) / 255.0,
-      data.test_labels[:n], eps=e.eps if e.eps is not None else config.eps,
+      data.test_labels[:n], eps=eval_eps(config),
       scale=e.input_noise, kind=e.noise_kind, clip=e.noise_clip,
       attacks=tuple(e.attacks) or SUITES['aa_rand'],
       eot_samples=e.eot_samples if e.eot_samples is not None else 20, seed=config.seed,

@@ -46,7 +46,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fat_jax import aggregate, figures, landscape, run_log, summary
-from fat_jax.config import default_config
+from fat_jax.config import default_config, eval_eps
 from fat_jax.aggregate import Run
 from fat_jax.data import DatasetNotFoundError, load_dataset
 from fat_jax.evaluate.checkpoints import restore_model
@@ -271,7 +271,7 @@ def adversarial_examples(run: Run, n: int = ADV_EXAMPLES, seed: int = 0) -> dict
                  for k, v in inputs.items()}
   return {'epoch': epoch, 'labels': np.asarray(y), 'predictions': predictions,
           'inputs': {k: np.asarray(v) for k, v in inputs.items()},
-          'eps': landscape.eval_eps(config)}
+          'eps': eval_eps(config)}
 
 
 def _show(ax, image: np.ndarray, **kwargs) -> None:

@@ -2,7 +2,8 @@
 record per epoch), ``monitor.jsonl`` (the monitor every `eval.monitor_every_steps`
 steps inside epochs, if set), ``results.json`` (the final evaluation), per-point arrays
 (``.npz``) and ``report/report.md`` (`fat_jax.report`). Only process 0 of a multi-host run
-writes (`fat_jax.parallel.is_writer`); every process can read.
+writes (`fat_jax.parallel.is_writer`); every process can read. Whole files are written
+atomically (`atomic_write`, `atomic_write_json`).
 """
 from __future__ import annotations
 
@@ -74,22 +75,32 @@ def read_records(workdir: str, up_to_epoch: int | None = None,
   if up_to_epoch is not None:
     records = [r for r in records if r['epoch'] <= up_to_epoch]
     if is_writer():
-      tmp = path + '.tmp'
-      with open(tmp, 'w') as f:
-        f.writelines(json.dumps(r) + '\n' for r in records)
-      os.replace(tmp, path)
+      atomic_write(path, ''.join(json.dumps(r) + '\n' for r in records))
   return records
+
+
+def atomic_write(path: str, text: str) -> str:
+  """Writes `text` to `path` whole or not at all: into ``path.tmp``, flushed to disk (fsync),
+  then renamed over `path` (`os.replace`, atomic on POSIX), so that a crash leaves the old
+  file or the new one, never a torn one. Writes on every process; callers check
+  `is_writer`."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  return path
+
+
+def atomic_write_json(path: str, obj, sort_keys: bool = True) -> str:
+  """`obj` as JSON indented by 2 (keys sorted unless `sort_keys` is False), `atomic_write`."""
+  return atomic_write(path, json.dumps(obj, indent=2, sort_keys=sort_keys))
 
 
 def write_json(workdir: str, name: str, obj: dict) -> str:
   path = os.path.join(workdir, name)
-  if not is_writer():
-    return path
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-  return path
+  return atomic_write_json(path, obj) if is_writer() else path
 
 
 def read_json(workdir: str, name: str):

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from fat_jax import optim, run_log, validation, workdir_lock
 from fat_jax.checkpoint import Checkpointer, CheckpointError
-from fat_jax.config import default_config
+from fat_jax.config import default_config, eval_eps
 from fat_jax.data import (iterate_batches, load_dataset, shard_batch, steps_per_epoch,
                           stored_frame_shape)
 from fat_jax.diagnostics import co_onset
@@ -161,7 +161,7 @@ def _eval_subset(data, n: int):
 
 
 def _pgd_settings(config, steps: int, restarts: int) -> PGDSettings:
-  eps = config.eval.eps if config.eval.eps is not None else config.eps
+  eps = eval_eps(config)
   return PGDSettings(eps=eps, steps=steps, restarts=restarts,
                      step_size=config.eval.pgd_step_size * eps)
 
@@ -207,109 +207,108 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
 
   os.makedirs(workdir, exist_ok=True)
-  checkpointer = Checkpointer(workdir, keep=config.checkpoint_keep)
-  _check_resumable(workdir, config, checkpointer)
-  examples = init_examples(method, len(data.train_images),
-                           stored_frame_shape(data.info.image_shape, data.info.augment))
-  ema = make_weight_average(config, schedule)
-  ts = replicate(init_train_state(model, init_key, examples, ema=ema), mesh)
-  start, history = _resume(checkpointer, workdir)
-  if start:
-    ts = checkpointer.restore(start, ts)
-    log.info('Resuming from the checkpoint of epoch %d in %s.', start, workdir)
-  run_log.write_json(workdir, run_log.CONFIG, json.loads(config.to_json_best_effort()))
+  with Checkpointer(workdir, keep=config.checkpoint_keep) as checkpointer:
+    _check_resumable(workdir, config, checkpointer)
+    examples = init_examples(method, len(data.train_images),
+                             stored_frame_shape(data.info.image_shape, data.info.augment))
+    ema = make_weight_average(config, schedule)
+    ts = replicate(init_train_state(model, init_key, examples, ema=ema), mesh)
+    start, history = _resume(checkpointer, workdir)
+    if start:
+      ts = checkpointer.restore(start, ts)
+      log.info('Resuming from the checkpoint of epoch %d in %s.', start, workdir)
+    run_log.write_json(workdir, run_log.CONFIG, json.loads(config.to_json_best_effort()))
 
-  train_step = jax.jit(make_train_step(model, method, schedule,
-                                       weight_decay=config.optim.weight_decay,
-                                       augment_mode=data.info.augment, key=step_key, ema=ema),
-                       donate_argnums=0)
-  monitor = _pgd_settings(config, config.eval.monitor_pgd_steps,
-                          config.eval.monitor_pgd_restarts)
-  monitor_x, monitor_y = _eval_subset(data, config.eval.monitor_n)
-  protocol = _monitor_protocol(monitor, len(monitor_x), config)
-  if history and history[-1].get('monitor', protocol) != protocol:
-    log.warning('The monitor settings changed on resuming: epochs ≤ %d were measured with %s, '
-                'later ones with %s (each record of %s holds its own).', start,
-                history[-1]['monitor'], protocol, run_log.METRICS)
-  eval_kwargs = dict(mesh=mesh, batch_size=config.eval.batch_size, seed=config.seed,
-                     progress=config.progress)
-  cm = config.co_monitor
-  onset = co_onset(history, drop=cm.drop, gap=cm.gap)
-  ts_epoch = start
-  every = config.eval.monitor_every_steps
-  weights = evaluated_weights(ts)[0]  # 'ema' or 'model', recorded with every evaluation
-  monitor_time = [0.0]  # time of the within-epoch monitor, not counted as training time
-
-  def monitor_within_epoch(epoch):
-    """Every `every` steps inside an epoch: the monitor into monitor.jsonl
-    (docs/protocol.md §3)."""
-    def after_step(ts, i):
-      if not every or ((epoch - 1) * steps + i + 1) % every or i + 1 == steps:
-        return
-      r = evaluate_robustness(model, evaluated_weights(ts)[1], ts.batch_stats, monitor_x,
-                              monitor_y, monitor, desc='monitor', **eval_kwargs)
-      check_monitor(r, f'at step {(epoch - 1) * steps + i + 1} (epoch {epoch})',
-                    lambda: _last_good(checkpointer))
-      monitor_time[0] += r['wall_time_s']
-      run_log.append_record(workdir, {
-          'epoch': epoch - 1 + (i + 1) / steps, 'step': (epoch - 1) * steps + i + 1,
-          **{f'{k}_accuracy': r[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
-          'vact': r['vact'], 'vact_pgd': r['vact_pgd'], 'fosc_fgsm': r['fosc_fgsm'],
-          'fosc_pgd': r['fosc_pgd'], 'monitor': protocol, 'evaluated_weights': weights},
-          name=run_log.MONITOR)
-    return after_step
-
-  for epoch in range(start + 1, config.num_epochs + 1):
-    if onset is not None and cm.early_stop:
-      break
-    t0, monitor_time[0] = time.time(), 0.0
-    ts, record = _train_epoch(train_step, ts, data, config, epoch, mesh, steps, checkpointer,
-                              monitor_within_epoch(epoch))
-    # The loss precedes each update: the state after the epoch's last step is checked here,
-    # before it is evaluated, logged or saved, and so are the loss and the monitor's values
-    # (finite weights can still be too large for finite forwards).
-    last_good = lambda: _last_good(checkpointer)
-    check_finite(ts, f'after epoch {epoch}', last_good)
-    check_loss(record['train_ce'], data.info.num_classes, f'of epoch {epoch}', last_good)
-    train_time = time.time() - t0 - monitor_time[0]
-    result = evaluate_robustness(model, evaluated_weights(ts)[1], ts.batch_stats, monitor_x,
-                                 monitor_y, monitor, desc='monitor', **eval_kwargs)
-    check_monitor(result, f'after epoch {epoch}', last_good)
-    record = {'epoch': epoch, **record,
-              **{f'{k}_accuracy': result[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
-              'vact': result['vact'], 'vact_pgd': result['vact_pgd'],
-              'fosc_fgsm': result['fosc_fgsm'], 'fosc_pgd': result['fosc_pgd'],
-              'train_time_s': train_time, 'eval_time_s': result['wall_time_s'],
-              'monitor': protocol, 'evaluated_weights': weights}
-    history.append(record)
+    train_step = jax.jit(make_train_step(model, method, schedule,
+                                         weight_decay=config.optim.weight_decay,
+                                         augment_mode=data.info.augment, key=step_key, ema=ema),
+                         donate_argnums=0)
+    monitor = _pgd_settings(config, config.eval.monitor_pgd_steps,
+                            config.eval.monitor_pgd_restarts)
+    monitor_x, monitor_y = _eval_subset(data, config.eval.monitor_n)
+    protocol = _monitor_protocol(monitor, len(monitor_x), config)
+    if history and history[-1].get('monitor', protocol) != protocol:
+      log.warning('The monitor settings changed on resuming: epochs ≤ %d were measured with %s, '
+                  'later ones with %s (each record of %s holds its own).', start,
+                  history[-1]['monitor'], protocol, run_log.METRICS)
+    eval_kwargs = dict(mesh=mesh, batch_size=config.eval.batch_size, seed=config.seed,
+                       progress=config.progress)
+    cm = config.co_monitor
     onset = co_onset(history, drop=cm.drop, gap=cm.gap)
-    record['co_detected'] = onset is not None
-    run_log.append_record(workdir, record)
-    extras = ''.join(f'  {label} {record[key]:.3f}' for key, label in EXTRA_LOG.items()
-                     if key in record)
-    if record['vact']:
-      extras += '  V_act ' + ' '.join(f'{node} {v:.3g}' for node, v in record['vact'].items())
-    log.info('epoch %d  loss %.4f  train acc %.3f  test clean %.3f  fgsm %.3f  pgd-%d %.3f'
-             '%s  (%.0f s)%s', epoch, record['train_loss'], record['train_accuracy'],
-             record['clean_accuracy'], record['fgsm_accuracy'], monitor.steps,
-             record['pgd_accuracy'], extras, train_time,
-             f'  CO detected at epoch {onset}' if onset == epoch else '')
-    if onset is not None and cm.early_stop:
-      log.info('Early stop: catastrophic overfitting at epoch %d; evaluating epoch %d.',
-               onset, epoch - 1)
-      ts, ts_epoch = checkpointer.restore(epoch - 1, ts), epoch - 1
-      break
-    checkpointer.save(epoch, ts)
-    ts_epoch = epoch
+    ts_epoch = start
+    every = config.eval.monitor_every_steps
+    weights = evaluated_weights(ts)[0]  # 'ema' or 'model', recorded with every evaluation
+    monitor_time = [0.0]  # time of the within-epoch monitor, not counted as training time
 
-  check_finite(ts, 'before the final evaluation', lambda: _last_good(checkpointer))
-  settings = _pgd_settings(config, config.eval.pgd_steps, config.eval.pgd_restarts)
-  test_x, test_y = _eval_subset(data, config.eval.n)
-  final = evaluate_robustness(model, evaluated_weights(ts)[1], ts.batch_stats, test_x, test_y,
-                              settings, desc='final eval', **eval_kwargs)
-  check_monitor(final, f'in the final evaluation (epoch {ts_epoch})',
-                lambda: _last_good(checkpointer))
-  checkpointer.close()
+    def monitor_within_epoch(epoch):
+      """Every `every` steps inside an epoch: the monitor into monitor.jsonl
+      (docs/protocol.md §3)."""
+      def after_step(ts, i):
+        if not every or ((epoch - 1) * steps + i + 1) % every or i + 1 == steps:
+          return
+        r = evaluate_robustness(model, evaluated_weights(ts)[1], ts.batch_stats, monitor_x,
+                                monitor_y, monitor, desc='monitor', **eval_kwargs)
+        check_monitor(r, f'at step {(epoch - 1) * steps + i + 1} (epoch {epoch})',
+                      lambda: _last_good(checkpointer))
+        monitor_time[0] += r['wall_time_s']
+        run_log.append_record(workdir, {
+            'epoch': epoch - 1 + (i + 1) / steps, 'step': (epoch - 1) * steps + i + 1,
+            **{f'{k}_accuracy': r[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
+            'vact': r['vact'], 'vact_pgd': r['vact_pgd'], 'fosc_fgsm': r['fosc_fgsm'],
+            'fosc_pgd': r['fosc_pgd'], 'monitor': protocol, 'evaluated_weights': weights},
+            name=run_log.MONITOR)
+      return after_step
+
+    for epoch in range(start + 1, config.num_epochs + 1):
+      if onset is not None and cm.early_stop:
+        break
+      t0, monitor_time[0] = time.time(), 0.0
+      ts, record = _train_epoch(train_step, ts, data, config, epoch, mesh, steps, checkpointer,
+                                monitor_within_epoch(epoch))
+      # The loss precedes each update: the state after the epoch's last step is checked here,
+      # before it is evaluated, logged or saved, and so are the loss and the monitor's values
+      # (finite weights can still be too large for finite forwards).
+      last_good = lambda: _last_good(checkpointer)
+      check_finite(ts, f'after epoch {epoch}', last_good)
+      check_loss(record['train_ce'], data.info.num_classes, f'of epoch {epoch}', last_good)
+      train_time = time.time() - t0 - monitor_time[0]
+      result = evaluate_robustness(model, evaluated_weights(ts)[1], ts.batch_stats, monitor_x,
+                                   monitor_y, monitor, desc='monitor', **eval_kwargs)
+      check_monitor(result, f'after epoch {epoch}', last_good)
+      record = {'epoch': epoch, **record,
+                **{f'{k}_accuracy': result[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
+                'vact': result['vact'], 'vact_pgd': result['vact_pgd'],
+                'fosc_fgsm': result['fosc_fgsm'], 'fosc_pgd': result['fosc_pgd'],
+                'train_time_s': train_time, 'eval_time_s': result['wall_time_s'],
+                'monitor': protocol, 'evaluated_weights': weights}
+      history.append(record)
+      onset = co_onset(history, drop=cm.drop, gap=cm.gap)
+      record['co_detected'] = onset is not None
+      run_log.append_record(workdir, record)
+      extras = ''.join(f'  {label} {record[key]:.3f}' for key, label in EXTRA_LOG.items()
+                       if key in record)
+      if record['vact']:
+        extras += '  V_act ' + ' '.join(f'{node} {v:.3g}' for node, v in record['vact'].items())
+      log.info('epoch %d  loss %.4f  train acc %.3f  test clean %.3f  fgsm %.3f  pgd-%d %.3f'
+               '%s  (%.0f s)%s', epoch, record['train_loss'], record['train_accuracy'],
+               record['clean_accuracy'], record['fgsm_accuracy'], monitor.steps,
+               record['pgd_accuracy'], extras, train_time,
+               f'  CO detected at epoch {onset}' if onset == epoch else '')
+      if onset is not None and cm.early_stop:
+        log.info('Early stop: catastrophic overfitting at epoch %d; evaluating epoch %d.',
+                 onset, epoch - 1)
+        ts, ts_epoch = checkpointer.restore(epoch - 1, ts), epoch - 1
+        break
+      checkpointer.save(epoch, ts)
+      ts_epoch = epoch
+
+    check_finite(ts, 'before the final evaluation', lambda: _last_good(checkpointer))
+    settings = _pgd_settings(config, config.eval.pgd_steps, config.eval.pgd_restarts)
+    test_x, test_y = _eval_subset(data, config.eval.n)
+    final = evaluate_robustness(model, evaluated_weights(ts)[1], ts.batch_stats, test_x, test_y,
+                                settings, desc='final eval', **eval_kwargs)
+    check_monitor(final, f'in the final evaluation (epoch {ts_epoch})',
+                  lambda: _last_good(checkpointer))
   run_log.write_arrays(workdir, 'eval_flags.npz', final.pop('flags'))
   results = {'method': config.method.name, 'dataset': config.data.name,
              'model': config.model.name, 'train_eps': config.eps, 'seed': config.seed,

@@ -12,9 +12,10 @@ import math
 
 import numpy as np
 
+from fat_jax.attacks.core import THREAT_MODELS
+
 log = logging.getLogger('fat_jax')
 
-NORMS = ('Linf', 'L2')     # the evaluation's threat models (fat_jax.attacks.NORMS)
 # The suites of `fat_jax.evaluate.evaluate` (the keys of `fat_jax.evaluate.registry.SUITES`,
 # whose package imports this module).
 SUITES = ('aa_standard', 'aa_plus', 'aa_rand', 'pgd', 'transfer', 'custom')
@@ -152,7 +153,7 @@ def config_problems(config, training: bool = False) -> list[str]:
               if isinstance(value, float) and not math.isfinite(value)]
   bad = {p.split('=')[0] for p in problems}
   norm = _get(config, 'eval.norm') or 'Linf'
-  if norm not in NORMS:
+  if norm not in THREAT_MODELS:
     problems.append(f"eval.norm={norm!r} is not a threat model: use 'Linf' or 'L2'.")
   elif training and norm != 'Linf':
     problems.append(f"eval.norm={norm!r}: fat_jax trains (and monitors) under L∞ only; train "
@@ -161,7 +162,7 @@ def config_problems(config, training: bool = False) -> list[str]:
   for field in EPSILONS:
     value = _get(config, field)
     if value is not None and field not in bad:
-      problem = eps_problem(value, field, norm if field == 'eval.eps' and norm in NORMS
+      problem = eps_problem(value, field, norm if field == 'eval.eps' and norm in THREAT_MODELS
                             else 'Linf')
       problems += [problem] if problem else []
   problems += [seed_problem(config['seed'])] if 'seed' in config else []

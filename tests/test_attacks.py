@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fat_jax.attacks import fgsm_attack, pgd_attack
+from fat_jax.attacks import fgsm_attack, per_example, pgd_attack
 from fat_jax.losses import cross_entropy, margin_loss
 
 EPS = 8 / 255
@@ -162,3 +162,11 @@ def test_unrolled_pgd_equals_the_loop(problem):
     unrolled = run_pgd(problem, restarts=restarts, train=True, unroll=True)
     np.testing.assert_allclose(unrolled.delta, looped.delta, atol=1e-6)
     assert float(unrolled.state['count']) == float(looped.state['count']) == 10 * restarts
+
+
+def test_per_example_scales_each_example_by_its_own_value():
+  x = jnp.ones((3, 2, 2, 1))
+  v = jnp.array([1.0, 2.0, 3.0])
+  assert per_example(v, x).shape == (3, 1, 1, 1)
+  np.testing.assert_array_equal((per_example(v, x) * x).sum(axis=(1, 2, 3)), 4 * v)
+  assert per_example(v, v).shape == (3,)

@@ -21,7 +21,7 @@ from fat_jax.losses.mart import mart_loss
 from fat_jax.losses.trades import trades_loss
 from fat_jax.methods import (AWP, init_examples, init_train_state, make_train_step,
                              resolve_method)
-from fat_jax.methods.roles import atas_reset_period
+from fat_jax.methods.training_attacks import atas_reset_period
 from fat_jax.models import build_model
 
 LOGITS_CLEAN = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-1.0, 3.0, 0.0]])
@@ -448,10 +448,17 @@ def test_baseline_recipes_follow_the_official_defaults():
   assert t.attack.alpha == pytest.approx(0.007) and t.attack.init_scale == 0.001
   assert (trades.num_epochs, trades.optim.milestones, trades.optim.weight_decay) == (
       76, (74,), 2e-4)
-  m = resolve_method(mart.method, mart.eps)
-  assert (m.mart.beta, m.attack.loss, m.attack.train_bn, mart.model.name) == (5.0, 'ce', False,
-                                                                               'resnet18')
-  assert (mart.optim.lr_max, mart.optim.weight_decay, mart.num_epochs) == (0.01, 3.5e-3, 120)
+  m = resolve_method(mart.method, mart.eps)  # train_wideresnet.py
+  assert (m.mart.beta, m.attack.loss, m.attack.train_bn, mart.model.name) == (6.0, 'ce', False,
+                                                                               'wide_resnet')
+  assert (mart.model.depth, mart.model.widen_factor, mart.model.normalize) == (34, 10, False)
+  assert (mart.optim.lr_max, mart.optim.weight_decay, mart.num_epochs) == (0.1, 2e-4, 76)
+  assert mart.optim.milestones == (74,)
+  mart18 = importlib.import_module('configs.mart_eps8').get_config('resnet18')  # train_resnet.py
+  m18 = resolve_method(mart18.method, mart18.eps)
+  assert (m18.mart.beta, mart18.model.name) == (5.0, 'resnet18')
+  assert (mart18.optim.lr_max, mart18.optim.weight_decay, mart18.num_epochs) == (0.01, 3.5e-3,
+                                                                                 120)
   rice, awp_at, awp_trades = load('pgd_at_rice_eps8'), load('awp_pgd_at_eps8'), load(
       'awp_trades_eps8')
   r = resolve_method(rice.method, rice.eps)

@@ -1,19 +1,91 @@
 """Layers only point down: the import graph of fat_jax/**.py, read with `ast`, holds the walls
 of docs/architecture.md.
 
+`ALLOWED` places every module of fat_jax and names the fat_jax modules it may import; each
+entry names only entries above it, so its order is the layer order, bottom to top, and
+docs/architecture.md holds it as a table (`allowed_table`; ``python tests/test_layers.py``
+prints it). The doc's rules hold for the imports and for the allow-list.
+
 Every import statement counts, at module level or inside a function: a function-level import
 runs as soon as the function does. A rule on a module holds for everything it reaches through
 fat_jax imports, and a failure prints the chain of imports that breaks it.
 """
 import ast
+import functools
+import itertools
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from typing import NamedTuple
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, 'docs', 'architecture.md')
+
+# Each module or package of fat_jax (names relative to `fat_jax`; a package's entry covers its
+# submodules, which import each other freely; '__init__' is the root package alone) and the
+# entries it may import, bottom to top: an entry names only entries above it. 'configs' is the
+# recipes folder (installed as fat_jax.configs).
+ALLOWED = {
+    # Foundations.
+    '__init__': (),
+    'errors': (),
+    'parallel': (),
+    'restricted_pickle': (),
+    'config': (),
+    'sanity': (),
+    'diagnostics': (),
+    'figures': (),
+    # The pure core, and what reads files from outside.
+    'losses': (),
+    'attacks': ('losses',),
+    'weight_perturbation': (),
+    'optim': (),
+    'models': (),
+    'data': ('restricted_pickle',),
+    'torch_file': ('restricted_pickle',),
+    'validation': ('attacks',),
+    # A run directory's files.
+    'run_log': ('parallel',),
+    'workdir_lock': ('parallel',),
+    'divergence': ('parallel',),
+    'checkpoint': ('optim', 'parallel', 'run_log'),
+    'recipes': ('config',),
+    'run_config': ('config', 'run_log', 'validation'),
+    # Methods and evaluation.
+    'methods': ('attacks', 'data', 'losses', 'optim', 'weight_perturbation'),
+    'evaluate': ('attacks', 'data', 'losses', 'parallel', 'run_log', 'sanity', 'validation'),
+    'evaluate.checkpoints': ('attacks', 'checkpoint', 'config', 'data', 'evaluate', 'methods',
+                             'models', 'optim', 'parallel', 'run_log'),
+    # The loop, the analyses of a checkpoint, conversion.
+    'train': ('checkpoint', 'config', 'data', 'diagnostics', 'divergence', 'evaluate', 'methods',
+              'models', 'optim', 'parallel', 'run_log', 'validation', 'workdir_lock'),
+    'noise_eval': ('attacks', 'config', 'data', 'evaluate', 'evaluate.checkpoints', 'methods',
+                   'run_log'),
+    'feature_analysis': ('attacks', 'config', 'data', 'evaluate.checkpoints', 'losses',
+                         'methods', 'run_log'),
+    'convert': ('checkpoint', 'config', 'data', 'errors', 'methods', 'models', 'run_log',
+                'torch_file'),
+    # Reports of finished runs.
+    'aggregate': ('recipes', 'run_log'),
+    'summary': ('aggregate', 'run_log'),
+    'landscape': ('aggregate', 'attacks', 'checkpoint', 'config', 'data', 'evaluate',
+                  'evaluate.checkpoints', 'figures', 'losses', 'methods', 'run_log'),
+    'report': ('aggregate', 'config', 'data', 'evaluate.checkpoints', 'figures', 'landscape',
+               'methods', 'parallel', 'run_log', 'summary'),
+    # The launcher.
+    'launch': ('configs', 'errors', 'evaluate.checkpoints', 'feature_analysis', 'noise_eval',
+               'parallel', 'report', 'run_config', 'summary', 'train', 'validation'),
+}
+ROOT_ENTRY = '__init__'
+OUTSIDE = ('configs',)
+# Imports inside functions only, pointing up: the evaluate facade loads its checkpoint names on
+# first use (test_evaluate_loads_no_model_code).
+LAZY = {'evaluate': ('evaluate.checkpoints',)}
+PACKAGED_CONFIGS = 'fat_jax.configs'
 
 PURE = ('fat_jax.attacks', 'fat_jax.losses', 'fat_jax.weight_perturbation', 'fat_jax.optim')
 # What pure modules never import: the loop, data, models, configs, methods, evaluation, reports.
@@ -61,8 +133,8 @@ def import_statements(tree: ast.AST, module_level_only: bool):
 def imported_modules(name: str, is_package: bool, tree: ast.Module, known,
                      module_level_only: bool = False) -> set[str]:
   """The project modules `name` imports (absolute or relative; `from package import
-  submodule` is the submodule, `from module import object` the module), anywhere or only
-  outside functions."""
+  submodule` is the submodule, `from module import object` the module; the installed recipes
+  are 'configs'), anywhere or only outside functions."""
   out = set()
   for node in import_statements(tree, module_level_only):
     if isinstance(node, ast.Import):
@@ -76,7 +148,8 @@ def imported_modules(name: str, is_package: bool, tree: ast.Module, known,
         source = node.module
       for a in node.names:
         full = f'{source}.{a.name}'
-        out.add(full if full in known else source)
+        out.add(full if full in known or full == PACKAGED_CONFIGS else source)
+  out = {'configs' if within(m, (PACKAGED_CONFIGS,)) else m for m in out}
   return {m for m in out if m.split('.')[0] in ('fat_jax', 'configs')}
 
 
@@ -146,35 +219,158 @@ def cycles(graph) -> list[list[str]]:
   return found
 
 
+def full_name(entry: str) -> str:
+  return 'fat_jax' if entry == ROOT_ENTRY else entry if entry in OUTSIDE else f'fat_jax.{entry}'
+
+
+def entry_of(module: str, allowed=ALLOWED):
+  """The entry of `allowed` that places `module`: its own or its package's (the root entry
+  places the root package alone); None where none does."""
+  names = [e for e in allowed if module == full_name(e)
+           or (e != ROOT_ENTRY and module.startswith(full_name(e) + '.'))]
+  return max(names, key=len, default=None)
+
+
+def unplaced(graph, allowed=ALLOWED) -> list[str]:
+  return sorted(m for m in graph if entry_of(m, allowed) is None)
+
+
+def unpermitted_imports(graph, allowed=ALLOWED, lazy=LAZY) -> list[str]:
+  """'a imports b' for each import of a placed module that its entry does not allow (within
+  one entry, imports are free)."""
+  found = []
+  for module in sorted(graph):
+    entry = entry_of(module, allowed)
+    for target in sorted(graph[module]) if entry is not None else ():
+      other = entry_of(target, allowed) or target  # 'configs', or a module no entry places
+      if other != entry and other not in allowed[entry] + lazy.get(entry, ()):
+        found.append(f'{module} imports {target}')
+  return found
+
+
+def misplaced_permissions(allowed=ALLOWED) -> list[str]:
+  """'a -> b' for each `b` that entry `a` may import but that is no entry above `a`."""
+  found, above = [], list(OUTSIDE)
+  for entry, targets in allowed.items():
+    found += [f'{entry} -> {t}' for t in targets if t not in above]
+    above.append(entry)
+  return found
+
+
+def allowed_graph(allowed=ALLOWED) -> dict[str, set[str]]:
+  """The allow-list as an import graph: each entry imports all it may."""
+  return {full_name(e): {full_name(t) for t in targets} for e, targets in allowed.items()}
+
+
+def allowed_table(allowed=ALLOWED, lazy=LAZY) -> str:
+  """The allow-list as docs/architecture.md shows it, bottom to top; consecutive entries that
+  may import the same share a row."""
+  def permitted(entry):
+    names = ', '.join(f'`{t}`' for t in allowed[entry]) or '—'
+    inside = ', '.join(f'`{t}`' for t in lazy.get(entry, ()))
+    return names + (f'; inside functions {inside}' if inside else '')
+  rows = ['| module or package | may import |', '|---|---|']
+  rows += [f"| {', '.join(f'`{e}`' for e in entries)} | {text} |"
+           for text, entries in itertools.groupby(allowed, key=permitted)]
+  return '\n'.join(rows) + '\n'
+
+
+class Rule(NamedTuple):
+  sources: tuple
+  forbidden: tuple
+  exempt: tuple = ()  # modules of `sources` the rule does not cover
+  lazy: tuple = ()    # facades whose imports inside functions it does not follow
+
+
+RULES = {
+    'pure modules import no loop, data, models, configs, methods, evaluation or reports':
+        Rule(PURE, ABOVE_PURE),
+    'losses import no attacks': Rule(('fat_jax.losses',), ('fat_jax.attacks',)),
+    'models and data import no attacks, losses or methods': Rule(MODELS_AND_DATA,
+                                                                 TRAINING_PIECES),
+    'the generic evaluation imports no models, methods, checkpoints, loop or reports':
+        Rule(('fat_jax.evaluate',), NOT_IN_GENERIC_EVALUATE, (EVALUATE_CHECKPOINTS,),
+             ('fat_jax.evaluate',)),
+    'the loop imports no report': Rule((LOOP,), NOT_IN_LOOP),
+}
+
+
+def broken(rule: Rule, graph) -> list[str]:
+  return violations(graph, rule.sources, rule.forbidden, allowed=lambda m: m in rule.exempt)
+
+
+@functools.lru_cache(maxsize=None)
+def project_graph(lazy: tuple = ()) -> dict[str, set[str]]:
+  return import_graph(lazy=lazy)
+
+
 @pytest.fixture(scope='module')
 def graph():
-  return import_graph()
+  return project_graph()
 
 
-def test_pure_modules_import_no_loop_data_models_configs_methods_evaluation_or_reports(graph):
-  assert violations(graph, PURE, ABOVE_PURE) == []
+@pytest.mark.parametrize('name', RULES)
+def test_rule_holds_for_the_imports(name):
+  rule = RULES[name]
+  assert broken(rule, project_graph(rule.lazy)) == []
 
 
-def test_losses_import_no_attacks(graph):
-  assert violations(graph, ('fat_jax.losses',), ('fat_jax.attacks',)) == []
-
-
-def test_models_and_data_import_no_attacks_losses_or_methods(graph):
-  assert violations(graph, MODELS_AND_DATA, TRAINING_PIECES) == []
-
-
-def test_generic_evaluate_imports_no_models_methods_or_checkpoints():
-  facade_loads_checkpoints_lazily = import_graph(lazy=('fat_jax.evaluate',))
-  assert violations(facade_loads_checkpoints_lazily, ('fat_jax.evaluate',),
-                    NOT_IN_GENERIC_EVALUATE, allowed=lambda m: m == EVALUATE_CHECKPOINTS) == []
-
-
-def test_loop_imports_no_report(graph):
-  assert violations(graph, (LOOP,), NOT_IN_LOOP) == []
+@pytest.mark.parametrize('name', RULES)
+def test_rule_holds_for_the_allow_list(name):
+  assert broken(RULES[name], allowed_graph()) == []
 
 
 def test_no_import_cycles(graph):
   assert cycles(graph) == []
+
+
+def test_every_module_is_placed(graph):
+  missing = unplaced(graph)
+  assert not missing, (f'{missing}: no entry of ALLOWED in tests/test_layers.py places them. '
+                       'Give each an entry in the lowest layer that can hold it (the fat_jax '
+                       'modules it may import), then put the table `python tests/test_layers.py` '
+                       'prints into docs/architecture.md.')
+
+
+def test_modules_import_only_what_their_entry_allows(graph):
+  found = unpermitted_imports(graph)
+  assert not found, (f'{found}: not in ALLOWED (tests/test_layers.py). Move the shared piece '
+                     'down, or allow the import where the layer order permits it.')
+
+
+def test_lazy_imports_stay_inside_functions():
+  module_level = import_graph(lazy=tuple(parse_modules(ROOT)))
+  assert unpermitted_imports(module_level, lazy={}) == []
+
+
+def test_entries_name_only_entries_above_them(graph):
+  assert misplaced_permissions() == []
+  assert [e for e in ALLOWED if not any(entry_of(m) == e for m in graph)] == []
+
+
+def read_doc() -> str:
+  with open(DOC, encoding='utf-8') as f:
+    return f.read()
+
+
+def test_the_architecture_doc_holds_the_allow_list():
+  table = allowed_table()
+  assert table in read_doc(), ('docs/architecture.md does not show the allow-list of '
+                               f'tests/test_layers.py; its table reads:\n{table}')
+
+
+def test_the_architecture_doc_names_every_module(graph):
+  """The layout block names each module and package of fat_jax; the table of the evaluate
+  package, each of its modules."""
+  doc = read_doc()
+  layout = doc.split('## Package layout', 1)[1].split('```')[1].split('fat_jax/\n', 1)[1]
+  files = [f'{e}/' if os.path.isdir(os.path.join(ROOT, 'fat_jax', e)) else f'{e}.py'
+           for e in ALLOWED if '.' not in e and e not in (ROOT_ENTRY, *OUTSIDE)]
+  missing = [f for f in files if not re.search(rf'(?<![\w.]){re.escape(f)}', layout)]
+  assert not missing, f'{missing}: not in the layout block of docs/architecture.md'
+  evaluate = [m.split('.')[-1] for m in graph if m.startswith('fat_jax.evaluate.')]
+  missing = [m for m in evaluate if f'| `{m}` |' not in doc]
+  assert not missing, f'{missing}: not in the table of fat_jax.evaluate in docs/architecture.md'
 
 
 def test_evaluate_loads_no_model_code():
@@ -205,6 +401,7 @@ def test_the_walker_sees_relative_function_level_and_submodule_imports(tmp_path)
       'fat_jax/models/__init__.py': 'from fat_jax.models import small\n',
       'fat_jax/models/small.py': 'from fat_jax.models import x\n',
       'fat_jax/evaluate.py': 'import fat_jax.data\ndef f():\n  import fat_jax.models\n',
+      'fat_jax/launch.py': 'from fat_jax import configs\n',
   }
   for path, text in files.items():
     (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
@@ -214,6 +411,7 @@ def test_the_walker_sees_relative_function_level_and_submodule_imports(tmp_path)
   assert g['fat_jax.losses.gradalign'] == {'fat_jax.attacks.core'}
   assert g['fat_jax.models.small'] == {'fat_jax.models'}
   assert g['fat_jax.evaluate'] == {'fat_jax.data', 'fat_jax.models'}
+  assert g['fat_jax.launch'] == {'configs'}  # the recipes, installed as fat_jax.configs
   assert import_graph(str(tmp_path), lazy=('fat_jax.evaluate',))['fat_jax.evaluate'] == {
       'fat_jax.data'}
   assert violations(g, ('fat_jax.losses',), ('fat_jax.attacks',)) == [
@@ -221,3 +419,33 @@ def test_the_walker_sees_relative_function_level_and_submodule_imports(tmp_path)
       'fat_jax.losses.gradalign -> fat_jax.attacks.core']
   assert sorted(cycles(g)) == [['fat_jax.attacks.core', 'fat_jax.losses.gradalign'],
                                ['fat_jax.models', 'fat_jax.models.small']]
+
+
+def test_the_allow_list_checks_can_fail():
+  """A module no entry places, imports an entry does not allow, an entry naming one below it."""
+  allowed = {'__init__': (), 'losses': (), 'attacks': ('losses',),
+             'train': ('attacks', 'evaluate'), 'evaluate': ('attacks',)}
+  graph = {'fat_jax': set(), 'fat_jax.losses': {'fat_jax.losses.kl'},
+           'fat_jax.losses.kl': {'fat_jax.attacks.pgd'}, 'fat_jax.attacks.pgd': {'fat_jax.losses'},
+           'fat_jax.train': {'fat_jax.attacks.pgd', 'configs'},
+           'fat_jax.evaluate': {'fat_jax.train'}, 'fat_jax.report': {'fat_jax.evaluate'}}
+  assert [entry_of(m, allowed) for m in sorted(graph)] == [
+      '__init__', 'attacks', 'evaluate', 'losses', 'losses', None, 'train']
+  assert unplaced(graph, allowed) == ['fat_jax.report']
+  assert unpermitted_imports(graph, allowed, lazy={}) == [
+      'fat_jax.evaluate imports fat_jax.train', 'fat_jax.losses.kl imports fat_jax.attacks.pgd',
+      'fat_jax.train imports configs']
+  assert unpermitted_imports(graph, allowed, lazy={'evaluate': ('train',)}) == [
+      'fat_jax.losses.kl imports fat_jax.attacks.pgd', 'fat_jax.train imports configs']
+  assert misplaced_permissions(allowed) == ['train -> evaluate']
+  assert broken(Rule(('fat_jax.losses',), ('fat_jax.attacks',)), allowed_graph(allowed)) == []
+  assert broken(Rule(('fat_jax.train',), ('fat_jax.losses',)), allowed_graph(allowed)) == [
+      'fat_jax.train -> fat_jax.attacks -> fat_jax.losses']
+  assert allowed_table(allowed, lazy={'evaluate': ('train',)}) == (
+      '| module or package | may import |\n|---|---|\n| `__init__`, `losses` | — |\n'
+      '| `attacks` | `losses` |\n| `train` | `attacks`, `evaluate` |\n'
+      '| `evaluate` | `attacks`; inside functions `train` |\n')
+
+
+if __name__ == '__main__':
+  print(allowed_table(), end='')

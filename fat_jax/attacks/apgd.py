@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fat_jax.attacks.core import (Attack, ApplyFn, check_eps, clip_to_box, normalize_l2,
-                                  project_l2, project_linf)
+                                  per_example, project_l2, project_linf)
 from fat_jax.attacks.eot import randomized_gradient, randomized_logits
 from fat_jax.losses import cross_entropy
 from fat_jax.losses.dlr import dlr_loss, dlr_targeted_loss
@@ -88,10 +88,6 @@ class _Run(NamedTuple):
   state: object
 
 
-def _expand(v, x):
-  return v.reshape((-1,) + (1,) * (x.ndim - 1))
-
-
 def _sphere_start(key, x, eps, norm: str):
   """box(x + ε·t/(‖t‖ + 1e−12)) − x per example (the reference's ``normalize``):
   t ~ U(−1, 1) and ‖·‖∞ in L∞, t ~ N(0, I) and ‖·‖₂ in L2."""
@@ -99,7 +95,7 @@ def _sphere_start(key, x, eps, norm: str):
     return clip_to_box(x, eps * normalize_l2(jax.random.normal(key, x.shape, x.dtype)))
   t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
   size = jnp.abs(t).reshape(len(x), -1).max(axis=1)
-  return clip_to_box(x, eps * t / (_expand(size, x) + 1e-12))
+  return clip_to_box(x, eps * t / (per_example(size, x) + 1e-12))
 
 
 def apgd_step(x, delta, delta_old, grad, step, a, *, eps, norm: str = 'Linf'):
@@ -143,26 +139,26 @@ def apgd_iterations(gradient, misclassified, x, key, carry: dict, lo, hi, *, eps
 
   def iteration(k, c):
     a = jnp.where(k > 0, MOMENTUM, 1.0)
-    z = apgd_step(x, c['delta'], c['delta_old'], c['grad'], _expand(c['step'], x), a, eps=eps,
-                  norm=norm)
+    z = apgd_step(x, c['delta'], c['delta_old'], c['grad'], per_example(c['step'], x), a,
+                  eps=eps, norm=norm)
     g = gradient(z, jax.random.fold_in(draw_key, k + 1), c['state'])
     wrong = misclassified(g.logits)
     improved = g.loss > c['loss_best']
     loss_best = jnp.where(improved, g.loss, c['loss_best'])
-    delta_best = jnp.where(_expand(improved, x), z, c['delta_best'])
-    grad_best = jnp.where(_expand(improved, x), g.grad, c['grad_best'])
+    delta_best = jnp.where(per_example(improved, x), z, c['delta_best'])
+    grad_best = jnp.where(per_example(improved, x), g.grad, c['grad_best'])
     increases = c['increases'] + (g.loss > c['loss_prev'])
     # Checkpoint: condition 1 (too few increases) or 2 (no halving last time, no progress).
     check = is_check[k]
     oscillating = increases <= rho * window[k]
     stalled = ~c['reduced_check'] & (c['loss_best_check'] >= loss_best)
     reduce = check & (oscillating | stalled)
-    back = _expand(reduce, x)
+    back = per_example(reduce, x)
     return dict(
         delta=jnp.where(back, delta_best, z), delta_old=c['delta'],
         grad=jnp.where(back, grad_best, g.grad), step=jnp.where(reduce, c['step'] / 2, c['step']),
         delta_best=delta_best, grad_best=grad_best, loss_best=loss_best,
-        fooled=c['fooled'] | wrong, delta_adv=jnp.where(_expand(wrong, x), z, c['delta_adv']),
+        fooled=c['fooled'] | wrong, delta_adv=jnp.where(per_example(wrong, x), z, c['delta_adv']),
         loss_prev=g.loss, increases=jnp.where(check, 0.0, increases),
         loss_best_check=jnp.where(check, loss_best, c['loss_best_check']),
         reduced_check=jnp.where(check, oscillating | stalled, c['reduced_check']),
@@ -182,8 +178,8 @@ def apgd_merge(run: _Run, x, delta_out, fooled, best_loss):
   takes the run's misclassified point, another one its best point if its loss is higher."""
   newly = ~fooled & run.fooled
   better = ~fooled & ~run.fooled & (run.loss_best > best_loss)
-  delta_out = jnp.where(_expand(newly, x), run.delta_adv,
-                        jnp.where(_expand(better, x), run.delta_best, delta_out))
+  delta_out = jnp.where(per_example(newly, x), run.delta_adv,
+                        jnp.where(per_example(better, x), run.delta_best, delta_out))
   return delta_out, fooled | run.fooled, jnp.where(better, run.loss_best, best_loss)
 
 

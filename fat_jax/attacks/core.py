@@ -16,8 +16,8 @@ from fat_jax.losses.input_gradient import InputGradient, input_gradient  # noqa:
 
 ApplyFn = Callable  # (params, state, x, train) -> (logits, new_state, features)
 
-INITS = ('zero', 'uniform', 'normal')
-NORMS = ('Linf', 'L2')
+ATTACK_STARTS = ('zero', 'uniform', 'normal')   # the initial points η of `init_perturbation`
+THREAT_MODELS = ('Linf', 'L2')
 
 
 class Attack(NamedTuple):
@@ -41,24 +41,25 @@ def l2_norm(v: jax.Array) -> jax.Array:
   return jnp.sqrt((v ** 2).reshape(len(v), -1).sum(axis=1))
 
 
-def _expand(v, x):
+def per_example(v: jax.Array, x: jax.Array) -> jax.Array:
+  """Per-example values v (N,) as (N, 1, …, 1), broadcastable against x (N, ...)."""
   return v.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
 def normalize_l2(v: jax.Array) -> jax.Array:
   """v_i / (‖v_i‖₂ + 1e−12) per example (AutoAttack's ``normalize``)."""
-  return v / (_expand(l2_norm(v), v) + 1e-12)
+  return v / (per_example(l2_norm(v), v) + 1e-12)
 
 
 def project_l2(delta: jax.Array, eps) -> jax.Array:
   """Π_ε in L2, written as AutoAttack does: δ/(‖δ‖₂ + 1e−12)·min(ε, ‖δ‖₂) per example."""
-  return normalize_l2(delta) * jnp.minimum(eps, _expand(l2_norm(delta), delta))
+  return normalize_l2(delta) * jnp.minimum(eps, per_example(l2_norm(delta), delta))
 
 
 def check_norm(norm: str) -> None:
   """Reject a threat model other than 'Linf' and 'L2'."""
-  if norm not in NORMS:
-    raise ValueError(f'Unknown norm={norm!r}; known threat models: {NORMS}.')
+  if norm not in THREAT_MODELS:
+    raise ValueError(f'Unknown norm={norm!r}; known threat models: {THREAT_MODELS}.')
 
 
 def check_eps(eps: float, norm: str = 'Linf') -> None:
@@ -82,14 +83,15 @@ def init_perturbation(key, x: jax.Array, eps, init: str = 'zero', scale: float =
     direction_key, radius_key = jax.random.split(key)
     dim = x[0].size
     radius = scale * eps * jax.random.uniform(radius_key, (len(x),), x.dtype) ** (1.0 / dim)
-    eta = _expand(radius, x) * normalize_l2(jax.random.normal(direction_key, x.shape, x.dtype))
+    direction = normalize_l2(jax.random.normal(direction_key, x.shape, x.dtype))
+    eta = per_example(radius, x) * direction
     return clip_to_box(x, eta)
   if init == 'uniform':
     eta = jax.random.uniform(key, x.shape, x.dtype, -scale * eps, scale * eps)
     return clip_to_box(x, eta)
   if init == 'normal':
     return scale * jax.random.normal(key, x.shape, x.dtype)
-  raise ValueError(f'Unknown perturbation init {init!r}; known: {INITS}.')
+  raise ValueError(f'Unknown perturbation init {init!r}; known: {ATTACK_STARTS}.')
 
 
 def l2_step(x, delta, grad, *, eps, alpha) -> jax.Array:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fat_jax.attacks.core import ApplyFn
+from fat_jax.attacks.core import ApplyFn, per_example
 
 NOT_FOUND = 1e10  # the reference's "no adversarial example yet" distance
 
@@ -53,7 +53,6 @@ def cw_l2_attack(apply_fn: ApplyFn, params, state, x, y, *, confidence: float = 
   x_box = (jnp.tanh(x_w) + 1.0) / 2.0
   optimizer = optax.adam(learning_rate)
   check_every = max(max_iterations // 10, 1)
-  expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
 
   def objective(modifier, const, st):
     x_adv = (jnp.tanh(x_w + modifier) + 1.0) / 2.0
@@ -82,7 +81,7 @@ def cw_l2_attack(apply_fn: ApplyFn, params, state, x, y, *, confidence: float = 
       found = found | better
       improved = better & (l2 < best_l2)
       best_l2 = jnp.where(improved, l2, best_l2)
-      best_adv = jnp.where(expand(improved), x_adv, best_adv)
+      best_adv = jnp.where(per_example(improved, x), x_adv, best_adv)
       updates, opt_state = optimizer.update(grad, opt_state)
       return (i + 1, optax.apply_updates(modifier, updates), opt_state, prev, stop, found,
               best_l2, best_adv, st)

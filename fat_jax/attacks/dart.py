@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fat_jax.attacks.core import ApplyFn, check_eps, init_perturbation, sign_step
+from fat_jax.attacks.core import ApplyFn, check_eps, init_perturbation, per_example, sign_step
 from fat_jax.attacks.eot import loss_and_grad
 from fat_jax.attacks.fosc import fosc
 from fat_jax.losses import per_example_loss
@@ -59,14 +59,14 @@ def dart_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, alpha, step
   """
   check_eps(eps)
   loss_fn = per_example_loss(loss)
-  expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
 
   def one_step(k, carry):
     delta, st, taken = carry
     lg = loss_and_grad(apply_fn, params, st, x + delta, lambda z: loss_fn(z, y), train=train)
     moves = (fosc(x + delta, x, lg.grad, eps) > threshold) | (k < min_steps)
     moved = sign_step(x, delta, lg.grad, eps=eps, alpha=alpha)
-    return jnp.where(expand(moves), moved, delta), lg.state, taken + moves.astype(jnp.int32)
+    delta = jnp.where(per_example(moves, x), moved, delta)
+    return delta, lg.state, taken + moves.astype(jnp.int32)
 
   delta = init_perturbation(jax.random.fold_in(key, 0), x, eps, init, init_scale)
   taken = jnp.zeros(x.shape[:1], jnp.int32)

@@ -24,9 +24,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fat_jax.attacks.core import ApplyFn
+from fat_jax.attacks.core import THREAT_MODELS, ApplyFn, per_example
 
-NORMS = ('l2', 'linf')
+DEEPFOOL_NORMS = tuple(m.lower() for m in THREAT_MODELS)   # foolbox's spelling: 'linf', 'l2'
 
 
 class DeepFoolResult(NamedTuple):
@@ -56,10 +56,9 @@ def deepfool_attack(apply_fn: ApplyFn, params, state, x, y, *, norm: str = 'linf
                     steps: int = 50, overshoot: float = 0.02,
                     train: bool = False) -> DeepFoolResult:
   """Multi-class DeepFool in the `norm` ('l2' or 'linf') from the clean point x."""
-  if norm not in NORMS:
-    raise ValueError(f'Unknown DeepFool norm {norm!r}; known: {NORMS}.')
+  if norm not in DEEPFOOL_NORMS:
+    raise ValueError(f'Unknown DeepFool norm {norm!r}; known: {DEEPFOOL_NORMS}.')
   n = len(x)
-  expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
 
   def step(carry):
     i, x_cur, r_total, st, taken, _ = carry
@@ -67,7 +66,8 @@ def deepfool_attack(apply_fn: ApplyFn, params, state, x, y, *, norm: str = 'linf
     is_adv = logits.argmax(-1) != y
     true = jax.nn.one_hot(y, logits.shape[-1], dtype=bool)
     f = logits - jnp.take_along_axis(logits, y[:, None], axis=-1)          # (N, C)
-    w = (jac - jnp.take_along_axis(jac, expand(y)[:, None], axis=1)).reshape(n, f.shape[1], -1)
+    w = jac - jnp.take_along_axis(jac, per_example(y, x)[:, None], axis=1)
+    w = w.reshape(n, f.shape[1], -1)
     q_norm = (jnp.sqrt((w ** 2).sum(-1)) if norm == 'l2' else jnp.abs(w).sum(-1))
     distance = jnp.where(true, jnp.inf, jnp.abs(f) / (q_norm + 1e-8))
     best = distance.argmin(axis=1)
@@ -75,12 +75,12 @@ def deepfool_attack(apply_fn: ApplyFn, params, state, x, y, *, norm: str = 'linf
     w_best = jnp.take_along_axis(w, best[:, None, None], axis=1)[:, 0].reshape(x.shape)
     if norm == 'l2':
       l2 = jnp.sqrt((w_best.reshape(n, -1) ** 2).sum(-1))
-      r = expand(d / (l2 + 1e-8)) * w_best
+      r = per_example(d / (l2 + 1e-8), x) * w_best
     else:
-      r = expand(d) * jnp.sign(w_best)
+      r = per_example(d, x) * jnp.sign(w_best)
     r_total = r_total + r
     moved = jnp.clip(x + (1.0 + overshoot) * r_total, 0.0, 1.0)
-    x_cur = jnp.where(expand(is_adv), x_cur, moved)
+    x_cur = jnp.where(per_example(is_adv, x), x_cur, moved)
     return i + 1, x_cur, r_total, st, taken + (~is_adv).astype(jnp.int32), is_adv.all()
 
   def keep_going(carry):

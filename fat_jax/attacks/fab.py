@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from fat_jax.attacks.apgd import top_targets
-from fat_jax.attacks.core import Attack, ApplyFn, check_eps
+from fat_jax.attacks.core import Attack, ApplyFn, check_eps, per_example
 from fat_jax.attacks.eot import loss_and_grad
 
 NOT_FOUND = 1e10
@@ -189,7 +189,6 @@ def _fab_runs(apply_fn, params, state, x, y, key, plane_for_run, *, runs, restar
   """FAB runs r = 0 … runs − 1 on the hyperplanes `plane_for_run(clean logits, r // restarts)`,
   a random start when r % restarts > 0, each on the examples not broken yet."""
   logits, state, _ = apply_fn(params, state, x, train)
-  expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
 
   def one_run(r, carry):
     delta_out, fooled, st = carry
@@ -204,7 +203,7 @@ def _fab_runs(apply_fn, params, state, x, y, key, plane_for_run, *, runs, restar
 
     delta, dist, st = jax.lax.cond(jnp.all(fooled), skip, attack, st)
     newly = ~fooled & (dist <= eps)
-    return jnp.where(expand(newly), delta, delta_out), fooled | newly, st
+    return jnp.where(per_example(newly, x), delta, delta_out), fooled | newly, st
 
   init = (jnp.zeros_like(x), logits.argmax(-1) != y, state)
   delta, _, state = jax.lax.fori_loop(0, runs, one_run, init)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fat_jax.attacks.core import Attack, ApplyFn, check_eps, sign_step
+from fat_jax.attacks.core import Attack, ApplyFn, check_eps, per_example, sign_step
 from fat_jax.attacks.eot import loss_and_grad
 from fat_jax.losses import per_example_loss
 
@@ -26,13 +26,12 @@ def mifgsm_attack(apply_fn: ApplyFn, params, state, x, y, *, eps, steps: int = 1
   check_eps(eps)
   alpha = eps / steps if alpha is None else alpha
   loss_fn = per_example_loss(loss)
-  expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
 
   def one_step(_, carry):
     delta, velocity, st = carry
     lg = loss_and_grad(apply_fn, params, st, x + delta, lambda z: loss_fn(z, y), train=train)
     l1 = jnp.abs(lg.grad).reshape(len(x), -1).sum(axis=1)
-    velocity = momentum * velocity + lg.grad / expand(jnp.maximum(l1, 1e-12))
+    velocity = momentum * velocity + lg.grad / per_example(jnp.maximum(l1, 1e-12), x)
     return sign_step(x, delta, velocity, eps=eps, alpha=alpha), velocity, lg.state
 
   zeros = jnp.zeros_like(x)

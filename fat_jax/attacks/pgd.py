@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from fat_jax.attacks.core import (Attack, ApplyFn, check_eps, init_perturbation,
-                                  input_gradient, l2_step, sign_step)
+                                  input_gradient, l2_step, per_example, sign_step)
 from fat_jax.losses import per_example_loss
 
 
@@ -62,7 +62,6 @@ def pgd_restart(apply_fn: ApplyFn, params, state, x, y, key, restart, *, eps, al
                 norm: str = 'Linf') -> tuple[jnp.ndarray, object]:
   """(δ, state) of restart number `restart` of `pgd_attack`: the start drawn with
   ``fold_in(key, restart)``, then `steps` updates (arguments as `pgd_attack`)."""
-  expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
 
   def one_step(_, carry):
     delta, st = carry
@@ -73,7 +72,7 @@ def pgd_restart(apply_fn: ApplyFn, params, state, x, y, key, restart, *, eps, al
       moved = sign_step(x, delta, g.grad, eps=eps, alpha=alpha)
     if freeze_misclassified:
       correct = g.logits.argmax(-1) == y
-      moved = jnp.where(expand(correct), moved, delta)
+      moved = jnp.where(per_example(correct, x), moved, delta)
     return moved, g.state
 
   delta = init_perturbation(jax.random.fold_in(key, restart), x, eps, init, init_scale, norm)
@@ -86,5 +85,5 @@ def keep_higher_loss(apply_fn: ApplyFn, params, state, x, y, delta, best_delta, 
   is ≥ `best_loss` (ties to the later restart), else `best_delta`; and the higher loss."""
   logits, _, _ = apply_fn(params, state, x + delta, False)
   restart_loss = per_example_loss(loss)(logits, y)
-  better = (restart_loss >= best_loss).reshape((-1,) + (1,) * (x.ndim - 1))
+  better = per_example(restart_loss >= best_loss, x)
   return jnp.where(better, delta, best_delta), jnp.maximum(restart_loss, best_loss)

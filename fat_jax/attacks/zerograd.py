@@ -7,6 +7,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fat_jax.attacks.core import per_example
+
 
 def zero_small_gradients(grad: jax.Array, q: float) -> jax.Array:
   """g with g_j ← 0 where |g_j| < quantile_q(|g|) over the example's coordinates.
@@ -16,4 +18,4 @@ def zero_small_gradients(grad: jax.Array, q: float) -> jax.Array:
   """
   magnitude = jnp.abs(grad)
   threshold = jnp.quantile(magnitude.reshape(grad.shape[0], -1), q, axis=1)
-  return jnp.where(magnitude < threshold.reshape((-1,) + (1,) * (grad.ndim - 1)), 0.0, grad)
+  return jnp.where(magnitude < per_example(threshold, grad), 0.0, grad)

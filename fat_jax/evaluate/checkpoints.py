@@ -15,6 +15,7 @@ import numpy as np
 from fat_jax import run_log
 from fat_jax.attacks.eot import with_input_noise
 from fat_jax.checkpoint import Checkpointer
+from fat_jax.config import eval_eps
 from fat_jax.data import load_dataset
 from fat_jax.evaluate.output import save_report
 from fat_jax.evaluate.robustbench import AUTOATTACK_SUITES, robustbench_entry, save_robustbench_entry
@@ -44,8 +45,7 @@ def restore_model(model_config, info, workdir: str, epoch: int = 0):
     raise FileNotFoundError(f'No checkpoints in {workdir}: train there first '
                             '(python launch.py --mode=train ...).')
   model = build_model(model_config, info)
-  checkpointer = Checkpointer(workdir)
-  try:
+  with Checkpointer(workdir) as checkpointer:
     epoch = epoch or checkpointer.latest_verified_epoch()
     if epoch is None or epoch not in checkpointer.epochs():
       raise FileNotFoundError(f'No checkpoint of epoch {epoch} in {workdir} (have '
@@ -54,8 +54,6 @@ def restore_model(model_config, info, workdir: str, epoch: int = 0):
     ema = WeightAverage(0.0) if checkpointer.has_ema(epoch) else None  # only its shapes count
     like = jax.eval_shape(lambda: init_train_state(model, jax.random.key(0), ema=ema))
     return model, checkpointer.restore(epoch, like), epoch
-  finally:
-    checkpointer.close()
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
@@ -94,7 +92,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
              if e.get(f.name) is not None}
   weights, params = evaluated_weights(ts)
   report = evaluate(apply_fn, params, ts.batch_stats, x, data.test_labels[:n], suite=e.suite,
-                    eps=e.eps if e.eps is not None else config.eps, seed=config.seed,
+                    eps=eval_eps(config), seed=config.seed,
                     attacks=tuple(e.attacks) or None, surrogate=surrogate,
                     randomized=bool(e.input_noise), batch_size=e.batch_size, checks=e.checks,
                     eps_sweep=e.eps_sweep, square_check=e.square_check,

@@ -1,8 +1,7 @@
 """What an evaluation report looks like outside Python: the console table and the JSON file."""
 from __future__ import annotations
 
-import json
-import os
+from fat_jax.run_log import atomic_write_json
 
 
 def format_table(report: dict) -> str:
@@ -41,9 +40,5 @@ def format_table(report: dict) -> str:
 
 def save_report(report: dict, path: str) -> str:
   """Writes the JSON part of `report` (without the per-point arrays) to `path`."""
-  content = {k: v for k, v in report.items() if k not in ('flags', 'scores', 'x_adv')}
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(content, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-  return path
+  return atomic_write_json(
+      path, {k: v for k, v in report.items() if k not in ('flags', 'scores', 'x_adv')})

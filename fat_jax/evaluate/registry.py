@@ -22,7 +22,7 @@ from fat_jax.attacks import (apgd_attack, clip_to_box, deepfool_attack, fab_atta
                              fab_untargeted_attack, fgsm_attack, mifgsm_attack, pgd_attack,
                              project_l2, project_linf, square_attack)
 from fat_jax.attacks.apgd import top_targets
-from fat_jax.attacks.core import NORMS, normalize_l2
+from fat_jax.attacks.core import THREAT_MODELS, normalize_l2
 from fat_jax.attacks.eot import eot_loss_and_grad, randomized_logits
 from fat_jax.evaluate.pieces import apgd_by_chunk, pgd_by_restart, square_by_chunk
 from fat_jax.losses import cross_entropy
@@ -96,7 +96,7 @@ class AttackEntry:
   always_in_pieces: bool = False
   targeted: bool = False
   eot: bool = False
-  norms: tuple[str, ...] = NORMS
+  norms: tuple[str, ...] = THREAT_MODELS
   min_classes: int = 2
   input_problem: Optional[Callable[[np.ndarray, str], Optional[str]]] = None
 

@@ -10,11 +10,10 @@ leaderboard folder.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 from fat_jax import sanity
 from fat_jax.evaluate.suites import suite_options
+from fat_jax.run_log import atomic_write_json
 
 AUTOATTACK_SUITES = ('aa_standard', 'aa_plus', 'aa_rand')
 FULL_TEST_SET = 10000   # CIFAR-10/100 test points RobustBench evaluates on
@@ -92,8 +91,4 @@ def robustbench_entry(report: dict, *, dataset: str, architecture: str, name: st
 
 def save_robustbench_entry(entry: dict, path: str) -> str:
   """Writes `entry` to `path` (JSON, RobustBench's key order)."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(entry, f, indent=2)
-  os.replace(tmp, path)
-  return path
+  return atomic_write_json(path, entry, sort_keys=False)

@@ -1,7 +1,8 @@
 """Training methods as values: `Method` and `resolve_method(config.method, ε) -> Method`.
 
 A method is a training attack × exactly one objective × regularisers × an optional weight
-perturbation (the values of `methods.roles`); the optax optimiser is given to
+perturbation (the values of `methods.training_attacks`, `methods.objectives`,
+`methods.regularizers`, `methods.weight_perturbations`); the optax optimiser is given to
 `make_train_step`. `resolve_method` is the one place where a config becomes these values:
 
 | name        | init (scale)  | α (×ε) | Π_ε | steps | BN    | extra (on by default)            |
@@ -49,11 +50,17 @@ import numpy as np
 
 from fat_jax.losses.feature_diff import STABLE_ALPHA3, top_channels
 from fat_jax.losses.gradalign import gradalign_lambda
-from fat_jax.methods.roles import (AAER, AWP, LAP, MART, MMA, TRADES, AdaptiveAttack,
-                                   CrossEntropy, DynamicAttack, FGSMAttack, GradAlign, KLAttack,
-                                   LCo, LStable, MEPObjective, PGDAttack, PriorAttack, ZeroGrad)
+from fat_jax.attacks.core import ATTACK_STARTS
+from fat_jax.methods.objectives import MART, MMA, TRADES, CrossEntropy, MEPObjective
+from fat_jax.methods.regularizers import AAER, GradAlign, LCo, LStable
+from fat_jax.methods.training_attacks import (AdaptiveAttack, DynamicAttack, FGSMAttack, KLAttack,
+                                              PGDAttack, PriorAttack, ZeroGrad)
+from fat_jax.methods.weight_perturbations import AWP, LAP
 
-INITS = ('zero', 'uniform', 'normal', 'prior', 'previous')
+# The starts of a training attack: those of `fat_jax.attacks`, and the per-example state kept
+# by FGSM-MEP ('prior') and ATAS ('previous').
+STATEFUL_STARTS = ('prior', 'previous')
+TRAINING_ATTACK_STARTS = ATTACK_STARTS + STATEFUL_STARTS
 ATTACK_LOSSES = ('ce', 'kl')
 
 
@@ -161,8 +168,8 @@ def _resolve_attack(c, eps: float):
     if c.get(field) is not None:
       fields[field] = c[field]
   init, loss, steps = fields['init'], fields['attack_loss'], int(fields['steps'])
-  if init not in INITS:
-    raise ValueError(f"Unknown method.init {init!r}; known: {INITS}.")
+  if init not in TRAINING_ATTACK_STARTS:
+    raise ValueError(f"Unknown method.init {init!r}; known: {TRAINING_ATTACK_STARTS}.")
   if fields['attack_bn'] not in ('train', 'eval'):
     raise ValueError(f"method.attack_bn must be 'train' or 'eval', got {fields['attack_bn']!r}.")
   if loss not in ATTACK_LOSSES:
@@ -170,14 +177,14 @@ def _resolve_attack(c, eps: float):
   common = dict(eps=float(eps), alpha=float(fields['alpha']) * eps,
                 train_bn=fields['attack_bn'] == 'train')
   start = dict(init=init, init_scale=float(fields['init_scale']))
-  if init in ('prior', 'previous') and (steps > 1 or loss != 'ce'):
+  if init in STATEFUL_STARTS and (steps > 1 or loss != 'ce'):
     raise ValueError(f"method.init={init!r} ({'FGSM-MEP' if init == 'prior' else 'ATAS'}) is a "
                      f'single-step CE attack; got steps={steps}, attack_loss={loss!r}.')
   q = _default(c, 'zerograd_q', 'zerograd', ZeroGrad.q)
   if q is not None:
     if not 0 <= q < 1:
       raise ValueError(f'method.zerograd_q is a quantile in [0, 1), got {q}.')
-    if init in ('prior', 'previous'):
+    if init in STATEFUL_STARTS:
       raise ValueError('ZeroGrad masks the gradient of the FGSM step from η; FGSM-MEP and ATAS '
                        'take their own steps.')
     if steps > 1 or loss != 'ce':
@@ -211,8 +218,8 @@ def _resolve_attack(c, eps: float):
 
 
 def _resolve_dart(c, common: dict, start: dict, steps: int, loss: str) -> DynamicAttack:
-  """DART's PGD with the FOSC stopping rule (`methods.roles.DynamicAttack`)."""
-  if loss != 'ce' or start['init'] not in ('zero', 'uniform', 'normal'):
+  """DART's PGD with the FOSC stopping rule (`methods.training_attacks.DynamicAttack`)."""
+  if loss != 'ce' or start['init'] not in ATTACK_STARTS:
     raise ValueError(f"method 'dart' is PGD on the CE from a zero/uniform/normal start; got "
                      f"attack_loss={loss!r}, init={start['init']!r}.")
   if c.dart_c_max < 0 or c.dart_control_epochs <= 0:

@@ -1,6 +1,6 @@
 """One training step, ``make_train_step(...) -> train_step``, and the `TrainState` it updates.
 
-The step composes the method's values (`methods.roles`) and reads top to bottom:
+The step composes the method's values (`fat_jax.methods`) and reads top to bottom:
 
     batch (uint8, sharded) → augment → attack (δ, its start forward, per-example loss
     weights) → weights.apply → value_and_grad(objective + regularisers) → tx.update
@@ -24,7 +24,8 @@ import optax
 from fat_jax import optim
 from fat_jax.data import augment_with, draw_augmentation
 from fat_jax.losses import accuracy, cross_entropy
-from fat_jax.methods.roles import Clock, TermInputs
+from fat_jax.methods.records import Clock
+from fat_jax.methods.regularizers import TermInputs
 from fat_jax.methods.spec import Method
 
 

@@ -41,7 +41,7 @@ Params = Any  # nested dict of arrays
 Path = tuple[str, ...]
 Initializer = Callable[..., Array]
 
-INITS = ('torch', 'he_normal')
+WEIGHT_INITS = ('torch', 'he_normal')   # model.init
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 # model.conv: XLA's convolutions ('xla'; on CPU the input gradient in canonical layout), or
 # also the 1×1 weight gradients as an im2col matmul on CPU ('im2col_grad'); `fat_jax.models.conv`.

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import flax.linen as nn
 
 from fat_jax.models import preact_resnet, resnet, small, vit, wide_resnet
-from fat_jax.models.core import COMPUTE_DTYPES, CONV_IMPLS, INITS, Model
+from fat_jax.models.core import COMPUTE_DTYPES, CONV_IMPLS, WEIGHT_INITS, Model
 
 # Name → constructor(config, **common kwargs).
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -48,8 +48,8 @@ def build_model(config: Any, info: Any) -> Model:
   if config.name not in _BUILDERS:
     raise ValueError(f'unknown model {config.name!r}; known: {", ".join(MODEL_NAMES)}')
   init, head = config.get('init', 'torch'), config.get('head_bn_relu', True)
-  if init not in INITS:
-    raise ValueError(f'model.init must be one of {INITS}, got {init!r}.')
+  if init not in WEIGHT_INITS:
+    raise ValueError(f'model.init must be one of {WEIGHT_INITS}, got {init!r}.')
   if config.name != 'preact_resnet18' and (init != 'torch' or not head):
     raise ValueError("model.init and model.head_bn_relu are options of 'preact_resnet18'; "
                      f"leave them at 'torch' and True for {config.name!r}.")
