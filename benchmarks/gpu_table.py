@@ -2,9 +2,10 @@
 
   python benchmarks/gpu_table.py OUT_DIR [--smoke]
 
-Reads OUT/parts.tsv (part, exit status, seconds, timeout) and each part's JSON
-(`step_<dtype>_b<batch>.json` from step_time.py, `eval.json` from eval_throughput.py).
-A part that failed or timed out is listed as such, with the tail of its log in the JSON.
+Reads OUT/parts.tsv (part, exit status, seconds, timeout; timeout 0: skipped) and each part's
+JSON (`step_<dtype>_b<batch>[_<network>].json` from step_time.py, `eval.json` from
+eval_throughput.py). A part that failed or timed out is listed as such, with the tail of its log
+in the JSON.
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def read_parts(out: str) -> list[dict]:
 
 
 def failure(part: dict) -> str:
+  if part['timeout_s'] == 0:
+    return 'skipped: GPU_BENCH_TOTAL_TIMEOUT spent'
   if part['exit_status'] in TIMEOUT_STATUSES:
     return f"failed: timed out after {part['timeout_s']} s"
   if part['exit_status'] == 0:
@@ -52,22 +55,29 @@ def mib(v) -> str:
   return '–' if v is None else f'{v / MIB:.0f}'
 
 
+def network(result: dict) -> str:
+  """The network of a step_time.py result ('PreActResNet-18 width 64', 'WideResNet-34-10')."""
+  return result.get('network') or f"{result['model']} width {result['width']}"
+
+
 def step_table(parts: list[dict]) -> list[str]:
-  lines = ['| method | batch | dtype | images/s | time × FGSM-RS | XLA plan (MiB) | '
-           'process peak (MiB) |', '|---|---:|---|---:|---:|---:|---:|']
+  lines = ['| network | method | batch | dtype | images/s | time × FGSM-RS | XLA plan (MiB) | '
+           'process peak (MiB) |', '|---|---|---:|---|---:|---:|---:|---:|']
   torch_rows = []
   for part in parts:
     if not part['name'].startswith('step_'):
       continue
-    _, dtype, batch = part['name'].split('_')
+    # step_<dtype>_b<batch>, PreActResNet-18; step_<dtype>_b<batch>_<network label>
+    _, dtype, batch, *net = part['name'].split('_', 3)
     batch = batch[1:]
     if 'result' not in part:
-      lines.append(f"| all | {batch} | {dtype} | {part['status']} | | | |")
+      lines.append(f"| {net[0] if net else 'preact_resnet18'} | all | {batch} | {dtype} | "
+                   f"{part['status']} | | | |")
       continue
     r = part['result']
     for name, row in r['methods'].items():
       ratio = next(v for k, v in row.items() if k.startswith('x_'))
-      lines.append(f"| {name.split('/')[0]} | {r['batch']} | {dtype} | "
+      lines.append(f"| {network(r)} | {name.split('/')[0]} | {r['batch']} | {dtype} | "
                    f"{row['images_per_s']:.1f} | {ratio:.3f} | {mib(row['compiled_bytes'])} | "
                    f"{mib(row['process_peak_bytes'])} |")
     if 'pytorch_fgsm_rs' in r:
@@ -119,8 +129,8 @@ def main():
   with open(os.path.join(args.out, 'results.json'), 'w', encoding='utf-8') as f:
     json.dump(results, f, indent=1)
   step = next((r for r in done if 'methods' in r), None)
-  title = (f"Training steps: {step['model']} width {step['width']}, median of {step['rounds']} "
-           f"rounds × {step['steps']} steps, one device" if step else 'Training steps')
+  title = (f"Training steps: median of {step['rounds']} rounds × {step['steps']} steps, one "
+           'device' if step else 'Training steps')
   lines = ([SMOKE_NOTE, ''] if args.smoke else []) + [
       f'`bash benchmarks/gpu.sh{" --smoke" if args.smoke else ""}`, {stamp}, {device}.', '',
       'Parts: ' + ', '.join(f"{p['name']} {p['seconds']} s" + ('' if 'result' in p else

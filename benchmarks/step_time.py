@@ -3,7 +3,11 @@
   python benchmarks/step_time.py                                  # PreActResNet-18 width 16
   python benchmarks/step_time.py --width=64 --batch-per-device=128 \\
       --methods=fgsm_rs,n_fgsm,lap,aaer,gradalign,pgd_at --dtypes=float32,bfloat16 --torch  # GPU
+  python benchmarks/step_time.py --model=wrn34_10 --batch-per-device=128 --methods=fgsm_rs,lap
 
+`--model` is a network of `NETWORKS` (WideResNet-34-10 and ViT-small as the official
+`LAP.py --model WideResNet | Vit` builds them, and tiny versions for smoke runs) or any
+`model.name` (`--width` sets `model.width`, PreActResNet-18's).
 Every method's jitted step runs on the same model and global batch (`--batch-per-device` ×
 the devices of a ``data`` mesh: parameters replicated, the batch split, BatchNorm over the
 global batch, state donated), with on-device crop/flip augmentation; methods are timed in
@@ -31,7 +35,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from fat_jax import optim
@@ -66,6 +69,16 @@ METHODS = {
 EPS = 8 / 255
 DTYPE_LABELS = {'bfloat16': 'bf16'}
 
+# label → model config fields (over `default_config().model`): the networks of the official
+# `LAP.py --model WideResNet | Vit` (tmllab/2024_ICML_LAP; `AAER.py --model WideResNet` builds
+# the same WideResNet), and tiny versions of both for smoke runs on a CPU.
+NETWORKS = {
+    'wrn34_10': {'name': 'wide_resnet', 'depth': 34, 'widen_factor': 10},
+    'vit_small': {'name': 'vit_small'},
+    'wrn10_1': {'name': 'wide_resnet', 'depth': 10, 'widen_factor': 1},
+    'vit_tiny': {'name': 'vit_small', 'vit': {'embed_dim': 32, 'depth': 2, 'num_heads': 2}},
+}
+
 
 def method_config(label: str):
   c = default_config().method
@@ -73,6 +86,28 @@ def method_config(label: str):
   for k, v in METHODS[label].items():
     c[k] = v
   return c
+
+
+def model_config(model: str, width: int = 64, dtype: str = 'float32', conv: str = 'xla'):
+  """The model config of `model` (a key of `NETWORKS`, else a `model.name`) over the defaults."""
+  c = default_config().model
+  c.update({'name': model, 'width': width, 'dtype': dtype, 'conv': conv})
+  c.update(NETWORKS.get(model, {}))
+  return c
+
+
+def describe(c) -> str:
+  """A model config in words: 'PreActResNet-18 width 64', 'WideResNet-34-10', 'ViT …'."""
+  if c.name in ('wide_resnet', 'dm_wide_resnet'):
+    kind = 'WideResNet' if c.name == 'wide_resnet' else 'DMWideResNet'
+    return f'{kind}-{c.depth}-{c.widen_factor}'
+  if c.name == 'vit_small':
+    v = c.vit
+    return (f'ViT (patch {v.patch_size}, D {v.embed_dim}, depth {v.depth}, {v.num_heads} heads, '
+            f'MLP ×{v.mlp_ratio:g})')
+  if c.name == 'preact_resnet18':
+    return f'PreActResNet-18 width {c.width}'
+  return c.name
 
 
 def torch_steps(width: int, batch: int):
@@ -224,8 +259,9 @@ def peak_bytes_in_use(device) -> int | None:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--model', default='preact_resnet18')
-  parser.add_argument('--width', type=int, default=16)
+  parser.add_argument('--model', default='preact_resnet18',
+                      help=f'a network of {sorted(NETWORKS)} or a model.name')
+  parser.add_argument('--width', type=int, default=16, help='model.width (PreActResNet-18)')
   parser.add_argument('--batch-per-device', type=int, default=64)
   parser.add_argument('--devices', type=int, default=0, help='how many devices (0 = all)')
   parser.add_argument('--dtypes', default='float32',
@@ -238,6 +274,9 @@ def main():
   parser.add_argument('--torch', action='store_true', help='add the PyTorch FGSM-RS step')
   parser.add_argument('--json', default='', help='also write the results as JSON to this path')
   args = parser.parse_args()
+  if args.torch and model_config(args.model).name != 'preact_resnet18':
+    raise SystemExit(f'--torch times PreActResNet-18 steps: leave it out with '
+                     f'--model={args.model}.')
 
   devices = jax.devices()[:args.devices or None]
   mesh = make_data_mesh(devices)
@@ -254,8 +293,7 @@ def main():
     raise SystemExit(f'Unknown methods {unknown}; known: {sorted(METHODS)}.')
   runs, memory = {}, {}
   for dtype, conv in [(d, c) for d in dtypes for c in convs]:
-    model = build_model(ml_collections.ConfigDict(dict(name=args.model, width=args.width,
-                                                       dtype=dtype, conv=conv)), info)
+    model = build_model(model_config(args.model, args.width, dtype, conv), info)
     for label in methods:
       method = resolve_method(method_config(label), EPS)
       step = jax.jit(make_train_step(model, method, schedule, weight_decay=5e-4,
@@ -288,7 +326,8 @@ def main():
   base = statistics.median(times[names[0]])
   if args.json:
     write_json(args, devices, batch, names, times, memory, torch_label)
-  print(f'{args.model} width {args.width}, {len(devices)} × {devices[0].device_kind} '
+  print(f'{describe(model_config(args.model, args.width))}, {len(devices)} × '
+        f'{devices[0].device_kind} '
         f'({jax.default_backend()}), batch {args.batch_per_device}/device = {batch}, '
         f'median of {args.rounds} rounds × {args.steps} steps')
   print(f'{"method":<24}{"s/step":>10}{"images/s":>12}{"× " + names[0]:>14}{"XLA MiB":>10}')
@@ -319,7 +358,8 @@ def write_json(args, devices, batch, names, times, memory, torch_label) -> None:
                  'images_per_s': batch / statistics.median(times[name]),
                  f'x_{names[0]}': statistics.median(times[name]) / base, **memory[name]}
           for name in names}
-  out = {'model': args.model, 'width': args.width, 'devices': len(devices),
+  out = {'model': args.model, 'width': args.width,
+         'network': describe(model_config(args.model, args.width)), 'devices': len(devices),
          'device_kind': devices[0].device_kind, 'backend': jax.default_backend(),
          'jax': jax.__version__, 'batch_per_device': args.batch_per_device, 'batch': batch,
          'rounds': args.rounds, 'steps': args.steps, 'methods': rows}
