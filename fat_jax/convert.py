@@ -153,35 +153,33 @@ def mnist_net_layers(image_shape: tuple[int, int, int]) -> list[Layer]:
           Layer('linear', '7', ('fc2',), True)]
 
 
-def wide_resnet_layers(depth: int, widen_factor: int) -> list[Layer]:
-  """Official ``WideResNet``: conv1, block{1,2,3}.layer.{i}.(bn1, conv1, bn2, conv2,
-  convShortcut where the widths differ), bn1, fc."""
-  layers = [Layer('conv', 'conv1', ('stem',))]
-  for name, group, index, in_ch, out_ch, _ in block_specs(depth, widen_factor):
-    block = f'block{group + 1}.layer.{index}'
-    layers += [Layer('bn', f'{block}.bn1', (name, 'bn1')),
-               Layer('conv', f'{block}.conv1', (name, 'conv1')),
-               Layer('bn', f'{block}.bn2', (name, 'bn2')),
-               Layer('conv', f'{block}.conv2', (name, 'conv2'))]
-    if in_ch != out_ch:
-      layers.append(Layer('conv', f'{block}.convShortcut', (name, 'shortcut')))
-  return layers + [Layer('bn', 'bn1', ('head_bn',)), Layer('linear', 'fc', ('linear',), True)]
+# The key names of the two WideResNet layouts: stem, block prefix ({g}: group from 0, {i}:
+# block), the block's (bn1, conv1, bn2, conv2, 1×1 shortcut), head BN, head linear.
+WRN_KEYS = {
+    'wide_resnet': ('conv1', 'block{g1}.layer.{i}',
+                    ('bn1', 'conv1', 'bn2', 'conv2', 'convShortcut'), 'bn1', 'fc'),
+    'dm_wide_resnet': ('init_conv', 'layer.{g}.block.{i}',
+                       ('batchnorm_0', 'conv_0', 'batchnorm_1', 'conv_1', 'shortcut'),
+                       'batchnorm', 'logits'),
+}
 
 
-def dm_wide_resnet_layers(depth: int, widen_factor: int) -> list[Layer]:
-  """``DMWideResNet``: init_conv, layer.{g}.block.{i}.(batchnorm_0, conv_0, batchnorm_1,
-  conv_1, shortcut where the widths differ), batchnorm, logits."""
-  layers = [Layer('conv', 'init_conv', ('stem',))]
+def wide_resnet_layers(depth: int, widen_factor: int, model: str = 'wide_resnet') -> list[Layer]:
+  """The official ``WideResNet`` (conv1, block{1,2,3}.layer.{i}.(bn1, conv1, bn2, conv2,
+  convShortcut where the widths differ), bn1, fc) or, for `model` 'dm_wide_resnet',
+  ``DMWideResNet`` (init_conv, layer.{g}.block.{i}.(batchnorm_0, conv_0, batchnorm_1, conv_1,
+  shortcut), batchnorm, logits): `WRN_KEYS`."""
+  stem, prefix, (bn1, conv1, bn2, conv2, shortcut), head_bn, head = WRN_KEYS[model]
+  layers = [Layer('conv', stem, ('stem',))]
   for name, group, index, in_ch, out_ch, _ in block_specs(depth, widen_factor):
-    block = f'layer.{group}.block.{index}'
-    layers += [Layer('bn', f'{block}.batchnorm_0', (name, 'bn1')),
-               Layer('conv', f'{block}.conv_0', (name, 'conv1')),
-               Layer('bn', f'{block}.batchnorm_1', (name, 'bn2')),
-               Layer('conv', f'{block}.conv_1', (name, 'conv2'))]
+    block = prefix.format(g=group, g1=group + 1, i=index)
+    layers += [Layer('bn', f'{block}.{bn1}', (name, 'bn1')),
+               Layer('conv', f'{block}.{conv1}', (name, 'conv1')),
+               Layer('bn', f'{block}.{bn2}', (name, 'bn2')),
+               Layer('conv', f'{block}.{conv2}', (name, 'conv2'))]
     if in_ch != out_ch:
-      layers.append(Layer('conv', f'{block}.shortcut', (name, 'shortcut')))
-  return layers + [Layer('bn', 'batchnorm', ('head_bn',)),
-                   Layer('linear', 'logits', ('linear',), True)]
+      layers.append(Layer('conv', f'{block}.{shortcut}', (name, 'shortcut')))
+  return layers + [Layer('bn', head_bn, ('head_bn',)), Layer('linear', head, ('linear',), True)]
 
 
 def _layers(model, image_shape) -> list[Layer]:
@@ -192,23 +190,17 @@ def _layers(model, image_shape) -> list[Layer]:
     return resnet18_layers(model.width)
   if model.name == 'mnist_net':
     return mnist_net_layers(image_shape)
-  if model.name == 'wide_resnet':
-    return wide_resnet_layers(model.depth, model.widen_factor)
-  if model.name == 'dm_wide_resnet':
-    return dm_wide_resnet_layers(model.depth, model.widen_factor)
+  if model.name in WRN_KEYS:
+    return wide_resnet_layers(model.depth, model.widen_factor, model.name)
   raise ValueError(f'no PyTorch layout for model {model.name!r}; convertible: preact_resnet18, '
                    'resnet18, mnist_net, wide_resnet, dm_wide_resnet.')
-
-
-# (stem key, first key of a group-1 block, its conv) of the WideResNet layouts.
-_WRN_KEYS = {'wide_resnet': ('conv1.weight', 'block1.layer.', 'conv1'),
-             'dm_wide_resnet': ('init_conv.weight', 'layer.0.block.', 'conv_0')}
 
 
 def wide_resnet_size(model: str, state: Mapping[str, np.ndarray]) -> tuple[int, int]:
   """(depth, widen factor) of a WideResNet state_dict: n = the number of group-1 blocks,
   depth = 6n + 4; k = the first block's conv width / 16."""
-  stem_key, prefix, conv_name = _WRN_KEYS[model]
+  stem_name, block, (_, conv_name, *_), _, _ = WRN_KEYS[model]
+  stem_key, prefix = f'{stem_name}.weight', block.format(g=0, g1=1, i='')
   first = f'{prefix}0.{conv_name}.weight'
   for key in (stem_key, first):
     if key not in state or np.ndim(state[key]) != 4:
@@ -419,7 +411,7 @@ def convert(path: str, workdir: str, *, source: str = 'locuslab', dataset: str |
     config.model.width = int(state['conv1.weight'].shape[0])
   if spec.model == 'preact_resnet18':  # RobustBench Wong2020Fast: no head BN-ReLU
     config.model.head_bn_relu = 'bn.weight' in state
-  if spec.model in _WRN_KEYS:
+  if spec.model in WRN_KEYS:
     config.model.depth, config.model.widen_factor = wide_resnet_size(spec.model, state)
     config.eval.robustbench.architecture = (
         f'WideResNet-{config.model.depth}-{config.model.widen_factor}')
