@@ -18,7 +18,7 @@ log = logging.getLogger('fat_jax')
 
 # The suites of `fat_jax.evaluate.evaluate` (the keys of `fat_jax.evaluate.registry.SUITES`,
 # whose package imports this module).
-SUITES = ('aa_standard', 'aa_plus', 'aa_rand', 'pgd', 'transfer', 'custom')
+SUITES = ('aa_standard', 'aa_plus', 'aa_rand', 'pgd', 'mm', 'mm+', 'transfer', 'custom')
 SEED_LIMIT = 2 ** 63       # seeds are integers in [0, 2^63): NumPy's and JAX's generators
 PIXEL_UNITS_WARNING = 0.5  # ε above this on [0, 1] images: likely given in 0–255 units
 # `evaluate()`'s counts, each also the field eval.<name> of a run config where that exists:
@@ -26,7 +26,7 @@ PIXEL_UNITS_WARNING = 0.5  # ε above this on [0, 1] images: likely given in 0�
 EVAL_POSITIVE = ('batch_size', 'pgd_steps', 'pgd_restarts', 'check_pgd_steps', 'sweep_steps',
                  'n_draws', 'eot_samples', 'apgd_steps', 'apgd_restarts', 'apgd_t_restarts',
                  'n_target_classes', 'fab_steps', 'fab_restarts', 'fab_t_restarts',
-                 'square_queries')
+                 'square_queries', 'mm_steps', 'mm_target_classes')
 EVAL_COUNTS = {'eot_check_n': 'off'}
 # `evaluate()`'s real settings, likewise: name -> (low, high, low excluded, what it is); the
 # high end is included unless infinite.

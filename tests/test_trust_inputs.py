@@ -80,6 +80,7 @@ def test_point_shapes_and_dtypes_are_named_before_the_model_runs(x, match):
     ('eot_check_n', -1, r'eot_check_n=-1 is negative: give a count ≥ 0 \(0 = off\)'),
     ('apgd_t_restarts', 0, 'apgd_t_restarts=0 must be positive'),
     ('square_queries', 0, 'square_queries=0 must be positive'),
+    ('mm_steps', 0, 'mm_steps=0 must be positive'),
     ('n_draws', 0, 'n_draws=0 must be positive'),
     ('square_p_init', 1.5, r'square_p_init=1.5 must be finite and in \(0, 1\]'),
     ('apgd_rho', -0.1, r'apgd_rho=-0.1 must be finite and in \[0, 1\]'),

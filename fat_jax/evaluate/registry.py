@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fat_jax.attacks import (apgd_attack, clip_to_box, deepfool_attack, fab_attack,
-                             fab_untargeted_attack, fgsm_attack, mifgsm_attack, pgd_attack,
-                             project_l2, project_linf, square_attack)
+                             fab_untargeted_attack, fgsm_attack, mifgsm_attack, mm_attack,
+                             pgd_attack, project_l2, project_linf, square_attack)
 from fat_jax.attacks.apgd import top_targets
 from fat_jax.attacks.core import THREAT_MODELS, normalize_l2
 from fat_jax.attacks.eot import eot_loss_and_grad, randomized_logits
@@ -37,6 +37,8 @@ class SuiteOptions:
   randomised model. `apgd_restarts` and `fab_restarts` apply to APGD-CE/-DLR and
   untargeted FAB, `apgd_t_restarts` / `fab_t_restarts` to the targeted versions
   (AutoAttack's separate `apgd_targeted.n_restarts` and `fab.n_restarts` before FAB-T).
+  'mm' runs MM-`mm_target_classes` with `mm_steps` iterations per target (MM-3: 3, 20);
+  'mm+' runs MM+ with `apgd_steps` and `n_target_classes` (100, 9).
   """
   apgd_steps: int = 100
   apgd_restarts: int = 1
@@ -52,6 +54,8 @@ class SuiteOptions:
   square_queries: int = 5000
   square_p_init: float = 0.8
   square_rescale_schedule: bool = False
+  mm_steps: int = 20
+  mm_target_classes: int = 3
   pgd_steps: int = 50
   pgd_restarts: int = 10
   pgd_step_size: float = 0.25
@@ -233,6 +237,19 @@ def _apgd_pieces(c: AttackCall, on_piece, *, loss: str, targeted: bool = False) 
   return (delta, *_per(c, unit.forwards, unit.backwards))
 
 
+def _mm(c: AttackCall, *, plus: bool = False) -> Outcome:
+  """The Minimum-Margin attack (Gao et al. 2022): MM-`mm_target_classes` with `mm_steps`
+  iterations per target, or MM+ (`plus`) with APGD-T's `n_target_classes` and `apgd_steps`;
+  at most C − 1 targets."""
+  o = c.options
+  steps = o.apgd_steps if plus else o.mm_steps
+  k = min(o.n_target_classes if plus else o.mm_target_classes, _classes(c) - 1)
+  delta = mm_attack(c.apply_fn, c.params, c.state, c.x, c.y, c.key, eps=c.eps, steps=steps,
+                    n_target_classes=k, rho=o.apgd_rho, norm=c.norm).delta
+  runs = k * (steps + 1)
+  return (delta, *_per(c, 1 + runs, runs))
+
+
 def _fab_settings(c: AttackCall) -> dict:
   o = c.options
   return dict(steps=o.fab_steps, alpha_max=o.fab_alpha_max, eta=o.fab_eta, beta=o.fab_beta,
@@ -316,6 +333,8 @@ ATTACKS = types.MappingProxyType({
     'fab': AttackEntry(_fab),
     'fab-t': AttackEntry(_fab_t, targeted=True, min_classes=4),
     'square': AttackEntry(_square, _square_pieces, input_problem=_square_problem),
+    'mm': AttackEntry(_mm),                                   # MM-3
+    'mm+': AttackEntry(functools.partial(_mm, plus=True)),    # MM+
 })
 EOT_ATTACKS = tuple(name for name, entry in ATTACKS.items() if entry.eot)  # randomised models
 # Names refused with the reason and what to use instead.
@@ -332,6 +351,8 @@ SUITES = {
     'aa_plus': ('apgd-ce', 'apgd-dlr', 'fab', 'square', 'apgd-t', 'fab-t'),
     'aa_rand': ('apgd-ce', 'apgd-dlr'),
     'pgd': ('pgd',),
+    'mm': ('mm',),      # MM-3 (Gao et al. 2022)
+    'mm+': ('mm+',),    # MM+
     'transfer': ('apgd-ce',),   # default attacks on the surrogate; `attacks=` overrides
     'custom': (),               # `attacks=` is the list
 }
