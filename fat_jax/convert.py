@@ -448,10 +448,19 @@ def convert(path: str, workdir: str, *, source: str = 'locuslab', dataset: str |
   return workdir
 
 
+def evaluate_command(workdir: str) -> str:
+  """The launcher's command (`errors.command_name`) that evaluates the run `workdir` with
+  AutoAttack."""
+  return (f'{errors.command_name()} --config=configs/from_workdir.py:{workdir} '
+          f'--workdir={workdir} --mode=eval --config.eval.suite=aa_standard')
+
+
 def main(argv: list[str] | None = None) -> int:
   """``fat-jax-convert`` / ``python -m fat_jax.convert``."""
   parser = argparse.ArgumentParser(
-      prog='fat-jax-convert', description=__doc__.split('\n\n')[0],
+      prog='fat-jax-convert',
+      description='A PyTorch state_dict as a fat_jax run directory; evaluate that with\n  '
+                  + evaluate_command('WORKDIR'),
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog='sources:\n' + '\n'.join(
           f'  {name}: {s.model} on {s.dataset}, normalization {s.normalization} ({s.repos})'
@@ -485,9 +494,7 @@ def main(argv: list[str] | None = None) -> int:
   except (ValueError, OSError) as e:  # a bad file, a refused one, a failing disk: one line
     print(f'fat-jax-convert: {errors.one_line(e)}', file=sys.stderr)
     return 2
-  print(f'Wrote {workdir}. Evaluate it with:\n  python launch.py '
-        f'--config=configs/from_workdir.py:{workdir} --workdir={workdir} --mode=eval '
-        '--config.eval.suite=aa_standard')
+  print(f'Wrote {workdir}. Evaluate it with:\n  {evaluate_command(workdir)}')
   return 0
 
 

@@ -5,6 +5,7 @@ several layers of library exceptions, or as a TensorStore message carrying an
 ``os_error_code``; `one_line` reports the `OSError` at their root, with what to do.
 `TracebackLog` keeps the tracebacks that would bury that line (the libraries' error records,
 exceptions of background threads and of coroutines nobody awaits) in a file instead.
+`command_name` is the launcher's command in the hints that every module prints.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import errno
 import logging
 import os
 import re
+import shlex
+import shutil
 import sys
 import tempfile
 import threading
@@ -30,6 +33,34 @@ STORAGE_HINTS = {
     errno.EROFS: 'the file system is read-only: choose a writable --workdir',
     errno.ENOTDIR: 'a part of the path is a file, not a folder',
 }
+
+
+LAUNCHER = 'fat-jax-train'
+LAUNCH_SCRIPT = 'launch.py'
+LAUNCH_MODULE = 'python -m fat_jax.launch'
+
+
+def command_name(program: str | None = None) -> str:
+  """The launcher's command where the user is, for the hints the library prints. `program` (the
+  running one, ``sys.argv[0]``): a checkout's launch.py → ``python launch.py`` (its path as
+  typed when it is not in the current folder); fat_jax/launch.py itself → ``python -m
+  fat_jax.launch``; an installed console script (``fat-jax-*``) → ``fat-jax-train`` (beside it
+  when it is not on the PATH); anything else (Python, a notebook, ``python -m fat_jax.convert``)
+  → ``fat-jax-train`` when it is on the PATH, else ``python launch.py`` in a checkout's root,
+  else ``python -m fat_jax.launch``."""
+  program = sys.argv[0] if program is None else program
+  name = os.path.basename(program)
+  if name == LAUNCH_SCRIPT:
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), LAUNCH_SCRIPT)
+    if os.path.abspath(program) == here:
+      return LAUNCH_MODULE
+    in_folder = os.path.abspath(program) == os.path.abspath(LAUNCH_SCRIPT)
+    return f'python {shlex.quote(LAUNCH_SCRIPT if in_folder else program)}'
+  if shutil.which(LAUNCHER):
+    return LAUNCHER
+  if name.startswith('fat-jax-'):
+    return shlex.quote(os.path.join(os.path.dirname(program), LAUNCHER))
+  return f'python {LAUNCH_SCRIPT}' if os.path.isfile(LAUNCH_SCRIPT) else LAUNCH_MODULE
 
 
 def chain(error: BaseException):

@@ -8,20 +8,26 @@
   fat-jax-train --config=configs/fd.py --workdir=runs/fd --mode=analyze
   fat-jax-train --config=configs/fd.py --workdir=runs/fd --mode=noise_eval \\
       --config.eval.input_noise=0.0627
+  fat-jax-train --config=configs/lap_eps8.py:r --mode=print_config
 
 ``--config.<field>=<value>`` overrides any field; the configs are locked, so a
-misspelt field is an error. Errors print one line (``--traceback`` shows the full one), those
-in the flags and the config file too; the tracebacks the libraries log meanwhile (orbax's
+misspelt field is an error. ``--mode=print_config`` prints the fields and their values (no
+--workdir needed); ``--help`` lists the recipes shipped, ``--helpfull`` every flag, JAX's and
+the libraries' too. Errors print one line (``--traceback`` shows the full one), those in the
+flags and the config file too; the tracebacks the libraries log meanwhile (orbax's
 background threads on a full disk) go to ``WORKDIR/errors.log`` (`fat_jax.errors`).
 The checkpoint modes (eval, analyze, noise_eval) refuse a config that contradicts the run's
 config.json (model, data, method, ε). ``--config=configs/NAME.py`` is the file in the
 current folder when it exists (a checkout), else the recipe shipped in the
 package (`fat_jax.configs`, the repository's configs/ folder).
 """
+import ast
 import difflib
 import logging
 import os
+import re
 import sys
+import textwrap
 import traceback
 
 import jax
@@ -29,7 +35,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from fat_jax.errors import TracebackLog, chain, message, one_line, storage_error
+from fat_jax.errors import (LAUNCHER, TracebackLog, chain, command_name, message, one_line,
+                            storage_error)
 from fat_jax.evaluate.checkpoints import evaluate_checkpoint
 from fat_jax.feature_analysis import analyze_checkpoint
 from fat_jax.noise_eval import evaluate_noise_checkpoint
@@ -43,18 +50,24 @@ from fat_jax.validation import ConfigError, validate_config
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file in configs/.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'analyze', 'noise_eval'],
+_MODE = flags.DEFINE_enum('mode', 'train',
+                          ['train', 'eval', 'analyze', 'noise_eval', 'print_config'],
                           'train: train (resuming from --workdir) and evaluate; eval: evaluate '
                           'the latest checkpoint in --workdir with the suite config.eval.suite '
                           'into WORKDIR/eval_<suite>.json; analyze: feature-activation '
                           'differences (V_act, T_act, channel masking; config.analysis) into '
                           'WORKDIR/analysis.json and WORKDIR/tact.npz; noise_eval: inference '
                           'noise config.eval.input_noise attacked non-adaptively and with EOT '
-                          'into WORKDIR/eval_noise.json.')
+                          'into WORKDIR/eval_noise.json; print_config: print the config\'s '
+                          'fields (the recipe with its --config.<field> overrides) and exit, '
+                          'without --workdir.')
 _TRACEBACK = flags.DEFINE_bool('traceback', False, 'On an error, show the full traceback '
                                'instead of one line.')
 flags.DEFINE_alias('verbose', 'traceback')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flag_as_required('config')
+flags.register_multi_flags_validator(
+    ['mode', 'workdir'], lambda f: f['mode'] == 'print_config' or f['workdir'] is not None,
+    '--workdir is required (all modes but --mode=print_config)')
 
 
 TRACEBACK_HINT = '(--traceback shows the full traceback)'
@@ -63,6 +76,9 @@ TRACEBACK_HINT = '(--traceback shows the full traceback)'
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if _MODE.value == 'print_config':
+    print_page('\n'.join(config_fields(_CONFIG.value)))
+    return
   tracebacks = None if _TRACEBACK.value else TracebackLog(_WORKDIR.value)
   if tracebacks is not None:
     tracebacks.capture()
@@ -114,6 +130,26 @@ def run_mode(config):
     print(run_summary(_WORKDIR.value))
 
 
+def print_page(text: str) -> None:
+  """Prints `text`; a reader that stops early (``| head``) is no error."""
+  try:
+    print(text, flush=True)
+  except BrokenPipeError:  # and none at exit, when Python flushes stdout again
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def config_fields(config) -> list[str]:
+  """``FIELD = VALUE`` for each field of `config` (a nested field dotted, as --config.FIELD names
+  it), in the config's order: what --mode=print_config prints."""
+  def walk(fields: dict, prefix: str):
+    for key, value in fields.items():
+      if isinstance(value, dict) and value:
+        yield from walk(value, f'{prefix}{key}.')
+      else:
+        yield f'{prefix}{key} = {value!r}'
+  return list(walk(config.to_dict(), ''))
+
+
 def compilation_cache_dir(setting: str, platform: str) -> str:
   """The folder of JAX's persistent compilation cache for ``config.compilation_cache`` on
   `platform` ('' = none). 'auto': ``$JAX_COMPILATION_CACHE_DIR``, else on GPU/TPU
@@ -156,6 +192,66 @@ def resolve_config_path(value: str) -> str:
   return packaged + sep + arg if os.path.exists(packaged) else value
 
 
+def recipes_folder() -> str:
+  """The folder of the recipes shipped: the package's `fat_jax.configs`, else (a checkout on
+  PYTHONPATH) the checkout's configs/."""
+  try:
+    from fat_jax import configs  # pylint: disable=import-outside-toplevel
+    return os.path.dirname(configs.__file__)
+  except ModuleNotFoundError:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        PACKAGED_CONFIGS)
+
+
+def recipes(folder: str) -> list[tuple[str, str, str]]:
+  """(file name, how --config takes it, the first paragraph of its docstring on one line) of
+  each recipe in `folder`, read with `ast` (nothing is run): ``NAME.py[:ARG]`` where
+  ``get_config``'s argument has a default, ``NAME.py:ARG`` where it has none."""
+  out = []
+  for name in sorted(os.listdir(folder)):
+    if not name.endswith('.py') or name.startswith('_'):
+      continue
+    with open(os.path.join(folder, name)) as f:
+      tree = ast.parse(f.read(), name)
+    usage = name
+    for node in tree.body:
+      if isinstance(node, ast.FunctionDef) and node.name == 'get_config' and node.args.args:
+        arg = node.args.args[0].arg
+        if node.args.defaults:
+          usage += f'[:{arg}]  ({arg} default: {ast.literal_eval(node.args.defaults[0])})'
+        else:
+          usage += f':{arg}'
+    doc = (ast.get_docstring(tree) or '').split('\n\n')[0]
+    out.append((name, usage, ' '.join(doc.split())))
+  return out
+
+
+HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '-helpshort')
+
+
+def asks_help(argv: list[str]) -> bool:
+  """Whether `argv` asks for the short help (--help, -h, --helpshort; not --helpfull)."""
+  args = argv[1:argv.index('--')] if '--' in argv else argv[1:]
+  return any(a in HELP_FLAGS for a in args)
+
+
+def help_text(command: str, folder: str, width: int = 100) -> str:
+  """--help: this module's docstring with its examples run as `command`, fat_jax's flags, the
+  recipes in `folder` (`recipes`, their descriptions wrapped at `width` columns) and how to
+  print a recipe's fields."""
+  usage = re.sub(rf'^  {LAUNCHER}', '  ' + command, __doc__.strip(), flags=re.M)
+  module = flags.FLAGS.find_module_defining_flag('mode')
+  lines = [usage, '', f'fat_jax\'s flags (--helpfull: every flag, JAX\'s and the libraries\' '
+           'too):', flags.FLAGS.module_help(module), '',
+           f'Recipes (--config=configs/NAME.py[:ARG], shipped in {folder}):']
+  for _, usage_line, doc in recipes(folder):
+    lines += ['  ' + usage_line, textwrap.fill(doc, width, initial_indent=' ' * 6,
+                                               subsequent_indent=' ' * 6)]
+  lines += ['', "A recipe's fields and values, with any --config.FIELD=VALUE overrides applied:",
+            f'  {command} --config=configs/NAME.py[:ARG] --mode=print_config']
+  return '\n'.join(lines)
+
+
 def resolve_config_args(argv: list[str]) -> list[str]:
   """`argv` with the value of ``--config=V`` / ``--config V`` passed through
   `resolve_config_path`."""
@@ -180,15 +276,23 @@ def config_file(argv: list[str]) -> str | None:
 
 
 def check_config_file(path: str | None) -> None:
-  """`ConfigError` when `path` (of --config) is no file, naming the closest recipes."""
+  """`ConfigError` when `path` (of --config) is no file, naming the closest recipes (those
+  shipped for a missing configs/ folder), else for configs/NAME.py the list (--help)."""
   if path is None or os.path.isfile(path):
     return
   folder, name = os.path.split(path)
-  names = os.listdir(folder or '.') if os.path.isdir(folder or '.') else []
+  shipped = os.path.normpath(folder) == PACKAGED_CONFIGS
+  listed = folder or '.'
+  if shipped and not os.path.isdir(listed):  # an installed fat_jax: the recipes it ships
+    listed = recipes_folder()
+  names = os.listdir(listed) if os.path.isdir(listed) else []
   close = [os.path.join(folder, n) for n in difflib.get_close_matches(
       name, sorted(n for n in names if n.endswith('.py')))]
-  raise ConfigError(f'--config={path}: no such file' +
-                    (f'. Did you mean {" or ".join(close)}?' if close else ''))
+  if close:
+    hint = f'. Did you mean {" or ".join(close)}?'
+  else:
+    hint = f' ({command_name()} --help lists the recipes)' if shipped else ''
+  raise ConfigError(f'--config={path}: no such file{hint}')
 
 
 def asks_traceback(argv: list[str]) -> bool:
@@ -231,7 +335,11 @@ def flag_error(error: Exception, argv: list[str]) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing (``app.run``'s ``flags_parser``), with an error in a flag or in the
-  config file it loads as one line (the full traceback with --traceback)."""
+  config file it loads as one line (the full traceback with --traceback); --help is
+  `help_text`."""
+  if asks_help(argv):
+    print_page(help_text(command_name(), recipes_folder()))
+    sys.exit(0)
   try:
     check_config_file(config_file(argv))
     return flags.FLAGS(argv)

@@ -49,6 +49,7 @@ from fat_jax import aggregate, figures, landscape, run_log, summary
 from fat_jax.config import default_config, eval_eps
 from fat_jax.aggregate import Run
 from fat_jax.data import DatasetNotFoundError, load_dataset
+from fat_jax.errors import command_name
 from fat_jax.evaluate.checkpoints import restore_model
 from fat_jax.methods import evaluated_weights
 from fat_jax.parallel import is_writer
@@ -440,7 +441,7 @@ def write_report(workdirs: Sequence[str], out_dir: str = '', *, examples: bool =
     for suite, report in run.evaluations.items():
       md += [_evaluation_section(run, suite, report), '']
   if not any(r.evaluations for r in runs):
-    md += ['No attack-suite evaluations yet (`python launch.py --mode=eval '
+    md += [f'No attack-suite evaluations yet (`{command_name()} --mode=eval '
            '--config.eval.suite=aa_standard ...` writes `eval_aa_standard.json`).', '']
 
   md += ['## Adversarial examples', '',

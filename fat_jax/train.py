@@ -289,7 +289,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                        if key in record)
       if record['vact']:
         extras += '  V_act ' + ' '.join(f'{node} {v:.3g}' for node, v in record['vact'].items())
-      log.info('epoch %d  loss %.4f  train acc %.3f  test clean %.3f  fgsm %.3f  pgd-%d %.3f'
+      log.info('epoch %d  loss %.4f  adv train acc %.3f  test clean %.3f  fgsm %.3f  pgd-%d %.3f'
                '%s  (%.0f s)%s', epoch, record['train_loss'], record['train_accuracy'],
                record['clean_accuracy'], record['fgsm_accuracy'], monitor.steps,
                record['pgd_accuracy'], extras, train_time,

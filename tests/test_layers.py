@@ -56,10 +56,10 @@ ALLOWED = {
     'recipes': ('config',),
     'run_config': ('config', 'run_log', 'validation'),
     # Methods and evaluation.
-    'methods': ('attacks', 'data', 'losses', 'optim', 'weight_perturbation'),
+    'methods': ('attacks', 'data', 'errors', 'losses', 'optim', 'weight_perturbation'),
     'evaluate': ('attacks', 'data', 'losses', 'parallel', 'run_log', 'sanity', 'validation'),
-    'evaluate.checkpoints': ('attacks', 'checkpoint', 'config', 'data', 'evaluate', 'methods',
-                             'models', 'optim', 'parallel', 'run_log'),
+    'evaluate.checkpoints': ('attacks', 'checkpoint', 'config', 'data', 'errors', 'evaluate',
+                             'methods', 'models', 'optim', 'parallel', 'run_log'),
     # The loop, the analyses of a checkpoint, conversion.
     'train': ('checkpoint', 'config', 'data', 'diagnostics', 'divergence', 'evaluate', 'methods',
               'models', 'optim', 'parallel', 'run_log', 'validation', 'workdir_lock'),
@@ -74,8 +74,8 @@ ALLOWED = {
     'summary': ('aggregate', 'run_log'),
     'landscape': ('aggregate', 'attacks', 'checkpoint', 'config', 'data', 'evaluate',
                   'evaluate.checkpoints', 'figures', 'losses', 'methods', 'run_log'),
-    'report': ('aggregate', 'config', 'data', 'evaluate.checkpoints', 'figures', 'landscape',
-               'methods', 'parallel', 'run_log', 'summary'),
+    'report': ('aggregate', 'config', 'data', 'errors', 'evaluate.checkpoints', 'figures',
+               'landscape', 'methods', 'parallel', 'run_log', 'summary'),
     # The launcher.
     'launch': ('configs', 'errors', 'evaluate.checkpoints', 'feature_analysis', 'noise_eval',
                'parallel', 'report', 'run_config', 'summary', 'train', 'validation'),

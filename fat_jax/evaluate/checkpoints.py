@@ -17,6 +17,7 @@ from fat_jax.attacks.eot import with_input_noise
 from fat_jax.checkpoint import Checkpointer
 from fat_jax.config import eval_eps
 from fat_jax.data import load_dataset
+from fat_jax.errors import command_name
 from fat_jax.evaluate.output import save_report
 from fat_jax.evaluate.robustbench import AUTOATTACK_SUITES, robustbench_entry, save_robustbench_entry
 from fat_jax.evaluate.suites import SuiteOptions, evaluate
@@ -43,7 +44,7 @@ def restore_model(model_config, info, workdir: str, epoch: int = 0):
   (`methods.evaluated_weights` picks the weights to evaluate)."""
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise FileNotFoundError(f'No checkpoints in {workdir}: train there first '
-                            '(python launch.py --mode=train ...).')
+                            f'({command_name()} --mode=train ...).')
   model = build_model(model_config, info)
   with Checkpointer(workdir) as checkpointer:
     epoch = epoch or checkpointer.latest_verified_epoch()

@@ -56,6 +56,7 @@ from fat_jax.methods.regularizers import AAER, GradAlign, LCo, LStable
 from fat_jax.methods.training_attacks import (AdaptiveAttack, DynamicAttack, FGSMAttack, KLAttack,
                                               PGDAttack, PriorAttack, ZeroGrad)
 from fat_jax.methods.weight_perturbations import AWP, LAP
+from fat_jax.errors import command_name
 
 # The starts of a training attack: those of `fat_jax.attacks`, and the per-example state kept
 # by FGSM-MEP ('prior') and ATAS ('previous').
@@ -278,7 +279,7 @@ def _resolve_regularizers(c, eps: float) -> tuple:
     terms.append(_resolve_co(c))
   elif c.name == 'induce_co':
     raise ValueError("method 'induce_co' needs method.co_tact_file, the T_act file of a "
-                     'checkpoint (python launch.py --mode=analyze --workdir=RUN writes '
+                     f'checkpoint ({command_name()} --mode=analyze --workdir=RUN writes '
                      'RUN/tact.npz).')
   return tuple(terms)
 
@@ -306,7 +307,7 @@ def _resolve_co(c) -> LCo:
   path = c.co_tact_file
   if not os.path.isfile(path):
     raise FileNotFoundError(f'method.co_tact_file {path!r} does not exist; write it with '
-                            'python launch.py --mode=analyze --workdir=RUN (RUN/tact.npz).')
+                            f'{command_name()} --mode=analyze --workdir=RUN (RUN/tact.npz).')
   with np.load(path) as tact:
     if c.feature_node not in tact:
       raise ValueError(f'{path} has no T_act of node {c.feature_node!r} (has '
