@@ -31,7 +31,7 @@ from fat_jax.recipes import VARIANTS
 # Recipe variants named in the configs: LAP uses 'r', AAER 'rs' for U(−ε, ε), α = 1.25ε.
 VARIANT_NAMES = {'lap': ('v', 'r', 'n'), 'aaer': ('rs', 'n')}
 COMPONENT_FIELDS = (('lap', 'lap_beta'), ('aaer', 'aaer_lambda1'),
-                    ('gradalign', 'gradalign_lambda'))
+                    ('gradalign', 'gradalign_lambda'), ('elle', 'elle_lambda'))
 
 
 @dataclasses.dataclass
@@ -105,7 +105,7 @@ def method_label(method: dict) -> str:
       name = f'{variant}_{name}'
       break
   extras = [c for c, field in COMPONENT_FIELDS
-            if method.get(field) is not None and not name.endswith(c)]
+            if method.get(field) is not None and c not in name.split('_')]
   label = '+'.join([name] + extras)
   return f'awp_{label}' if method.get('awp_gamma') is not None else label
 

@@ -16,9 +16,10 @@ Layout of ``checkpoints/<epoch>``: item 'state' = the `TrainState` fields step, 
 batch_stats and opt_state (the optax optimiser state; for the torch SGD `optim.TorchSGDState`:
 count and momentum buffers 'trace'), item 'examples' = the per-example state when the method
 keeps one, item 'ema' = the weight average of the params when the run keeps one (runs
-without one, and checkpoints written before it, have no such item). Checkpoints written
-before the optax state hold the momentum buffers as a field 'momentum' instead of
-'opt_state'; they restore into a torch-SGD state (count = step).
+without one, and checkpoints written before it, have no such item), item 'regularizer_state'
+= the regularisers' state across steps when the method keeps one (ELLE-A's λ and statistics).
+Checkpoints written before the optax state hold the momentum buffers as a field 'momentum'
+instead of 'opt_state'; they restore into a torch-SGD state (count = step).
 """
 from __future__ import annotations
 
@@ -102,10 +103,10 @@ def compare(stored: dict[str, str], found: dict[str, str]) -> tuple[list[str], l
 
 def _items(state) -> dict:
   """A `TrainState` as checkpoint items: 'state' and, when it has them, the per-example state
-  'examples' (stored apart, so that evaluation restores the model without it) and the weight
-  average 'ema'."""
+  'examples' (stored apart, so that evaluation restores the model without it), the weight
+  average 'ema' and the regularisers' state 'regularizer_state' (ELLE-A's λ)."""
   fields = state._asdict()
-  apart = {name: fields.pop(name, {}) for name in ('examples', 'ema')}
+  apart = {name: fields.pop(name, {}) for name in ('examples', 'ema', 'regularizer_state')}
   return {'state': fields, **{name: tree for name, tree in apart.items() if tree}}
 
 
@@ -266,7 +267,8 @@ class Checkpointer:
       if restored is None:
         raise self._restore_error(epoch, verified, like, e) from e
     return type(like)(**restored['state'], examples=restored.get('examples', {}),
-                      ema=restored.get('ema', {}))
+                      ema=restored.get('ema', {}),
+                      regularizer_state=restored.get('regularizer_state', {}))
 
   def _restore(self, epoch: int, items: dict, examples) -> dict:
     abstract = {k: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, v))

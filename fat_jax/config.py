@@ -66,6 +66,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.method.aaer_lambda3 = config_dict.placeholder(float)
   c.method.aaer_differentiable_loss_variation = False   # paper reading of C_A (labelled)
   c.method.gradalign_lambda = config_dict.placeholder(float)  # None: 0.02·10^(ε·255/8)
+  # ELLE (ICLR 2024): λ·local-linearity error; ELLE-A: λ 0 → λ_max on an error spike, × decay.
+  c.method.elle_lambda = config_dict.placeholder(float)  # None: losses.elle's (λ_max for ELLE-A)
+  c.method.elle_adaptive = config_dict.placeholder(bool)  # ELLE-A's rule (None: on for 'elle_a')
+  c.method.elle_decay = 0.99                            # ELLE-A: λ ← decay·λ without a spike
+  c.method.elle_sensitivity = 2.0                       # ELLE-A: spike when error > μ + k·σ
+  c.method.elle_clean_forward = True                    # official train-mode forward at x (BN)
   # FGSM-MEP (init 'prior'): per-example prior perturbation and momentum.
   c.method.mep_label_smoothing = 0.6                    # true-class probability
   c.method.mep_lambda = 10.0                            # weight of MSE(f(x + δ), f(x + P))

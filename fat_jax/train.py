@@ -30,8 +30,8 @@ from fat_jax.data import (iterate_batches, load_dataset, shard_batch, steps_per_
 from fat_jax.diagnostics import co_onset
 from fat_jax.divergence import DivergenceError, check_finite, check_loss, check_monitor
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
-from fat_jax.methods import (evaluated_weights, init_examples, init_train_state, make_train_step,
-                             resolve_method)
+from fat_jax.methods import (evaluated_weights, init_examples, init_regularizer_state,
+                             init_train_state, make_train_step, resolve_method)
 from fat_jax.models import build_model
 from fat_jax.parallel import make_data_mesh, replicate
 
@@ -212,7 +212,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     examples = init_examples(method, len(data.train_images),
                              stored_frame_shape(data.info.image_shape, data.info.augment))
     ema = make_weight_average(config, schedule)
-    ts = replicate(init_train_state(model, init_key, examples, ema=ema), mesh)
+    ts = replicate(init_train_state(model, init_key, examples, ema=ema,
+                                    regularizer_state=init_regularizer_state(method)), mesh)
     start, history = _resume(checkpointer, workdir)
     if start:
       ts = checkpointer.restore(start, ts)

@@ -10,18 +10,20 @@ dataclass (a static jit argument) that carries its own computation: `training_at
 other (`Clock`, `StartPoint`, `Adversarial`)."""
 from fat_jax.methods.objectives import MART, MMA, TRADES, CrossEntropy, MEPObjective
 from fat_jax.methods.records import Adversarial, Clock, StartPoint
-from fat_jax.methods.regularizers import AAER, GradAlign, LCo, LStable, Regularizer, TermInputs
+from fat_jax.methods.regularizers import (AAER, ELLE, GradAlign, LCo, LStable, Regularizer,
+                                          TermInputs)
 from fat_jax.methods.spec import METHOD_DEFAULTS, TRAINING_ATTACK_STARTS, Method, resolve_method
-from fat_jax.methods.step import (TrainState, evaluated_weights, init_examples, init_train_state,
-                                  make_train_step)
+from fat_jax.methods.step import (TrainState, evaluated_weights, init_examples,
+                                  init_regularizer_state, init_train_state, make_train_step)
 from fat_jax.methods.training_attacks import (AdaptiveAttack, DynamicAttack, FGSMAttack,
                                               KLAttack, PGDAttack, PriorAttack, TrainingAttack,
                                               ZeroGrad, start_point)
 from fat_jax.methods.weight_perturbations import AWP, LAP
 
-__all__ = ['AAER', 'AWP', 'AdaptiveAttack', 'Adversarial', 'Clock', 'CrossEntropy',
+__all__ = ['AAER', 'AWP', 'ELLE', 'AdaptiveAttack', 'Adversarial', 'Clock', 'CrossEntropy',
            'DynamicAttack', 'FGSMAttack', 'GradAlign', 'KLAttack', 'LAP', 'LCo', 'LStable',
            'MART', 'MEPObjective', 'METHOD_DEFAULTS', 'MMA', 'Method', 'PGDAttack', 'PriorAttack',
            'Regularizer', 'StartPoint', 'TRADES', 'TRAINING_ATTACK_STARTS', 'TermInputs',
            'TrainState', 'TrainingAttack', 'ZeroGrad', 'evaluated_weights', 'init_examples',
-           'init_train_state', 'make_train_step', 'resolve_method', 'start_point']
+           'init_regularizer_state', 'init_train_state', 'make_train_step', 'resolve_method',
+           'start_point']

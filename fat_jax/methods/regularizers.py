@@ -1,8 +1,9 @@
 """The regularisers added to the objective: ``term(inputs: TermInputs, prepared) -> (value,
-terms, state)``: `AAER`, `GradAlign`, `LStable`, `LCo`. A term declares the start-point
+terms, state)``: `AAER`, `GradAlign`, `ELLE`, `LStable`, `LCo`. A term declares the start-point
 features it differentiates through (`taps`), whether it needs the training attack's start
-forward (`needs_start`) and the channel masks of an adversarial forward (`masks`). Each is a
-frozen, hashable dataclass (a static jit argument)."""
+forward (`needs_start`), the channel masks of an adversarial forward (`masks`) and the state
+it keeps across steps (`init_carry`, `next_carry`; the `TrainState`'s `regularizer_state`). Each
+is a frozen, hashable dataclass (a static jit argument)."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from fat_jax.attacks import input_gradient
-from fat_jax.losses import cross_entropy
+from fat_jax.losses import accuracy, cross_entropy
 from fat_jax.losses.aaer import aaer_regularizer
+from fat_jax.losses.elle import (adaptive_lambda_update, elle_points, init_adaptive_lambda,
+                                 linearity_error)
 from fat_jax.losses.feature_diff import STABLE_ALPHA3, co_loss, stable_loss
 from fat_jax.losses.gradalign import gradalign_regularizer, gradient_through_box_clamp
 from fat_jax.methods.records import Adversarial
@@ -35,12 +38,21 @@ class Regularizer:
     del model, params, x, labels, adv
     return None, state
 
+  def init_carry(self):
+    """The term's state across steps (a pytree), or None when it keeps none."""
+    return None
+
+  def next_carry(self, carry, terms: dict):
+    """The state of the next step from this step's `terms` (computed without gradient)."""
+    del terms
+    return carry
+
 
 class TermInputs(NamedTuple):
   """What a regulariser may read: the model and weights it differentiates, the BatchNorm
   statistics after the training forwards, the batch, the attack's output and the forwards'
   logits ({'adv', 'clean'}) and adversarial features, the start forward's logits and tapped
-  features, and a per-step key."""
+  features, a per-step key and the term's state across steps (`carry`, None without one)."""
   model: Any
   params: Any
   state: Any
@@ -53,6 +65,7 @@ class TermInputs(NamedTuple):
   features: dict
   start_logits: Any
   start_features: dict
+  carry: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +107,44 @@ class GradAlign(Regularizer):
         i.model.apply, i.params, i.state, i.x, i.labels, i.key, eps=i.eps,
         grad_clean=grad_clean, lam=self.lam)
     return reg, {'gradalign_cos': cos, 'gradalign_reg': reg}, state
+
+
+@dataclasses.dataclass(frozen=True)
+class ELLE(Regularizer):
+  """ELLE (Abad Rocamora et al., ICLR 2024): λ·mean (ℓ(x_c) − ((1 − α)ℓ(x_a) + αℓ(x_b)))²
+  (`losses.elle`), ℓ the per-example CE, from one train-mode forward of [x_a; x_b; x_c] (3N
+  examples) after the training forwards, then, as `LIONS-EPFL/ELLE` `Trainer.loss` does for its
+  clean-accuracy log, a train-mode forward at x (`clean_forward`: BatchNorm statistics only).
+  ELLE-A (`adaptive`): λ is the carried `losses.elle.AdaptiveLambda` weight, 0 at the start,
+  `lam` (λ_max) after an error above μ + `sensitivity`·σ of all earlier ones, else × `decay`."""
+  lam: float
+  adaptive: bool = False
+  decay: float = 0.99
+  sensitivity: float = 2.0
+  clean_forward: bool = True
+
+  def init_carry(self):
+    return init_adaptive_lambda() if self.adaptive else None
+
+  def next_carry(self, carry, terms: dict):
+    if not self.adaptive:
+      return carry
+    return adaptive_lambda_update(carry, terms['elle_error'], lam_max=self.lam, decay=self.decay,
+                                  sensitivity=self.sensitivity)
+
+  def __call__(self, i: TermInputs, prepared=None):
+    del prepared
+    n = i.x.shape[0]
+    x_a, x_b, x_c, alpha = elle_points(jax.random.fold_in(i.key, 1), i.x, i.eps)
+    logits, state, _ = i.model.apply(i.params, i.state, jnp.concatenate([x_a, x_b, x_c]), True)
+    losses = cross_entropy(logits, jnp.tile(i.labels, 3))
+    error = linearity_error(losses[:n], losses[n:2 * n], losses[2 * n:], alpha)
+    lam = i.carry.lam if self.adaptive else self.lam
+    terms = {'elle_error': error, 'elle_lambda': jnp.asarray(lam, jnp.float32)}
+    if self.clean_forward:
+      clean, state, _ = i.model.apply(jax.lax.stop_gradient(i.params), state, i.x, True)
+      terms['elle_clean_accuracy'] = accuracy(clean, i.labels).mean()
+    return lam * error, terms, state
 
 
 @dataclasses.dataclass(frozen=True)

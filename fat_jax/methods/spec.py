@@ -11,6 +11,8 @@ perturbation (the values of `methods.training_attacks`, `methods.objectives`,
 | `fgsm_rs`   | uniform (1)   | 1.25   | yes | 1     | train |                                  |
 | `n_fgsm`    | uniform (2)   | 1.0    | no  | 1     | train |                                  |
 | `gradalign` | zero          | 1.25   | yes | 1     | train | GradAlign, λ = 0.02·10^(ε·255/8) |
+| `elle`      | zero          | 1.0    | yes | 1     | train | ELLE, λ of `losses.elle` (§)     |
+| `elle_a`    | zero          | 1.0    | yes | 1     | train | ELLE-A, λ_max = 4000 (§)         |
 | `lap`       | uniform (2)   | 1.0    | no  | 1     | train | LAP (needs `lap_beta`)           |
 | `aaer`      | uniform (2)   | 1.0    | no  | 1     | train | AAER (needs `aaer_lambda1..3`)   |
 | `fgsm_mep`  | prior         | 1.0    | yes | 1     | train | FGSM-MEP loss                    |
@@ -29,11 +31,13 @@ perturbation (the values of `methods.training_attacks`, `methods.objectives`,
 `dart_control_epochs` T' = 100 (of 120 epochs) by default, the first step always taken, and
 from epoch 1 on each example's CE weighted by its own CE at the DART point (`dart_weighting`
 'ce'; 'none' turns it off) (`YisenWang/dynamic_adv_training`).
+§ `LIONS-EPFL/ELLE` scripts/run_elle_cifar10.sh, run_elle-a_cifar10.sh: λ = 1000 up to ε = 8/255,
+5000 to 20/255, 10000 above; ELLE-A decay 0.99, sensitivity k = 2 (parser.py).
 Config fields left unset (None) take the method's default. The components
-compose: setting `lap_beta`, `aaer_lambda*`, `gradalign_lambda`, `zerograd_q`,
-`stable_alpha3` or `co_tact_file` switches LAP, AAER, GradAlign, ZeroGrad,
-L_stable or L_co on (e.g. N-FGSM + AAER + LAP, FGSM + L_stable); `trades_beta` /
-`mart_beta` choose the TRADES / MART objective and `awp_gamma` adds AWP (AT-AWP:
+compose: setting `lap_beta`, `aaer_lambda*`, `gradalign_lambda`, `elle_lambda`, `zerograd_q`,
+`stable_alpha3` or `co_tact_file` switches LAP, AAER, GradAlign, ELLE (ELLE-A with
+`elle_adaptive`), ZeroGrad, L_stable or L_co on (e.g. N-FGSM + AAER + LAP, FGSM + L_stable);
+`trades_beta` / `mart_beta` choose the TRADES / MART objective and `awp_gamma` adds AWP (AT-AWP:
 `pgd_at` + AWP; TRADES-AWP: `trades` + AWP). A combination that cannot work is
 refused when the `Method` is built, with an error naming both parts (the list is
 in docs/library.md). A `Method` is a frozen, hashable tree of values: a static
@@ -49,14 +53,15 @@ from typing import Any
 import numpy as np
 
 from fat_jax.losses.feature_diff import STABLE_ALPHA3, top_channels
+from fat_jax.losses.elle import ELLE_A_LAMBDA_MAX, elle_lambda
 from fat_jax.losses.gradalign import gradalign_lambda
 from fat_jax.attacks.core import ATTACK_STARTS
+from fat_jax.errors import command_name
 from fat_jax.methods.objectives import MART, MMA, TRADES, CrossEntropy, MEPObjective
-from fat_jax.methods.regularizers import AAER, GradAlign, LCo, LStable
+from fat_jax.methods.regularizers import AAER, ELLE, GradAlign, LCo, LStable
 from fat_jax.methods.training_attacks import (AdaptiveAttack, DynamicAttack, FGSMAttack, KLAttack,
                                               PGDAttack, PriorAttack, ZeroGrad)
 from fat_jax.methods.weight_perturbations import AWP, LAP
-from fat_jax.errors import command_name
 
 # The starts of a training attack: those of `fat_jax.attacks`, and the per-example state kept
 # by FGSM-MEP ('prior') and ATAS ('previous').
@@ -96,6 +101,7 @@ class Method:
   lap = property(lambda self: self.weights if isinstance(self.weights, LAP) else None)
   awp = property(lambda self: self.weights if isinstance(self.weights, AWP) else None)
   aaer = property(lambda self: self._find(AAER))
+  elle = property(lambda self: self._find(ELLE))
   gradalign = property(lambda self: self._find(GradAlign))
   stable = property(lambda self: self._find(LStable))
   co = property(lambda self: self._find(LCo))
@@ -143,6 +149,8 @@ METHOD_DEFAULTS = {
     'fgsm_rs': dict(init='uniform', init_scale=1.0, alpha=1.25, project=True, steps=1),
     'n_fgsm': UNIFORM2,
     'gradalign': dict(init='zero', init_scale=1.0, alpha=1.25, project=True, steps=1),
+    'elle': dict(init='zero', init_scale=1.0, alpha=1.0, project=True, steps=1),
+    'elle_a': dict(init='zero', init_scale=1.0, alpha=1.0, project=True, steps=1),
     'lap': UNIFORM2,
     'aaer': UNIFORM2,
     'fgsm_mep': dict(init='prior', init_scale=1.0, alpha=1.0, project=True, steps=1),
@@ -259,7 +267,7 @@ def _resolve_objective(c, attack):
 
 
 def _resolve_regularizers(c, eps: float) -> tuple:
-  """AAER, GradAlign, L_stable, L_co (in this order: the order their terms are added)."""
+  """AAER, GradAlign, ELLE, L_stable, L_co (in this order: the order their terms are added)."""
   terms = []
   lambdas = [c.get(f'aaer_lambda{i}') for i in (1, 2, 3)]
   if any(v is not None for v in lambdas):
@@ -272,6 +280,8 @@ def _resolve_regularizers(c, eps: float) -> tuple:
   if c.get('gradalign_lambda') is not None or c.name == 'gradalign':
     lam = c.get('gradalign_lambda')
     terms.append(GradAlign(float(gradalign_lambda(eps) if lam is None else lam)))
+  if c.get('elle_lambda') is not None or c.name in ('elle', 'elle_a'):
+    terms.append(_resolve_elle(c, eps))
   if c.get('stable_alpha3') is not None or c.name == 'fd':
     alpha3 = c.get('stable_alpha3')
     terms.append(LStable(STABLE_ALPHA3 if alpha3 is None else float(alpha3), c.feature_node))
@@ -282,6 +292,21 @@ def _resolve_regularizers(c, eps: float) -> tuple:
                      f'checkpoint ({command_name()} --mode=analyze --workdir=RUN writes '
                      'RUN/tact.npz).')
   return tuple(terms)
+
+
+def _resolve_elle(c, eps: float) -> ELLE:
+  """ELLE, or ELLE-A when `elle_adaptive` (default: for the method 'elle_a'), with the official
+  λ (`losses.elle`) unless `elle_lambda` is set."""
+  adaptive = c.get('elle_adaptive')
+  adaptive = c.name == 'elle_a' if adaptive is None else bool(adaptive)
+  lam = c.get('elle_lambda')
+  lam = (ELLE_A_LAMBDA_MAX if adaptive else elle_lambda(eps)) if lam is None else float(lam)
+  if lam < 0 or not 0 <= c.elle_decay <= 1 or c.elle_sensitivity < 0:
+    raise ValueError('ELLE needs method.elle_lambda ≥ 0, 0 ≤ elle_decay ≤ 1 and '
+                     f'elle_sensitivity ≥ 0, got {lam}, {c.elle_decay} and '
+                     f'{c.elle_sensitivity}.')
+  return ELLE(lam, adaptive, float(c.elle_decay), float(c.elle_sensitivity),
+              bool(c.elle_clean_forward))
 
 
 def _resolve_weights(c):

@@ -37,7 +37,9 @@ class TrainState(NamedTuple):
   per-example state of the training attack (FGSM-MEP's prior perturbation and
   momentum, ATAS's previous perturbation and gradient norm), with the
   training-set index as leading axis; {} otherwise. `ema` is the moving average of the params
-  (`optim.WeightAverage`) when the run keeps one, {} otherwise.
+  (`optim.WeightAverage`) when the run keeps one, {} otherwise. `regularizer_state` holds the
+  state regularisers keep across steps ({class name: carry}, `init_regularizer_state`; ELLE-A's
+  adaptive λ), {} when none does.
   """
   step: jax.Array
   params: Any
@@ -45,6 +47,7 @@ class TrainState(NamedTuple):
   opt_state: Any
   examples: Any = {}
   ema: Any = {}
+  regularizer_state: Any = {}
 
 
 def evaluated_weights(ts: TrainState) -> tuple[str, Any]:
@@ -55,15 +58,18 @@ def evaluated_weights(ts: TrainState) -> tuple[str, Any]:
 
 def init_train_state(model, key, examples=None, *,
                      tx: Optional[optax.GradientTransformation] = None,
-                     ema: Optional[optim.WeightAverage] = None) -> TrainState:
+                     ema: Optional[optim.WeightAverage] = None,
+                     regularizer_state: Optional[dict] = None) -> TrainState:
   """A fresh state of `model` (initialised from `key`) for the optimiser `tx` (default: the
   torch SGD of `optim.torch_sgd`, whose state does not depend on its schedule), with the
-  weight average `ema` (its ŵ₀ = the params) when given."""
+  weight average `ema` (its ŵ₀ = the params) when given and the regularisers' state
+  (`init_regularizer_state(method)`)."""
   params, batch_stats = model.init(key)
   opt_state = optim.init_torch_sgd(params) if tx is None else tx.init(params)
   return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, opt_state,
                     {} if examples is None else examples,
-                    {} if ema is None else ema.init(params))
+                    {} if ema is None else ema.init(params),
+                    regularizer_state or {})
 
 
 def init_examples(method: Method, num_examples: int, frame_shape: tuple[int, ...]) -> dict:
@@ -71,6 +77,13 @@ def init_examples(method: Method, num_examples: int, frame_shape: tuple[int, ...
   images (`frame_shape`: `fat_jax.data.stored_frame_shape` of the data set, so that
   image-space state follows each epoch's crop and flip); {} for attacks without one."""
   return method.attack.init_examples(num_examples, frame_shape)
+
+
+def init_regularizer_state(method: Method) -> dict:
+  """{class name: initial carry} of the regularisers of `method` that keep state across steps
+  (ELLE-A); {} when none does."""
+  carries = {type(t).__name__: t.init_carry() for t in method.regularizers}
+  return {name: carry for name, carry in carries.items() if carry is not None}
 
 
 def feature_taps(method: Method) -> tuple[str, ...]:
@@ -125,6 +138,11 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, augment_
     if bool(ts.ema) != (ema is not None):
       raise ValueError('Pass the same ema to init_train_state and make_train_step (weight '
                        f'average in the state: {bool(ts.ema)}, in the step: {ema is not None}).')
+    if set(ts.regularizer_state) != set(init_regularizer_state(method)):
+      raise ValueError('The state keeps regulariser state for '
+                       f'{sorted(ts.regularizer_state)}, the method needs '
+                       f'{sorted(init_regularizer_state(method))}: pass '
+                       'regularizer_state=init_regularizer_state(method) to init_train_state.')
     step_key = jax.random.fold_in(key, ts.step)
     aug_key, init_key, align_key = jax.random.split(step_key, 3)
     aug = draw_augmentation(aug_key, images, mode=augment_mode)
@@ -156,7 +174,8 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, augment_
                  accuracy=accuracy(logits['adv'], labels).mean())
       for term, value in zip(method.regularizers, prepared):
         inputs = TermInputs(model, params, state, x, labels, align_key, attack.eps, adv, logits,
-                            features['adv'], *start_out)
+                            features['adv'], *start_out,
+                            carry=ts.regularizer_state.get(type(term).__name__))
         reg, terms, state = term(inputs, value)
         loss += reg
         aux.update(terms)
@@ -187,6 +206,9 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, augment_
     metrics.update(aux, lr=hyper.lr, momentum=hyper.momentum)
     examples = _scatter(ts.examples, indices, adv.rows)
     average = ts.ema if ema is None else ema.update(ts.ema, params, ts.step + 1)
-    return TrainState(ts.step + 1, params, batch_stats, opt_state, examples, average), metrics
+    carries = {name: next(t for t in method.regularizers if type(t).__name__ == name).next_carry(
+        carry, aux) for name, carry in ts.regularizer_state.items()}
+    return TrainState(ts.step + 1, params, batch_stats, opt_state, examples, average,
+                      carries), metrics
 
   return train_step
