@@ -21,8 +21,8 @@ from fat_jax import optim
 from fat_jax.config import default_config
 from fat_jax.data import DATASET_INFOS, shard_batch, stored_frame_shape
 from fat_jax.evaluate import PGDSettings, evaluate, evaluate_robustness
-from fat_jax.methods import (METHOD_DEFAULTS, init_examples, init_train_state, make_train_step,
-                             resolve_method)
+from fat_jax.methods import (METHOD_DEFAULTS, init_examples, init_regularizer_state,
+                             init_train_state, make_train_step, resolve_method)
 from fat_jax.models import build_model
 from fat_jax.parallel import make_data_mesh, replicate, to_host
 
@@ -39,6 +39,9 @@ CASES = {name: dict(name=name) for name in METHOD_DEFAULTS}
 CASES['lap'].update(lap_beta=0.03)
 CASES['aaer'].update(aaer_lambda1=1.0, aaer_lambda2=2.5, aaer_lambda3=1.5)
 CASES['induce_co'].update(co_tact_file=tact_file, co_percent=50.0)
+# ELLE's published λ (1000) scales the rounding of its error past the tolerance.
+CASES['elle'].update(elle_lambda=10.0)
+CASES['elle_a'].update(elle_lambda=10.0)
 CASES['awp_trades'] = dict(name='trades', awp_gamma=0.005)
 # TRADES' official start x + 0.001·N(0, I) makes the first KL gradients rounding noise, whose
 # signs change with the order of the reductions; a uniform start runs the same computation on
@@ -58,7 +61,8 @@ def run(name, devices, steps):
   method = resolve_method(c, eps)
   mesh = meshes[devices]
   examples = init_examples(method, n, stored_frame_shape(info.image_shape, 'crop'))
-  ts = replicate(init_train_state(model, jax.random.key(0), examples), mesh)
+  ts = replicate(init_train_state(model, jax.random.key(0), examples,
+                                  regularizer_state=init_regularizer_state(method)), mesh)
   ts = ts._replace(step=replicate(jnp.asarray(1, jnp.int32), mesh))  # lr > 0
   step = jax.jit(make_train_step(model, method, schedule, weight_decay=5e-4, augment_mode='crop',
                                  key=jax.random.key(3)))

@@ -37,8 +37,8 @@ class AdaptiveLambda(NamedTuple):
 
 def init_adaptive_lambda() -> AdaptiveLambda:
   """λ = 0 and no errors seen (the official loop sets lin_reg = 0 before the first epoch)."""
-  zero = jnp.zeros((), jnp.float32)
-  return AdaptiveLambda(zero, jnp.zeros((), jnp.int32), zero, zero)
+  zero = lambda: jnp.zeros((), jnp.float32)  # one buffer per field: the step donates each
+  return AdaptiveLambda(zero(), jnp.zeros((), jnp.int32), zero(), zero())
 
 
 def adaptive_lambda_update(s: AdaptiveLambda, error, *, lam_max: float, decay: float,
