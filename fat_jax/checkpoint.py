@@ -101,12 +101,16 @@ def compare(stored: dict[str, str], found: dict[str, str]) -> tuple[list[str], l
   return problems, sorted(set(found) - set(stored))
 
 
+# The TrainState fields stored as items of their own, each only when it is not empty.
+APART = ('examples', 'ema', 'regularizer_state')
+
+
 def _items(state) -> dict:
   """A `TrainState` as checkpoint items: 'state' and, when it has them, the per-example state
   'examples' (stored apart, so that evaluation restores the model without it), the weight
   average 'ema' and the regularisers' state 'regularizer_state' (ELLE-A's λ)."""
   fields = state._asdict()
-  apart = {name: fields.pop(name, {}) for name in ('examples', 'ema', 'regularizer_state')}
+  apart = {name: fields.pop(name, {}) for name in APART}
   return {'state': fields, **{name: tree for name, tree in apart.items() if tree}}
 
 
@@ -266,9 +270,7 @@ class Checkpointer:
       restored = self._restore_momentum_layout(epoch, items, like)
       if restored is None:
         raise self._restore_error(epoch, verified, like, e) from e
-    return type(like)(**restored['state'], examples=restored.get('examples', {}),
-                      ema=restored.get('ema', {}),
-                      regularizer_state=restored.get('regularizer_state', {}))
+    return type(like)(**restored['state'], **{name: restored.get(name, {}) for name in APART})
 
   def _restore(self, epoch: int, items: dict, examples) -> dict:
     abstract = {k: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, v))
