@@ -83,17 +83,15 @@ def test_dlr_hand_values():
     dlr_targeted_loss(z[:, :3], y, t % 3)
 
 
-def reference_apgd(params, x, y, start, loss_fn, steps, eps, rho=0.75):
-  """A line-by-line transcription of autopgd_base.py's attack_single_run (L∞, Python
-  loops, numpy masks, the wrapping ``loss_steps[-1]``), in δ = x_adv − x coordinates."""
-  box = lambda d: jnp.clip(x + d, 0, 1) - x
-  logits_of = lambda d: mlp_apply(params, {}, x + d, False)[0]
+def reference_apgd_run(logits_of, x, y, start, loss_fn, steps, eps, rho=0.75):
+  """autopgd_base.py's attack_single_run (L∞, NumPy masks, the wrapping ``loss_steps[-1]``) on
+  a subset, in δ coordinates: (best-loss point, its loss, last misclassified point, fooled)."""
+  box = lambda d: np.clip(x + d, 0, 1) - x
 
-  @jax.jit
-  def loss_grad_logits(d):
-    return loss_fn(logits_of(d)), jax.grad(lambda d: loss_fn(logits_of(d)).sum())(d), logits_of(d)
-
-  loss_grad = lambda d: tuple(np.array(a) for a in loss_grad_logits(d))
+  def loss_grad(d):
+    lo = lambda d: loss_fn(logits_of(x + d))
+    return (np.array(lo(d)), np.array(jax.grad(lambda d: lo(d).sum())(d)),
+            np.array(logits_of(x + d)))
 
   n_iter_2, n_iter_min, size_decr = (max(int(f * steps), 1) for f in (0.22, 0.06, 0.03))
   expand = lambda v: v[:, None, None, None]
@@ -101,18 +99,18 @@ def reference_apgd(params, x, y, start, loss_fn, steps, eps, rho=0.75):
   d_best, d_best_adv = d.copy(), d.copy()
   loss_steps = np.zeros((steps, len(x)))
   loss, grad, logits = loss_grad(d)
-  acc = logits.argmax(-1) == np.asarray(y)
+  acc = logits.argmax(-1) == y
   loss_best, grad_best = loss.copy(), grad.copy()
-  step = 2 * eps * np.ones(len(x))
+  step = np.full(len(x), 2 * eps, np.float32)
   d_old, k, counter3 = d.copy(), n_iter_2, 0
   loss_best_last_check, reduced_last_check = loss_best.copy(), np.ones(len(x), bool)
   for i in range(steps):
     grad2, d_old = d - d_old, d.copy()
     a = 0.75 if i > 0 else 1.0
-    d1 = np.array(box(jnp.clip(d + expand(step) * np.sign(grad), -eps, eps)))
-    d = np.array(box(jnp.clip(d + (d1 - d) * a + grad2 * (1 - a), -eps, eps)))
+    d1 = box(np.clip(d + expand(step) * np.sign(grad), -eps, eps))
+    d = box(np.clip(d + (d1 - d) * a + grad2 * (1 - a), -eps, eps))
     loss, grad, logits = loss_grad(d)
-    pred = logits.argmax(-1) == np.asarray(y)
+    pred = logits.argmax(-1) == y
     acc &= pred
     d_best_adv[~pred] = d[~pred]
     loss_steps[i] = loss
@@ -126,7 +124,16 @@ def reference_apgd(params, x, y, start, loss_fn, steps, eps, rho=0.75):
       step[fl] /= 2.0
       d[fl], grad[fl] = d_best[fl], grad_best[fl]
       k, counter3 = max(k - size_decr, n_iter_min), 0
-  return np.where(expand(~acc), d_best_adv, d_best), ~acc
+  return d_best, loss_best, d_best_adv, ~acc
+
+
+def reference_apgd(params, x, y, start, loss_fn, steps, eps, rho=0.75):
+  """`reference_apgd_run` on the MLP: the last misclassified point where one was found, else the
+  best-loss point, and the fooled flags."""
+  logits_of = lambda z: mlp_apply(params, {}, z, False)[0]
+  d_best, _, d_best_adv, fooled = reference_apgd_run(logits_of, np.asarray(x), np.asarray(y),
+                                                     start, loss_fn, steps, eps, rho)
+  return np.where(fooled[:, None, None, None], d_best_adv, d_best), fooled
 
 
 @pytest.mark.parametrize('loss', ['dlr_targeted'])

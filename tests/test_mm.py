@@ -9,7 +9,8 @@ import pytest
 from fat_jax.attacks import mm_attack, mm_loss
 from fat_jax.evaluate import evaluate
 from fat_jax.evaluate.suites import SuiteOptions, attack_batch
-from tests.test_apgd import mlp_apply, trained, untrained  # noqa: F401
+from tests.test_apgd import (mlp_apply, reference_apgd_run, trained,  # noqa: F401
+                             untrained)
 
 EPS = 0.05
 
@@ -20,50 +21,6 @@ def test_mm_loss_hand_values():
   # −max(z_y − z_t + 50, 0): −(3 − 1 + 50) and −max(0 − 1 + 50, 0).
   np.testing.assert_allclose(mm_loss(z, y, t), [-52.0, -49.0])
   np.testing.assert_allclose(mm_loss(z, y, t, confidence=0.5), [-2.5, 0.0])
-
-
-def reference_apgd_run(logits_of, x, y, start, loss_fn, steps, eps, rho=0.75):
-  """autopgd_base.py's attack_single_run (L∞, NumPy masks, the wrapping ``loss_steps[-1]``) on
-  a subset, in δ coordinates: (best-loss point, its loss, last misclassified point, fooled)."""
-  box = lambda d: np.clip(x + d, 0, 1) - x
-
-  def loss_grad(d):
-    lo = lambda d: loss_fn(logits_of(x + d))
-    return (np.array(lo(d)), np.array(jax.grad(lambda d: lo(d).sum())(d)),
-            np.array(logits_of(x + d)))
-
-  n_iter_2, n_iter_min, size_decr = (max(int(f * steps), 1) for f in (0.22, 0.06, 0.03))
-  expand = lambda v: v[:, None, None, None]
-  d = np.array(start)
-  d_best, d_best_adv = d.copy(), d.copy()
-  loss_steps = np.zeros((steps, len(x)))
-  loss, grad, logits = loss_grad(d)
-  acc = logits.argmax(-1) == y
-  loss_best, grad_best = loss.copy(), grad.copy()
-  step = np.full(len(x), 2 * eps, np.float32)
-  d_old, k, counter3 = d.copy(), n_iter_2, 0
-  loss_best_last_check, reduced_last_check = loss_best.copy(), np.ones(len(x), bool)
-  for i in range(steps):
-    grad2, d_old = d - d_old, d.copy()
-    a = 0.75 if i > 0 else 1.0
-    d1 = box(np.clip(d + expand(step) * np.sign(grad), -eps, eps))
-    d = box(np.clip(d + (d1 - d) * a + grad2 * (1 - a), -eps, eps))
-    loss, grad, logits = loss_grad(d)
-    pred = logits.argmax(-1) == y
-    acc &= pred
-    d_best_adv[~pred] = d[~pred]
-    loss_steps[i] = loss
-    ind = loss > loss_best
-    d_best[ind], grad_best[ind], loss_best[ind] = d[ind], grad[ind], loss[ind]
-    counter3 += 1
-    if counter3 == k:
-      t = sum((loss_steps[i - c] > loss_steps[i - c - 1]).astype(float) for c in range(k))
-      fl = (t <= k * rho) | (~reduced_last_check & (loss_best_last_check >= loss_best))
-      reduced_last_check, loss_best_last_check = fl.copy(), loss_best.copy()
-      step[fl] /= 2.0
-      d[fl], grad[fl] = d_best[fl], grad_best[fl]
-      k, counter3 = max(k - size_decr, n_iter_min), 0
-  return d_best, loss_best, d_best_adv, ~acc
 
 
 def reference_mm(params, x, y, key, *, eps, steps, k):
