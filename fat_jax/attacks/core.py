@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fat_jax.losses.broadcast import per_example  # noqa: F401 (re-exported)
 from fat_jax.losses.input_gradient import InputGradient, input_gradient  # noqa: F401 (re-exported)
 
 ApplyFn = Callable  # (params, state, x, train) -> (logits, new_state, features)
@@ -39,11 +40,6 @@ def project_linf(delta: jax.Array, eps) -> jax.Array:
 def l2_norm(v: jax.Array) -> jax.Array:
   """‖v_i‖₂ of each example (row of the leading axis), shape (N,)."""
   return jnp.sqrt((v ** 2).reshape(len(v), -1).sum(axis=1))
-
-
-def per_example(v: jax.Array, x: jax.Array) -> jax.Array:
-  """Per-example values v (N,) as (N, 1, …, 1), broadcastable against x (N, ...)."""
-  return v.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
 def normalize_l2(v: jax.Array) -> jax.Array:

@@ -9,6 +9,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fat_jax.losses.broadcast import per_example
+
 
 def elle_points(key, x, eps: float):
   """(x_a, x_b, x_c, α): x_a, x_b = x + U(−ε, ε) each (no clip to [0, 1]), α ~ U(0, 1) per
@@ -16,7 +18,7 @@ def elle_points(key, x, eps: float):
   k_ab, k_alpha = jax.random.split(key)
   ab = x[None] + eps * (2 * jax.random.uniform(k_ab, (2,) + x.shape, x.dtype) - 1)
   alpha = jax.random.uniform(k_alpha, (x.shape[0],), x.dtype)
-  a = alpha.reshape((-1,) + (1,) * (x.ndim - 1))
+  a = per_example(alpha, x)
   return ab[0], ab[1], (1 - a) * ab[0] + a * ab[1], alpha
 
 
