@@ -1,11 +1,12 @@
 """Sanity checks of a robustness evaluation (docs/protocol.md §4.4), as pure functions of host
 arrays.
 
-Each check returns a record ``{'status': 'pass' | 'warn' | 'info' | 'skipped',
-'message': str, ...numbers}``; `fat_jax.evaluate.evaluate` computes them with
+Each check returns a record ``{'status': 'pass' | 'warn' | 'info' | 'skipped' |
+'uninformative', 'message': str, ...numbers}``; `fat_jax.evaluate.evaluate` computes them with
 every suite. A 'warn' means the evaluation (or the model) needs a closer look;
-most follow AutoAttack's ``autoattack/checks.py`` and Carlini et al. 2019,
-"On evaluating adversarial robustness".
+'uninformative' that the check ran but had nothing to test (no robust point left, no point
+sampled), so it can neither pass nor warn: its 'reason' says why. Most follow AutoAttack's
+``autoattack/checks.py`` and Carlini et al. 2019, "On evaluating adversarial robustness".
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 PASS, WARN, INFO, SKIPPED = 'pass', 'warn', 'info', 'skipped'
+UNINFORMATIVE = 'uninformative'
 BOUND_TOLERANCE = 1e-6     # float slack of ‖δ‖∞ ≤ ε and x + δ ∈ [0, 1]
 L2_BOUND_TOLERANCE = 1e-5  # float slack of ‖δ‖₂ ≤ ε (a float32 sum over D pixels)
 PROBABILITY_TOLERANCE = 1e-5
@@ -31,6 +33,11 @@ def _record(ok: bool, message: str, **numbers) -> dict:
 
 def skipped(reason: str) -> dict:
   return {'status': SKIPPED, 'message': reason}
+
+
+def uninformative(reason: str, **numbers) -> dict:
+  """The record of a check that ran but had nothing to test: never a 'pass'."""
+  return {'status': UNINFORMATIVE, 'message': reason, 'reason': reason, **numbers}
 
 
 def check_validity(x: np.ndarray, x_adv: np.ndarray, eps: float, norm: str = 'Linf') -> dict:
@@ -69,6 +76,9 @@ def check_ordering(levels: Sequence[tuple[str, np.ndarray]]) -> dict:
   """
   violations = {f'{weak}>={strong}': int(np.sum(b & ~a))
                 for (weak, a), (strong, b) in zip(levels[:-1], levels[1:])}
+  if not any(np.any(b) for _, b in levels[1:]):
+    return uninformative('no point is robust to any attack after ' + levels[0][0] + ', so no '
+                         'point can break the order', violations=violations)
   bad = {k: v for k, v in violations.items() if v}
   return _record(not bad, 'per-point order ' + ' ≥ '.join(n for n, _ in levels) + ' holds'
                  if not bad else 'points robust to the stronger but not to the weaker attack: '
@@ -79,6 +89,9 @@ def check_fgsm_pgd_gap(fgsm_accuracy: float, pgd_accuracy: float) -> dict:
   """Catastrophic overfitting's signature: FGSM accuracy far above PGD accuracy
   (PGD below `CO_RATIO` of FGSM's accuracy and more than `CO_GAP` points under it)."""
   gap = fgsm_accuracy - pgd_accuracy
+  if fgsm_accuracy == 0:
+    return uninformative('FGSM leaves no robust point, so PGD cannot fall below it',
+                         fgsm_accuracy=fgsm_accuracy, pgd_accuracy=pgd_accuracy, gap=gap)
   co = gap > CO_GAP and pgd_accuracy < CO_RATIO * fgsm_accuracy
   return _record(not co, f'FGSM {fgsm_accuracy:.4f} vs PGD {pgd_accuracy:.4f}' + (
       ': PGD accuracy collapsed below FGSM\'s, the model looks catastrophically overfitted'
@@ -86,8 +99,13 @@ def check_fgsm_pgd_gap(fgsm_accuracy: float, pgd_accuracy: float) -> dict:
 
 
 def check_square(white_box_accuracy: float, square_accuracy: float) -> dict:
-  """Black-box Square must not beat the white-box attacks by more than 0.2 points."""
+  """Black-box Square must not beat the white-box attacks by more than 0.2 points; with no
+  point left robust by them it has nothing to test ('uninformative')."""
   drop = white_box_accuracy - square_accuracy
+  if white_box_accuracy == 0:
+    return uninformative('no point is robust to the white-box attacks, so Square had none to '
+                         'attack', white_box_accuracy=white_box_accuracy,
+                         square_accuracy=square_accuracy, drop=drop)
   return _record(drop <= SQUARE_TOLERANCE, f'Square lowers the white-box accuracy by {drop:.4f}'
                  + ('' if drop <= SQUARE_TOLERANCE else
                     f' > {SQUARE_TOLERANCE}: the gradients are unreliable (masking?)'),
@@ -99,6 +117,9 @@ def check_gradient_free(square: dict) -> dict:
   """Whether a gradient-free attack checked the white-box result. Without one, a model whose
   input gradients are non-zero but scrambled (wrong directions) keeps a high robust accuracy
   that no gradient-based check questions; `square` is the record of `check_square`."""
+  if square['status'] == UNINFORMATIVE:
+    return uninformative('Square ran on no point (no point robust to the white-box attacks), '
+                         'so no gradient-free attack checked them', ran=False)
   ran = square['status'] != SKIPPED
   return _record(ran, 'Square (black-box) checked the white-box result' if ran else
                  'NO gradient-free check ran: a model with masked or scrambled gradients would '
@@ -111,6 +132,10 @@ def check_eps_sweep(eps_values: Sequence[float], accuracies: Sequence[float],
   """Accuracy does not rise along the increasing `eps_values` (by more than 1 point) and, in
   L∞, is ≈ 0 at ε = 1 (every image can be turned into any other). The ε = 1 rule is L∞-only:
   no fixed L2 radius guarantees 0 (‖δ‖₂ can reach √D), so in L2 only the monotonicity counts."""
+  if not any(accuracies):
+    return uninformative('accuracy is 0 at every ε of the sweep, so it cannot rise', norm=norm,
+                         eps=[float(e) for e in eps_values],
+                         accuracy=[float(a) for a in accuracies])
   pairs = list(zip(eps_values, accuracies))
   rises = [(e0, e1) for (e0, a0), (e1, a1) in zip(pairs[:-1], pairs[1:])
            if a1 > a0 + SWEEP_TOLERANCE]
@@ -126,9 +151,14 @@ def check_eps_sweep(eps_values: Sequence[float], accuracies: Sequence[float],
 
 
 def check_more_iterations(weak: str, weak_accuracy: float, strong: str, strong_accuracy: float,
-                          raised: int) -> dict:
+                          raised: int, attacked: int | None = None) -> dict:
   """More iterations and restarts do not raise accuracy: the `strong` attack must not end
-  above the `weak` one. `raised`: points robust to the strong attack only."""
+  above the `weak` one. `raised`: points robust to the strong attack only; `attacked`: the
+  points both attacks ran on (the clean-correct ones), if known."""
+  if attacked == 0:
+    return uninformative('no point is classified correctly, so neither attack ran on any',
+                         weak_accuracy=weak_accuracy, strong_accuracy=strong_accuracy,
+                         raised=raised)
   ok = strong_accuracy <= weak_accuracy
   return _record(ok, f'{weak} {weak_accuracy:.4f}, {strong} {strong_accuracy:.4f}' + (
       '' if ok else f': more iterations and restarts raised accuracy ({raised} points robust '
@@ -175,15 +205,49 @@ def check_eot_samples(samples: int, scores: np.ndarray, check_samples: int,
   """EOT with `check_samples` (100) gradient draws must not lower the suite's accuracy
   (K = `samples`) on the same points by more than `EOT_TOLERANCE` and chance (paired, 95%);
   otherwise K is too small. `scores`, `check_scores`: per-point mean over fresh draws."""
+  n = len(scores)
+  if not np.any(scores):
+    return uninformative(f'no point of the first {n} is robust with K = {samples}, so '
+                         f'K = {check_samples} cannot lower their accuracy', n=n,
+                         samples=samples, check_samples=check_samples)
   drop, margin = _excess(scores, check_scores, EOT_TOLERANCE)
   ok = drop <= margin
-  n = len(scores)
   accuracy, check_accuracy = float(np.mean(scores)), float(np.mean(check_scores))
   return _record(ok, f'first {n} points: K = {samples} {accuracy:.4f}, K = {check_samples} '
                  f'{check_accuracy:.4f}' + ('' if ok else f': K = {check_samples} is lower by '
                  f'{drop:.4f} > {margin:.4f}, use more EOT samples'), n=n, samples=samples,
                  accuracy=accuracy, check_samples=check_samples, check_accuracy=check_accuracy,
                  drop=drop, margin=margin)
+
+
+def check_binarization(success: Sequence[bool], n_sampled: int, attacks: Sequence[str],
+                       setup_failures: dict | None = None) -> dict:
+  """The binarization test (Zimmermann et al. 2022, `fat_jax.evaluate.binarization`): on each
+  point whose binarized model was set up an adversarial example provably exists in the ε-ball,
+  so the attacks must find one on every such point (test ASR 1); each point where they do not
+  is an attack failure. `success`: per set-up point; `setup_failures`: {reason: count} of the
+  other sampled points. No point sampled or set up: 'uninformative'."""
+  success = np.asarray(success, bool)
+  setup_failures = dict(setup_failures or {})
+  numbers = dict(n_sampled=n_sampled, n_tested=int(len(success)), failed=int(np.sum(~success)),
+                 attack_success_rate=float(success.mean()) if len(success) else None,
+                 fraction_failed=float(np.mean(~success)) if len(success) else None,
+                 attacks=list(attacks), setup_failures=setup_failures)
+  if not attacks:
+    return uninformative('none of the attacks can attack the 2-class binarized model', **numbers)
+  if not len(success):
+    return uninformative('no point was sampled' if not n_sampled else
+                         f'the binarized model could not be set up on any of the {n_sampled} '
+                         'points (' + '; '.join(f'{k}: {v}' for k, v in setup_failures.items())
+                         + ')', **numbers)
+  failed = numbers['failed']
+  return _record(failed == 0, f"{', '.join(attacks)} found the provable adversarial example on "
+                 f'{len(success) - failed} of {len(success)} binarized points'
+                 + (f' ({n_sampled - len(success)} not set up)' if n_sampled > len(success)
+                    else '')
+                 + ('' if not failed else f': the attacks fail on {failed} points where an '
+                    'adversarial example exists, so their robust accuracy is no reliable bound'),
+                 **numbers)
 
 
 class NonFiniteLogitsError(FloatingPointError):

@@ -3,31 +3,31 @@ any model compiled or any epoch run.
 
 Every mistake gives one short line naming the field and the fix; all mistakes of a config
 are reported together in one `ConfigError`. ε is in pixel units of [0, 1] (8/255, not 8):
-values above `PIXEL_UNITS_WARNING` are legal but almost always a unit mistake, and warn.
+values above `attacks.core.PIXEL_UNITS_WARNING` are legal but almost always a unit mistake, and
+warn (`eps_problem`, shared with the attacks).
 """
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
 
-from fat_jax.attacks.core import THREAT_MODELS
+from fat_jax.attacks.core import THREAT_MODELS, eps_problem
 
-log = logging.getLogger('fat_jax')
 
 # The suites of `fat_jax.evaluate.evaluate` (the keys of `fat_jax.evaluate.registry.SUITES`,
 # whose package imports this module).
-SUITES = ('aa_standard', 'aa_plus', 'aa_rand', 'pgd', 'mm', 'mm+', 'transfer', 'custom')
+SUITES = ('aa_standard', 'aa_plus', 'aa_rand', 'pgd', 'mm', 'mm+', 'md', 'mdmt', 'mdmt+', 'mde',
+          'pma', 'pma+', 'transfer', 'custom')
 SEED_LIMIT = 2 ** 63       # seeds are integers in [0, 2^63): NumPy's and JAX's generators
-PIXEL_UNITS_WARNING = 0.5  # ε above this on [0, 1] images: likely given in 0–255 units
 # `evaluate()`'s counts, each also the field eval.<name> of a run config where that exists:
 # integers ≥ 1, and those below ≥ 0 with what 0 means.
 EVAL_POSITIVE = ('batch_size', 'pgd_steps', 'pgd_restarts', 'check_pgd_steps', 'sweep_steps',
                  'n_draws', 'eot_samples', 'apgd_steps', 'apgd_restarts', 'apgd_t_restarts',
                  'n_target_classes', 'fab_steps', 'fab_restarts', 'fab_t_restarts',
-                 'square_queries', 'mm_steps', 'mm_target_classes')
-EVAL_COUNTS = {'eot_check_n': 'off'}
+                 'square_queries', 'mm_steps', 'mm_target_classes', 'md_steps', 'md_restarts',
+                 'pma_steps', 'pma_restarts')
+EVAL_COUNTS = {'eot_check_n': 'off', 'md_change_point': 'the whole margin from the second step'}
 # `evaluate()`'s real settings, likewise: name -> (low, high, low excluded, what it is); the
 # high end is included unless infinite.
 EVAL_RANGES = {
@@ -83,30 +83,6 @@ def _numbers(config, prefix: str = ''):
                   if isinstance(v, (int, float)) and not isinstance(v, bool))
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
       yield name, value
-
-
-def eps_problem(eps, field: str = 'eps', norm: str = 'Linf') -> str | None:
-  """Why `eps` cannot be an L∞ radius on [0, 1] images (None if it can); warns when ε > 0.5.
-  An L2 radius (`norm='L2'`) need only be finite and ≥ 0: ‖δ‖₂ may reach √D."""
-  try:
-    value = float(eps)
-  except (TypeError, ValueError):
-    return f'{field}={eps!r} is not a number.'
-  if norm == 'L2':
-    if not math.isfinite(value) or value < 0:
-      return f'{field}={eps} must be a finite L2 radius ≥ 0 (e.g. 0.5 on CIFAR-10).'
-    return None
-  if not math.isfinite(value):
-    return f'{field}={eps} is not finite: give the L∞ radius in [0, 1], e.g. 8/255.'
-  if value > 1:
-    return (f'{field}={eps} is outside [0, 1]: ε is in pixel units of [0, 1]; for {eps:g} '
-            f'in 0–255 units write {eps:g}/255 = {value / 255:.4g}.')
-  if value < 0:
-    return f'{field}={eps} is negative: the L∞ radius must be in [0, 1].'
-  if value > PIXEL_UNITS_WARNING:
-    log.warning('%s=%g is more than %g of the [0, 1] pixel range: if it is in 0–255 units, '
-                'write %g/255 = %.4g.', field, value, PIXEL_UNITS_WARNING, value, value / 255)
-  return None
 
 
 def seed_problem(seed, field: str = 'seed') -> str | None:

@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fat_jax.attacks.core import (Attack, ApplyFn, check_eps, clip_to_box, normalize_l2,
+from fat_jax.attacks.convention import attack_convention
+from fat_jax.attacks.core import (Attack, ApplyFn, clip_to_box, normalize_l2,
                                   per_example, project_l2, project_linf)
 from fat_jax.attacks.eot import randomized_gradient, randomized_logits
 from fat_jax.losses import cross_entropy
@@ -243,6 +244,7 @@ def apgd_clean(apply_fn, params, state, x, y, key, *, train: bool = False,
   return _misclassified_fn(y, randomized)(logits), state, key
 
 
+@attack_convention()
 def apgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, steps: int = 100,
                 restarts: int = 1, loss: str = 'ce', target=None, rho: float = 0.75,
                 norm: str = 'Linf', train: bool = False, randomized: bool = False,
@@ -260,12 +262,11 @@ def apgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, steps: int 
   each gradient and loss is averaged over `eot_samples` = K draws (EOT,
   `fat_jax.attacks.eot`), every example is attacked and gets its highest-loss
   point (a single draw's misclassification decides nothing; score the result
-  over many draws). `train` is the BatchNorm mode (evaluation: False).
+  over many draws). `train`: the BatchNorm mode (`fat_jax.attacks`).
 
   In pieces: `apgd_clean`, then per run `apgd_start`, `apgd_iterations`, `apgd_run_result`
   and `apgd_merge`.
   """
-  check_eps(eps, norm)
   gradient, misclassified = apgd_functions(apply_fn, params, x, y, loss=loss, target=target,
                                            train=train, randomized=randomized,
                                            eot_samples=eot_samples)
@@ -284,6 +285,7 @@ def top_targets(logits: jax.Array, n_target_classes: int) -> jax.Array:
   return jnp.argsort(-logits, axis=-1)[:, 1:n_target_classes + 1]
 
 
+@attack_convention()
 def apgd_targeted_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, steps: int = 100,
                          restarts: int = 1, n_target_classes: int = 9, rho: float = 0.75,
                          norm: str = 'Linf', train: bool = False, randomized: bool = False,
@@ -291,7 +293,6 @@ def apgd_targeted_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, st
   """APGD-T: APGD in the `norm` ball on the targeted DLR loss for each of the top
   `n_target_classes` classes by the clean logits (2nd, 3rd, …), each only on
   examples still robust."""
-  check_eps(eps, norm)
   clean_key, key = jax.random.split(key)
   logits, state = randomized_logits(apply_fn, params, state, x, clean_key,
                                     randomized=randomized, train=train)

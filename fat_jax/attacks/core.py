@@ -2,11 +2,13 @@
 
 An apply function has the signature of `fat_jax.models.Model.apply`:
 ``apply_fn(params, state, x, train) -> (logits, new_state, features)``.
-``train`` selects the BatchNorm mode explicitly (docs/protocol.md §1.5): with ``train=True``
-the forward uses batch statistics and returns updated running statistics.
+``train`` is the BatchNorm mode (`fat_jax.attacks`); every attack also takes a plain
+``f(x) -> logits`` (`fat_jax.attacks.convention`).
 """
 from __future__ import annotations
 
+import logging
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -17,8 +19,11 @@ from fat_jax.losses.input_gradient import InputGradient, input_gradient  # noqa:
 
 ApplyFn = Callable  # (params, state, x, train) -> (logits, new_state, features)
 
+log = logging.getLogger('fat_jax')
+
 ATTACK_STARTS = ('zero', 'uniform', 'normal')   # the initial points η of `init_perturbation`
 THREAT_MODELS = ('Linf', 'L2')
+PIXEL_UNITS_WARNING = 0.5  # ε above this on [0, 1] images: likely given in 0–255 units
 
 
 class Attack(NamedTuple):
@@ -58,13 +63,36 @@ def check_norm(norm: str) -> None:
     raise ValueError(f'Unknown norm={norm!r}; known threat models: {THREAT_MODELS}.')
 
 
+def eps_problem(eps, field: str = 'eps', norm: str = 'Linf') -> str | None:
+  """Why `eps` cannot be an L∞ radius on [0, 1] images (None if it can); warns when ε > 0.5.
+  An L2 radius (`norm='L2'`) need only be finite and ≥ 0: ‖δ‖₂ may reach √D."""
+  try:
+    value = float(eps)
+  except (TypeError, ValueError):
+    return f'{field}={eps!r} is not a number.'
+  if norm == 'L2':
+    if not math.isfinite(value) or value < 0:
+      return f'{field}={eps} must be a finite L2 radius ≥ 0 (e.g. 0.5 on CIFAR-10).'
+    return None
+  if not math.isfinite(value):
+    return f'{field}={eps} is not finite: give the L∞ radius in [0, 1], e.g. 8/255.'
+  if value > 1:
+    return (f'{field}={eps} is outside [0, 1]: ε is in pixel units of [0, 1]; for {eps:g} '
+            f'in 0–255 units write {eps:g}/255 = {value / 255:.4g}.')
+  if value < 0:
+    return f'{field}={eps} is negative: the L∞ radius must be in [0, 1].'
+  if value > PIXEL_UNITS_WARNING:
+    log.warning('%s=%g is more than %g of the [0, 1] pixel range: if it is in 0–255 units, '
+                'write %g/255 = %.4g.', field, value, PIXEL_UNITS_WARNING, value, value / 255)
+  return None
+
+
 def check_eps(eps: float, norm: str = 'Linf') -> None:
   """Reject an unknown `norm` and a negative radius given as a Python number (checked
-  before tracing)."""
+  before tracing), with `eps_problem`'s message."""
   check_norm(norm)
   if isinstance(eps, (int, float)) and eps < 0:
-    name = 'L∞' if norm == 'Linf' else norm
-    raise ValueError(f'The {name} radius must be ≥ 0, got eps={eps}.')
+    raise ValueError(eps_problem(eps, norm=norm))
 
 
 def init_perturbation(key, x: jax.Array, eps, init: str = 'zero', scale: float = 1.0,

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fat_jax.attacks.convention import attack_convention
 from fat_jax.attacks.core import ApplyFn, per_example
 
 NOT_FOUND = 1e10  # the reference's "no adversarial example yet" distance
@@ -36,6 +37,7 @@ class CWResult(NamedTuple):
   l2_squared: jax.Array
 
 
+@attack_convention(keyed=False)
 def cw_l2_attack(apply_fn: ApplyFn, params, state, x, y, *, confidence: float = 0.0,
                  learning_rate: float = 0.01, binary_search_steps: int = 9,
                  max_iterations: int = 1000, initial_const: float = 1e-3,
@@ -43,7 +45,7 @@ def cw_l2_attack(apply_fn: ApplyFn, params, state, x, y, *, confidence: float = 
   """Untargeted C&W-L2 with κ = `confidence` and a per-example binary search over c.
 
   An iterate counts as adversarial when z_y + κ < max_{k≠y} z_k (with κ = 0: it is
-  misclassified). `train` is the BatchNorm mode of the forwards.
+  misclassified). `train`: the BatchNorm mode (`fat_jax.attacks`).
   """
   if max_iterations < 1 or binary_search_steps < 1:
     raise ValueError('C&W needs max_iterations ≥ 1 and binary_search_steps ≥ 1, got '

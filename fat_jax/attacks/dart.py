@@ -15,7 +15,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fat_jax.attacks.core import ApplyFn, check_eps, init_perturbation, per_example, sign_step
+from fat_jax.attacks.convention import attack_convention
+from fat_jax.attacks.core import ApplyFn, init_perturbation, per_example, sign_step
 from fat_jax.attacks.eot import loss_and_grad
 from fat_jax.attacks.fosc import fosc
 from fat_jax.losses import per_example_loss
@@ -37,6 +38,7 @@ def dart_threshold(epoch, *, c_max: float = 0.5, control_epochs: float = 100):
   return jnp.maximum(c_max - c_max * epoch / control_epochs, 0.0)
 
 
+@attack_convention()
 def dart_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, alpha, steps: int,
                 threshold, min_steps: int = 0, loss: str = 'ce', train: bool = False,
                 init: str = 'uniform', init_scale: float = 1.0,
@@ -54,10 +56,8 @@ def dart_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, alpha, step
   δ⁰ (after `min_steps` PGD steps). ∇ℓ is each example's own loss gradient
   (FOSC's scale).
 
-  `train` is the BatchNorm mode of the attack's forwards (the official code
-  attacks in inference mode); `unroll` as in `pgd_attack`.
+  `train`: the BatchNorm mode (`fat_jax.attacks`); `unroll` as in `pgd_attack`.
   """
-  check_eps(eps)
   loss_fn = per_example_loss(loss)
 
   def one_step(k, carry):

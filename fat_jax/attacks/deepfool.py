@@ -24,6 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fat_jax.attacks.convention import attack_convention
 from fat_jax.attacks.core import THREAT_MODELS, ApplyFn, per_example
 
 DEEPFOOL_NORMS = tuple(m.lower() for m in THREAT_MODELS)   # foolbox's spelling: 'linf', 'l2'
@@ -52,6 +53,7 @@ def logits_and_jacobian(apply_fn: ApplyFn, params, state, x, *, train: bool):
   return logits, new_state, jnp.moveaxis(jacobian, 0, 1)
 
 
+@attack_convention(keyed=False)
 def deepfool_attack(apply_fn: ApplyFn, params, state, x, y, *, norm: str = 'linf',
                     steps: int = 50, overshoot: float = 0.02,
                     train: bool = False) -> DeepFoolResult:

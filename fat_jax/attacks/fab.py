@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from fat_jax.attacks.apgd import top_targets
-from fat_jax.attacks.core import Attack, ApplyFn, check_eps, per_example
+from fat_jax.attacks.convention import attack_convention
+from fat_jax.attacks.core import Attack, ApplyFn, per_example
 from fat_jax.attacks.eot import loss_and_grad
 
 NOT_FOUND = 1e10
@@ -210,6 +211,7 @@ def _fab_runs(apply_fn, params, state, x, y, key, plane_for_run, *, runs, restar
   return Attack(jax.lax.stop_gradient(delta), state)
 
 
+@attack_convention(minimum_norm=True)
 def fab_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, target, steps: int = 100,
                restarts: int = 1, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
                norm: str = 'Linf', train: bool = False) -> Attack:
@@ -219,20 +221,19 @@ def fab_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, target, step
 
   Per example 1 + restarts·steps·2 forwards and restarts·steps backwards.
   """
-  check_eps(eps, norm)
   plane = lambda logits, t: _targeted_plane(apply_fn, params, y, target, train)
   return _fab_runs(apply_fn, params, state, x, y, key, plane, runs=restarts, restarts=restarts,
                    eps=eps, norm=norm, steps=steps, alpha_max=alpha_max, eta=eta, beta=beta,
                    train=train)
 
 
+@attack_convention(minimum_norm=True)
 def fab_targeted_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps,
                         n_target_classes: int = 9, steps: int = 100, restarts: int = 1,
                         alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
                         norm: str = 'Linf', train: bool = False) -> Attack:
   """FAB-T of AutoAttack: `fab_attack` towards each of the top `n_target_classes`
   classes by the clean logits (2nd, 3rd, …), each only on examples not broken yet."""
-  check_eps(eps, norm)
   plane = lambda logits, t: _targeted_plane(apply_fn, params, y,
                                             top_targets(logits, n_target_classes)[:, t], train)
   return _fab_runs(apply_fn, params, state, x, y, key, plane, runs=n_target_classes * restarts,
@@ -240,6 +241,7 @@ def fab_targeted_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps,
                    eta=eta, beta=beta, train=train)
 
 
+@attack_convention(minimum_norm=True)
 def fab_untargeted_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, steps: int = 100,
                           restarts: int = 1, alpha_max: float = 0.1, eta: float = 1.05,
                           beta: float = 0.9, norm: str = 'Linf',
@@ -251,7 +253,6 @@ def fab_untargeted_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, s
 
   Per example 1 + restarts·steps·2 forwards and restarts·steps·C backwards (C classes).
   """
-  check_eps(eps, norm)
   plane = lambda logits, t: _closest_plane(apply_fn, params, y, norm, train)
   return _fab_runs(apply_fn, params, state, x, y, key, plane, runs=restarts, restarts=restarts,
                    eps=eps, norm=norm, steps=steps, alpha_max=alpha_max, eta=eta, beta=beta,

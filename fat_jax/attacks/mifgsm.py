@@ -13,17 +13,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fat_jax.attacks.core import Attack, ApplyFn, check_eps, per_example, sign_step
+from fat_jax.attacks.convention import attack_convention
+from fat_jax.attacks.core import Attack, ApplyFn, per_example, sign_step
 from fat_jax.attacks.eot import loss_and_grad
 from fat_jax.losses import per_example_loss
 
 
+@attack_convention(keyed=False)
 def mifgsm_attack(apply_fn: ApplyFn, params, state, x, y, *, eps, steps: int = 10,
                   alpha=None, momentum: float = 1.0, loss: str = 'ce', train: bool = False,
                   unroll: bool = False) -> Attack:
   """L∞ MI-FGSM: `steps` signed steps of size `alpha` (default ε/steps) along the momentum
-  of L1-normalised gradients. `train` is the BatchNorm mode; `unroll` as in `pgd_attack`."""
-  check_eps(eps)
+  of L1-normalised gradients. `train`: the BatchNorm mode (`fat_jax.attacks`); `unroll` as in
+  `pgd_attack`."""
   alpha = eps / steps if alpha is None else alpha
   loss_fn = per_example_loss(loss)
 

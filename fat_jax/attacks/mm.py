@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from fat_jax.attacks.apgd import _apgd_runs, _misclassified_fn, top_targets
-from fat_jax.attacks.core import Attack, ApplyFn, check_eps
+from fat_jax.attacks.convention import attack_convention
+from fat_jax.attacks.core import Attack, ApplyFn
 from fat_jax.attacks.eot import loss_and_grad
 from fat_jax.losses.classification import assert_logits_and_labels
 
@@ -41,6 +42,7 @@ def mm_loss(logits: jax.Array, labels: jax.Array, targets: jax.Array,
   return -jnp.maximum(true - target + confidence, 0.0)
 
 
+@attack_convention()
 def mm_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, steps: int = 20,
               n_target_classes: int = 3, rho: float = 0.75, norm: str = 'Linf',
               train: bool = False) -> Attack:
@@ -52,9 +54,8 @@ def mm_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, steps: int = 
   Per example: the first misclassified iterate found, else the highest-MM-loss point over the
   targets (the reference keeps the last target's APGD output there; the robust flags are the
   same). Passes per example: 1 + k·(steps + 1) forwards, k·(steps + 1) backwards.
-  `train` is the BatchNorm mode (evaluation: False).
+  `train`: the BatchNorm mode (`fat_jax.attacks`).
   """
-  check_eps(eps, norm)
   if steps < 1 or n_target_classes < 1:
     raise ValueError(f'mm_attack needs steps ≥ 1 and n_target_classes ≥ 1, got steps={steps}, '
                      f'n_target_classes={n_target_classes}.')

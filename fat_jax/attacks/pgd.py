@@ -5,11 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fat_jax.attacks.core import (Attack, ApplyFn, check_eps, init_perturbation,
+from fat_jax.attacks.convention import attack_convention
+from fat_jax.attacks.core import (Attack, ApplyFn, init_perturbation,
                                   input_gradient, l2_step, per_example, sign_step)
 from fat_jax.losses import per_example_loss
 
 
+@attack_convention()
 def pgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, alpha, steps: int,
                restarts: int = 1, loss: str = 'ce', train: bool = False,
                freeze_misclassified: bool = True, init: str = 'uniform',
@@ -23,9 +25,9 @@ def pgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, alpha, steps
 
   With `freeze_misclassified` (evaluation) an example stops moving once the
   model misclassifies it. Across restarts the δ with the highest per-example
-  loss is kept, ties going to the later restart. `train=True` runs the model's
-  BatchNorm in train mode (PGD-AT's attack) and threads its running statistics
-  through every forward; evaluation uses running statistics (`train=False`).
+  loss is kept, ties going to the later restart. `train`: the BatchNorm mode
+  (`fat_jax.attacks`); with `train=True` its running statistics are threaded through every
+  forward.
 
   `unroll` compiles the steps (and restarts) as straight-line code instead of a
   loop: XLA's CPU backend runs convolutions inside loops 3–4× slower, at the cost
@@ -33,7 +35,6 @@ def pgd_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, alpha, steps
   `pgd_restart` and `keep_higher_loss` are its two parts, for a driver that runs the
   restarts one call at a time (the same δ).
   """
-  check_eps(eps, norm)
   run_restart = lambda r, st: pgd_restart(
       apply_fn, params, st, x, y, key, r, eps=eps, alpha=alpha, steps=steps, loss=loss,
       train=train, freeze_misclassified=freeze_misclassified, init=init,

@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fat_jax.attacks.convention import attack_convention
 from fat_jax.attacks.core import (ApplyFn, check_eps, clip_to_box, l2_norm, normalize_l2,
                                   project_linf)
 from fat_jax.losses import margin_loss
@@ -285,6 +286,7 @@ def square_result(x, carry: SquareCarry) -> SquareResult:
   return SquareResult(jax.lax.stop_gradient(delta), carry.state, carry.used)
 
 
+@attack_convention()
 def square_attack(apply_fn: ApplyFn, params, state, x, y, key, *, eps, queries: int = 5000,
                   p_init: float = 0.8, rescale_schedule: bool = False, norm: str = 'Linf',
                   train: bool = False) -> SquareResult:

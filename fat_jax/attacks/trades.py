@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import jax
 
-from fat_jax.attacks.core import Attack, ApplyFn, check_eps, init_perturbation, sign_step
+from fat_jax.attacks.convention import attack_convention
+from fat_jax.attacks.core import Attack, ApplyFn, init_perturbation, sign_step
 from fat_jax.losses import kl_divergence
 
 
+@attack_convention(labelled=False)
 def kl_attack(apply_fn: ApplyFn, params, state, x, key, *, eps, alpha, steps: int,
               init: str = 'normal', init_scale: float = 0.001, train: bool = False,
               unroll: bool = False) -> Attack:
@@ -19,7 +21,6 @@ def kl_attack(apply_fn: ApplyFn, params, state, x, key, *, eps, alpha, steps: in
   the adversarial one, so the running statistics are updated as the official
   loop would. TRADES: ε = 0.031, α = 0.007, 10 steps. `unroll`: as `pgd_attack`'s.
   """
-  check_eps(eps)
   clean_logits, _, _ = apply_fn(params, state, x, train)
   clean_logits = jax.lax.stop_gradient(clean_logits)
 

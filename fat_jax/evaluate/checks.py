@@ -16,6 +16,7 @@ import numpy as np
 
 from fat_jax import sanity
 from fat_jax.attacks.eot import InputNoise, freeze_noise, randomized_gradient
+from fat_jax.evaluate import binarization
 from fat_jax.evaluate.classifier import Classifier
 from fat_jax.evaluate.pieces import pad_rows
 from fat_jax.evaluate.registry import square_fits
@@ -24,6 +25,7 @@ from fat_jax.parallel import to_host
 
 SWEEP_FRACTIONS = (0.0, 0.5, 1.0, 2.0)  # × ε, then (L∞ only) ε = 1
 EOT_CHECK_SAMPLES = 100  # K of the EOT check (docs/evaluation.md: the eot_samples check)
+OPTIONAL_CHECKS = ('binarization',)   # run when named in evaluate(checks=(...))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,19 +60,43 @@ def _probe(run, x, key):
   return np.concatenate(logits), np.concatenate(zero)
 
 
+def _binarization(run, names, suite, key, n_points, n_inner):
+  """The binarization test (`fat_jax.evaluate.binarization`) of the suite's attacks that can
+  attack a 2-class model, on the first `n_points` points with `n_inner` inner points each:
+  (record, forwards, backwards)."""
+  if run.model.randomized or suite == 'transfer' or run.mesh is not None:
+    return sanity.skipped('deterministic models, on one device, attacked themselves only'), 0, 0
+  usable, _ = binarization.binary_attacks(names, run.norm, run.x)
+  if not usable:
+    return sanity.check_binarization([], min(n_points, len(run.x)), usable), 0, 0
+  result = binarization.binarization_test(
+      run.model, run.x[:n_points], eps=run.eps, norm=run.norm, attacks=usable,
+      seed=int(jax.random.randint(key, (), 0, 2 ** 31 - 1)), options=run.options,
+      n_inner=n_inner, batch_size=run.batch_size)
+  record = sanity.check_binarization(result['attack_success'], result['n_sampled'], usable,
+                                     result['setup_failures'])
+  record.update(feature_node=result['feature_node'], n_inner=result['n_inner'])
+  return record, result['forward'], result['backward']
+
+
 def run_sanity_checks(run, names, suite, clean, scores, final, x_adv, by_attack, key, *,
-                   eps_sweep, square_check, check_pgd_steps, sweep_steps, eot_check_n):
+                   eps_sweep, square_check, check_pgd_steps, sweep_steps, eot_check_n,
+                   optional=(), binarization_n=binarization.N_POINTS,
+                   binarization_inner=binarization.N_INNER):
   """The checks of `fat_jax.sanity` for one evaluation, and their forward/backward passes.
 
   The extra attacks (FGSM, PGD, Square, ε sweep, frozen noise, EOT with K = 100) run
   white-box from the clean points and do not change the suite's result. First the logits at
   the clean and the adversarial points are probed: NaN or inf there raises
   `sanity.NonFiniteLogitsError` (`sanity.require_finite_logits`) before any extra attack.
+  `optional`: names of `OPTIONAL_CHECKS` to run too ('binarization': the binarization test of
+  the suite's attacks on the first `binarization_n` points, `binarization_inner` inner points
+  each).
   """
   n, draws, randomized = len(run.x), run.draws(), run.model.randomized
   keys = {name: jax.random.fold_in(key, i) for i, name in enumerate((
       'rescore', 'fgsm', 'pgd', 'square', 'sweep', 'probe', 'draw', 'frozen_draw', 'frozen',
-      'noise_free', 'eot', 'eot_rescore'))}
+      'noise_free', 'eot', 'eot_rescore', 'binarization'))}
   counts = {'forward': 0, 'backward': 0}
 
   def side_attacks(scorer, attack_names, start_scores, k, **kw):
@@ -119,7 +145,8 @@ def run_sanity_checks(run, names, suite, clean, scores, final, x_adv, by_attack,
     strong = side_attack('pgd', clean, keys['pgd'], options=pgd_options(2 * check_pgd_steps, 2))
     checks['more_iterations'] = sanity.check_more_iterations(
         f'PGD-{check_pgd_steps}', float(weak.mean()), f'PGD-{2 * check_pgd_steps}-2',
-        float(strong.mean()), int(np.sum((strong > 0.5) & (weak < 0.5))))
+        float(strong.mean()), int(np.sum((strong > 0.5) & (weak < 0.5))),
+        attacked=int(np.sum(clean > 0)))
     pgd = scores if names == ('pgd',) else weak
     levels.append(('pgd', pgd > 0.5))
     checks['fgsm_pgd_gap'] = sanity.check_fgsm_pgd_gap(float(fgsm.mean()), float(pgd.mean()))
@@ -191,6 +218,15 @@ def run_sanity_checks(run, names, suite, clean, scores, final, x_adv, by_attack,
       counts['forward'] += m_check * draws
       checks['eot_samples'] = sanity.check_eot_samples(k, final[:m_check], EOT_CHECK_SAMPLES,
                                                        rescored)
+
+  if 'binarization' in optional:
+    checks['binarization'], f, b = _binarization(run, names, suite, keys['binarization'],
+                                                 binarization_n, binarization_inner)
+    counts['forward'] += f
+    counts['backward'] += b
+  else:
+    checks['binarization'] = sanity.skipped("off (checks=('binarization',) runs the "
+                                            'binarization test of the attacks)')
 
   logits_again, _ = _probe(run, run.x, keys['probe'])
   counts['forward'] += n

@@ -15,6 +15,8 @@ from typing import Callable, NamedTuple
 
 import jax
 
+from fat_jax.attacks.convention import LogitsFnApply, positional_counts
+
 ACCEPTED_SIGNATURES = (
     '  apply_fn(params, state, x, train) -> (logits, new_state, features)   '
     '(randomized=True: apply_fn(params, state, x, train, key))\n'
@@ -33,16 +35,6 @@ class Classifier(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class _LogitsFnApply:
-  """``f(x) -> logits`` as an apply function (no parameters, no state, no features)."""
-  fn: Callable
-
-  def __call__(self, params, state, x, train):
-    del params, train
-    return self.fn(x), state, {}
-
-
-@dataclasses.dataclass(frozen=True)
 class _ParamsFnApply:
   """``f(params, x) -> logits`` as an apply function (no state, no features)."""
   fn: Callable
@@ -55,27 +47,13 @@ class _ParamsFnApply:
 def from_logits_fn(f: Callable[..., object]) -> Classifier:
   """The deterministic classifier ``x ↦ f(x)`` (logits; x in [0, 1], any normalisation inside
   f). Equal `f` give equal classifiers, so repeated evaluations reuse their compilations."""
-  return Classifier(_LogitsFnApply(f), None, None)
+  return Classifier(LogitsFnApply(f), None, None)
 
 
 def from_params_fn(f: Callable[..., object], params) -> Classifier:
   """The deterministic classifier ``x ↦ f(params, x)`` (logits), e.g. a Flax
   ``lambda p, x: module.apply(p, x)`` with its variables."""
   return Classifier(_ParamsFnApply(f), params, None)
-
-
-def _positional_counts(f: Callable) -> set[int] | None:
-  """The numbers of positional arguments `f` can be called with among 1, 2, 4 and 5, or None
-  when its signature cannot be read."""
-  try:
-    signature = inspect.signature(f)
-  except (TypeError, ValueError):
-    return None
-  kinds = [p for p in signature.parameters.values()
-           if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-  required = sum(p.default is p.empty for p in kinds)
-  unbounded = any(p.kind == p.VAR_POSITIONAL for p in signature.parameters.values())
-  return {k for k in (1, 2, 4, 5) if required <= k and (unbounded or k <= len(kinds))}
 
 
 def _wrong_shape(f, why: str) -> TypeError:
@@ -99,7 +77,7 @@ def as_classifier(model, params=None, state=None, randomized: bool = False) -> C
     return model
   if not callable(model):
     raise _wrong_shape(model, 'it is not callable')
-  counts = _positional_counts(model)
+  counts = positional_counts(model)
   if counts is None:
     return Classifier(model, params, state, randomized)
   fits_apply = (5 if randomized else 4) in counts

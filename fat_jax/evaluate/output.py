@@ -34,7 +34,7 @@ def format_table(report: dict) -> str:
   lines.append(final + f"  wall {report['wall_time_s']:.1f} s" + (
       f" (suite {timing['suite_s']:.1f} s, checks {timing['checks_s']:.1f} s)" if timing else ''))
   for name, check in report.get('checks', {}).items():
-    lines.append(f"check {name:<15} {check['status']:<8} {check['message']}")
+    lines.append(f"check {name:<15} {check['status']:<13} {check['message']}")
   return '\n'.join(lines)
 
 

@@ -24,6 +24,8 @@ from fat_jax.attacks import (apgd_attack, clip_to_box, deepfool_attack, fab_atta
 from fat_jax.attacks.apgd import top_targets
 from fat_jax.attacks.core import THREAT_MODELS, normalize_l2
 from fat_jax.attacks.eot import eot_loss_and_grad, randomized_logits
+from fat_jax.attacks.md import (MDMT_PLUS_RESTARTS, check_margin_settings, margin_attack,
+                                margin_begin, margin_end, margin_passes, margin_total_passes)
 from fat_jax.evaluate.pieces import apgd_by_chunk, pgd_by_restart, square_by_chunk
 from fat_jax.losses import cross_entropy
 
@@ -39,6 +41,9 @@ class SuiteOptions:
   (AutoAttack's separate `apgd_targeted.n_restarts` and `fab.n_restarts` before FAB-T).
   'mm' runs MM-`mm_target_classes` with `mm_steps` iterations per target (MM-3: 3, 20);
   'mm+' runs MM+ with `apgd_steps` and `n_target_classes` (100, 9).
+  'md', 'mdmt' and 'mdmt+' run `md_steps` steps with the change point `md_change_point`
+  (50, 20), `md_restarts` restarts (1; 'mdmt+': 10); 'pma' `pma_steps` (100) steps with
+  `pma_restarts` (4, as the authors' `main.py`) restarts.
   """
   apgd_steps: int = 100
   apgd_restarts: int = 1
@@ -56,6 +61,11 @@ class SuiteOptions:
   square_rescale_schedule: bool = False
   mm_steps: int = 20
   mm_target_classes: int = 3
+  md_steps: int = 50
+  md_change_point: int = 20
+  md_restarts: int = 1
+  pma_steps: int = 100
+  pma_restarts: int = 4
   pgd_steps: int = 50
   pgd_restarts: int = 10
   pgd_step_size: float = 0.25
@@ -250,6 +260,62 @@ def _mm(c: AttackCall, *, plus: bool = False) -> Outcome:
   return (delta, *_per(c, 1 + runs, runs))
 
 
+def _margin_settings(c: AttackCall, kind: str, restarts: Optional[int]) -> dict:
+  """MD and MDMT: `md_steps`, `md_change_point`, `restarts` or `md_restarts`; PMA:
+  `pma_steps`, change point steps/2, `pma_restarts`."""
+  o = c.options
+  if kind == 'pma':
+    return dict(steps=o.pma_steps, change_point=o.pma_steps / 2, restarts=o.pma_restarts)
+  return dict(steps=o.md_steps, change_point=o.md_change_point,
+              restarts=restarts or o.md_restarts)
+
+
+def _margin(c: AttackCall, *, kind: str, restarts: Optional[int] = None) -> Outcome:
+  """MD, MDMT (Ma et al. 2023) or PMA (Xie et al. 2024); the counts are the passes the batch
+  ran (PMA stops once every point is fooled)."""
+  r = margin_attack(kind, c.apply_fn, c.params, c.state, c.x, c.y, c.key, eps=c.eps,
+                    **_margin_settings(c, kind, restarts))
+  return (r.delta, *_per(c, r.forwards, r.backwards))
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'kind'))
+def _margin_begin(params, state, x, y, *, apply_fn, kind: str):
+  return margin_begin(kind, apply_fn, params, state, x, y)
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'kind', 'steps', 'change_point',
+                                             'restarts'))
+def _margin_passes(params, x, y, key, eps, carry, until, *, apply_fn, kind: str, steps: int,
+                   change_point: float, restarts: int):
+  return margin_passes(kind, apply_fn, params, x, y, key, carry, until, eps=eps, steps=steps,
+                       change_point=change_point, restarts=restarts)
+
+
+def _margin_pieces(c: AttackCall, on_piece, *, kind: str,
+                   restarts: Optional[int] = None) -> Outcome:
+  """`_margin`, one jitted call per target (MDMT) or per pass (MD, PMA)."""
+  settings = _margin_settings(c, kind, restarts)
+  check_margin_settings(f'{kind}_attack', c.eps, **settings)
+  carry = _margin_begin(c.params, c.state, c.x, c.y, apply_fn=c.apply_fn, kind=kind)
+  total = margin_total_passes(carry, settings['restarts'])
+  per_piece = 2 * settings['restarts'] if kind == 'mdmt' else 1
+  eps = jnp.asarray(c.eps, jnp.float32)
+  for until in range(per_piece, total + 1, per_piece):
+    carry = _margin_passes(c.params, c.x, c.y, c.key, eps, carry, until, apply_fn=c.apply_fn,
+                           kind=kind, **settings)
+    if on_piece is not None:
+      carry.x_adv.block_until_ready()
+      on_piece(until / total)
+  r = margin_end(kind, c.x, carry)
+  return (r.delta, *_per(c, r.forwards, r.backwards))
+
+
+def _margin_entry(kind: str, restarts: Optional[int] = None) -> AttackEntry:
+  kw = dict(kind=kind, restarts=restarts)
+  return AttackEntry(functools.partial(_margin, **kw), functools.partial(_margin_pieces, **kw),
+                     norms=('Linf',))
+
+
 def _fab_settings(c: AttackCall) -> dict:
   o = c.options
   return dict(steps=o.fab_steps, alpha_max=o.fab_alpha_max, eta=o.fab_eta, beta=o.fab_beta,
@@ -335,6 +401,10 @@ ATTACKS = types.MappingProxyType({
     'square': AttackEntry(_square, _square_pieces, input_problem=_square_problem),
     'mm': AttackEntry(_mm),                                   # MM-3
     'mm+': AttackEntry(functools.partial(_mm, plus=True)),    # MM+
+    'md': _margin_entry('md'),   # Margin Decomposition (Ma et al. 2023)
+    'mdmt': _margin_entry('mdmt'),
+    'mdmt+': _margin_entry('mdmt', MDMT_PLUS_RESTARTS),
+    'pma': _margin_entry('pma'),   # Probability Margin Attack (Xie et al. 2024)
 })
 EOT_ATTACKS = tuple(name for name, entry in ATTACKS.items() if entry.eot)  # randomised models
 # Names refused with the reason and what to use instead.
@@ -353,6 +423,12 @@ SUITES = {
     'pgd': ('pgd',),
     'mm': ('mm',),      # MM-3 (Gao et al. 2022)
     'mm+': ('mm+',),    # MM+
+    'md': ('md',),      # MD, MDMT, MDMT+ and the ensemble MDE (Ma et al. 2023)
+    'mdmt': ('mdmt',),
+    'mdmt+': ('mdmt+',),
+    'mde': ('apgd-ce', 'md', 'mdmt', 'fab-t'),
+    'pma': ('pma',),    # PMA and PMA+ (Xie et al. 2024)
+    'pma+': ('pma', 'apgd-t'),
     'transfer': ('apgd-ce',),   # default attacks on the surrogate; `attacks=` overrides
     'custom': (),               # `attacks=` is the list
 }

@@ -20,9 +20,12 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from fat_jax import sanity, validation
+from fat_jax.attacks.convention import pixel_problem
 from fat_jax.attacks.core import check_eps
 from fat_jax.data import shard_batch
-from fat_jax.evaluate.checks import run_sanity_checks
+from fat_jax.evaluate.binarization import N_INNER as BINARIZATION_INNER
+from fat_jax.evaluate.binarization import N_POINTS as BINARIZATION_POINTS
+from fat_jax.evaluate.checks import OPTIONAL_CHECKS, run_sanity_checks
 from fat_jax.evaluate.classifier import Classifier, as_classifier, count_classes
 from fat_jax.evaluate.output import format_table
 from fat_jax.evaluate.pieces import pad_rows, padded_length
@@ -203,9 +206,9 @@ def suite_options(suite: str, options: dict, n_classes: int) -> SuiteOptions:
 def _check_data(x, y) -> tuple[np.ndarray, np.ndarray]:
   """x as float32 in [0, 1], and y as given (cast once `validate_evaluation` accepts it)."""
   x, y = np.asarray(x, np.float32), np.asarray(y)
-  if x.min() < 0 or x.max() > 1:
-    raise ValueError(f'x must be in pixel space [0, 1] (got [{x.min():.3g}, {x.max():.3g}]); '
-                     'normalise inside the apply function.')
+  problem = pixel_problem(float(x.min()), float(x.max()))
+  if problem:
+    raise ValueError(problem)
   return x, y
 
 
@@ -254,7 +257,9 @@ def _interval(scores: np.ndarray, draws: int) -> list[float]:
 def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y=None, *,
              suite: str = 'aa_standard', eps: float, seed: int = 0,
              attacks: Sequence[str] | None = None, surrogate=None,
-             randomized: bool = False, batch_size: int = 256, checks: bool = True,
+             randomized: bool = False, batch_size: int = 256,
+             checks: bool | Sequence[str] = True, binarization_n: int = BINARIZATION_POINTS,
+             binarization_inner: int = BINARIZATION_INNER,
              eps_sweep: bool | Sequence[float] = False, square_check: bool = True,
              check_pgd_steps: int = 20, sweep_steps: int = 20, eot_check_n: int = 0,
              progress: bool = True, verbose: bool = True, mesh: Mesh | None = None,
@@ -298,7 +303,12 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   or the given values; `square_check` (default) runs a short Square
   (`sanity.SQUARE_CHECK_QUERIES` queries) after a suite without it;
   `eot_check_n` > 0 reruns a randomised model's suite with K = 100 on the first
-  `eot_check_n` points. Same seed ⇒ same result.
+  `eot_check_n` points. `checks` as a list of names adds optional checks to these:
+  ``checks=('binarization',)`` runs the binarization test of Zimmermann et al. 2022 (the
+  suite's attacks on a binarized copy of the model where an adversarial example provably
+  exists) on the first `binarization_n` points, each with `binarization_inner` inner points
+  (docs/evaluation.md). A check with nothing to test (no robust point
+  left) reports 'uninformative' with its reason. Same seed ⇒ same result.
 
   With a `mesh` (`fat_jax.parallel.make_data_mesh()`), every batch is split over its
   ``data`` axis (`batch_size` a multiple of its size) and the parameters are replicated:
@@ -318,6 +328,14 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   eps = float(eps)
   check_eps(eps, norm)
   names = _suite_attacks(suite, attacks)
+  run_checks, optional = (checks, ()) if isinstance(checks, bool) else (True, tuple(checks))
+  if set(optional) - set(OPTIONAL_CHECKS):
+    raise ValueError(f'Unknown checks {sorted(set(optional) - set(OPTIONAL_CHECKS))}; checks is '
+                     f'True, False or a list of optional checks from {OPTIONAL_CHECKS}.')
+  for name, count, least in (('binarization_n', binarization_n, 0),
+                             ('binarization_inner', binarization_inner, 1)):
+    if isinstance(count, bool) or not isinstance(count, int) or count < least:
+      raise ValueError(f'{name} must be an integer ≥ {least}, got {count!r}.')
   x, y = _check_data(x, y)
   model = as_classifier(apply_fn, params, state, randomized)
   attacker = _attacker(model, suite, surrogate)
@@ -376,7 +394,9 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   report = {
       'suite': suite, 'attacks': list(names), 'norm': norm, 'eps': eps, 'n': len(x),
       'seed': seed, 'randomized': randomized, 'individual': individual, 'n_classes': n_classes,
-      'settings': {**dataclasses.asdict(opts), 'batch_size': batch_size, 'checks': checks,
+      'settings': {**dataclasses.asdict(opts), 'batch_size': batch_size,
+                   'checks': checks if isinstance(checks, bool) else list(optional),
+                   'binarization_n': binarization_n, 'binarization_inner': binarization_inner,
                    'check_pgd_steps': check_pgd_steps, 'square_check': square_check,
                    'eps_sweep': eps_sweep if isinstance(eps_sweep, bool) else list(eps_sweep),
                    'sweep_steps': sweep_steps, 'eot_check_n': eot_check_n},
@@ -409,12 +429,13 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
     report['robust_accuracy_individual'] = alone
   report['passes'] = passes
   report['timing'] = {'suite_s': time.time() - start, 'checks_s': 0.0}
-  if checks:
+  if run_checks:
     t0 = time.time()
     report['checks'], passes['checks'] = run_sanity_checks(
         run, names, suite, clean, scores, final, x_adv, by_attack, check_key,
         eps_sweep=eps_sweep, square_check=square_check, check_pgd_steps=check_pgd_steps,
-        sweep_steps=sweep_steps, eot_check_n=eot_check_n)
+        sweep_steps=sweep_steps, eot_check_n=eot_check_n, optional=optional,
+        binarization_n=binarization_n, binarization_inner=binarization_inner)
     times['checks'] = report['timing']['checks_s'] = time.time() - t0
   report['wall_time_s'] = time.time() - start
   if verbose and jax.process_index() == 0:
