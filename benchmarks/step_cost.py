@@ -17,6 +17,18 @@ backend's fusions, so they compare methods on one backend. "× fgsm" (FLOPs and 
 ratio to the FGSM step of the same network; the FLOPs ratio is the work ratio that predicts
 the ratio of step times on any device where the step is compute-bound.
 Networks: `preact_resnet18` (width `--width`) and the labels of step_time.NETWORKS.
+
+Each network's header also gives the cost of one training-mode forward of the batch and the
+backward of its mean cross-entropy to every weight (no input gradient): a standard step
+without the optimiser update. Where PyTorch is importable, the same forward and forward +
+backward of the official structures, written in PyTorch below (`locuslab/fast_adversarial`
+PreActResNet-18, `yaodongyu/TRADES` WideResNet), are counted by
+`torch.utils.flop_counter.FlopCounterMode` on the 'meta' device (nothing computed), next to
+XLA's counts. Both count 2 FLOPs per multiply-add, but FlopCounterMode counts every kernel tap
+of a convolution and nothing else, while XLA's cost analysis counts only the taps that read the
+image, not its zero padding (the share of border taps grows as the maps shrink), and adds
+BatchNorm, activations and the loss.
+Without PyTorch one line says so.
 """
 from __future__ import annotations
 
@@ -65,6 +77,113 @@ def network_cost(model, batch: int) -> tuple[int, dict[str, float]]:
   return n_params, cost(forward.lower(params, state, x).compile())
 
 
+def training_cost(model, batch: int) -> tuple[dict[str, float], dict[str, float]]:
+  """XLA cost of one training-mode forward of `batch` images, and of that forward with the
+  backward of the mean cross-entropy to every weight (BatchNorm on batch statistics)."""
+  params, state = jax.eval_shape(model.init, jax.random.key(0))
+
+  def loss(p, s, x, y):
+    logits = model.apply(p, s, x, True)[0]
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1).mean()
+
+  x = jax.ShapeDtypeStruct((batch, *model.input_shape), jnp.float32)
+  y = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  return (cost(jax.jit(loss).lower(params, state, x, y).compile()),
+          cost(jax.jit(jax.grad(loss)).lower(params, state, x, y).compile()))
+
+
+def torch_network(config, num_classes: int = 10):
+  """The official PyTorch structure of a model config, or None where none is written here:
+  PreActResNet-18 of `locuslab/fast_adversarial` CIFAR10/preact_resnet.py (any width) and the
+  WideResNet of `yaodongyu/TRADES` models/wideresnet.py (any depth and widen factor).
+  ImportError without PyTorch."""
+  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
+  from torch import nn  # pylint: disable=import-outside-toplevel
+
+  class PreActBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+      self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+      self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False)
+                       if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+      out = F.relu(self.bn1(x))
+      shortcut = self.shortcut(out) if self.shortcut is not None else x
+      return self.conv2(F.relu(self.bn2(self.conv1(out)))) + shortcut
+
+  class PreActResNet18(nn.Module):
+    def __init__(self, width):
+      super().__init__()
+      self.conv1, blocks, cin = nn.Conv2d(3, width, 3, 1, 1, bias=False), [], width
+      for stage, stride in enumerate((1, 2, 2, 2)):
+        cout = width * 2 ** stage
+        blocks += [PreActBlock(cin, cout, stride), PreActBlock(cout, cout, 1)]
+        cin = cout
+      self.layers = nn.Sequential(*blocks)
+      self.bn, self.linear = nn.BatchNorm2d(cin), nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+      out = F.relu(self.bn(self.layers(self.conv1(x))))
+      return self.linear(F.avg_pool2d(out, 4).flatten(1))
+
+  class BasicBlock(nn.Module):  # in ≠ out: relu(bn1(x)) replaces x, and the shortcut reads it
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+      self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+      self.conv_shortcut = (None if cin == cout else
+                            nn.Conv2d(cin, cout, 1, stride, 0, bias=False))
+
+    def forward(self, x):
+      pre = F.relu(self.bn1(x))
+      if self.conv_shortcut is not None:
+        x = pre
+      out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
+      return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + out
+
+  class WideResNet(nn.Module):
+    def __init__(self, depth, widen):
+      super().__init__()
+      widths, n = [16, 16 * widen, 32 * widen, 64 * widen], (depth - 4) // 6
+      self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+      self.blocks = nn.Sequential(*(
+          BasicBlock(widths[g] if i == 0 else widths[g + 1], widths[g + 1],
+                     (1 if g == 0 else 2) if i == 0 else 1)
+          for g in range(3) for i in range(n)))
+      self.bn1, self.fc = nn.BatchNorm2d(widths[3]), nn.Linear(widths[3], num_classes)
+
+    def forward(self, x):
+      out = F.relu(self.bn1(self.blocks(self.conv1(x))))
+      return self.fc(F.avg_pool2d(out, 8).flatten(1))
+
+  if config.name == 'preact_resnet18' and config.head_bn_relu:
+    return PreActResNet18(config.width)
+  if config.name == 'wide_resnet':
+    return WideResNet(config.depth, config.widen_factor)
+  return None
+
+
+def torch_cost(network, batch: int, image_shape: tuple[int, ...]) -> dict[str, float]:
+  """FlopCounterMode totals of one training-mode forward of `batch` images and of that forward
+  with the cross-entropy backward (weights only), on the 'meta' device; the parameter count."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=import-outside-toplevel
+
+  network = network.to('meta').train()
+  h, w, c = image_shape
+  x = torch.empty(batch, c, h, w, device='meta')
+  y = torch.zeros(batch, dtype=torch.long, device='meta')
+  with FlopCounterMode(display=False) as forward:
+    network(x)
+  with FlopCounterMode(display=False) as both:
+    torch.nn.functional.cross_entropy(network(x), y).backward()
+  return {'params': sum(p.numel() for p in network.parameters()),
+          'forward_flops': float(forward.get_total_flops()),
+          'forward_backward_flops': float(both.get_total_flops()), 'torch': torch.__version__}
+
+
 def step_cost(model, label: str, batch: int, image_shape: tuple[int, ...]) -> dict[str, float]:
   """Cost of `label`'s (a key of step_time.METHODS) compiled training step at `batch`."""
   method = resolve_method(method_config(label), EPS)
@@ -97,12 +216,32 @@ def main():
              'eps': EPS, 'networks': {}}
   print(f'XLA cost analysis of compiled training steps: batch {args.batch}, CIFAR-10 shapes, '
         f'ε = 8/255, {jax.default_backend()} backend, jax {jax.__version__}.')
+  try:
+    import torch  # pylint: disable=import-outside-toplevel,unused-import
+    has_torch = True
+  except ImportError:
+    has_torch = False
+    print('PyTorch is not importable here: no torch.utils.flop_counter counts next to XLA\'s.')
   for name in networks:
     config = model_config(name, args.width)
     model = build_model(config, info)
     n_params, forward = network_cost(model, args.batch)
+    train_forward, train_both = training_cost(model, args.batch)
     print(f"\n{describe(config)}: {n_params:,} parameters; one inference forward of the batch "
-          f"{forward['flops'] / 1e9:.1f} GFLOP\n")
+          f"{forward['flops'] / 1e9:.1f} GFLOP; training forward {train_forward['flops'] / 1e9:.1f}"
+          f" GFLOP, forward + backward (weights) {train_both['flops'] / 1e9:.1f} GFLOP")
+    network = torch_network(config) if has_torch else None
+    reference = torch_cost(network, args.batch, info.image_shape) if network else None
+    if reference:
+      print(f"PyTorch {reference['torch']} FlopCounterMode, official structure "
+            f"({reference['params']:,} parameters): forward "
+            f"{reference['forward_flops'] / 1e9:.1f} GFLOP, forward + backward "
+            f"{reference['forward_backward_flops'] / 1e9:.1f} GFLOP; XLA / PyTorch "
+            f"{train_forward['flops'] / reference['forward_flops']:.3f} and "
+            f"{train_both['flops'] / reference['forward_backward_flops']:.3f}")
+    elif has_torch:
+      print(f'(no PyTorch structure of {describe(config)} is written in this benchmark)')
+    print()
     print(f'| method | GFLOP/step | GB/step | FLOPs × {base} | bytes × {base} | forwards |')
     print('|---|---:|---:|---:|---:|---:|', flush=True)
     rows = {}
@@ -117,7 +256,9 @@ def main():
             f"{row['flops_x_base']:.2f} | {row['bytes_x_base']:.2f} | {row['forwards']:.2f} |",
             flush=True)
     results['networks'][name] = {'network': describe(config), 'params': n_params,
-                                 'forward': forward, 'base': base, 'methods': rows}
+                                 'forward': forward, 'train_forward': train_forward,
+                                 'train_forward_backward': train_both,
+                                 'pytorch_flop_counter': reference, 'base': base, 'methods': rows}
   if args.json:
     with open(args.json, 'w', encoding='utf-8') as f:
       json.dump(results, f, indent=1)

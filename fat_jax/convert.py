@@ -28,7 +28,9 @@ of the code that trained it (data set, input normalisation, ε):
   shortcut}``, ``batchnorm``, ``logits``; depth and width read from the keys; Swish (its
   RobustBench entries'; ``--activation=relu`` for the class default); its ``mean`` / ``std``
   buffers, when the file holds them, are the normalisation (else CIFAR-10's, the file's
-  defaults).
+  defaults). The class's ``padding`` argument (zero pixels added around the input before the
+  normalisation) is no tensor of the state_dict: ``--padding`` sets it (default 0, what every
+  RobustBench CIFAR entry of ``model_zoo/cifar10.py`` / ``cifar100.py`` constructs).
 
 A ``locuslab`` file without the head ``bn.*`` keys (RobustBench ``Wong2020Fast``) converts to
 ``preact_resnet18`` with ``head_bn_relu=False``.
@@ -375,7 +377,7 @@ def _sha256(path: str) -> str:
 
 def convert(path: str, workdir: str, *, source: str = 'locuslab', dataset: str | None = None,
             normalization: str | None = None, eps: float | None = None,
-            activation: str | None = None,
+            activation: str | None = None, padding: int = 0,
             limits: torch_file.Limits = torch_file.Limits()) -> str:
   """Converts the ``torch.save`` file `path` into a fat_jax run directory `workdir`.
 
@@ -384,8 +386,9 @@ def convert(path: str, workdir: str, *, source: str = 'locuslab', dataset: str |
   (`Checkpointer`), so that ``launch.py --mode=eval`` evaluates it with
   ``--config=configs/from_workdir.py:WORKDIR``. `dataset`, `normalization`
   ('dataset' | 'none' | 'm1,m2,m3/s1,s2,s3'), `eps` and `activation` (WideResNets: 'relu' |
-  'swish') default to `source`'s (dm_wrn: the file's mean/std buffers); `limits` bounds what
-  the file may make the reader allocate. Returns the absolute workdir.
+  'swish') default to `source`'s (dm_wrn: the file's mean/std buffers); `padding` is
+  DMWideResNet's input padding (dm_wrn only); `limits` bounds what the file may make the reader
+  allocate. Returns the absolute workdir.
   """
   if source not in SOURCES:
     raise ValueError(f'source={source!r}: use one of {sorted(SOURCES)}.')
@@ -409,6 +412,9 @@ def convert(path: str, workdir: str, *, source: str = 'locuslab', dataset: str |
     if 'conv1.weight' not in state:
       raise ValueError("missing key 'conv1.weight' (the stem conv); check --source.")
     config.model.width = int(state['conv1.weight'].shape[0])
+  if padding and spec.model != 'dm_wide_resnet':
+    raise ValueError(f'padding={padding} is an option of the dm_wrn source, not {source!r}.')
+  config.model.padding = padding
   if spec.model == 'preact_resnet18':  # RobustBench Wong2020Fast: no head BN-ReLU
     config.model.head_bn_relu = 'bn.weight' in state
   if spec.model in WRN_KEYS:
@@ -479,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--activation', default=None, choices=sorted(ACTIVATIONS),
                       help="the WideResNet's activation; default: the source's (wrn relu, "
                            'dm_wrn swish)')
+  parser.add_argument('--padding', type=int, default=0,
+                      help="dm_wrn: the DMWideResNet's padding argument, zero pixels added on "
+                           'each side of the input (not in the state_dict; default 0)')
   parser.add_argument('--max-elements', type=int, default=torch_file.MAX_ELEMENTS,
                       help='largest tensor or storage the file may declare, in elements '
                            f'(default {torch_file.MAX_ELEMENTS}); raise only for a trusted file')
@@ -489,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     workdir = convert(args.file, args.workdir, source=args.source, dataset=args.dataset,
                       normalization=args.normalization, eps=args.eps,
-                      activation=args.activation,
+                      activation=args.activation, padding=args.padding,
                       limits=torch_file.Limits(args.max_elements, args.max_total_bytes))
   except (ValueError, OSError) as e:  # a bad file, a refused one, a failing disk: one line
     print(f'fat-jax-convert: {errors.one_line(e)}', file=sys.stderr)

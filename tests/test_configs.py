@@ -83,3 +83,26 @@ def test_official_networks_schedules_and_evaluations():
   # LAP's official CIFAR-10 evaluation: PGD-50 with 1 restart.
   for c in (lap_eps8.get_config('n'), lap_eps32.get_config('v')):
     assert (c.eval.pgd_steps, c.eval.pgd_restarts) == (50, 1)
+
+
+def test_aaer_wrn_recipes_change_only_the_network():
+  """`AAER.py --model WideResNet` (CIFAR10/ and CIFAR100/ of tmllab/2023_NeurIPS_AAER): the
+  PreActResNet-18 recipe with `WideResNet(34, num_classes, 10)`."""
+  import jax
+  from configs import aaer_cifar100_eps8, aaer_cifar100_wrn_eps8, aaer_eps8, aaer_wrn_eps8
+  from fat_jax.data import DATASET_INFOS
+  from fat_jax.models import build_model
+  for wrn, reference in ((aaer_wrn_eps8, aaer_eps8), (aaer_cifar100_wrn_eps8, aaer_cifar100_eps8)):
+    for variant in ('rs', 'n'):
+      c, ref = wrn.get_config(variant), reference.get_config(variant)
+      assert (c.model.name, c.model.depth, c.model.widen_factor) == ('wide_resnet', 34, 10)
+      c.model = ref.model
+      assert c == ref
+  c = aaer_cifar100_wrn_eps8.get_config('rs')
+  assert (c.data.name, c.eps, c.method.aaer_lambda1, c.method.aaer_lambda2,
+          c.method.aaer_lambda3) == ('cifar100', 8 / 255, 1.0, 3.5, 1.5)
+  assert resolve_method(c.method, c.eps).aaer is not None
+  model = build_model(c.model, DATASET_INFOS['cifar100'])
+  params = jax.eval_shape(model.init, jax.random.key(0))[0]
+  # WRN-34-10's 46,160,474 parameters at 10 classes, plus 90 more rows of the 640-input fc.
+  assert sum(np.prod(p.shape) for p in jax.tree.leaves(params)) == 46_160_474 + 90 * 641

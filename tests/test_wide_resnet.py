@@ -145,8 +145,21 @@ def official_wrn_forward(sd, x, act=relu):
   return linear(out.mean(axis=(2, 3)), sd, 'fc')  # avg_pool2d(out, 8) at 8×8
 
 
-def dm_wrn_forward(sd, x, act=swish, mean=CIFAR10_MEAN, std=CIFAR10_STD):
-  """``DMWideResNet.forward`` / ``_Block.forward`` (eval mode) on [0, 1] NCHW x."""
+def avg_pool2d_8_view(out):
+  """``F.avg_pool2d(out, 8).view(-1, C)``: 8×8 windows, stride 8, the remainder dropped, and
+  torch's row-major view of the (N, C, h, w) result."""
+  n, c, height, width = out.shape
+  h, w = height // 8, width // 8
+  pooled = out[:, :, :8 * h, :8 * w].reshape(n, c, h, 8, w, 8).mean(axis=(3, 5))
+  return pooled.reshape(-1, c)
+
+
+def dm_wrn_forward(sd, x, act=swish, mean=CIFAR10_MEAN, std=CIFAR10_STD, padding=0,
+                   pool=avg_pool2d_8_view):
+  """``DMWideResNet.forward`` / ``_Block.forward`` (eval mode) on [0, 1] NCHW x; `pool` the
+  head's pooling."""
+  if padding > 0:
+    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))  # F.pad(x, (p,) * 4)
   out = conv2d((x - mean[:, None, None]) / std[:, None, None], sd['init_conv.weight'], padding=1)
   depth = 6 * len({k.split('.')[3] for k in sd if k.startswith('layer.0.block.')}) + 4
   for g, i, in_ch, out_ch in _wrn_blocks(depth, sd['layer.0.block.0.conv_0.weight'].shape[0] // 16):
@@ -163,7 +176,7 @@ def dm_wrn_forward(sd, x, act=swish, mean=CIFAR10_MEAN, std=CIFAR10_STD):
     out = (out if in_ch == out_ch else conv2d(out, sd[f'{b}.shortcut.weight'],
                                               stride=stride)) + v
   out = act(batch_norm_eval(out, sd, 'batchnorm'))
-  return linear(out.mean(axis=(2, 3)), sd, 'logits')
+  return linear(pool(out), sd, 'logits')
 
 
 def preact_no_head_forward(sd, x):
@@ -295,6 +308,21 @@ def test_bad_sizes_and_options_are_refused():
     WideResNet(10, variant='tf')
 
 
+def test_dm_padding_options_are_refused():
+  """Odd padding leaves odd sizes at the stride-2 blocks (torch's add fails there too); 16 on
+  32×32 leaves a 16×16 final map, which torch's view(-1, C) would spread over the batch."""
+  for padding, message in ((1, 'even sizes at its stride-2 blocks'), (16, '16×16 final map')):
+    model = make('dm_wide_resnet', depth=10, widen_factor=1, padding=padding)
+    with pytest.raises(ValueError, match=message):
+      jax.eval_shape(lambda m=model: m.init(jax.random.key(0)))
+  with pytest.raises(ValueError, match='model.padding'):
+    make('dm_wide_resnet', depth=10, padding=-2)
+  with pytest.raises(ValueError, match="option of 'dm_wide_resnet'"):
+    make('wide_resnet', depth=10, padding=2)
+  with pytest.raises(ValueError, match='model.padding must be'):
+    WideResNet(10, depth=10, padding=2)
+
+
 # ------------------------------------------------------------------------------- conversions
 
 
@@ -331,6 +359,25 @@ def test_dm_wrn_logits_match_torch_forward(tmp_path):
   assert _max_error(workdir, lambda x: official_wrn_forward(
       _as64(_renamed_as_official(sd)), (x - CIFAR10_MEAN[:, None, None]) /
       CIFAR10_STD[:, None, None])) > 1e-3
+
+
+@pytest.mark.parametrize('padding', [2, 4])
+def test_dm_wrn_input_padding_matches_torch_forward(tmp_path, padding):
+  """``DMWideResNet(padding=p)``: the zero pad before the normalisation and avg_pool2d(out, 8)
+  on the 9×9 (p = 2) / 10×10 (p = 4) final map; --padding is kept in config.json."""
+  mean, std = np.array([0.5071, 0.4865, 0.4409]), np.array([0.2673, 0.2564, 0.2762])
+  sd = _float32(dm_wrn_state_dict(10, 1, buffers=(mean, std)))
+  path = torch_files.save_zip(torch_files.state_dict(sd), str(tmp_path / 'dm.pt'))
+  workdir = convert_lib.convert(path, str(tmp_path / 'run'), source='dm_wrn', padding=padding)
+  assert from_workdir.get_config(workdir).model.padding == padding
+  assert _max_error(workdir, lambda x: dm_wrn_forward(
+      _as64(sd), x, swish, mean, std, padding)) <= 1e-4
+  # Without the padding, or pooling the whole final map, the logits differ.
+  assert _max_error(workdir, lambda x: dm_wrn_forward(_as64(sd), x, swish, mean, std)) > 1e-3
+  assert _max_error(workdir, lambda x: dm_wrn_forward(
+      _as64(sd), x, swish, mean, std, padding, pool=lambda out: out.mean(axis=(2, 3)))) > 1e-3
+  with pytest.raises(ValueError, match='option of the dm_wrn source'):
+    convert_lib.convert(path, str(tmp_path / 'run_wrn'), source='wrn', padding=padding)
 
 
 def _renamed_as_official(sd):

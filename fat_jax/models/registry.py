@@ -27,7 +27,8 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
         activation=c.get('activation', 'relu'), dropout=c.get('dropout', 0.0), **kw),
     'dm_wide_resnet': lambda c, **kw: wide_resnet.WideResNet(
         depth=c.get('depth', 28), widen_factor=c.get('widen_factor', 10), variant='dm',
-        activation=c.get('activation', 'relu'), dropout=c.get('dropout', 0.0), **kw),
+        activation=c.get('activation', 'relu'), dropout=c.get('dropout', 0.0),
+        padding=c.get('padding', 0), **kw),
     # LAP's vit_small; model.vit overrides its sizes (a tiny ViT for tests and CPUs).
     'vit_small': lambda c, **kw: vit.vit_small(**dict(c.get('vit') or {}), **kw),
 }
@@ -57,6 +58,9 @@ def build_model(config: Any, info: Any) -> Model:
                                           config.get('dropout', 0.0)):
     raise ValueError(f'model.activation and model.dropout are options of {WIDE_RESNETS}; leave '
                      f"them at 'relu' and 0 for {config.name!r}.")
+  if config.name != 'dm_wide_resnet' and config.get('padding', 0):
+    raise ValueError(f"model.padding is an option of 'dm_wide_resnet'; leave it at 0 for "
+                     f'{config.name!r}.')
   own_mean, own_std = config.get('mean'), config.get('std')
   if (own_mean is None) != (own_std is None):
     raise ValueError(f'model.mean={own_mean} and model.std={own_std}: set both (or neither, '

@@ -21,7 +21,14 @@ model_zoo/architectures/dm_wide_resnet.py`` (from ``deepmind/deepmind-research
 adversarial_robustness``): the same blocks, but conv_0 reads its input padded (1, 1, 1, 1) for
 stride 1 and (0, 1, 0, 1) (bottom and right only, TensorFlow 'SAME') for stride 2, with
 padding 0; no dropout; torch's default init (the file sets none). Its normalisation
-(x − mean)/std inside the forward is `mean`/`std` here, as for every fat_jax model.
+(x − mean)/std inside the forward is `mean`/`std` here, as for every fat_jax model. Its
+``padding`` p (default 0) is `padding` here: ``F.pad(x, (p,) * 4)`` zero-pads the [0, 1] input
+on every side *before* the normalisation (a padded pixel enters conv as −mean/std), and the
+head's ``avg_pool2d(out, 8)`` then averages only the top-left 8×8 window of the larger final
+map (10×10 for p = 4 on 32×32). With p > 0 that window is taken exactly as torch does; a final
+map outside 8…15 pixels is refused (torch's ``view(-1, C)`` would mix the batch), as is an odd
+size entering a stride-2 block (conv_0 and the shortcut would disagree in size, e.g. odd p on
+32×32).
 
 Activation: ``'relu'`` (official) or ``'swish'`` x·σ(x) (DeepMind's ``Swish``). BatchNorm:
 torch's momentum 0.1 and eps 1e-5 (both files use ``nn.BatchNorm2d`` defaults).
@@ -104,6 +111,9 @@ class WideBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool, pre_mask: Array | None = None,
                dropout_key: Array | None = None) -> tuple[Array, Array]:
+    if self.variant == 'dm' and self.stride == 2 and (x.shape[1] % 2 or x.shape[2] % 2):
+      raise ValueError(f'the DeepMind WideResNet needs even sizes at its stride-2 blocks, got '
+                       f'{x.shape[1]}×{x.shape[2]} (odd model.padding on an even image?).')
     act = ACTIVATIONS[self.activation]
     init = 'he_normal' if self.variant == 'official' else 'torch'
     pre = act(batch_norm(x, train, name='bn1'))
@@ -129,13 +139,15 @@ class WideBlock(nn.Module):
 
 class WideResNet(nn.Module):
   """WideResNet-depth-widen_factor (see the module doc); `variant` 'official' or 'dm',
-  `activation` 'relu' or 'swish', `dropout` the official ``dropRate``."""
+  `activation` 'relu' or 'swish', `dropout` the official ``dropRate``, `padding` DMWideResNet's
+  input padding (dm only)."""
   num_classes: int
   depth: int = 34
   widen_factor: int = 10
   variant: str = 'official'
   activation: str = 'relu'
   dropout: float = 0.0
+  padding: int = 0
   mean: tuple[float, ...] = ()
   std: tuple[float, ...] = ()
   conv_impl: str = 'xla'
@@ -149,6 +161,9 @@ class WideResNet(nn.Module):
     if not 0 <= self.dropout < 1 or (self.variant == 'dm' and self.dropout):
       raise ValueError(f'model.dropout must be in [0, 1) (0 for the DeepMind WideResNet), got '
                        f'{self.dropout}.')
+    if self.padding < 0 or (self.variant != 'dm' and self.padding):
+      raise ValueError(f'model.padding must be >= 0 (0 except for the DeepMind WideResNet), got '
+                       f'{self.padding}.')
     if self.widen_factor < 1:
       raise ValueError(f'model.widen_factor must be >= 1, got {self.widen_factor}.')
     blocks_per_group(self.depth)
@@ -164,6 +179,8 @@ class WideResNet(nn.Module):
                          "stream 'dropout': apply the module with rngs={'dropout': key}.")
       dropout_key = self.make_rng('dropout')
     init = 'he_normal' if self.variant == 'official' else 'torch'
+    if self.padding:  # F.pad(x, (p,) * 4) of the raw input, before the normalisation
+      x = jnp.pad(x, ((0, 0), (self.padding,) * 2, (self.padding,) * 2, (0, 0)))
     x = conv(normalize(x, self.mean, self.std), 16, 3, padding=1, name='stem', init=init,
              impl=self.conv_impl)
     features = {}
@@ -178,6 +195,11 @@ class WideResNet(nn.Module):
     x = ACTIVATIONS[self.activation](batch_norm(x, train, name='head_bn'))
     x = tap(features, 'D', x, masks)
     check_mask_nodes(masks, features)
+    if self.padding:  # avg_pool2d(out, 8) + view(-1, C): the top-left 8×8 window
+      if not (8 <= x.shape[1] < 16 and 8 <= x.shape[2] < 16):
+        raise ValueError(f'model.padding={self.padding} leaves a {x.shape[1]}×{x.shape[2]} final '
+                         "map; DMWideResNet's avg_pool2d(out, 8) needs 8 to 15 pixels a side.")
+      x = x[:, :8, :8]
     kernel_init = torch_uniform(x.shape[-1])
     bias_init = nn.initializers.zeros if self.variant == 'official' else kernel_init
     logits = nn.Dense(self.num_classes, kernel_init=kernel_init, bias_init=bias_init,
