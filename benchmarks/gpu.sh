@@ -3,7 +3,8 @@
 # and PGD-AT (PreActResNet-18 width 64, batch 128 and 512, float32 and bfloat16, with each
 # step's device memory and the ratio to a plain PyTorch FGSM-RS step when torch is
 # importable), FGSM-RS and LAP on WideResNet-34-10 and ViT-small (batch 128, both dtypes), and
-# AutoAttack-standard points/s next to PGD-50-10, written as table.md and results.json. Sized
+# AutoAttack-standard points/s next to PGD-50-10, and the streaming input path's images/s next
+# to the step's (when grain is installed), written as table.md and results.json. Sized
 # for one GPU in under 9 minutes: every part has its own timeout, all parts together stop
 # at GPU_BENCH_TOTAL_TIMEOUT (default 540 s; parts past it are listed as skipped), and the table
 # is written even when a part fails (marked failed). See docs/throughput.md.
@@ -14,7 +15,8 @@
 # two-block ViT of width 32, a shrunken AutoAttack on 8 points) to check the script end to end,
 # on CPU too. Its numbers are not a benchmark.
 # Python: $PYTHON, else .venv/bin/python, else python3. Per-part timeouts (seconds):
-# GPU_BENCH_STEP_TIMEOUT, GPU_BENCH_NET_TIMEOUT (WideResNet, ViT), GPU_BENCH_EVAL_TIMEOUT.
+# GPU_BENCH_STEP_TIMEOUT, GPU_BENCH_NET_TIMEOUT (WideResNet, ViT), GPU_BENCH_EVAL_TIMEOUT,
+# GPU_BENCH_INPUT_TIMEOUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +25,7 @@ OUT=''
 for arg in "$@"; do
   case "$arg" in
     --smoke) SMOKE=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     -*) echo "gpu.sh: unknown option $arg (use --smoke and/or an output directory)" >&2; exit 2 ;;
     *) OUT=$arg ;;
   esac
@@ -43,6 +45,8 @@ if (( SMOKE )); then
   NET_TIMEOUT=${GPU_BENCH_NET_TIMEOUT:-150}; TOTAL=${GPU_BENCH_TOTAL_TIMEOUT:-1200}
   EVAL_ARGS=(--model=cnn --width=8 --n=8 --batch-size=8 --pgd-steps=2 --pgd-restarts=2
              --apgd-steps=2 --fab-steps=2 --square-queries=10)
+  INPUT_ARGS=(--layout=tiny --batch-size=8 --batches=3 --width=8 --steps=1)
+  INPUT_TIMEOUT=${GPU_BENCH_INPUT_TIMEOUT:-150}
 else
   WIDTH=64; BATCHES=(128 512); DTYPES=(float32 bfloat16)
   METHODS=fgsm_rs,n_fgsm,lap,aaer,gradalign,pgd_at; ROUNDS=3; STEPS=5
@@ -51,6 +55,8 @@ else
   STEP_TIMEOUT=${GPU_BENCH_STEP_TIMEOUT:-75}; EVAL_TIMEOUT=${GPU_BENCH_EVAL_TIMEOUT:-150}
   NET_TIMEOUT=${GPU_BENCH_NET_TIMEOUT:-120}; TOTAL=${GPU_BENCH_TOTAL_TIMEOUT:-540}
   EVAL_ARGS=(--model=preact_resnet18 --width=64 --n=256 --batch-size=256)
+  INPUT_ARGS=(--layout=imagenet --batch-size=128 --batches=16 --workers=12 --width=64 --steps=5)
+  INPUT_TIMEOUT=${GPU_BENCH_INPUT_TIMEOUT:-150}
 fi
 
 DEVICE=$(timeout 60 "$PY" -c 'import jax; print(jax.devices()[0].device_kind)' 2>/dev/null \
@@ -104,6 +110,11 @@ step_parts() {
 step_parts float32
 run_part eval "$EVAL_TIMEOUT" "$PY" benchmarks/eval_throughput.py "${EVAL_ARGS[@]}" \
   --json="$OUT/eval.json"
+# The streaming input path (grain, ImageNet-100-sized JPEGs cropped to 224) next to the step.
+if "$PY" -c 'import grain' 2>/dev/null; then
+  run_part input "$INPUT_TIMEOUT" "$PY" benchmarks/input_throughput.py "${INPUT_ARGS[@]}" \
+    --json="$OUT/input.json"
+fi
 for dtype in "${DTYPES[@]}"; do
   if [[ $dtype != float32 ]]; then step_parts "$dtype"; fi
 done

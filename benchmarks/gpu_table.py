@@ -4,8 +4,8 @@
 
 Reads OUT/parts.tsv (part, exit status, seconds, timeout; timeout 0: skipped) and each part's
 JSON (`step_<dtype>_b<batch>[_<network>].json` from step_time.py, `eval.json` from
-eval_throughput.py). A part that failed or timed out is listed as such, with the tail of its log
-in the JSON.
+eval_throughput.py, `input.json` from input_throughput.py). A part that failed or timed out is
+listed as such, with the tail of its log in the JSON.
 """
 from __future__ import annotations
 
@@ -115,6 +115,23 @@ def eval_table(parts: list[dict]) -> list[str]:
   return lines
 
 
+def input_table(parts: list[dict]) -> list[str]:
+  """The streaming input path's images/s next to the training step's (input_throughput.py)."""
+  part = next((p for p in parts if p['name'] == 'input'), None)
+  if part is None:
+    return []
+  if 'result' not in part:
+    return [f"Input path: {part['status']}."]
+  r = part['result']
+  return [f"Input path ({r['layout']} JPEGs, batch {r['batch_size']}, {r['workers']} grain "
+          f"workers): {r['input_images_per_s']:.0f} images/s "
+          f"({r['input_with_startup_images_per_s']:.0f} with the start-up); FGSM-RS step "
+          f"(PreActResNet-18 "
+          f"width {r['width']}) {r['step_images_per_s']:.0f} images/s; input / step "
+          f"{r['input_over_step']:.2f}" + (' (the loader starves the device).'
+                                           if r['input_over_step'] < 1 else '.')]
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('out')
@@ -137,6 +154,7 @@ def main():
                                                                f" ({p['status']})")
                             for p in parts) + '.', '', title + ':', ''] + step_table(parts)
   lines += [''] + eval_table(parts)
+  lines += [''] + input_table(parts)
   with open(os.path.join(args.out, 'table.md'), 'w', encoding='utf-8') as f:
     f.write('\n'.join(lines) + '\n')
   print('\n'.join(lines))

@@ -17,7 +17,9 @@ batch_stats and opt_state (the optax optimiser state; for the torch SGD `optim.T
 count and momentum buffers 'trace'), item 'examples' = the per-example state when the method
 keeps one, item 'ema' = the weight average of the params when the run keeps one (runs
 without one, and checkpoints written before it, have no such item), item 'regularizer_state'
-= the regularisers' state across steps when the method keeps one (ELLE-A's λ and statistics).
+= the regularisers' state across steps when the method keeps one (ELLE-A's λ and statistics),
+item 'data_iterator' = the streaming input path's grain iterator state (JSON) when the run
+streams its data.
 Checkpoints written before the optax state hold the momentum buffers as a field 'momentum'
 instead of 'opt_state'; they restore into a torch-SGD state (count = step).
 """
@@ -101,6 +103,8 @@ def compare(stored: dict[str, str], found: dict[str, str]) -> tuple[list[str], l
   return problems, sorted(set(found) - set(stored))
 
 
+DATA_ITEM = 'data_iterator'  # the streaming input path's iterator state (JSON)
+
 # The TrainState fields stored as items of their own, each only when it is not empty.
 APART = ('examples', 'ema', 'regularizer_state')
 
@@ -165,13 +169,25 @@ class Checkpointer:
   def epochs(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, epoch: int, state) -> None:
-    self._manager.save(epoch, args=ocp.args.Composite(
-        **{k: ocp.args.StandardSave(v) for k, v in _items(state).items()}))
+  def save(self, epoch: int, state, data_state: dict | None = None) -> None:
+    """Saves `state` as checkpoint `epoch`, with the input pipeline's iterator state
+    `data_state` (JSON values; the streaming path's, item 'data_iterator') when given."""
+    items = {k: ocp.args.StandardSave(v) for k, v in _items(state).items()}
+    if data_state is not None:
+      items[DATA_ITEM] = ocp.args.JsonSave(data_state)
+    self._manager.save(epoch, args=ocp.args.Composite(**items))
     self._manager.wait_until_finished()
     if is_writer():
       run_log.atomic_write(os.path.join(self.path(epoch), CHECKSUM), ''.join(
           f'{digest}  {rel}\n' for rel, digest in manifest(self.path(epoch)).items()))
+
+  def data_state(self, epoch: int) -> dict | None:
+    """The input pipeline's iterator state saved with checkpoint `epoch` (None: none saved)."""
+    if not os.path.isdir(os.path.join(self.path(epoch), DATA_ITEM)):
+      return None
+    restored = self._manager.restore(epoch, args=ocp.args.Composite(
+        **{DATA_ITEM: ocp.args.JsonRestore()}))
+    return restored[DATA_ITEM]
 
   def has_ema(self, epoch: int) -> bool:
     """Whether checkpoint `epoch` holds a weight average (item 'ema')."""

@@ -185,3 +185,23 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     return jax.device_put(x, sharding)
 
   return jax.tree.map(put, batch)
+
+
+def shard_local_batch(batch: Any, mesh: Mesh) -> Any:
+  """Places each leaf of a pytree of this process's rows of a global batch on ``mesh``.
+
+  The streaming path's counterpart of `shard_batch`: each of P processes passes its own
+  B / P rows (process p: rows [p B / P, (p + 1) B / P) of the global batch), and
+  ``jax.make_array_from_process_local_data`` assembles the global array split on 'data'.
+  With one process it is `shard_batch`.
+  """
+  if jax.process_count() == 1:
+    return shard_batch(batch, mesh)
+  sharding = NamedSharding(mesh, PartitionSpec('data'))
+
+  def put(x: Any) -> jax.Array:
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(
+        sharding, x, (x.shape[0] * jax.process_count(), *x.shape[1:]))
+
+  return jax.tree.map(put, batch)

@@ -55,6 +55,15 @@ class Dataset:
   test_labels: np.ndarray
   info: DatasetInfo
 
+  @property
+  def num_train(self) -> int:
+    return len(self.train_labels)
+
+  def test_subset(self, n: int) -> Arrays:
+    """The first `n` test examples (0 = all)."""
+    n = n or len(self.test_labels)
+    return self.test_images[:n], self.test_labels[:n]
+
 
 class DatasetNotFoundError(FileNotFoundError):
   """The data set is not available locally; the message says how to get it."""
