@@ -55,6 +55,32 @@ def torch_sgd(schedule: 'Schedule', weight_decay: float) -> optax.GradientTransf
   return optax.GradientTransformation(init_torch_sgd, update)
 
 
+_INJECTED = tuple(getattr(optax, name) for name in (
+    'InjectHyperparamsState', 'InjectStatefulHyperparamsState') if hasattr(optax, name))
+
+
+def logged_hyperparams(opt_state, schedule: 'Schedule', step) -> dict:
+  """The learning rate and momentum of the update that produced `opt_state`, as the optimiser
+  holds them: ``{'lr', 'momentum'}``, either key left out when unknown.
+
+  An ``optax.inject_hyperparams`` state (alone or inside a chain; the first with a
+  ``learning_rate``) gives its ``learning_rate`` and its ``momentum`` (SGD) or ``b1`` (Adam's
+  first-moment decay, what torch's ``OneCycleLR`` cycles as the momentum of Adam). Else a
+  `torch_sgd` state gives ``schedule(step)``, `schedule` being the one `torch_sgd` was built
+  from. Any other optimiser carries neither: {}.
+  """
+  states = jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, _INJECTED + (
+      TorchSGDState,)))
+  for state in states:
+    if isinstance(state, _INJECTED) and 'learning_rate' in state.hyperparams:
+      h = state.hyperparams
+      momentum = next((h[k] for k in ('momentum', 'b1') if h.get(k) is not None), None)
+      return {'lr': h['learning_rate'], **({} if momentum is None else {'momentum': momentum})}
+  if any(isinstance(state, TorchSGDState) for state in states):
+    return schedule(step)._asdict()
+  return {}
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightAverage:
   """An exponential moving average of the weights (EMA), the rule of Gowal et al. (2020),

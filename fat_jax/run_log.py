@@ -1,6 +1,7 @@
 """A run's files in its workdir: ``config.json``, ``metrics.jsonl`` (one JSON
 record per epoch), ``monitor.jsonl`` (the monitor every `eval.monitor_every_steps`
-steps inside epochs, if set), ``results.json`` (the final evaluation), per-point arrays
+steps inside epochs, if set), ``signals.jsonl`` (the CO guard's signals every `guard.every`
+steps, if set: `fat_jax.co_guard`), ``results.json`` (the final evaluation), per-point arrays
 (``.npz``) and ``report/report.md`` (`fat_jax.report`). Only process 0 of a multi-host run
 writes (`fat_jax.parallel.is_writer`); every process can read. Whole files are written
 atomically (`atomic_write`, `atomic_write_json`).
@@ -18,6 +19,7 @@ from fat_jax.parallel import is_writer
 CONFIG = 'config.json'
 METRICS = 'metrics.jsonl'
 MONITOR = 'monitor.jsonl'
+SIGNALS = 'signals.jsonl'
 RESULTS = 'results.json'
 REPORT = os.path.join('report', 'report.md')
 

@@ -111,3 +111,28 @@ def test_checkpoints_of_the_momentum_layout_restore_into_the_torch_sgd_state(tmp
   checkpointer.close()
   chex.assert_trees_all_equal(restored, TrainState(old.step, params, {}, optim.TorchSGDState(
       old.step, old.momentum)))
+
+
+def test_the_logged_lr_and_momentum_are_the_optimisers():
+  params = {'w': jnp.ones(3)}
+  grads = {'w': jnp.full(3, 0.5)}
+  schedule = cyclic()
+  lr = optax.linear_schedule(0.1, 0.0, transition_steps=10)
+
+  def after(tx, updates):
+    """The state after `updates` updates, and what is logged for the last."""
+    state = tx.init(params)
+    for _ in range(updates):
+      _, state = tx.update(grads, state, params)
+    return {k: round(float(v), 6) for k, v in
+            optim.logged_hyperparams(state, schedule, updates - 1).items()}
+
+  adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=lr, weight_decay=5e-4)
+  assert after(adamw, 1) == {'lr': 0.1, 'momentum': 0.9}  # the rate of the update taken
+  assert after(adamw, 3) == {'lr': 0.08, 'momentum': 0.9}
+  sgd = optax.chain(optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=1.0),
+                    optax.inject_hyperparams(optax.sgd)(learning_rate=0.5, momentum=0.8))
+  assert after(sgd, 2) == {'lr': 0.5, 'momentum': 0.8}
+  assert after(optax.adamw(1e-3), 2) == {}  # the rate is in no state: nothing logged
+  torch = {k: round(float(v), 6) for k, v in schedule(25)._asdict().items()}
+  assert after(optim.torch_sgd(schedule, 5e-4), 26) == torch == {'lr': 0.1, 'momentum': 0.85}

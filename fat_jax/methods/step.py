@@ -113,7 +113,9 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, augment_
   The optimiser is `tx` (any optax transformation; LAP and AWP call its
   ``update``), or by default ``optim.torch_sgd(schedule, weight_decay)``. The
   `schedule` also gives the epoch length (FGSM-MEP's and ATAS's resets, AWP's
-  warm-up) and the logged `lr` and `momentum`. `indices` are the examples'
+  warm-up). The logged `lr` and `momentum` are the optimiser's
+  (`optim.logged_hyperparams`: an ``optax.inject_hyperparams`` state's, the
+  schedule's for `torch_sgd`, none for other optimisers). `indices` are the examples'
   positions in the training set (for per-example state). The step's randomness
   is ``fold_in(key, state.step)``. With `ema` the state's `ema` follows the params after
   each update (`optim.WeightAverage.update` at t = ``state.step + 1``).
@@ -147,7 +149,6 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, augment_
     aug_key, init_key, align_key = jax.random.split(step_key, 3)
     aug = draw_augmentation(aug_key, images, mode=augment_mode)
     x = augment_with(aug, images)
-    hyper = schedule(ts.step)
     clock = Clock(ts.step, schedule.steps_per_epoch, num_epochs)
     adv = attack(model, ts.params, ts.batch_stats, x, labels, init_key,
                  _gather(ts.examples, indices), aug, clock, with_params=with_params, taps=taps)
@@ -203,7 +204,7 @@ def make_train_step(model, method: Method, schedule: optim.Schedule, *, augment_
     if method.robust_overfitting_forwards:  # the official loop's clean-accuracy forward
       clean_logits, batch_stats, _ = model.apply(params, batch_stats, x, True)
       metrics['clean_accuracy'] = accuracy(clean_logits, labels).mean()
-    metrics.update(aux, lr=hyper.lr, momentum=hyper.momentum)
+    metrics.update(aux, **optim.logged_hyperparams(opt_state, schedule, ts.step))
     examples = _scatter(ts.examples, indices, adv.rows)
     average = ts.ema if ema is None else ema.update(ts.ema, params, ts.step + 1)
     carries = {name: next(t for t in method.regularizers if type(t).__name__ == name).next_carry(
