@@ -55,15 +55,13 @@ from jax import monitoring
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fat_jax import run_log  # noqa: E402
-from fat_jax.config import eval_eps  # noqa: E402
 from fat_jax.convert import convert  # noqa: E402
-from fat_jax.data import DATASET_INFOS, load_dataset  # noqa: E402
+from fat_jax.data import DATASET_INFOS  # noqa: E402
 from fat_jax.evaluate import evaluate  # noqa: E402
-from fat_jax.evaluate.checkpoints import restore_model  # noqa: E402
 from fat_jax.methods import init_train_state  # noqa: E402
 from fat_jax.models import build_model  # noqa: E402
 from fat_jax.parallel import make_data_mesh  # noqa: E402
+from fat_jax.runs import Run  # noqa: E402
 
 
 def parse_args():
@@ -109,12 +107,10 @@ def random_model(args):
 
 def trained_model(args):
   """The latest checkpoint of the run in --workdir and the first n test points."""
-  stored = ml_collections.ConfigDict(run_log.read_json(args.workdir, run_log.CONFIG))
-  data = load_dataset(stored.data)
-  stored.model.dtype = args.dtype
-  model, ts, _ = restore_model(stored.model, data.info, os.path.abspath(args.workdir))
-  return (model, ts, data.test_images[:args.n].astype(np.float32) / 255,
-          data.test_labels[:args.n], eval_eps(stored))
+  run = Run.open(os.path.abspath(args.workdir))
+  run.config.model.dtype = args.dtype
+  model, ts, _ = run.restore()
+  return (model, ts, *run.points('test', args.n), run.eval_eps)
 
 
 def reference_autoattack(args, x, y, eps):

@@ -19,95 +19,10 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import glob
 import io
-import json
-import os
 from typing import Callable, Sequence
 
-from fat_jax import run_log
-from fat_jax.recipes import VARIANTS
-
-# Recipe variants named in the configs: LAP uses 'r', AAER 'rs' for U(−ε, ε), α = 1.25ε.
-VARIANT_NAMES = {'lap': ('v', 'r', 'n'), 'aaer': ('rs', 'n')}
-COMPONENT_FIELDS = (('lap', 'lap_beta'), ('aaer', 'aaer_lambda1'),
-                    ('gradalign', 'gradalign_lambda'), ('elle', 'elle_lambda'))
-
-
-@dataclasses.dataclass
-class Run:
-  """The files of one run's workdir."""
-  workdir: str
-  name: str
-  config: dict
-  records: list[dict]
-  results: dict | None
-  evaluations: dict[str, dict]  # suite → eval_<suite>.json
-
-  @property
-  def label(self) -> str:
-    return method_label(self.config.get('method', {}))
-
-
-def is_run(path: str) -> bool:
-  return os.path.exists(os.path.join(path, run_log.CONFIG))
-
-
-def expand_workdirs(paths: Sequence[str]) -> list[str]:
-  """`paths`, each folder that is not a run replaced by the runs in its sub-folders (sorted)."""
-  workdirs = []
-  for path in paths:
-    if is_run(path):
-      workdirs.append(path)
-      continue
-    inner = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(path, '*', run_log.CONFIG)))
-    if not inner:
-      raise FileNotFoundError(f'{path} is not a run directory (no {run_log.CONFIG}) and has no '
-                              'run directories inside; pass the --workdir of a training run.')
-    workdirs.extend(inner)
-  return workdirs
-
-
-def run_names(workdirs: Sequence[str]) -> list[str]:
-  """Short unique names: the folder names, or the paths below the common folder if they clash."""
-  names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
-  if len(set(names)) == len(names):
-    return names
-  common = os.path.commonpath([os.path.abspath(w) for w in workdirs])
-  return [os.path.relpath(os.path.abspath(w), common) for w in workdirs]
-
-
-def load_run(workdir: str, name: str = '') -> Run:
-  config = run_log.read_json(workdir, run_log.CONFIG)
-  if config is None:
-    raise FileNotFoundError(f'No {run_log.CONFIG} in {workdir}: pass the --workdir of a run.')
-  evaluations = {}
-  for path in sorted(glob.glob(os.path.join(workdir, 'eval_*.json'))):
-    with open(path) as f:
-      evaluations[os.path.basename(path)[len('eval_'):-len('.json')]] = json.load(f)
-  return Run(workdir, name or os.path.basename(os.path.normpath(workdir)), config,
-             run_log.read_records(workdir), run_log.read_json(workdir, run_log.RESULTS),
-             evaluations)
-
-
-def load_runs(paths: Sequence[str]) -> list[Run]:
-  workdirs = expand_workdirs(paths)
-  return [load_run(w, n) for w, n in zip(workdirs, run_names(workdirs))]
-
-
-def method_label(method: dict) -> str:
-  """The recipe name of a method config: 'fgsm', 'n_lap', 'rs_aaer', 'n_fgsm+aaer',
-  'awp_trades', ..."""
-  name = method.get('name', '?')
-  spec = tuple(method.get(k) for k in ('init', 'init_scale', 'alpha', 'project'))
-  for variant in VARIANT_NAMES.get(name, ()):
-    if spec == VARIANTS[variant]:
-      name = f'{variant}_{name}'
-      break
-  extras = [c for c, field in COMPONENT_FIELDS
-            if method.get(field) is not None and c not in name.split('_')]
-  label = '+'.join([name] + extras)
-  return f'awp_{label}' if method.get('awp_gamma') is not None else label
+from fat_jax.runs import Run, load_runs
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ Yin, "Catastrophic Overfitting: A Potential Blessing in Disguise", ECCV 2024; no
   comparison); masks are keep-masks (1 = keep) for ``Model.apply(..., masks=)``.
 * `masking_study`: clean and adversarial accuracy of the masked model for each
   node and α2, T_act selection next to variance selection (the paper's Fig. 4).
-* `analyze_checkpoint`: all of it for a run's checkpoint (``launch.py --mode=analyze``),
+* `analyze_run`: all of it for a run's checkpoint (``launch.py --mode=analyze``),
   written to ``analysis.json`` and ``tact.npz`` (the input of `induce_co`).
 
 Choices (the paper leaves them open):
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -44,13 +43,11 @@ import numpy as np
 
 from fat_jax import run_log
 from fat_jax.attacks import fgsm_attack, per_example, pgd_attack
-from fat_jax.config import eval_eps
-from fat_jax.data import load_dataset
-from fat_jax.evaluate.checkpoints import restore_model
 from fat_jax.losses import accuracy
 from fat_jax.methods import evaluated_weights
 from fat_jax.losses.feature_diff import (TACT_SCALE, channel_saliency, channel_squared_difference,
                                          feature_distance)
+from fat_jax.runs import Run
 
 log = logging.getLogger('fat_jax')
 
@@ -299,42 +296,38 @@ def _jsonable(stats: dict) -> dict:
           for k, v in stats.items()}
 
 
-def analyze_checkpoint(config, workdir: str) -> dict:
+def analyze_run(run: Run) -> dict:
   """`activation_statistics` on training points and `masking_study` on test points for the
-  checkpoint `eval.epoch` (0 = latest) of the run in `workdir` (``launch.py --mode=analyze``).
+  checkpoint `eval.epoch` (0 = latest) of `run` (``launch.py --mode=analyze``).
 
   Settings from `config.analysis`; ε = `eval.eps` (None: the training ε). Writes
   ``analysis.json`` (settings, V_act, T_act, variances, the masking rows) and
   ``tact.npz`` (node → T_act, for ``method.co_tact_file``).
   """
-  workdir = os.path.abspath(workdir)
+  config = run.config
   a = config.analysis
-  data = load_dataset(config.data)
-  model, ts, epoch = restore_model(config.model, data.info, workdir, config.eval.epoch)
+  model, ts, epoch = run.restore(config.eval.epoch)
   weights, params = evaluated_weights(ts)
-  eps = eval_eps(config)
-  n_train = a.n_train or len(data.train_images)
-  n_test = a.n or len(data.test_images)
-  to_float = lambda images: images.astype(np.float32) / 255.0
-  stats = activation_statistics(model.apply, params, ts.batch_stats,
-                                to_float(data.train_images[:n_train]),
-                                data.train_labels[:n_train], eps=eps, attack=a.attack,
-                                scale=a.tact_scale, pgd_steps=a.pgd_steps,
+  eps = run.eval_eps
+  x_train, y_train = run.points('train', a.n_train)
+  x_test, y_test = run.points('test', a.n)
+  n_train, n_test = len(y_train), len(y_test)
+  stats = activation_statistics(model.apply, params, ts.batch_stats, x_train, y_train, eps=eps,
+                                attack=a.attack, scale=a.tact_scale, pgd_steps=a.pgd_steps,
                                 batch_size=a.batch_size, seed=config.seed,
                                 tact_reduction=a.tact_reduction)
   log.info('%s', format_statistics(stats))
-  rows = masking_study(model.apply, params, ts.batch_stats,
-                       to_float(data.test_images[:n_test]), data.test_labels[:n_test],
-                       stats['tact'], stats['variance'], eps=eps, alphas=tuple(a.alpha2),
+  rows = masking_study(model.apply, params, ts.batch_stats, x_test, y_test, stats['tact'],
+                       stats['variance'], eps=eps, alphas=tuple(a.alpha2),
                        pgd_steps=a.pgd_steps, batch_size=a.batch_size, seed=config.seed)
   log.info('Channel masking (T_act on %d training points, accuracies on %d test points, '
            'PGD-%d step ε/4):\n%s', n_train, n_test, a.pgd_steps, format_masking_table(rows))
-  report = {'workdir': workdir, 'evaluated_epoch': epoch, 'evaluated_weights': weights,
+  report = {'workdir': run.workdir, 'evaluated_epoch': epoch, 'evaluated_weights': weights,
             'method': config.method.name,
             'dataset': config.data.name, 'model': config.model.name,
             'settings': {**a.to_dict(), 'alpha2': list(a.alpha2), 'n_train': n_train, 'n': n_test,
                          'eps': eps, 'seed': config.seed},
             'train_statistics': _jsonable(stats), 'masking': rows}
-  run_log.write_json(workdir, ANALYSIS, report)
-  run_log.write_arrays(workdir, TACT, stats['tact'])
+  run_log.write_json(run.workdir, ANALYSIS, report)
+  run_log.write_arrays(run.workdir, TACT, stats['tact'])
   return report

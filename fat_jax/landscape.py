@@ -56,73 +56,31 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from fat_jax import figures, run_log
-from fat_jax.aggregate import method_label
+from fat_jax import figures
 from fat_jax.attacks import pgd_attack
-from fat_jax.checkpoint import Checkpointer
-from fat_jax.config import eval_eps
-from fat_jax.data import draw_augmentation, load_dataset
-from fat_jax.evaluate import PGDSettings
-from fat_jax.evaluate.checkpoints import restore_model
+from fat_jax.data import draw_augmentation
 from fat_jax.losses import cross_entropy
-from fat_jax.methods import Clock, resolve_method
+from fat_jax.methods import Clock
+from fat_jax.runs import SPLITS, Run
 
 LOSS_KINDS = ('clean', 'train_attack', 'pgd')
-SPLITS = ('train', 'test')
 FILTER_NORM_EPS = 1e-10  # as Li et al.'s net_plotter.normalize_direction
 ALL_LAYERS = 'all'
 
 
 # ---------------------------------------------------------------------------
-# A run's checkpoint and the fixed inputs of its landscape.
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config of the run in `workdir` (its config.json)."""
-  stored = run_log.read_json(workdir, run_log.CONFIG)
-  if stored is None:
-    raise FileNotFoundError(f'No {run_log.CONFIG} in {workdir}: pass the --workdir of a run.')
-  return ml_collections.ConfigDict(stored)
-
-
-def checkpoint_epochs(workdir: str) -> list[int]:
-  """The epochs with a checkpoint in `workdir`."""
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    return []
-  with Checkpointer(workdir) as checkpointer:
-    return checkpointer.epochs()
-
-
-def restored_checkpoints(config, info, workdir: str, epochs: Sequence[int]):
-  """Yields (epoch, model, train state) for each of `epochs` of the run in `workdir`."""
-  model, ts, _ = restore_model(config.model, info, workdir, epochs[0])
-  with Checkpointer(workdir) as checkpointer:
-    for epoch in epochs:
-      if epoch != epochs[0]:
-        ts = checkpointer.restore(epoch, ts)
-      yield epoch, model, ts
-
-
-def training_attack(config):
-  """The training attack of the run with `config`: the value its train step ran."""
-  return resolve_method(config.method, config.eps).attack
-
-
-def attack_clock(config, epoch: int) -> Clock:
-  """The clock of the last step of (1-based) `epoch`, in epochs."""
-  return Clock(jnp.asarray(epoch - 1, jnp.int32), 1, int(config.num_epochs))
-
+# The fixed inputs of a checkpoint's landscape.
 
 @functools.partial(jax.jit, static_argnames=('model', 'attack', 'pgd'))
 def adversarial_inputs(params, state, x, y, key, clock: Clock, *, model, attack, pgd):
   """{'clean', 'train_attack', 'pgd'}: the inputs x̃ at a checkpoint.
 
-  `attack` is the run's training attack (`training_attack`), run as in training
-  at `clock` (`attack_clock`) from a fresh per-example state; PGD maximises the
+  `attack` is the run's training attack (`Run.method.attack`), run as in training
+  at `clock` (`Run.clock`) from a fresh per-example state; PGD maximises the
   CE of every point in evaluation mode (no freezing of misclassified points,
   unlike the evaluation's PGD, which stops at the decision boundary).
 
@@ -137,14 +95,6 @@ def adversarial_inputs(params, state, x, y, key, clock: Clock, *, model, attack,
                          alpha=pgd.alpha, steps=pgd.steps, restarts=pgd.restarts,
                          freeze_misclassified=False).delta
   return {'clean': x, 'train_attack': x + train_delta, 'pgd': x + pgd_delta}
-
-
-def final_pgd_settings(config) -> PGDSettings:
-  """The run's final-evaluation PGD (`eval.pgd_steps`, `pgd_restarts`, step `pgd_step_size`·ε)."""
-  eps = eval_eps(config)
-  return PGDSettings(eps=eps, steps=int(config.eval.pgd_steps),
-                     restarts=int(config.eval.pgd_restarts),
-                     step_size=float(config.eval.pgd_step_size) * eps)
 
 
 # ---------------------------------------------------------------------------
@@ -277,51 +227,47 @@ def default_layers(num_layers: int) -> list[int]:
   return list(range(1, num_layers + 1)) if num_layers <= 6 else [1, 2, 3, 4, 5, num_layers]
 
 
-def compute_landscape(workdir: str, *, epochs: Sequence[int] = (), dims: int = 1,
+def compute_landscape(run: Run | str, *, epochs: Sequence[int] = (), dims: int = 1,
                       layers: Sequence[int] = (), kinds: Sequence[str] = LOSS_KINDS,
                       split: str = 'train', n: int = 500, radius: float = 1.0,
                       points: int = 0, seed: int = 0, batch_size: int = 256,
                       grid_batch: int = 8) -> Landscape:
-  """Landscapes of the run in `workdir` at checkpoints `epochs` (default: every kept one).
+  """Landscapes of `run` (a `Run` or its workdir) at checkpoints `epochs` (default: every
+  kept one).
 
   `layers`: 1-based indices in the LAP layer order (default `default_layers`);
   the all-layer landscape is always added. `points` per grid axis (default 41
   for 1-D, 21 for 2-D).
   """
-  workdir = os.path.abspath(workdir)
-  config = read_config(workdir)
+  run = run if isinstance(run, Run) else Run.open(os.path.abspath(run))
   kinds = list(kinds)
   unknown = [k for k in kinds if k not in LOSS_KINDS]
   if unknown or not kinds:
     raise ValueError(f'Unknown loss kinds {unknown}; choose from {LOSS_KINDS}.')
   if split not in SPLITS:
     raise ValueError(f'split must be one of {SPLITS}, got {split!r}.')
-  available = checkpoint_epochs(workdir)
+  available = run.epochs()
   epochs = list(epochs) or available
   missing = [e for e in epochs if e not in available]
   if missing or not epochs:
     raise FileNotFoundError(
-        f'No checkpoint of epochs {missing or "any"} in {workdir} (kept: {available}). Runs keep '
-        f'the last checkpoint_keep={config.checkpoint_keep} epochs; retrain with '
+        f'No checkpoint of epochs {missing or "any"} in {run.workdir} (kept: {available}). Runs '
+        f'keep the last checkpoint_keep={run.config.checkpoint_keep} epochs; retrain with '
         '--config.checkpoint_keep=NUM_EPOCHS to keep the epochs you want to compare.')
   points = points or (41 if dims == 1 else 21)
   if points < 1 or radius < 0:
     raise ValueError(f'Need points ≥ 1 and radius ≥ 0 (got points={points}, radius={radius}).')
   axis = np.linspace(-radius, radius, points, dtype=np.float32)
   coefficients = jnp.asarray(grid_coefficients(axis, dims))
-  data = load_dataset(config.data)
-  images, labels = ((data.train_images, data.train_labels) if split == 'train'
-                    else (data.test_images, data.test_labels))
-  n = min(n or len(labels), len(labels))
-  x = jnp.asarray(images[:n], jnp.float32) / 255.0
-  y = jnp.asarray(labels[:n])
-  attack = training_attack(config)
-  pgd = final_pgd_settings(config)
+  x, y = (jnp.asarray(a) for a in run.points(split, n))
+  n = len(y)
+  attack = run.method.attack
+  pgd = run.final_pgd
   key = jax.random.key(seed)
   direction_key, attack_key = jax.random.split(key)
 
   losses = []
-  for epoch, model, ts in restored_checkpoints(config, data.info, workdir, epochs):
+  for epoch, model, ts in run.checkpoints(epochs):
     paths = tuple(model.weight_layer_order(ts.params))
     chosen = list(layers) or default_layers(len(paths))
     if not all(1 <= l <= len(paths) for l in chosen):
@@ -330,7 +276,7 @@ def compute_landscape(workdir: str, *, epochs: Sequence[int] = (), dims: int = 1
     for lo in range(0, n, batch_size):
       adv = adversarial_inputs(ts.params, ts.batch_stats, x[lo:lo + batch_size],
                                y[lo:lo + batch_size], jax.random.fold_in(attack_key, lo),
-                               attack_clock(config, epoch), model=model, attack=attack, pgd=pgd)
+                               run.clock(epoch), model=model, attack=attack, pgd=pgd)
       inputs.append(jnp.stack([adv[k] for k in kinds]))
     inputs = jnp.concatenate(inputs, axis=1)
     directions = random_directions(direction_key, ts.params, paths=paths, dims=dims)
@@ -343,8 +289,8 @@ def compute_landscape(workdir: str, *, epochs: Sequence[int] = (), dims: int = 1
       per_layer.append(grid.T.reshape((len(kinds),) + (points,) * dims))
     losses.append(np.stack(per_layer))
   names = [layer_name(paths[l - 1]) for l in chosen] + [ALL_LAYERS]
-  meta = {'workdir': workdir, 'method': method_label(config.method.to_dict()), 'dims': dims, 'split': split,
-          'n': int(n), 'seed': seed, 'radius': radius, 'eps': float(config.eps),
+  meta = {'workdir': run.workdir, 'method': run.label, 'dims': dims, 'split': split,
+          'n': int(n), 'seed': seed, 'radius': radius, 'eps': float(run.config.eps),
           'train_attack': {'kind': type(attack).__name__, **dataclasses.asdict(attack)},
           'pgd': dataclasses.asdict(pgd)}
   return Landscape(np.stack(losses), axis, list(epochs), names, chosen + [0], kinds, meta)

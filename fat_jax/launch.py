@@ -37,12 +37,11 @@ from ml_collections import config_flags
 
 from fat_jax.errors import (LAUNCHER, TracebackLog, chain, command_name, message, one_line,
                             storage_error)
-from fat_jax.evaluate.checkpoints import evaluate_checkpoint
-from fat_jax.feature_analysis import analyze_checkpoint
-from fat_jax.noise_eval import evaluate_noise_checkpoint
+from fat_jax.evaluators import EVALUATORS
 from fat_jax.parallel import initialize_distributed, is_writer
 from fat_jax.report import write_end_of_run_report
 from fat_jax.run_config import check_against_run
+from fat_jax.runs import Run
 from fat_jax.summary import run_summary
 from fat_jax.train import train_and_evaluate
 from fat_jax.validation import ConfigError, validate_config
@@ -51,14 +50,15 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file in config
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
 _MODE = flags.DEFINE_enum('mode', 'train',
-                          ['train', 'eval', 'analyze', 'noise_eval', 'print_config'],
+                          ['train', *EVALUATORS, 'print_config'],
                           'train: train (resuming from --workdir) and evaluate; eval: evaluate '
                           'the latest checkpoint in --workdir with the suite config.eval.suite '
                           'into WORKDIR/eval_<suite>.json; analyze: feature-activation '
                           'differences (V_act, T_act, channel masking; config.analysis) into '
                           'WORKDIR/analysis.json and WORKDIR/tact.npz; noise_eval: inference '
                           'noise config.eval.input_noise attacked non-adaptively and with EOT '
-                          'into WORKDIR/eval_noise.json; print_config: print the config\'s '
+                          'into WORKDIR/eval_noise.json; examples: the report\'s adversarial '
+                          'examples into WORKDIR/examples.npz; print_config: print the config\'s '
                           'fields (the recipe with its --config.<field> overrides) and exit, '
                           'without --workdir.')
 _TRACEBACK = flags.DEFINE_bool('traceback', False, 'On an error, show the full traceback '
@@ -107,22 +107,10 @@ def run_mode(config):
   if _MODE.value != 'train':  # training validates and checks its workdir itself
     validate_config(config)
     check_against_run(config, _WORKDIR.value)
-  if _MODE.value == 'analyze':
-    analyze_checkpoint(config, _WORKDIR.value)
-    logging.getLogger('fat_jax').info('Results: %s/analysis.json, %s/tact.npz', _WORKDIR.value,
-                                      _WORKDIR.value)
-    return
-  if _MODE.value == 'noise_eval':
-    evaluate_noise_checkpoint(config, _WORKDIR.value)
-    logging.getLogger('fat_jax').info('Results: %s/eval_noise.json', _WORKDIR.value)
-    return
-  if _MODE.value == 'eval':
-    report = evaluate_checkpoint(config, _WORKDIR.value)
-    logging.getLogger('fat_jax').info(
-        'Results: %s/eval_%s%s.json (%s, epoch %d: clean %.4f, robust %.4f)', _WORKDIR.value,
-        report['suite'], '' if report['norm'] == 'Linf' else '_' + report['norm'],
-        report['norm'], report['evaluated_epoch'], report['clean_accuracy'],
-        report['robust_accuracy'])
+  if _MODE.value in EVALUATORS:
+    evaluator = EVALUATORS[_MODE.value]
+    run = Run.open(os.path.abspath(_WORKDIR.value), config)
+    logging.getLogger('fat_jax').info('%s', evaluator.done(run, evaluator.run(run)))
     return
   train_and_evaluate(config, _WORKDIR.value)
   write_end_of_run_report(config, _WORKDIR.value)  # config.report: WORKDIR/report

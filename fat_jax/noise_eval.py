@@ -20,21 +20,17 @@ sees the noise.
 from __future__ import annotations
 
 import logging
-import os
-
-import numpy as np
 
 from fat_jax import run_log
 from fat_jax.attacks.eot import with_input_noise
-from fat_jax.config import eval_eps
-from fat_jax.data import load_dataset
 from fat_jax.evaluate import SUITES, evaluate
-from fat_jax.evaluate.checkpoints import restore_model
 from fat_jax.methods import evaluated_weights
+from fat_jax.runs import Run
 
 log = logging.getLogger('fat_jax')
 
-REPORT = 'eval_noise.json'
+SUITE = 'noise'                  # its report sits beside the attack suites' eval_<suite>.json
+REPORT = f'eval_{SUITE}.json'
 
 
 def evaluate_input_noise(apply_fn, params, state, x, y, *, eps: float, scale: float,
@@ -83,31 +79,28 @@ def format_noise_table(reports: dict, noise: dict) -> str:
   return '\n'.join(lines)
 
 
-def evaluate_noise_checkpoint(config, workdir: str) -> dict:
-  """`evaluate_input_noise` on a checkpoint of the run in `workdir` (``launch.py
-  --mode=noise_eval``): noise `eval.input_noise` (`eval.noise_kind`, `eval.noise_clip`;
-  required > 0), attacks `eval.attacks` (default APGD-CE, APGD-DLR), K = `eval.eot_samples`
-  (None: 20), first `eval.n` test points, ε = `eval.eps` (None: the training ε). Writes
-  ``eval_noise.json``."""
+def evaluate_noise_run(run: Run) -> dict:
+  """`evaluate_input_noise` on a checkpoint of `run` (``launch.py --mode=noise_eval``): noise
+  `eval.input_noise` (`eval.noise_kind`, `eval.noise_clip`; required > 0), attacks
+  `eval.attacks` (default APGD-CE, APGD-DLR), K = `eval.eot_samples` (None: 20), first `eval.n`
+  test points, ε = `eval.eps` (None: the training ε). Writes ``eval_noise.json``."""
+  config = run.config
   e = config.eval
   if not e.input_noise > 0:
     raise ValueError('--mode=noise_eval needs the noise scale: --config.eval.input_noise=a '
                      '(e.g. 16/255 = 0.0627 for r ~ U(−a, a)).')
-  workdir = os.path.abspath(workdir)
-  data = load_dataset(config.data)
-  model, ts, epoch = restore_model(config.model, data.info, workdir, e.epoch)
+  model, ts, epoch = run.restore(e.epoch)
   weights, params = evaluated_weights(ts)
-  n = e.n or len(data.test_images)
+  x, y = run.points('test', e.n)
   report = evaluate_input_noise(
-      model.apply, params, ts.batch_stats, data.test_images[:n].astype(np.float32) / 255.0,
-      data.test_labels[:n], eps=eval_eps(config),
+      model.apply, params, ts.batch_stats, x, y, eps=run.eval_eps,
       scale=e.input_noise, kind=e.noise_kind, clip=e.noise_clip,
       attacks=tuple(e.attacks) or SUITES['aa_rand'],
       eot_samples=e.eot_samples if e.eot_samples is not None else 20, seed=config.seed,
       n_draws=e.n_draws, apgd_steps=e.apgd_steps, apgd_restarts=e.apgd_restarts or 1,
       batch_size=e.batch_size, checks=e.checks, progress=config.progress)
-  report.update(evaluated_epoch=epoch, evaluated_weights=weights, method=config.method.name, dataset=config.data.name,
-                model=config.model.name, workdir=workdir)
-  run_log.write_json(workdir, REPORT, report)
-  log.info('Inference noise (epoch %d, n = %d):\n%s', epoch, n, report['table'])
+  report.update(evaluated_epoch=epoch, evaluated_weights=weights, method=config.method.name,
+                dataset=config.data.name, model=config.model.name, workdir=run.workdir)
+  run_log.write_json(run.workdir, REPORT, report)
+  log.info('Inference noise (epoch %d, n = %d):\n%s', epoch, len(y), report['table'])
   return report

@@ -9,7 +9,7 @@ import os
 import sys
 
 from fat_jax import run_log
-from fat_jax.aggregate import method_label
+from fat_jax.runs import method_label
 
 
 def epoch_table(workdir: str) -> str:

@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from fat_jax import aggregate, run_log  # pylint: disable=wrong-import-position
+from fat_jax.runs import load_runs  # pylint: disable=wrong-import-position
 
 METHODS = 'fgsm,fgsm_rs,n_fgsm,gradalign,v_lap,r_lap,n_lap,rs_aaer,n_aaer'
 COLUMNS = ('method', 'seed', 'clean', 'fgsm', 'pgd', 'monitor_pgd', 'co_epoch')
@@ -55,7 +56,7 @@ def main():
   jobs = [(m, int(s)) for s in args.seeds.split(',') for m in args.methods.split(',')]
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
     workdirs = list(pool.map(lambda job: run(*job, args), jobs))
-  print(aggregate.markdown_table(aggregate.load_runs(workdirs), COLUMNS))
+  print(aggregate.markdown_table(load_runs(workdirs), COLUMNS))
 
 
 if __name__ == '__main__':

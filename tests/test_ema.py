@@ -16,7 +16,8 @@ from fat_jax.checkpoint import CheckpointMismatchError, Checkpointer
 from fat_jax.config import default_config
 from fat_jax.data import DATASET_INFOS, load_dataset
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
-from fat_jax.evaluate import checkpoints as eval_checkpoints
+from fat_jax import evaluators
+from fat_jax.runs import Run
 from fat_jax.methods import (evaluated_weights, init_train_state, make_train_step,
                              resolve_method)
 from fat_jax.models import build_model
@@ -179,8 +180,7 @@ def ema_config(data_dir):
 
 
 def restored(config, workdir):
-  data = load_dataset(config.data)
-  return eval_checkpoints.restore_model(config.model, data.info, workdir)[1]
+  return Run.open(workdir, config).restore()[1]
 
 
 def test_ema_survives_kill_and_resume_and_is_what_is_evaluated(data_dir, tmp_path, monkeypatch):
@@ -217,15 +217,15 @@ def test_ema_survives_kill_and_resume_and_is_what_is_evaluated(data_dir, tmp_pat
 
   # --mode=eval restores and attacks the EMA params too.
   seen = []
-  real = eval_checkpoints.evaluate
+  real = evaluators.evaluate
 
   def spy(apply_fn, params, *args, **kwargs):
     seen.append(params)
     return real(apply_fn, params, *args, **kwargs)
 
-  monkeypatch.setattr(eval_checkpoints, 'evaluate', spy)
+  monkeypatch.setattr(evaluators, 'evaluate', spy)
   config.eval.checks = config.eval.square_check = False
-  report = eval_checkpoints.evaluate_checkpoint(config, a)
+  report = evaluators.evaluate_run(Run.open(a, config))
   assert report['evaluated_weights'] == 'ema' and report['evaluated_epoch'] == 2
   for x, y in zip(jax.tree.leaves(seen[0]), jax.tree.leaves(straight.ema)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -13,7 +13,8 @@ import pytest
 from fat_jax import sanity
 from fat_jax.attacks import with_input_noise
 from fat_jax.evaluate import evaluate, format_table, save_report
-from fat_jax.evaluate.checkpoints import evaluate_checkpoint
+from fat_jax.evaluators import evaluate_run
+from fat_jax.runs import Run
 from fat_jax.checkpoint import Checkpointer
 from fat_jax.data import load_dataset
 from fat_jax.methods import init_train_state
@@ -262,7 +263,7 @@ def test_launch_eval_end_to_end(tmp_path):
   assert stored['checks']['validity']['status'] == 'pass'
   assert np.load(os.path.join(workdir, 'eval_custom_flags.npz'))['robust'].shape == (8,)
   with pytest.raises(FileNotFoundError, match='No checkpoints'):
-    evaluate_checkpoint(config, str(tmp_path / 'none'))
+    evaluate_run(Run(str(tmp_path / 'none'), 'none', config))
 
 
 def test_survivor_batches_are_padded_by_at_most_a_quarter_to_few_lengths():

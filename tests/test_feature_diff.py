@@ -16,7 +16,7 @@ from fat_jax.checkpoint import Checkpointer
 from fat_jax.config import default_config
 from fat_jax.data import DATASET_INFOS, load_dataset
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
-from fat_jax.feature_analysis import (activation_statistics, analyze_checkpoint, masked_accuracy,
+from fat_jax.feature_analysis import (activation_statistics, analyze_run, masked_accuracy,
                                       masking_study, threshold_masks, variance_masks)
 from fat_jax.losses import cross_entropy
 from fat_jax.losses.feature_diff import (channel_saliency, channel_squared_difference, co_loss,
@@ -25,6 +25,7 @@ from fat_jax.methods import init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
 from fat_jax.noise_eval import evaluate_input_noise
 from fat_jax.parallel import make_data_mesh
+from fat_jax.runs import Run
 from tests.test_apgd import init_mlp, mlp_apply
 from tests.test_models import initialised
 from tests.test_train import data_dir, tiny_config  # noqa: F401
@@ -411,7 +412,7 @@ def test_monitor_vact_and_analysis_of_a_checkpoint(data_dir, tmp_path):  # noqa:
   for node, v in monitor['vact'].items():
     np.testing.assert_allclose(stats['vact'][node], v, rtol=1e-4)
   # --mode=analyze: statistics on training points, masking study on test points, tact.npz.
-  report = analyze_checkpoint(config, workdir)
+  report = analyze_run(Run.open(workdir, config))
   stored = run_log.read_json(workdir, 'analysis.json')
   assert stored['masking'] == json.loads(json.dumps(report['masking']))
   assert stored['evaluated_epoch'] == 1 and stored['settings']['n_train'] == 32

@@ -21,8 +21,8 @@ from packaging.utils import canonicalize_name
 
 from fat_jax import convert, errors
 from fat_jax.config import default_config
-from fat_jax.evaluate.checkpoints import restore_model
 from fat_jax.methods import resolve_method
+from fat_jax.runs import Run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = [sys.executable, os.path.join(ROOT, 'launch.py')]
@@ -93,7 +93,7 @@ def test_help_lists_every_recipe_and_how_to_print_its_fields(tmp_path):
     assert any(line.startswith(f'  {name}') for line in lines), name
   assert '  quickstart.py[:method]  (method default: fgsm)' in lines
   assert '  from_workdir.py:workdir' in lines
-  assert '--mode: <train|eval|analyze|noise_eval|print_config>' in result.stdout
+  assert '--mode: <train|eval|noise_eval|analyze|examples|print_config>' in result.stdout
   command = f'python {os.path.join(ROOT, "launch.py")}'  # as typed, from another folder
   assert f'  {command} --config=configs/NAME.py[:ARG] --mode=print_config' in lines
   assert f'  {command} --config=configs/quickstart.py --workdir=/tmp/quickstart' in lines
@@ -163,7 +163,7 @@ def test_hints_name_the_command_where_the_user_is(tmp_path, monkeypatch):
   method.name, method.co_tact_file = 'induce_co', ''
   assert convert.evaluate_command('W').startswith(f'{command} --config=configs/from_workdir.py:W')
   with pytest.raises(FileNotFoundError, match=f'{command} --mode=train'):
-    restore_model(None, None, str(tmp_path))
+    Run(str(tmp_path), 'none', default_config()).restore()
   with pytest.raises(ValueError, match=f'{command} --mode=analyze'):
     resolve_method(method, 8 / 255)
 

@@ -1,5 +1,7 @@
 """Methods as values: composing a `Method` in Python, the config resolution giving the same
 values, and the combinations refused when a method is built."""
+import os
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -12,8 +14,11 @@ from fat_jax.config import default_config
 from fat_jax.data import DATASET_INFOS
 from fat_jax.methods import (AAER, AWP, LAP, TRADES, CrossEntropy, FGSMAttack, GradAlign,
                              KLAttack, LCo, LStable, MEPObjective, Method, PGDAttack, PriorAttack,
-                             ZeroGrad, init_train_state, make_train_step, resolve_method)
+                             ZeroGrad, init_train_state, make_train_step, resolve_method,
+                             unread_fields)
 from fat_jax.models import build_model
+from fat_jax.train import train_and_evaluate
+from fat_jax.validation import ConfigError
 
 EPS = 0.1
 FGSM = FGSMAttack(EPS, EPS, init='uniform', init_scale=2.0, project=False)
@@ -78,6 +83,29 @@ def test_the_config_resolution_refuses_them_too(fields, names, tmp_path):
     resolve_method(config(**fields), EPS)
   for name in names:
     assert name in str(error.value)
+
+
+@pytest.mark.parametrize('fields, unread', [
+    (dict(name='fgsm', lap_gamma=0.5, mep_lambda=3.0), ['lap_gamma', 'mep_lambda']),
+    (dict(name='n_fgsm', lap_beta=0.01, lap_gamma=0.5), []),
+    (dict(name='pgd_at', project=False, awp_warmup_epochs=2), ['awp_warmup_epochs', 'project']),
+    (dict(name='atas', init_scale=2.0, atas_c=0.02), ['init_scale']),
+    (dict(name='fgsm', co_percent=5.0, feature_node='A'), ['feature_node', 'co_percent']),
+    (dict(name='fd', feature_node='A', elle_decay=0.9), ['elle_decay']),
+])
+def test_a_field_no_component_reads_is_named(fields, unread):
+  c = config(**fields)
+  lines = unread_fields(c, resolve_method(c, EPS), default_config().method)
+  assert [line.split('=')[0] for line in lines] == [f'method.{f}' for f in unread]
+  assert all(' does nothing without ' in line for line in lines)
+
+
+def test_training_refuses_a_field_no_component_reads(tmp_path):
+  c = default_config()
+  c.method.name, c.method.lap_gamma = 'fgsm', 0.5
+  with pytest.raises(ConfigError, match=r'method.lap_gamma=0.5 does nothing without LAP'):
+    train_and_evaluate(c, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run' / 'config.json')
 
 
 def test_a_composed_method_trains_with_gradalign_on_pgd():

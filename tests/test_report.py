@@ -18,7 +18,8 @@ import pytest
 from configs import quickstart
 from fat_jax import aggregate, landscape, report, run_log
 from fat_jax.data import load_dataset
-from fat_jax.evaluate.checkpoints import evaluate_checkpoint
+from fat_jax.evaluators import evaluate_run
+from fat_jax.runs import Run, load_runs, method_label
 from fat_jax.losses import cross_entropy
 from fat_jax.summary import run_summary
 from fat_jax.train import train_and_evaluate
@@ -46,7 +47,7 @@ def run(tmp_path_factory):
   with config.unlocked():
     config.eval.suite, config.eval.attacks, config.eval.n = 'custom', ('fgsm',), 8
     config.eval.check_pgd_steps = 1
-  evaluate_checkpoint(config, workdir)
+  evaluate_run(Run.open(workdir, config))
   return config, workdir
 
 
@@ -137,7 +138,7 @@ def test_landscape_at_step_zero_is_the_checkpoint_loss(run, landscape_1d):
   x = jnp.asarray(data.train_images[:8], jnp.float32) / 255.0
   y = jnp.asarray(data.train_labels[:8])
   for e, (epoch, model, ts) in enumerate(
-      landscape.restored_checkpoints(config, data.info, workdir, [1, 2])):
+      Run.open(workdir).checkpoints([1, 2])):
     clean = float(cross_entropy(model.apply(ts.params, ts.batch_stats, x, False)[0], y).mean())
     np.testing.assert_allclose(result.losses[e, :, 0, 1], clean, rtol=1e-5)
     for k in (1, 2):  # the attacks' inputs are fixed: every layer set starts at the same loss
@@ -149,7 +150,7 @@ def test_landscape_at_step_zero_is_the_checkpoint_loss(run, landscape_1d):
 def test_landscape_grid_moves_only_the_chosen_layer(run, landscape_1d):
   config, workdir = run
   data = load_dataset(config.data)
-  (_, model, ts), = landscape.restored_checkpoints(config, data.info, workdir, [2])
+  (_, model, ts), = Run.open(workdir).checkpoints([2])
   paths = tuple(model.weight_layer_order(ts.params))
   direction = landscape.filter_normalized_direction(jax.random.key(3), ts.params, paths)
   for path in paths:  # each output filter has the norm of the weights' filter
@@ -195,7 +196,7 @@ def test_aggregate_table_matches_the_runs_json(run, tmp_path, capsys):
   shutil.copytree(workdir, other, ignore=shutil.ignore_patterns('report', 'checkpoints'))
   shutil.copy(os.path.join(workdir, 'eval_custom.json'),
               os.path.join(other, 'eval_aa_standard.json'))
-  runs = aggregate.load_runs([os.path.dirname(workdir), other])  # a folder of runs, and a run
+  runs = load_runs([os.path.dirname(workdir), other])  # a folder of runs, and a run
   assert [r.name for r in runs] == ['composed', 'with_aa']
   results = json.load(open(os.path.join(workdir, 'results.json')))
   aa = json.load(open(os.path.join(other, 'eval_aa_standard.json')))['robust_accuracy']
@@ -217,11 +218,11 @@ def test_aggregate_table_matches_the_runs_json(run, tmp_path, capsys):
   with pytest.raises(ValueError, match='Unknown columns'):
     aggregate.markdown_table(runs, ('pgd', 'autoattack'))
   with pytest.raises(FileNotFoundError, match='not a run directory'):
-    aggregate.load_runs([str(tmp_path / 'empty')])
+    load_runs([str(tmp_path / 'empty')])
 
 
 @pytest.mark.parametrize('name', ['fgsm', 'fgsm_rs', 'n_fgsm', 'gradalign', 'v_lap', 'r_lap',
                                   'n_lap', 'rs_aaer', 'n_aaer', 'zerograd', 'atas', 'pgd_at',
                                   'trades', 'mart', 'awp_pgd_at', 'awp_trades'])
 def test_method_labels_name_the_quickstart_recipes(name):
-  assert aggregate.method_label(quickstart.get_config(name).method.to_dict()) == name
+  assert method_label(quickstart.get_config(name).method.to_dict()) == name

@@ -14,6 +14,7 @@ import pytest
 
 from fat_jax import landscape, report
 from fat_jax.methods import METHOD_DEFAULTS
+from fat_jax.runs import Run
 from fat_jax.train import train_and_evaluate
 from tests.fixtures import write_idx_dir
 from tests.test_train import tiny_config
@@ -62,6 +63,5 @@ def test_report_and_landscape_of_every_method(root, name, caplog):
       markdown = f.read()
   assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
   assert np.isfinite(computed.losses).all()
-  assert computed.meta['train_attack']['kind'] == type(
-      landscape.training_attack(landscape.read_config(workdir))).__name__
+  assert computed.meta['train_attack']['kind'] == type(Run.open(workdir).method.attack).__name__
   assert '## Adversarial examples' in markdown and 'landscape_1d.png' in markdown

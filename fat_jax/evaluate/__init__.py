@@ -10,10 +10,13 @@ Modules, one job each:
   output       `format_table` (console) and `save_report` (JSON)
   robustbench  `robustbench_entry`: a report as a RobustBench model-info entry
   monitor      `evaluate_robustness` / `robust_flags`: the training loop's clean/FGSM/PGD monitor
-  checkpoints  `restore_model`, `evaluate_checkpoint` (``launch.py --mode=eval``): the only
-               module here that imports models, methods and checkpoints; it is loaded on first
-               use of its names, so ``from fat_jax.evaluate import evaluate`` stays model-free.
+  binarization `binarization_test`: can the attacks find the adversarial example a binarized
+               model provably has (Zimmermann et al., NeurIPS 2022)
+
+No module here imports models, methods or checkpoints: a trained run is evaluated through
+`fat_jax.runs.Run` by `fat_jax.evaluators.evaluate_run` (``launch.py --mode=eval``).
 """
+from fat_jax.evaluate.binarization import binarization_test
 from fat_jax.evaluate.checks import probe_batch
 from fat_jax.evaluate.classifier import Classifier, from_logits_fn, from_params_fn
 from fat_jax.evaluate.monitor import PGDSettings, evaluate_robustness, robust_flags
@@ -22,15 +25,7 @@ from fat_jax.evaluate.registry import (ATTACKS, EOT_ATTACKS, SUITES, SuiteOption
                                        attack_batch)
 from fat_jax.evaluate.suites import evaluate, score_batch
 
-_CHECKPOINT_NAMES = ('restore_model', 'evaluate_checkpoint')
 __all__ = ['ATTACKS', 'EOT_ATTACKS', 'SUITES', 'Classifier', 'PGDSettings', 'SuiteOptions',
-           'attack_batch', 'evaluate', 'evaluate_robustness', 'format_table', 'from_logits_fn',
-           'from_params_fn', 'probe_batch', 'robust_flags', 'save_report', 'score_batch',
-           *_CHECKPOINT_NAMES]
+           'attack_batch', 'binarization_test', 'evaluate', 'evaluate_robustness', 'format_table', 'from_logits_fn',
+           'from_params_fn', 'probe_batch', 'robust_flags', 'save_report', 'score_batch']
 
-
-def __getattr__(name):
-  if name in _CHECKPOINT_NAMES:
-    from fat_jax.evaluate import checkpoints
-    return getattr(checkpoints, name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -12,7 +12,8 @@ from fat_jax.methods.objectives import MART, MMA, TRADES, CrossEntropy, MEPObjec
 from fat_jax.methods.records import Adversarial, Clock, StartPoint
 from fat_jax.methods.regularizers import (AAER, ELLE, GradAlign, LCo, LStable, Regularizer,
                                           TermInputs)
-from fat_jax.methods.spec import METHOD_DEFAULTS, TRAINING_ATTACK_STARTS, Method, resolve_method
+from fat_jax.methods.spec import (METHOD_DEFAULTS, TRAINING_ATTACK_STARTS, Method, resolve_method,
+                                  unread_fields)
 from fat_jax.methods.step import (TrainState, evaluated_weights, init_examples,
                                   init_regularizer_state, init_train_state, make_train_step)
 from fat_jax.methods.training_attacks import (AdaptiveAttack, DynamicAttack, FGSMAttack,
@@ -26,4 +27,4 @@ __all__ = ['AAER', 'AWP', 'ELLE', 'AdaptiveAttack', 'Adversarial', 'Clock', 'Cro
            'Regularizer', 'StartPoint', 'TRADES', 'TRAINING_ATTACK_STARTS', 'TermInputs',
            'TrainState', 'TrainingAttack', 'ZeroGrad', 'evaluated_weights', 'init_examples',
            'init_regularizer_state', 'init_train_state', 'make_train_step', 'resolve_method',
-           'start_point']
+           'start_point', 'unread_fields']

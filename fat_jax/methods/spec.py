@@ -40,7 +40,8 @@ compose: setting `lap_beta`, `aaer_lambda*`, `gradalign_lambda`, `elle_lambda`, 
 `trades_beta` / `mart_beta` choose the TRADES / MART objective and `awp_gamma` adds AWP (AT-AWP:
 `pgd_at` + AWP; TRADES-AWP: `trades` + AWP). A combination that cannot work is
 refused when the `Method` is built, with an error naming both parts (the list is
-in docs/library.md). A `Method` is a frozen, hashable tree of values: a static
+in docs/library.md); `unread_fields` names the fields set for a component the method does not
+have (training refuses them). A `Method` is a frozen, hashable tree of values: a static
 jit argument.
 """
 from __future__ import annotations
@@ -347,6 +348,41 @@ def _resolve_co(c) -> LCo:
                      f'{c.co_saturation}.')
   return LCo(tuple(int(k) for k in channels), len(saliency), c.feature_node,
                 float(c.co_alpha3), float(c.co_saturation), float(c.co_percent), path)
+
+
+# The method fields that one component alone reads, and whether a `Method` has it: a field
+# changed from its default while its component is off would do nothing (`unread_fields`).
+READERS = (
+    (('lap_gamma', 'lap_ascent'), 'LAP (method.lap_beta)', lambda m: m.lap is not None),
+    (('aaer_differentiable_loss_variation',), 'AAER (method.aaer_lambda1..3)',
+     lambda m: m.aaer is not None),
+    (('elle_adaptive', 'elle_decay', 'elle_sensitivity', 'elle_clean_forward'),
+     'ELLE (method.elle_lambda)', lambda m: m.elle is not None),
+    (('mep_label_smoothing', 'mep_lambda', 'mep_decay', 'mep_reset_every'),
+     "FGSM-MEP (method.init='prior')", lambda m: isinstance(m.attack, PriorAttack)),
+    (('atas_c', 'atas_beta', 'atas_step_scale', 'atas_min_step', 'atas_max_step',
+      'atas_warmup_epochs', 'atas_reset_every'), "ATAS (method.init='previous')",
+     lambda m: m.atas is not None),
+    (('dart_c_max', 'dart_control_epochs', 'dart_weighting'), "DART (method.name='dart')",
+     lambda m: isinstance(m.attack, DynamicAttack)),
+    (('awp_warmup_epochs',), 'AWP (method.awp_gamma)', lambda m: m.awp is not None),
+    (('feature_node',), 'L_stable or L_co (method.stable_alpha3, co_tact_file)',
+     lambda m: m.stable is not None or m.co is not None),
+    (('co_percent', 'co_alpha3', 'co_saturation'), 'L_co (method.co_tact_file)',
+     lambda m: m.co is not None),
+    (('project',), 'a single-step attack from a zero/uniform/normal start',
+     lambda m: isinstance(m.attack, FGSMAttack)),
+    (('init_scale',), 'a zero/uniform/normal start (FGSM-MEP and ATAS keep their own)',
+     lambda m: not isinstance(m.attack, (PriorAttack, AdaptiveAttack))),
+)
+
+
+def unread_fields(method_config, method: Method, defaults) -> list[str]:
+  """One line per field of `method_config` that differs from `defaults` (the default config's
+  method section) although no component of `method` reads it."""
+  return [f'method.{field}={method_config.get(field)!r} does nothing without {reader}.'
+          for fields, reader, has in READERS if not has(method)
+          for field in fields if method_config.get(field) != defaults.get(field)]
 
 
 def resolve_method(method_config, eps: float) -> Method:
