@@ -27,6 +27,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.dir = ''                 # folder with the original files (cifar-10-batches-py, IDX .gz, ...)
   c.data.n_train = 0              # 0 = all
   c.data.n_test = 0
+  # Input path (fat_jax.data.loader): 'auto' streams the folder data sets (tiny_imagenet,
+  # imagenet100, image_folder) and holds the others in memory; 'memory' | 'stream' force one.
+  c.data.pipeline = 'auto'
+  c.data.workers = 0              # stream: grain worker processes decoding images (0 = none)
+  c.data.image_size = 0           # imagenet100, image_folder: crop size (0 = 224)
+  c.data.max_image_pixels = 50_000_000  # stream: larger images are refused before decoding
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'preact_resnet18'
@@ -34,6 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.depth = 4               # 'cnn': conv layers; WideResNets: 6n + 4 (set it: 34, 28)
   c.model.widen_factor = 10       # wide_resnet, dm_wide_resnet: k of WRN-d-k
   c.model.activation = 'relu'     # wide_resnet, dm_wide_resnet: 'relu' | 'swish'
+  c.model.padding = 0             # dm_wide_resnet: zero pixels added on each side of the input
   c.model.batchnorm = False       # 'cnn' only
   c.model.dtype = 'float32'       # compute dtype: 'bfloat16' = mixed precision (fp32 weights)
   c.model.normalize = True        # (x − μ)/σ as the first op; False: raw [0, 1] pixels
@@ -181,6 +188,26 @@ def default_config() -> ml_collections.ConfigDict:
   c.co_monitor.gap = 0.2          # ... while FGSM accuracy exceeds it by more than this
   c.co_monitor.early_stop = False  # stop at onset; evaluate the last good epoch
 
+  # CO guard (fat_jax.methods.guard, docs/co_guard.md): CO signals every `every` steps on a
+  # fixed training batch into signals.jsonl, a detector per signal and a policy. every = 0: off.
+  c.guard = ml_collections.ConfigDict()
+  c.guard.every = 0               # steps between two checks; 0 = no guard
+  c.guard.signals = ('elle_error', 'aae_fraction', 'vact', 'gradalign_cos', 'fgsm_pgd_gap',
+                     'fosc')      # measured and logged (fat_jax.methods.signals)
+  c.guard.act_on = ('elle_error',)  # the signals whose trigger starts the policy
+  c.guard.policy = 'off'          # 'off' (log only) | 'adaptive' | 'rollback'
+  c.guard.sensitivity = 2.0       # detector: trigger when the value leaves mean ± k·std ...
+  c.guard.window = 0              # ... of the last `window` earlier values (0 = all)
+  c.guard.batch_size = 128        # the fixed batch: the last n training examples
+  c.guard.hold_out = True         # leave that batch out of training
+  c.guard.train_bn = True         # signals' forwards in BatchNorm train mode (stats discarded)
+  c.guard.node = 'B'              # feature node of V_act
+  c.guard.pgd_steps = 10          # PGD of the FGSM−PGD gap (step ε/4, 1 restart)
+  c.guard.decay = 0.99            # 'adaptive': weight scale × decay per step without a trigger
+  c.guard.switch = 'n_fgsm'       # 'rollback': 'n_fgsm' | 'fgsm_rs' | 'none' (same method)
+  c.guard.rollback_checks = 1     # 'rollback': restore the state of this many checks before
+  c.guard.snapshots = 2           # 'rollback': states kept in memory (≥ rollback_checks)
+
   # Multi-host runs (fat_jax.parallel.initialize_distributed); all sizes above stay global.
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator_address = ''  # 'host:port' of process 0; '' = single process
@@ -190,6 +217,9 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.checkpoint_keep = 2
   c.progress = True
+  # Every number of metrics.jsonl and monitor.jsonl also as TensorBoard scalars at the global
+  # step, in WORKDIR/tensorboard (fat_jax.tensorboard_log; `tensorboard --logdir runs/`).
+  c.tensorboard = True
   # JAX's persistent compilation cache (launch.py): compiled programs kept across runs, so a
   # relaunch, a resumption or a checkpoint evaluation skips most compilation. 'auto' =
   # $JAX_COMPILATION_CACHE_DIR, else on GPU/TPU ~/.cache/fat_jax/xla ($XDG_CACHE_HOME) and on

@@ -17,8 +17,8 @@ folder is self-contained. Sections:
 * Adversarial examples — the first `ADV_EXAMPLES` test points at the evaluated
   checkpoint (the latest kept one if it is gone): clean, the run's own training
   attack (the value its train step ran) and PGD with the final-evaluation settings
-  maximising the CE in evaluation mode (`landscape.adversarial_inputs`),
-  with the predictions and the perturbations δ (scaled by max |δ| of the row);
+  maximising the CE in evaluation mode (`evaluators.adversarial_examples`, kept in
+  ``examples.npz``), with the predictions and the perturbations δ (scaled by max |δ| of the row);
 * Layer-wise loss landscapes — the ``landscape_*.png`` that
   ``python -m fat_jax.landscape`` wrote into the workdir;
 * Per-epoch records — the `fat_jax.summary` tables.
@@ -30,7 +30,6 @@ layout, everything inside the canvas).
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import re
@@ -38,25 +37,23 @@ import shutil
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fat_jax import aggregate, figures, landscape, run_log, summary
-from fat_jax.config import default_config, eval_eps
-from fat_jax.aggregate import Run
-from fat_jax.data import DatasetNotFoundError, load_dataset
+from fat_jax import aggregate, figures, run_log, summary
+from fat_jax.config import default_config
+from fat_jax.data import DatasetNotFoundError
 from fat_jax.errors import command_name
-from fat_jax.evaluate.checkpoints import restore_model
-from fat_jax.methods import evaluated_weights
+from fat_jax.evaluators import ADV_EXAMPLES, current_examples
+from fat_jax.noise_eval import SUITE as NOISE_SUITE
 from fat_jax.parallel import is_writer
+from fat_jax.runs import Run, load_runs
 
 log = logging.getLogger('fat_jax')
 
-ADV_EXAMPLES = 8
 ACCURACY_STYLE = (('clean_accuracy', 'clean', 'tab:blue'), ('fgsm_accuracy', 'FGSM', 'tab:orange'),
                   ('pgd_accuracy', 'PGD', 'tab:red'))
 AAER_KEYS = ('train_aaer_aae_fraction', 'train_aaer_abnormal_variation',
@@ -242,38 +239,37 @@ def plot_gradalign(runs: Sequence[Run], out_dir: str) -> str:
   return _save(fig, out_dir, 'gradalign.png')
 
 
+def plot_signals(runs: Sequence[Run], out_dir: str) -> str:
+  """Per run and CO signal (``signals.jsonl``, `fat_jax.co_guard`): the signal every
+  `guard.every` steps, × where its detector triggered, a dashed line at a rollback, against the
+  monitor's PGD accuracy (red, right axis: per epoch and, if logged, within epochs)."""
+  logs = [run_log.read_records(run.workdir, name=run_log.SIGNALS) for run in runs]
+  names = list(dict.fromkeys(k for records in logs for r in records for k in r if k not in (
+      'epoch', 'step', 'triggered', 'scale', 'rollback')))
+  fig, axes = _panels(len(runs) * len(names), max_cols=len(names))
+  for i, (run, records) in enumerate(zip(runs, logs)):
+    pgd = sorted([*zip(*_epochs(run, 'pgd_accuracy')), *(
+        (r['epoch'], r['pgd_accuracy']) for r in run_log.read_records(
+            run.workdir, name=run_log.MONITOR))])
+    for ax, name in zip(axes[i * len(names):], names):
+      epochs = [r['epoch'] for r in records if name in r]
+      ax.plot(epochs, [r[name] for r in records if name in r], '-', color=_color(0), lw=1)
+      hits = [r for r in records if name in r.get('triggered', ())]
+      ax.plot([r['epoch'] for r in hits], [r[name] for r in hits], 'x', color='k', ms=5)
+      for r in records:
+        if r.get('rollback'):
+          ax.axvline(r['epoch'], color='k', ls='--', lw=1)
+      twin = ax.twinx()
+      if pgd:
+        twin.plot(*zip(*pgd), '-', color='tab:red', lw=1)
+      twin.set(ylim=(0, 1))
+      ax.set(title=f'{run.name}: {name}', xlabel='epoch')
+      ax.title.set_fontsize(figures.TITLE_PT)
+  return _save(fig, out_dir, 'signals.png')
+
+
 # ---------------------------------------------------------------------------
-# Adversarial examples from a checkpoint.
-
-@functools.partial(jax.jit, static_argnums=0)
-def _predict(model, params, state, x):
-  return model.apply(params, state, x, False)[0].argmax(-1)
-
-
-def adversarial_examples(run: Run, n: int = ADV_EXAMPLES, seed: int = 0) -> dict:
-  """Clean, training-attack and PGD inputs of the first `n` test points at the evaluated
-  checkpoint, with labels and predictions (host arrays)."""
-  config = landscape.read_config(run.workdir)
-  epochs = landscape.checkpoint_epochs(run.workdir)
-  if not epochs:
-    raise FileNotFoundError(f'no checkpoints in {run.workdir}')
-  wanted = run.results.get('evaluated_epoch') if run.results else None
-  epoch = wanted if wanted in epochs else epochs[-1]
-  data = load_dataset(config.data)
-  model, ts, _ = restore_model(config.model, data.info, run.workdir, epoch)
-  params = evaluated_weights(ts)[1]
-  x = jnp.asarray(data.test_images[:n], jnp.float32) / 255.0
-  y = jnp.asarray(data.test_labels[:n])
-  inputs = landscape.adversarial_inputs(
-      params, ts.batch_stats, x, y, jax.random.key(seed), landscape.attack_clock(config, epoch),
-      model=model, attack=landscape.training_attack(config),
-      pgd=landscape.final_pgd_settings(config))
-  predictions = {k: np.asarray(_predict(model, params, ts.batch_stats, v))
-                 for k, v in inputs.items()}
-  return {'epoch': epoch, 'labels': np.asarray(y), 'predictions': predictions,
-          'inputs': {k: np.asarray(v) for k, v in inputs.items()},
-          'eps': eval_eps(config)}
-
+# Adversarial examples (`evaluators.adversarial_examples`).
 
 def _show(ax, image: np.ndarray, **kwargs) -> None:
   ax.imshow(image[..., 0] if image.shape[-1] == 1 else image,
@@ -352,6 +348,9 @@ def _results_table(runs: Sequence[Run]) -> str:
 
 
 def _evaluation_section(run: Run, suite: str, report: dict) -> str:
+  if suite == NOISE_SUITE:  # --mode=noise_eval: its own table (fat_jax.noise_eval)
+    return (f"#### {run.name}: `eval_{suite}.json` (epoch {report['evaluated_epoch']}"
+            f"{_ema_mark(report)}, inference noise)\n\n{report['table']}")
   head = (f"#### {run.name}: `eval_{suite}.json` (epoch {report.get('evaluated_epoch', '?')}"
           f"{_ema_mark(report)}, "
           f"n={report['n']}, ε={report['eps']:.4g}, seed {report['seed']})")
@@ -373,9 +372,11 @@ def _evaluation_section(run: Run, suite: str, report: dict) -> str:
       status = check['status']
       lines.append(f"| {name} | {'**WARN**' if status == 'warn' else status} | "
                    f"{check['message'].replace('|', '/')} |")
-    warns = sum(c['status'] == 'warn' for c in checks.values())
-    parts += ['', f'Sanity checks: {len(checks) - warns} without warning, {warns} warning(s).',
-              '', '\n'.join(lines)]
+    count = lambda status: sum(c['status'] == status for c in checks.values())
+    warns, idle = count('warn'), count('uninformative')
+    parts += ['', f'Sanity checks: {len(checks) - warns - idle} without warning, {warns} '
+              f'warning(s)' + (f', {idle} uninformative (nothing left to test)' if idle else '') +
+              '.', '', '\n'.join(lines)]
   return '\n'.join(parts)
 
 
@@ -388,7 +389,7 @@ def write_report(workdirs: Sequence[str], out_dir: str = '', *, examples: bool =
 
   `examples=False` skips the adversarial examples (no checkpoint or data needed).
   """
-  runs = aggregate.load_runs(workdirs)
+  runs = load_runs(workdirs)
   if not out_dir:
     paths = [os.path.abspath(r.workdir) for r in runs]
     out_dir = os.path.dirname(os.path.join(
@@ -434,6 +435,13 @@ def write_report(workdirs: Sequence[str], out_dir: str = '', *, examples: bool =
     having = [r for r in with_records if any(key in e for e in r.records)]
     if having:
       md += [f'## {heading}', '', _figure(plot(having, out_dir), caption), '']
+  guarded = [r for r in with_records if run_log.read_records(r.workdir, name=run_log.SIGNALS)]
+  if guarded:
+    md += ['## CO signals', '',
+           _figure(plot_signals(guarded, out_dir),
+                   'The CO signals on the guard\'s fixed training batch every `guard.every` steps '
+                   '(docs/co_guard.md), × where the detector triggered and a dashed line at a '
+                   'rollback, against the monitor\'s PGD accuracy (red, right axis).'), '']
 
   md += ['## Evaluation', '', 'Final evaluation (`results.json`, the last good epoch):', '',
          _results_table(runs), '']
@@ -453,7 +461,7 @@ def write_report(workdirs: Sequence[str], out_dir: str = '', *, examples: bool =
       md += [f'{run.name}: skipped.', '']
       continue
     try:
-      md += [f'![{run.name}]({plot_adversarial_examples(run, adversarial_examples(run), out_dir)})',
+      md += [f'![{run.name}]({plot_adversarial_examples(run, current_examples(run), out_dir)})',
              '']
     except (FileNotFoundError, DatasetNotFoundError) as e:
       md += [f'{run.name}: not available ({e}).', '']

@@ -22,16 +22,18 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from fat_jax import optim, run_log, validation, workdir_lock
+from fat_jax import optim, run_log, tensorboard_log, validation, workdir_lock
 from fat_jax.checkpoint import Checkpointer, CheckpointError
+from fat_jax.co_guard import GuardedStep, guard_batch
 from fat_jax.config import default_config, eval_eps
-from fat_jax.data import (iterate_batches, load_dataset, shard_batch, steps_per_epoch,
-                          stored_frame_shape)
+from fat_jax.data import load_data, steps_per_epoch, stored_frame_shape, train_batches
 from fat_jax.diagnostics import co_onset
 from fat_jax.divergence import DivergenceError, check_finite, check_loss, check_monitor
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
 from fat_jax.methods import (evaluated_weights, init_examples, init_regularizer_state,
-                             init_train_state, make_train_step, resolve_method)
+                             init_train_state, make_train_step, resolve_method,
+                             unread_fields)
+from fat_jax.methods.guard import resolve_guard
 from fat_jax.models import build_model
 from fat_jax.parallel import make_data_mesh, replicate
 
@@ -39,7 +41,7 @@ log = logging.getLogger('fat_jax')
 
 # Config sections that may change between a run and its resumption.
 RESUMABLE_CHANGES = ('eval', 'co_monitor', 'progress', 'checkpoint_keep', 'distributed',
-                     'analysis', 'report', 'compilation_cache')
+                     'analysis', 'report', 'compilation_cache', 'tensorboard')
 NAN_CHECK_EVERY = 20
 # Component statistics shown in the epoch line (all are in metrics.jsonl).
 EXTRA_LOG = {'train_aaer_aae_fraction': 'AAE fraction', 'train_gradalign_cos': 'grad cos',
@@ -85,8 +87,9 @@ def _check_resumable(workdir: str, config, checkpointer) -> None:
     return
   current = json.loads(config.to_json_best_effort())
   default = json.loads(default_config().to_json_best_effort())
-  differ = sorted(k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and
-                  not _same_run(stored.get(k), current.get(k), default.get(k)))
+  differ = sorted(k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and not (
+      _same_run(stored[k], current.get(k), default.get(k)) if k in stored  # a newer section:
+      else current.get(k) == default.get(k)))                              # same while default
   if not differ:
     return
   if checkpointer.epochs() or run_log.has_records(workdir):
@@ -127,19 +130,18 @@ def _last_good(checkpointer) -> str:
           f'{checked}); lower optim.lr_max or eps and rerun in a new --workdir.')
 
 
-def _train_epoch(train_step, ts, data, config, epoch: int, mesh, steps: int, checkpointer,
+def _train_epoch(train_step, ts, batches, config, epoch: int, steps: int, checkpointer,
                  after_step=None):
-  """One epoch of training; returns the state and the epoch-mean metrics.
+  """One epoch of training on `batches` (`fat_jax.data.train_batches`); returns the state and
+  the epoch-mean metrics.
 
   `after_step(ts, i)` (optional) runs after the epoch's step i (0-based).
   """
-  batches = iterate_batches(data.train_images, data.train_labels, config.batch_size,
-                            config.seed, epoch)
-  bar = tqdm(batches, total=steps, desc=f'epoch {epoch}/{config.num_epochs}', leave=False,
-             disable=not config.progress, unit='step')
+  bar = tqdm(batches.epoch(epoch), total=steps, desc=f'epoch {epoch}/{config.num_epochs}',
+             leave=False, disable=not config.progress, unit='step')
   sums = None
-  for i, (indices, images, labels) in enumerate(bar):
-    ts, metrics = train_step(ts, *shard_batch((images, labels, indices), mesh))
+  for i, batch in enumerate(bar):  # (images, labels, indices) on the mesh
+    ts, metrics = train_step(ts, *batch)
     if after_step is not None:
       after_step(ts, i)
     sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b, sums, metrics)
@@ -151,13 +153,12 @@ def _train_epoch(train_step, ts, data, config, epoch: int, mesh, steps: int, che
       bar.set_postfix(loss=f'{loss:.3f}', acc=f"{float(sums['accuracy']) / (i + 1):.3f}")
   means = {f'train_{k}': (np.asarray(v) / steps).tolist() for k, v in sums.items()
            if k not in ('lr', 'momentum')}
-  means.update(lr=float(metrics['lr']), momentum=float(metrics['momentum']))
+  means.update({k: float(metrics[k]) for k in ('lr', 'momentum') if k in metrics})
   return ts, means
 
 
 def _eval_subset(data, n: int):
-  n = n or len(data.test_images)
-  return data.test_images[:n], data.test_labels[:n]
+  return data.test_subset(n)
 
 
 def _pgd_settings(config, steps: int, restarts: int) -> PGDSettings:
@@ -187,29 +188,37 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _train_and_evaluate(config, workdir: str) -> dict:
   method = resolve_method(config.method, config.eps)  # fail on a bad method before loading data
+  unread = unread_fields(config.method, method, default_config().method)
+  if unread:
+    raise validation.ConfigError('\n'.join(unread))
+  guard = resolve_guard(config.guard, method)  # None: no guard
   mesh = make_data_mesh()
   for field, size in (('batch_size', config.batch_size),
                       ('eval.batch_size', config.eval.batch_size)):
     if size % mesh.size:
       raise ValueError(f'{field}={size} is not divisible by the {mesh.size} devices; choose a '
                        'multiple of the device count.')
-  data = load_dataset(config.data)
+  data = load_data(config.data)
+  if guard is not None:  # its fixed batch, held out of training when guard.hold_out
+    data, guard_xy = guard_batch(data, guard)
   model = build_model(config.model, data.info)
-  steps = steps_per_epoch(len(data.train_images), config.batch_size)
+  steps = steps_per_epoch(data.num_train, config.batch_size)
   if steps == 0:
-    raise ValueError(f'batch_size={config.batch_size} exceeds the {len(data.train_images)} '
+    raise ValueError(f'batch_size={config.batch_size} exceeds the {data.num_train} '
                      'training examples.')
-  if len(data.train_images) % config.batch_size:
+  if data.num_train % config.batch_size:
     log.info('batch_size=%d does not divide the %d training examples: each epoch leaves out '
-             '%d (the last of its shuffled order).', config.batch_size, len(data.train_images),
-             len(data.train_images) % config.batch_size)
+             '%d (the last of its shuffled order).', config.batch_size, data.num_train,
+             data.num_train % config.batch_size)
   schedule = make_schedule(config, steps)
+  batches = train_batches(data, batch_size=config.batch_size, seed=config.seed,
+                          num_epochs=config.num_epochs, mesh=mesh)
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
 
   os.makedirs(workdir, exist_ok=True)
   with Checkpointer(workdir, keep=config.checkpoint_keep) as checkpointer:
     _check_resumable(workdir, config, checkpointer)
-    examples = init_examples(method, len(data.train_images),
+    examples = init_examples(method, data.num_train,
                              stored_frame_shape(data.info.image_shape, data.info.augment))
     ema = make_weight_average(config, schedule)
     ts = replicate(init_train_state(model, init_key, examples, ema=ema,
@@ -217,13 +226,20 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     start, history = _resume(checkpointer, workdir)
     if start:
       ts = checkpointer.restore(start, ts)
+      batches.restore(checkpointer.data_state(start))
       log.info('Resuming from the checkpoint of epoch %d in %s.', start, workdir)
     run_log.write_json(workdir, run_log.CONFIG, json.loads(config.to_json_best_effort()))
+    events = tensorboard_log.EventLog(workdir, start * steps + 1, enabled=config.tensorboard)
 
-    train_step = jax.jit(make_train_step(model, method, schedule,
-                                         weight_decay=config.optim.weight_decay,
-                                         augment_mode=data.info.augment, key=step_key, ema=ema),
-                         donate_argnums=0)
+    build_step = lambda m: make_train_step(model, m, schedule,
+                                           weight_decay=config.optim.weight_decay,
+                                           augment_mode=data.info.augment, key=step_key, ema=ema)
+    train_step = jax.jit(build_step(method), donate_argnums=0)
+    if guard is not None:  # the CO guard every guard.every steps (fat_jax.co_guard)
+      train_step = GuardedStep(
+          guard, method, build_step, model, guard_xy, eps=config.eps,
+          key=jax.random.fold_in(init_key, 1), workdir=workdir, steps_per_epoch=steps,
+          records=run_log.read_records(workdir, up_to_epoch=start, name=run_log.SIGNALS))
     monitor = _pgd_settings(config, config.eval.monitor_pgd_steps,
                             config.eval.monitor_pgd_restarts)
     monitor_x, monitor_y = _eval_subset(data, config.eval.monitor_n)
@@ -252,19 +268,20 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         check_monitor(r, f'at step {(epoch - 1) * steps + i + 1} (epoch {epoch})',
                       lambda: _last_good(checkpointer))
         monitor_time[0] += r['wall_time_s']
-        run_log.append_record(workdir, {
+        record = {
             'epoch': epoch - 1 + (i + 1) / steps, 'step': (epoch - 1) * steps + i + 1,
             **{f'{k}_accuracy': r[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
             'vact': r['vact'], 'vact_pgd': r['vact_pgd'], 'fosc_fgsm': r['fosc_fgsm'],
-            'fosc_pgd': r['fosc_pgd'], 'monitor': protocol, 'evaluated_weights': weights},
-            name=run_log.MONITOR)
+            'fosc_pgd': r['fosc_pgd'], 'monitor': protocol, 'evaluated_weights': weights}
+        run_log.append_record(workdir, record, name=run_log.MONITOR)
+        events.write(record, record['step'])
       return after_step
 
     for epoch in range(start + 1, config.num_epochs + 1):
       if onset is not None and cm.early_stop:
         break
       t0, monitor_time[0] = time.time(), 0.0
-      ts, record = _train_epoch(train_step, ts, data, config, epoch, mesh, steps, checkpointer,
+      ts, record = _train_epoch(train_step, ts, batches, config, epoch, steps, checkpointer,
                                 monitor_within_epoch(epoch))
       # The loss precedes each update: the state after the epoch's last step is checked here,
       # before it is evaluated, logged or saved, and so are the loss and the monitor's values
@@ -282,10 +299,13 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                 'fosc_fgsm': result['fosc_fgsm'], 'fosc_pgd': result['fosc_pgd'],
                 'train_time_s': train_time, 'eval_time_s': result['wall_time_s'],
                 'monitor': protocol, 'evaluated_weights': weights}
+      if guard is not None:
+        record.update(train_step.epoch_summary())
       history.append(record)
       onset = co_onset(history, drop=cm.drop, gap=cm.gap)
       record['co_detected'] = onset is not None
       run_log.append_record(workdir, record)
+      events.write(record, epoch * steps)
       extras = ''.join(f'  {label} {record[key]:.3f}' for key, label in EXTRA_LOG.items()
                        if key in record)
       if record['vact']:
@@ -300,8 +320,9 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                  onset, epoch - 1)
         ts, ts_epoch = checkpointer.restore(epoch - 1, ts), epoch - 1
         break
-      checkpointer.save(epoch, ts)
+      checkpointer.save(epoch, ts, batches.state())
       ts_epoch = epoch
+    events.close()
 
     check_finite(ts, 'before the final evaluation', lambda: _last_good(checkpointer))
     settings = _pgd_settings(config, config.eval.pgd_steps, config.eval.pgd_restarts)

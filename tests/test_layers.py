@@ -52,39 +52,40 @@ ALLOWED = {
     'run_log': ('parallel',),
     'workdir_lock': ('parallel',),
     'divergence': ('parallel',),
+    'tensorboard_log': ('parallel',),
     'checkpoint': ('optim', 'parallel', 'run_log'),
     'recipes': ('config',),
     'run_config': ('config', 'run_log', 'validation'),
     # Methods and evaluation.
     'methods': ('attacks', 'data', 'errors', 'losses', 'optim', 'weight_perturbation'),
     'evaluate': ('attacks', 'data', 'losses', 'parallel', 'run_log', 'sanity', 'validation'),
-    'evaluate.checkpoints': ('attacks', 'checkpoint', 'config', 'data', 'errors', 'evaluate',
-                             'methods', 'models', 'optim', 'parallel', 'run_log'),
+    'co_guard': ('methods', 'run_log'),
+    # A run directory as one value.
+    'runs': ('checkpoint', 'config', 'data', 'errors', 'evaluate', 'methods', 'models', 'optim',
+             'recipes', 'run_log'),
     # The loop, the analyses of a checkpoint, conversion.
-    'train': ('checkpoint', 'config', 'data', 'diagnostics', 'divergence', 'evaluate', 'methods',
-              'models', 'optim', 'parallel', 'run_log', 'validation', 'workdir_lock'),
-    'noise_eval': ('attacks', 'config', 'data', 'evaluate', 'evaluate.checkpoints', 'methods',
-                   'run_log'),
-    'feature_analysis': ('attacks', 'config', 'data', 'evaluate.checkpoints', 'losses',
-                         'methods', 'run_log'),
+    'train': ('checkpoint', 'co_guard', 'config', 'data', 'diagnostics', 'divergence',
+              'evaluate', 'methods', 'models', 'optim', 'parallel', 'run_log', 'tensorboard_log',
+              'validation', 'workdir_lock'),
+    'noise_eval': ('attacks', 'evaluate', 'methods', 'run_log', 'runs'),
+    'feature_analysis': ('attacks', 'losses', 'methods', 'run_log', 'runs'),
     'convert': ('checkpoint', 'config', 'data', 'errors', 'methods', 'models', 'run_log',
                 'torch_file'),
+    'landscape': ('attacks', 'data', 'figures', 'losses', 'methods', 'run_log', 'runs'),
+    # Evaluators of a run: launch's modes.
+    'evaluators': ('attacks', 'evaluate', 'feature_analysis', 'landscape', 'methods',
+                   'noise_eval', 'parallel', 'run_log', 'runs'),
     # Reports of finished runs.
-    'aggregate': ('recipes', 'run_log'),
-    'summary': ('aggregate', 'run_log'),
-    'landscape': ('aggregate', 'attacks', 'checkpoint', 'config', 'data', 'evaluate',
-                  'evaluate.checkpoints', 'figures', 'losses', 'methods', 'run_log'),
-    'report': ('aggregate', 'config', 'data', 'errors', 'evaluate.checkpoints', 'figures',
-               'landscape', 'methods', 'parallel', 'run_log', 'summary'),
+    'aggregate': ('runs',),
+    'summary': ('run_log', 'runs'),
+    'report': ('aggregate', 'config', 'data', 'errors', 'evaluators', 'figures', 'noise_eval',
+               'parallel', 'run_log', 'runs', 'summary'),
     # The launcher.
-    'launch': ('configs', 'errors', 'evaluate.checkpoints', 'feature_analysis', 'noise_eval',
-               'parallel', 'report', 'run_config', 'summary', 'train', 'validation'),
+    'launch': ('configs', 'errors', 'evaluators', 'parallel', 'report', 'run_config', 'runs',
+               'summary', 'train', 'validation'),
 }
 ROOT_ENTRY = '__init__'
 OUTSIDE = ('configs',)
-# Imports inside functions only, pointing up: the evaluate facade loads its checkpoint names on
-# first use (test_evaluate_loads_no_model_code).
-LAZY = {'evaluate': ('evaluate.checkpoints',)}
 PACKAGED_CONFIGS = 'fat_jax.configs'
 
 PURE = ('fat_jax.attacks', 'fat_jax.losses', 'fat_jax.weight_perturbation', 'fat_jax.optim')
@@ -96,11 +97,10 @@ ABOVE_PURE = ('fat_jax.train', 'fat_jax.data', 'fat_jax.models', 'fat_jax.config
               'fat_jax.noise_eval', 'fat_jax.diagnostics')
 MODELS_AND_DATA = ('fat_jax.models', 'fat_jax.data')
 TRAINING_PIECES = ('fat_jax.attacks', 'fat_jax.losses', 'fat_jax.methods')
-# The generic evaluation: everything of the package but its checkpoint module, which the package
-# facade loads on first use of its names (see test_evaluate_loads_no_model_code).
-EVALUATE_CHECKPOINTS = 'fat_jax.evaluate.checkpoints'
+# The generic evaluation: a trained run is evaluated above it (`fat_jax.evaluators`).
 NOT_IN_GENERIC_EVALUATE = ('fat_jax.models', 'fat_jax.methods', 'fat_jax.checkpoint',
-                           'fat_jax.train', 'fat_jax.report', 'fat_jax.landscape')
+                           'fat_jax.train', 'fat_jax.report', 'fat_jax.landscape',
+                           'fat_jax.runs')
 LOOP = 'fat_jax.train'
 NOT_IN_LOOP = ('fat_jax.report', 'fat_jax.landscape')
 
@@ -122,21 +122,20 @@ def parse_modules(root: str) -> dict[str, tuple[str, ast.Module]]:
   return modules
 
 
-def import_statements(tree: ast.AST, module_level_only: bool):
+def import_statements(tree: ast.AST):
   for node in ast.iter_child_nodes(tree):
     if isinstance(node, (ast.Import, ast.ImportFrom)):
       yield node
-    elif not (module_level_only and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))):
-      yield from import_statements(node, module_level_only)
+    else:
+      yield from import_statements(node)
 
 
-def imported_modules(name: str, is_package: bool, tree: ast.Module, known,
-                     module_level_only: bool = False) -> set[str]:
+def imported_modules(name: str, is_package: bool, tree: ast.Module, known) -> set[str]:
   """The project modules `name` imports (absolute or relative; `from package import
   submodule` is the submodule, `from module import object` the module; the installed recipes
-  are 'configs'), anywhere or only outside functions."""
+  are 'configs'), at module level or inside functions."""
   out = set()
-  for node in import_statements(tree, module_level_only):
+  for node in import_statements(tree):
     if isinstance(node, ast.Import):
       out.update(a.name for a in node.names)
     elif isinstance(node, ast.ImportFrom):
@@ -153,12 +152,10 @@ def imported_modules(name: str, is_package: bool, tree: ast.Module, known,
   return {m for m in out if m.split('.')[0] in ('fat_jax', 'configs')}
 
 
-def import_graph(root: str = ROOT, lazy=()) -> dict[str, set[str]]:
-  """{module: the modules it imports}; for the modules in `lazy`, only their imports outside
-  functions (a facade that loads some names on first use)."""
+def import_graph(root: str = ROOT) -> dict[str, set[str]]:
+  """{module: the modules it imports}."""
   modules = parse_modules(root)
-  return {name: imported_modules(name, path.endswith('__init__.py'), tree, modules,
-                                 module_level_only=name in lazy)
+  return {name: imported_modules(name, path.endswith('__init__.py'), tree, modules)
           for name, (path, tree) in modules.items()}
 
 
@@ -235,7 +232,7 @@ def unplaced(graph, allowed=ALLOWED) -> list[str]:
   return sorted(m for m in graph if entry_of(m, allowed) is None)
 
 
-def unpermitted_imports(graph, allowed=ALLOWED, lazy=LAZY) -> list[str]:
+def unpermitted_imports(graph, allowed=ALLOWED) -> list[str]:
   """'a imports b' for each import of a placed module that its entry does not allow (within
   one entry, imports are free)."""
   found = []
@@ -243,7 +240,7 @@ def unpermitted_imports(graph, allowed=ALLOWED, lazy=LAZY) -> list[str]:
     entry = entry_of(module, allowed)
     for target in sorted(graph[module]) if entry is not None else ():
       other = entry_of(target, allowed) or target  # 'configs', or a module no entry places
-      if other != entry and other not in allowed[entry] + lazy.get(entry, ()):
+      if other != entry and other not in allowed[entry]:
         found.append(f'{module} imports {target}')
   return found
 
@@ -262,13 +259,11 @@ def allowed_graph(allowed=ALLOWED) -> dict[str, set[str]]:
   return {full_name(e): {full_name(t) for t in targets} for e, targets in allowed.items()}
 
 
-def allowed_table(allowed=ALLOWED, lazy=LAZY) -> str:
+def allowed_table(allowed=ALLOWED) -> str:
   """The allow-list as docs/architecture.md shows it, bottom to top; consecutive entries that
   may import the same share a row."""
   def permitted(entry):
-    names = ', '.join(f'`{t}`' for t in allowed[entry]) or '—'
-    inside = ', '.join(f'`{t}`' for t in lazy.get(entry, ()))
-    return names + (f'; inside functions {inside}' if inside else '')
+    return ', '.join(f'`{t}`' for t in allowed[entry]) or '—'
   rows = ['| module or package | may import |', '|---|---|']
   rows += [f"| {', '.join(f'`{e}`' for e in entries)} | {text} |"
            for text, entries in itertools.groupby(allowed, key=permitted)]
@@ -278,8 +273,6 @@ def allowed_table(allowed=ALLOWED, lazy=LAZY) -> str:
 class Rule(NamedTuple):
   sources: tuple
   forbidden: tuple
-  exempt: tuple = ()  # modules of `sources` the rule does not cover
-  lazy: tuple = ()    # facades whose imports inside functions it does not follow
 
 
 RULES = {
@@ -289,19 +282,18 @@ RULES = {
     'models and data import no attacks, losses or methods': Rule(MODELS_AND_DATA,
                                                                  TRAINING_PIECES),
     'the generic evaluation imports no models, methods, checkpoints, loop or reports':
-        Rule(('fat_jax.evaluate',), NOT_IN_GENERIC_EVALUATE, (EVALUATE_CHECKPOINTS,),
-             ('fat_jax.evaluate',)),
+        Rule(('fat_jax.evaluate',), NOT_IN_GENERIC_EVALUATE),
     'the loop imports no report': Rule((LOOP,), NOT_IN_LOOP),
 }
 
 
 def broken(rule: Rule, graph) -> list[str]:
-  return violations(graph, rule.sources, rule.forbidden, allowed=lambda m: m in rule.exempt)
+  return violations(graph, rule.sources, rule.forbidden)
 
 
 @functools.lru_cache(maxsize=None)
-def project_graph(lazy: tuple = ()) -> dict[str, set[str]]:
-  return import_graph(lazy=lazy)
+def project_graph() -> dict[str, set[str]]:
+  return import_graph()
 
 
 @pytest.fixture(scope='module')
@@ -312,7 +304,7 @@ def graph():
 @pytest.mark.parametrize('name', RULES)
 def test_rule_holds_for_the_imports(name):
   rule = RULES[name]
-  assert broken(rule, project_graph(rule.lazy)) == []
+  assert broken(rule, project_graph()) == []
 
 
 @pytest.mark.parametrize('name', RULES)
@@ -336,11 +328,6 @@ def test_modules_import_only_what_their_entry_allows(graph):
   found = unpermitted_imports(graph)
   assert not found, (f'{found}: not in ALLOWED (tests/test_layers.py). Move the shared piece '
                      'down, or allow the import where the layer order permits it.')
-
-
-def test_lazy_imports_stay_inside_functions():
-  module_level = import_graph(lazy=tuple(parse_modules(ROOT)))
-  assert unpermitted_imports(module_level, lazy={}) == []
 
 
 def test_entries_name_only_entries_above_them(graph):
@@ -374,20 +361,17 @@ def test_the_architecture_doc_names_every_module(graph):
 
 
 def test_evaluate_loads_no_model_code():
-  """``from fat_jax.evaluate import evaluate`` runs no model, method or checkpoint code; the
-  checkpoint names still import from the package, on first use."""
+  """``from fat_jax.evaluate import evaluate`` runs no model, method or checkpoint code."""
   code = textwrap.dedent('''
       import sys
       from fat_jax.evaluate import evaluate, PGDSettings
       print(sorted(m for m in sys.modules if m.startswith(('fat_jax.models', 'fat_jax.methods',
-                                                          'fat_jax.checkpoint'))))
-      from fat_jax.evaluate import restore_model
-      print('fat_jax.models' in sys.modules)
+                                                          'fat_jax.checkpoint', 'fat_jax.runs'))))
   ''')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                        env={**os.environ, 'PYTHONPATH': ROOT, 'JAX_PLATFORMS': 'cpu'},
                        cwd=ROOT).stdout.split('\n')
-  assert out[:2] == ['[]', 'True']
+  assert out[0] == '[]'
 
 
 def test_the_walker_sees_relative_function_level_and_submodule_imports(tmp_path):
@@ -412,8 +396,6 @@ def test_the_walker_sees_relative_function_level_and_submodule_imports(tmp_path)
   assert g['fat_jax.models.small'] == {'fat_jax.models'}
   assert g['fat_jax.evaluate'] == {'fat_jax.data', 'fat_jax.models'}
   assert g['fat_jax.launch'] == {'configs'}  # the recipes, installed as fat_jax.configs
-  assert import_graph(str(tmp_path), lazy=('fat_jax.evaluate',))['fat_jax.evaluate'] == {
-      'fat_jax.data'}
   assert violations(g, ('fat_jax.losses',), ('fat_jax.attacks',)) == [
       'fat_jax.losses -> fat_jax.losses.gradalign -> fat_jax.attacks.core',
       'fat_jax.losses.gradalign -> fat_jax.attacks.core']
@@ -432,19 +414,17 @@ def test_the_allow_list_checks_can_fail():
   assert [entry_of(m, allowed) for m in sorted(graph)] == [
       '__init__', 'attacks', 'evaluate', 'losses', 'losses', None, 'train']
   assert unplaced(graph, allowed) == ['fat_jax.report']
-  assert unpermitted_imports(graph, allowed, lazy={}) == [
+  assert unpermitted_imports(graph, allowed) == [
       'fat_jax.evaluate imports fat_jax.train', 'fat_jax.losses.kl imports fat_jax.attacks.pgd',
       'fat_jax.train imports configs']
-  assert unpermitted_imports(graph, allowed, lazy={'evaluate': ('train',)}) == [
-      'fat_jax.losses.kl imports fat_jax.attacks.pgd', 'fat_jax.train imports configs']
   assert misplaced_permissions(allowed) == ['train -> evaluate']
   assert broken(Rule(('fat_jax.losses',), ('fat_jax.attacks',)), allowed_graph(allowed)) == []
   assert broken(Rule(('fat_jax.train',), ('fat_jax.losses',)), allowed_graph(allowed)) == [
       'fat_jax.train -> fat_jax.attacks -> fat_jax.losses']
-  assert allowed_table(allowed, lazy={'evaluate': ('train',)}) == (
+  assert allowed_table(allowed) == (
       '| module or package | may import |\n|---|---|\n| `__init__`, `losses` | — |\n'
       '| `attacks` | `losses` |\n| `train` | `attacks`, `evaluate` |\n'
-      '| `evaluate` | `attacks`; inside functions `train` |\n')
+      '| `evaluate` | `attacks` |\n')
 
 
 if __name__ == '__main__':
