@@ -1,4 +1,4 @@
-"""notebooks/quickstart.ipynb: stored without outputs, every code cell valid Python, and (slow)
+"""docs/notebooks/quickstart.ipynb: stored without outputs, every code cell valid Python, and (slow)
 executed top to bottom by a Jupyter kernel (nbclient): it trains N-FGSM + LAP in its own optax
 loop, evaluates with AutoAttack and draws its two figures."""
 import json
@@ -9,7 +9,7 @@ import pytest
 from fat_jax.data import FASHION_MNIST_DEBIAN_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOK = os.path.join(ROOT, 'notebooks', 'quickstart.ipynb')
+NOTEBOOK = os.path.join(ROOT, 'docs', 'notebooks', 'quickstart.ipynb')
 
 
 def code_cells() -> list[str]:
