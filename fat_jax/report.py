@@ -43,7 +43,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fat_jax import aggregate, figures, run_log, summary
+from fat_jax import aggregate, figures, run_log, summary, tensorboard_log
 from fat_jax.config import default_config
 from fat_jax.data import DatasetNotFoundError
 from fat_jax.errors import command_name
@@ -506,12 +506,19 @@ def try_write_report(workdir: str, *, examples: bool = True) -> str | None:
 
 def write_end_of_run_report(config, workdir: str) -> str | None:
   """The report `launch.py` writes after `train_and_evaluate`: with `config.report`, on the
-  writing process, `try_write_report(workdir)`; None otherwise or when it fails."""
+  writing process, `try_write_report(workdir)`, its figures also into the run's TensorBoard
+  events (`config.tensorboard`); None otherwise or when it fails."""
   if not (config.report and is_writer()):
     return None
   # The adversarial examples restore a checkpoint, which every process of a multi-host run
   # would have to join: there, `python -m fat_jax.report WORKDIR` adds them afterwards.
-  return try_write_report(workdir, examples=jax.process_count() == 1)
+  path = try_write_report(workdir, examples=jax.process_count() == 1)
+  results = run_log.read_json(workdir, run_log.RESULTS)
+  if path and config.tensorboard and results:
+    events = tensorboard_log.EventLog(workdir, first_step=0)
+    events.write_figures(os.path.dirname(path), step=results['evaluated_step'])
+    events.close()
+  return path
 
 
 def main(argv=None):

@@ -6,7 +6,8 @@ steps) as a scalar at the run's global training step, in ``WORKDIR/tensorboard``
 
 A tag is the record's key (``train_loss``, ``pgd_accuracy``, ``lr``); a dict or list value
 gives one tag per entry (``vact/A``, ``train_lap_norm/0``), a boolean 0 or 1. The x-axes
-(``epoch``, ``step``), the monitor's settings (``monitor``) and text are left out. A resumed
+(``epoch``, ``step``), the monitor's settings (``monitor``) and text are left out. The
+end-of-run report's figures go in as images (``report/accuracy``, ...) at the evaluated step. A resumed
 run writes a new event file whose first event purges, in TensorBoard's reader, the steps the
 interrupted run logged after its last checkpoint, so no step appears twice.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 import glob
 import os
 import weakref
+
+import matplotlib.image
 
 from fat_jax.parallel import is_writer
 
@@ -48,7 +51,8 @@ class EventLog:
   `first_step` is the first global step this session logs (``start_epoch · steps + 1`` on a
   resumption, 1 for a new run): when the folder already holds event files, the new file
   starts with tensorboardX's ``purge_step`` = `first_step`, which hides their events at steps
-  ≥ `first_step`. The file is created at the first write; with `enabled` False (or on a
+  ≥ `first_step` (0: purges nothing, for the report's figures). The file is created at the
+  first write; with `enabled` False (or on a
   process other than 0) nothing is written.
   """
 
@@ -69,7 +73,8 @@ class EventLog:
     earlier = glob.glob(os.path.join(self.logdir, 'events.out.tfevents.*'))
     # A name of its own (tensorboardX names a file by the second and the host, so a second
     # session within the same second would overwrite the first), read after the earlier ones.
-    writer = SummaryWriter(self.logdir, purge_step=self.first_step if earlier else None,
+    writer = SummaryWriter(self.logdir,
+                           purge_step=self.first_step if earlier and self.first_step else None,
                            filename_suffix=f'.from_step_{self.first_step:09d}')
     self._close = weakref.finalize(self, writer.close)  # also when the run ends in an error
     return writer
@@ -84,6 +89,22 @@ class EventLog:
     for tag, value in scalars(record).items():
       self._writer.add_scalar(tag, value, global_step=step)
     self._writer.flush()
+
+  def write_figures(self, folder: str, step: int) -> list[str]:
+    """Every PNG of `folder` (the run's report figures) as an image tagged ``report/<name>`` at
+    `step`; returns the tags written."""
+    if not self.enabled:
+      return []
+    if self._writer is None:
+      self._writer = self._open()
+    tags = []
+    for path in sorted(glob.glob(os.path.join(folder, '*.png'))):
+      tag = 'report/' + os.path.basename(path)[:-len('.png')]
+      self._writer.add_image(tag, matplotlib.image.imread(path)[..., :3], global_step=step,
+                             dataformats='HWC')
+      tags.append(tag)
+    self._writer.flush()
+    return tags
 
   def close(self) -> None:
     if self._close is not None:

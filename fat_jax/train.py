@@ -334,7 +334,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   run_log.write_arrays(workdir, 'eval_flags.npz', final.pop('flags'))
   results = {'method': config.method.name, 'dataset': config.data.name,
              'model': config.model.name, 'train_eps': config.eps, 'seed': config.seed,
-             'evaluated_epoch': ts_epoch, 'evaluated_weights': weights, 'co_onset_epoch': onset,
+             'evaluated_epoch': ts_epoch, 'evaluated_step': ts_epoch * steps,
+             'evaluated_weights': weights, 'co_onset_epoch': onset,
              'train_time_s': sum(r['train_time_s'] for r in history), **final}
   run_log.write_json(workdir, run_log.RESULTS, results)
   log.info('Final (epoch %d, %s weights, n=%d, eps=%.4f): clean %.4f  FGSM %.4f  PGD-%d-%d %.4f',

@@ -79,7 +79,7 @@ ALLOWED = {
     'aggregate': ('runs',),
     'summary': ('run_log', 'runs'),
     'report': ('aggregate', 'config', 'data', 'errors', 'evaluators', 'figures', 'noise_eval',
-               'parallel', 'run_log', 'runs', 'summary'),
+               'parallel', 'run_log', 'runs', 'summary', 'tensorboard_log'),
     # The launcher.
     'launch': ('configs', 'errors', 'evaluators', 'parallel', 'report', 'run_config', 'runs',
                'summary', 'train', 'validation'),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fat_jax import run_log, tensorboard_log
+from fat_jax import report, run_log, tensorboard_log
 from fat_jax.train import train_and_evaluate
 from tests.test_train import data_dir, tiny_config  # pylint: disable=unused-import
 
@@ -83,6 +83,22 @@ def test_training_logs_every_number_at_its_step(data_dir, tmp_path):
   assert [s for s, _ in found['pgd_accuracy']] == [2, 4, 6, 8]
   assert {'lr', 'momentum', 'vact/A', 'co_detected'} <= set(found)
   assert_events_match_the_records(workdir, steps=4)
+
+
+def test_the_end_of_run_report_figures_are_images_at_the_evaluated_step(data_dir, tmp_path):
+  config = tiny_config(data_dir, report=True)
+  workdir = str(tmp_path / 'run')
+  results = train_and_evaluate(config, workdir)
+  path = report.write_end_of_run_report(config, workdir)
+  events = EventAccumulator(os.path.join(workdir, tensorboard_log.DIR))
+  events.Reload()
+  figures = sorted(f[:-len('.png')] for f in os.listdir(os.path.dirname(path))
+                   if f.endswith('.png'))
+  assert 'accuracy' in figures and results['evaluated_step'] == 8
+  assert events.Tags()['images'] == [f'report/{name}' for name in figures]
+  image = events.Images('report/accuracy')[0]
+  assert image.step == 8 and image.width > 100 and image.height > 100
+  assert [s for s, _ in read_events(workdir)['train_loss']] == [4, 8]  # nothing purged
 
 
 @pytest.mark.slow  # two runs (~25 s)
