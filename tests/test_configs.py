@@ -106,3 +106,17 @@ def test_aaer_wrn_recipes_change_only_the_network():
   params = jax.eval_shape(model.init, jax.random.key(0))[0]
   # WRN-34-10's 46,160,474 parameters at 10 classes, plus 90 more rows of the 640-input fc.
   assert sum(np.prod(p.shape) for p in jax.tree.leaves(params)) == 46_160_474 + 90 * 641
+
+
+def test_lap_cifar100_recipe_is_the_cifar10_recipe_on_cifar100():
+  """`CIFAR100/LAP.py` of tmllab/2024_ICML_LAP: the CIFAR-10 script's arguments with
+  `PreActResNet18(num_classes=100)` and PGD-50 with 1 restart."""
+  from configs import lap_cifar100_eps8, lap_eps8
+  for variant in ('v', 'r', 'n'):
+    c, ref = lap_cifar100_eps8.get_config(variant), lap_eps8.get_config(variant)
+    assert (c.data.name, c.eval.pgd_steps, c.eval.pgd_restarts) == ('cifar100', 50, 1)
+    c.data.name = 'cifar10'
+    assert c == ref
+  n = resolve_method(lap_cifar100_eps8.get_config().method, 8 / 255)
+  assert (n.lap.beta, n.lap.gamma, n.attack.init_scale, n.attack.project) == (0.001, 0.3, 2.0,
+                                                                              False)

@@ -151,6 +151,35 @@ def test_decoding_refuses_bad_files_with_one_line(tmp_path):
     images.decode_image(str(path), max_pixels=1000)
 
 
+def test_conversions_to_rgb_are_counted_per_split_and_logged(tmp_path, caplog):
+  root = make_image_folder(tmp_path, per_class=3, size=16)
+  rng = np.random.default_rng(2)
+  _image(rng, 16, 'L').save(root / 'train' / 'cat' / '0.png')
+  _image(rng, 16, 'CMYK').save(root / 'train' / 'dog' / '9.jpg')
+  _image(rng, 16, 'RGBA').save(root / 'train' / 'dog' / '1.png')
+  _image(rng, 16, 'RGB').convert('P').save(root / 'val' / 'dog' / '2.png')
+  expected = {}
+  for split in ('train', 'val'):  # the modes Pillow reads from each file, counted here
+    for path in sorted((root / split).rglob('*')):
+      if path.is_file():
+        with Image.open(path) as image:
+          if image.mode != 'RGB':
+            expected.setdefault(split, {}).setdefault(image.mode, 0)
+            expected[split][image.mode] += 1
+  assert expected == {'train': {'L': 1, 'CMYK': 1, 'RGBA': 1}, 'val': {'P': 1}}
+  with caplog.at_level('INFO'):
+    data = load_data(_config(name='image_folder', dir=str(root), image_size=16))
+  assert data.conversions == {'train': {'CMYK': 1, 'L': 1, 'RGBA': 1}, 'test': {'P': 1}}
+  assert ('image_folder: converted to RGB: 3 of 7 train images (CMYK 1, L 1, RGBA 1), '
+          '1 of 6 test images (P 1)') in caplog.text
+  assert images.count_conversions([str(root / 'val' / 'cat' / '0.png')]) == {}
+  assert load_data(_config(name='image_folder', dir=str(root), n_train=3)).conversions[
+      'train'] == {'L': 1}  # counted over the subset read: the three files of 'cat'
+  (root / 'val' / 'cat' / '0.png').write_bytes(b'not an image')
+  with pytest.raises(images.ImageError, match=r'0\.png: not a readable image'):
+    load_data(_config(name='image_folder', dir=str(root)))
+
+
 def test_test_time_resize_and_center_crop_match_torchvision_arithmetic():
   pixels = np.random.default_rng(0).integers(0, 256, (300, 400, 3), np.uint8)  # H 300, W 400
   image = Image.fromarray(pixels)

@@ -5,7 +5,8 @@ size is read from the header and checked against a pixel cap before anything is 
 colour mode (grayscale, palette, CMYK, with or without alpha) is converted to RGB by Pillow's
 ``convert('RGB')``, the rule of the official loaders' PIL path (``loadPILImage`` in
 ``tmllab/2024_ICML_LAP`` ``Tiny-imagenet/tiny_imagenet.py``; the alpha channel is dropped). A
-truncated or undecodable file raises `ImageError`, one line naming the file.
+truncated or undecodable file raises `ImageError`, one line naming the file. `count_conversions`
+counts, per colour mode, the files of a split that the rule converts (from their headers).
 
 The transforms follow torchvision on PIL images (``transforms.RandomResizedCrop``,
 ``Resize``, ``CenterCrop``; bilinear resampling), as ``tmllab/2023_NeurIPS_AAER``
@@ -13,8 +14,11 @@ The transforms follow torchvision on PIL images (``transforms.RandomResizedCrop`
 """
 from __future__ import annotations
 
+import collections
 import math
 import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -52,6 +56,31 @@ def open_image(path: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
           Image.DecompressionBombError) as e:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ImageError(f'{path}: not a readable image ({reason})') from None
+
+
+def colour_mode(path: str) -> str:
+  """The PIL mode of the image at `path` ('RGB', 'L', 'P', 'CMYK', 'RGBA', …), read from its
+  header without decoding the pixels."""
+  try:
+    with Image.open(path) as image:
+      return image.mode
+  except (OSError, ValueError, SyntaxError) as e:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ImageError(f'{path}: not a readable image ({reason})') from None
+
+
+def _count_modes(paths: Sequence[str]) -> collections.Counter:
+  return collections.Counter(map(colour_mode, paths))
+
+
+def count_conversions(paths: Sequence[str], threads: int = 16) -> dict[str, int]:
+  """{mode: number of files of `paths` in that mode} for the modes other than RGB: the files
+  that `open_image` converts to RGB. Reads headers only, with `threads` threads."""
+  chunks = (paths[i:i + 1024] for i in range(0, len(paths), 1024))
+  with ThreadPoolExecutor(threads) as pool:
+    modes = sum(pool.map(_count_modes, chunks), collections.Counter())
+  modes.pop('RGB', None)
+  return dict(sorted(modes.items()))
 
 
 def decode_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:

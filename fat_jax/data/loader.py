@@ -9,6 +9,7 @@ loop sees one interface either way: `load_data` and `train_batches`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:  # the streaming path imports grain when it runs (`stream.impo
   import grain
 
 from fat_jax.data import folders
-from fat_jax.data.images import MAX_PIXELS
+from fat_jax.data.images import MAX_PIXELS, count_conversions
 from fat_jax.data.pipeline import iterate_batches, shard_batch, shard_local_batch
 from fat_jax.data.sources import (DATASET_INFOS, Dataset, DatasetInfo, DatasetNotFoundError,
                                   load_dataset)
@@ -56,12 +57,15 @@ _HOW_TO_GET = {
 @dataclasses.dataclass(frozen=True, eq=False)
 class StreamingDataset:
   """A data set read by the grain pipeline: random-access train and test sources (items
-  ``(path or image, label)``), the host transform and the number of worker processes."""
+  ``(path or image, label)``), the host transform, the number of worker processes and, per
+  split of a folder data set, the files converted to RGB by colour mode
+  (``{'train': {'L': 12}, 'test': {}}``, `images.count_conversions`)."""
   train: Sequence
   test: Sequence
   transform: HostTransform
   info: DatasetInfo
   workers: int = 0
+  conversions: dict = dataclasses.field(default_factory=dict)
 
   @property
   def num_train(self) -> int:
@@ -107,11 +111,13 @@ def _folder_data(config: Any) -> tuple[Sequence, Sequence, HostTransform, Datase
 
 def load_data(config: Any) -> Dataset | StreamingDataset:
   """The data set of `config` (``config.data``) on the input path ``config.pipeline`` chooses.
+  A folder data set's files converted to RGB are counted per split and logged.
 
   Raises:
     ValueError: unknown name or pipeline, a folder data set with pipeline 'memory', or a
       subset larger than its split.
     DatasetNotFoundError: the data is missing; the message says how to get it.
+    ImageError: a file of a folder data set whose header cannot be read (named).
   """
   name = config.name
   pipeline = getattr(config, 'pipeline', None) or 'auto'
@@ -135,7 +141,20 @@ def load_data(config: Any) -> Dataset | StreamingDataset:
                             getattr(config, 'workers', None) or 0)
   train = _first(train, getattr(config, 'n_train', None) or 0, 'train')
   test = _first(test, getattr(config, 'n_test', None) or 0, 'test')
-  return StreamingDataset(train, test, transform, info, getattr(config, 'workers', None) or 0)
+  conversions = {'train': count_conversions(train.paths), 'test': count_conversions(test.paths)}
+  logging.info('%s: converted to RGB: %s', name, _describe(conversions, train, test))
+  return StreamingDataset(train, test, transform, info, getattr(config, 'workers', None) or 0,
+                          conversions)
+
+
+def _describe(conversions: dict, train: Sequence, test: Sequence) -> str:
+  """'3 of 100 train images (L 2, CMYK 1), 0 of 10 test images'."""
+  parts = []
+  for split, source in (('train', train), ('test', test)):
+    modes = conversions[split]
+    detail = f' ({", ".join(f"{m} {n}" for m, n in modes.items())})' if modes else ''
+    parts.append(f'{sum(modes.values())} of {len(source)} {split} images{detail}')
+  return ', '.join(parts)
 
 
 class MemoryBatches:
