@@ -214,7 +214,7 @@ def test_change_point_must_be_inside_the_steps(untrained):  # noqa: F811
 
 def test_entries_run_the_attacks_with_their_settings_and_counts(trained):  # noqa: F811
   params, x, y = trained
-  options = SuiteOptions(md_steps=5, md_change_point=2, pma_steps=6)
+  options = SuiteOptions(md_steps=5, md_change_point=2, pma_steps=6, pma_restarts=1)
   key = jax.random.key(3)
   run = lambda name: attack_batch(params, {}, x, y, key, EPS, 0, apply_fn=mlp_apply, name=name,
                                   options=options)
@@ -234,7 +234,8 @@ def test_entries_run_the_attacks_with_their_settings_and_counts(trained):  # noq
 def test_pieces_give_the_one_call_result(trained, name, pieces):  # noqa: F811
   params, x, y = trained
   settings = dict(apply_fn=mlp_apply, name=name,
-                  options=SuiteOptions(md_steps=4, md_change_point=1, pma_steps=4))
+                  options=SuiteOptions(md_steps=4, md_change_point=1, pma_steps=4,
+                                               pma_restarts=1))
   batch = (params, {}, x, y, jax.random.key(2), EPS, 0)
   done = []
   in_pieces = attack_in_pieces(*batch, **settings, on_piece=done.append)
