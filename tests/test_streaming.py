@@ -410,7 +410,7 @@ def test_two_processes_streaming_train_like_one_in_memory(tmp_path):
 
 
 MEMORY_RUN = '''
-import resource, sys
+import sys
 from fat_jax.config import default_config
 from fat_jax.train import train_and_evaluate
 c = default_config()
@@ -420,7 +420,10 @@ c.eps, c.batch_size, c.num_epochs, c.progress = 0.1, 50, 1, False
 c.eval.n = c.eval.monitor_n = c.eval.batch_size = 10
 c.eval.pgd_steps, c.eval.pgd_restarts, c.eval.monitor_pgd_steps = 1, 1, 1
 train_and_evaluate(c, sys.argv[2])
-print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM: this program's peak RSS (getrusage's ru_maxrss would also count the parent's pages
+# at the fork before exec, which is pytest's size).
+with open('/proc/self/status') as f:
+  print('peak_rss_kib', next(line.split()[1] for line in f if line.startswith('VmHWM:')))
 '''
 
 
