@@ -156,6 +156,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.noise_clip = False       # clip x + r to [0, 1]
   c.eval.surrogate_workdir = ''   # 'transfer': the run whose latest checkpoint attacks
   c.eval.checks = True            # sanity checks (fat_jax.sanity)
+  c.eval.binarization = False     # with the checks: the binarization test (Zimmermann et al.)
+  c.eval.binarization_n = config_dict.placeholder(int)  # its points (None: evaluate's, 20)
   c.eval.check_pgd_steps = 20
   c.eval.square_check = True      # a short Square after a suite without it (black-box check)
   c.eval.eps_sweep = False        # APGD-CE over ε ∈ {0, ε/2, ε, 2ε, 1}

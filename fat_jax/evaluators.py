@@ -65,7 +65,8 @@ def evaluate_run(run: Run) -> dict:
   weight EMA is evaluated (and attacks as a surrogate) with it; the report's
   ``evaluated_weights`` says which ('ema' or 'model').
   The threat model is `eval.norm` ('Linf' or 'L2'), `eval.individual` runs every attack on
-  all points. Writes ``eval_<suite>.json`` (L2: ``eval_<suite>_L2.json``) and the per-point
+  all points; `eval.binarization` adds the binarization test to the checks (on
+  `eval.binarization_n` points). Writes ``eval_<suite>.json`` (L2: ``eval_<suite>_L2.json``) and the per-point
   flags ``eval_<suite>[_L2]_flags.npz``; for an AutoAttack suite also the RobustBench entry
   ``robustbench_<suite>_<norm>.json`` (metadata from `eval.robustbench`).
   """
@@ -84,11 +85,14 @@ def evaluate_run(run: Run) -> dict:
               if e.input_noise else model.apply)
   options = {f.name: e[f.name] for f in dataclasses.fields(SuiteOptions)
              if e.get(f.name) is not None}
+  if e.get('binarization_n') is not None:
+    options['binarization_n'] = e.binarization_n
+  checks = e.checks and (('binarization',) if e.get('binarization') else True)
   weights, params = evaluated_weights(ts)
   report = evaluate(apply_fn, params, ts.batch_stats, x, y, suite=e.suite,
                     eps=run.eval_eps, seed=config.seed,
                     attacks=tuple(e.attacks) or None, surrogate=surrogate,
-                    randomized=bool(e.input_noise), batch_size=e.batch_size, checks=e.checks,
+                    randomized=bool(e.input_noise), batch_size=e.batch_size, checks=checks,
                     eps_sweep=e.eps_sweep, square_check=e.square_check,
                     check_pgd_steps=e.check_pgd_steps, eot_check_n=e.eot_check_n,
                     progress=config.progress, mesh=make_data_mesh(), norm=e.norm,
