@@ -55,6 +55,7 @@ from jax import monitoring
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fat_jax.config import default_config  # noqa: E402
 from fat_jax.convert import convert  # noqa: E402
 from fat_jax.data import DATASET_INFOS  # noqa: E402
 from fat_jax.evaluate import evaluate  # noqa: E402
@@ -72,10 +73,22 @@ def parse_args():
   p.add_argument('--depth', type=int, default=4)
   p.add_argument('--dataset', default=None,
                  help='image shape and classes (no data read), or --torch-file\'s data set')
+  p.add_argument('--data-dir', default='', help="--torch-file's data folder (data.dir)")
   p.add_argument('--torch-file', default='', help='a PyTorch state_dict to convert and evaluate')
-  p.add_argument('--source', default='locuslab_mnist', help="--torch-file's fat_jax.convert source")
+  p.add_argument('--torch-init', default='',
+                 help='mnist_net | preact_resnet18: a freshly initialised PyTorch network '
+                      '(--seed, --width) as --torch-file (needs torch)')
+  p.add_argument('--source', default='',
+                 help="--torch-file's fat_jax.convert source (default: locuslab_mnist, or "
+                      "locuslab for --torch-init=preact_resnet18)")
+  p.add_argument('--self-label', action='store_true',
+                 help="label the points with the model's own predictions (all clean-correct)")
   p.add_argument('--reference', action='store_true',
                  help='also time the reference AutoAttack on --torch-file (needs torch)')
+  p.add_argument('--repeat', type=int, default=1,
+                 help='runs of AutoAttack in the process: the first cold, the others warm')
+  p.add_argument('--conv', default=default_config().eval.conv,
+                 help="model.conv of the evaluated model (--mode=eval's eval.conv)")
   p.add_argument('--n', type=int, default=64)
   p.add_argument('--eps', type=float, default=None, help='default 0.5/255, or the run\'s eps')
   p.add_argument('--batch-size', type=int, default=64)
@@ -96,7 +109,7 @@ def random_model(args):
   """A fresh model and n random images labelled with its own predictions."""
   info = DATASET_INFOS[args.dataset or 'cifar10']
   config = ml_collections.ConfigDict(dict(name=args.model, width=args.width, depth=args.depth,
-                                          batchnorm=True, dtype=args.dtype))
+                                          batchnorm=True, dtype=args.dtype, conv=args.conv))
   model = build_model(config, info)
   ts = init_train_state(model, jax.random.key(args.seed))
   x = np.asarray(jax.random.uniform(jax.random.key(args.seed + 1), (args.n, *info.image_shape)))
@@ -109,8 +122,49 @@ def trained_model(args):
   """The latest checkpoint of the run in --workdir and the first n test points."""
   run = Run.open(os.path.abspath(args.workdir))
   run.config.model.dtype = args.dtype
-  model, ts, _ = run.restore()
-  return (model, ts, *run.points('test', args.n), run.eval_eps)
+  if args.data_dir:
+    run.config.data.dir = args.data_dir
+  model, ts, _ = run.restore(conv=args.conv)
+  x, y = run.points('test', args.n)
+  if args.self_label:
+    y = np.concatenate([np.asarray(model.apply(ts.params, ts.batch_stats, x[i:i + 256], False)[0]
+                                   .argmax(-1)) for i in range(0, len(x), 256)])
+  return model, ts, x, y, run.eval_eps
+
+
+def torch_init(args) -> str:
+  """A freshly initialised PyTorch network (`torch_models`, --torch-init, seeded by --seed)
+  saved as a ``state_dict`` file; its path."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch_models  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(args.seed)
+  net = (torch_models.preact_resnet18(args.width) if args.torch_init == 'preact_resnet18'
+         else torch_models.mnist_net())
+  path = os.path.join(tempfile.mkdtemp(), f'{args.torch_init}.pth')
+  torch.save(net.state_dict(), path)
+  return path
+
+
+def torch_reference_net(args):
+  """--torch-file's network in PyTorch (`torch_models`), in [0, 1] pixels like the converted
+  one: the MNIST net as is, PreActResNet-18 behind the data set's normalisation."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch_models  # pylint: disable=import-outside-toplevel
+  state = torch.load(args.torch_file, map_location='cpu')
+  if args.source == 'locuslab_mnist':
+    net = torch_models.mnist_net()
+  elif args.source == 'locuslab':
+    info = DATASET_INFOS[args.dataset or 'cifar10']
+    net = torch_models.Normalized(torch_models.preact_resnet18(state['conv1.weight'].shape[0],
+                                                               info.num_classes),
+                                  info.mean, info.std)
+    state = {f'network.{k}': v for k, v in state.items()}
+    state.update(mean=net.mean, std=net.std)
+  else:
+    raise SystemExit('--reference: --source must be locuslab_mnist or locuslab (the networks '
+                     'defined in PyTorch in benchmarks/torch_models.py)')
+  net.load_state_dict(state)
+  return net
 
 
 def reference_autoattack(args, x, y, eps):
@@ -134,14 +188,8 @@ def reference_autoattack(args, x, y, eps):
     print('reference AutoAttack: skipped, neither autoattack (github.com/fra31/auto-attack) nor '
           'pyautoattack (PyPI) is installed')
     return None
-  if args.source != 'locuslab_mnist':
-    raise SystemExit('--reference: only --source=locuslab_mnist (the MNIST net) is defined in '
-                     'PyTorch here')
-  from torch_mnist_net import mnist_net  # pylint: disable=import-outside-toplevel
   device = 'cuda' if torch.cuda.is_available() else 'cpu'   # where fat_jax runs, on a GPU
-  net = mnist_net()
-  net.load_state_dict(torch.load(args.torch_file, map_location='cpu'))
-  net = net.to(device).eval()
+  net = torch_reference_net(args).to(device).eval()
   xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
   yt = torch.from_numpy(np.asarray(y, np.int64)).to(device)
   adversary = auto_attack(net, norm='Linf', eps=eps, version='standard', seed=args.seed,
@@ -187,6 +235,10 @@ def main():
       compile_s[0] += duration
 
   monitoring.register_event_duration_secs_listener(count_compilation)
+  if args.torch_init:
+    args.torch_file = torch_init(args)
+  args.source = args.source or ('locuslab' if args.torch_init == 'preact_resnet18'
+                                else 'locuslab_mnist')
   if args.torch_file:
     args.workdir = convert(args.torch_file, os.path.join(tempfile.mkdtemp(), 'run'),
                            source=args.source, dataset=args.dataset, eps=args.eps)
@@ -198,9 +250,11 @@ def main():
     radius = eps if norm == 'Linf' else args.eps_l2
     suites[f'pgd {norm}'] = dict(suite='pgd', pgd_steps=args.pgd_steps,
                                  pgd_restarts=args.pgd_restarts, norm=norm, eps=radius)
-    suites[f'aa_standard {norm}'] = dict(suite='aa_standard', square_queries=args.square_queries,
-                                         apgd_steps=args.apgd_steps, fab_steps=args.fab_steps,
-                                         norm=norm, eps=radius)
+    aa = dict(suite='aa_standard', square_queries=args.square_queries,
+              apgd_steps=args.apgd_steps, fab_steps=args.fab_steps, norm=norm, eps=radius)
+    suites[f'aa_standard {norm}'] = aa
+    for r in range(1, args.repeat):
+      suites[f'aa_standard {norm} warm' + (f' {r}' if args.repeat > 2 else '')] = aa
   rows = {}
   for name, kw in suites.items():
     compile_s[0], t0 = 0.0, time.time()
@@ -212,16 +266,17 @@ def main():
         f'{args.dtype}, model '
         f'{args.workdir or f"{args.model} width {args.width}"}, n {len(x)}, eps Linf {eps:.5f}'
         f' L2 {args.eps_l2:g}, batch {args.batch_size}')
-  print(f"{'suite':<16} {'run (s)':>9} {'points/s':>9} {'fwd/pt':>8} {'bwd/pt':>8} "
-        f"{'clean':>6} {'robust':>7} {'compile (s)':>11}  robust after each attack (its wall "
-        "time, compilation included)")
+  print(f"{'suite':<21} {'run (s)':>9} {'points/s':>9} {'fwd/pt':>8} {'bwd/pt':>8} "
+        f"{'clean':>6} {'robust':>7} {'compile (s)':>11} {'total (s)':>9}  robust after each "
+        "attack (its wall time, compilation included)")
   for name, (report, wall, compiling) in rows.items():
     attacks = '  '.join(f"{a} {acc:.3f} ({report['time_by_attack_s'][a]:.1f} s)"
                         for a, acc in report['robust_accuracy_by_attack'].items())
     n = len(x)
-    print(f"{name:<16} {wall:>9.1f} {n / wall:>9.2f} {report['forward_passes'] / n:>8.0f} "
+    print(f"{name:<21} {wall:>9.1f} {n / wall:>9.2f} {report['forward_passes'] / n:>8.0f} "
           f"{report['backward_passes'] / n:>8.0f} {report['clean_accuracy']:>6.3f} "
-          f"{report['robust_accuracy']:>7.3f} {compiling:>11.1f}  {attacks}")
+          f"{report['robust_accuracy']:>7.3f} {compiling:>11.1f} {wall + compiling:>9.1f}  "
+          f"{attacks}")
   for norm in norms:
     print(f"{norm}: AA-standard / PGD-{args.pgd_steps}-{args.pgd_restarts} run time: "
           f"{rows[f'aa_standard {norm}'][1] / rows[f'pgd {norm}'][1]:.2f}x")
@@ -234,12 +289,14 @@ def main():
     reference = reference_autoattack(args, x, y, eps)
   if reference:
     wall, robust, times = reference
-    ours = rows['aa_standard Linf']
-    print(f"{'reference AA':<16} {wall:>9.1f} {len(x) / wall:>9.2f} {'':>8} {'':>8} {'':>6} "
-          f"{robust:>7.3f} {'':>11}  cumulative: "
+    print(f"{'reference AA':<21} {wall:>9.1f} {len(x) / wall:>9.2f} {'':>8} {'':>8} {'':>6} "
+          f"{robust:>7.3f} {'':>11} {wall:>9.1f}  cumulative: "
           + '  '.join(f'{a} {t:.1f} s' for a, t in times.items()))
-    print(f"fat_jax AA-standard points/s / reference points/s: {wall / ours[1]:.2f}x "
-          f"(robust accuracy {ours[0]['robust_accuracy']:.3f} vs {robust:.3f})")
+    for name, (report, run_s, compiling) in rows.items():
+      if name.startswith('aa_standard Linf'):
+        print(f"{name}: reference time / fat_jax time {wall / (run_s + compiling):.2f}x with "
+              f"compilation, {wall / run_s:.2f}x without (robust accuracy "
+              f"{report['robust_accuracy']:.3f} vs {robust:.3f})")
   if args.json:
     write_json(args, x, eps, rows, reference)
 
@@ -250,6 +307,7 @@ def write_json(args, x, eps, rows, reference) -> None:
   n = len(x)
   out = {'devices': jax.device_count(), 'device_kind': jax.devices()[0].device_kind,
          'backend': jax.default_backend(), 'jax': jax.__version__, 'dtype': args.dtype,
+         'conv': args.conv,
          'model': args.workdir or f'{args.model} width {args.width}', 'n': n, 'eps': eps,
          'batch_size': args.batch_size, 'suites': {
              name: {'settings': report['settings'], 'run_s': wall, 'compile_s': compiling,
@@ -269,7 +327,10 @@ def write_json(args, x, eps, rows, reference) -> None:
     out['reference_aa_standard'] = {
         'run_s': wall, 'points_per_s': n / wall, 'robust_accuracy': robust,
         'cumulative_s_by_attack': times,
-        'fat_jax_over_reference_points_per_s': wall / rows['aa_standard Linf'][1]}
+        'fat_jax_over_reference_points_per_s': {
+            name: {'with_compilation': wall / (run_s + compiling), 'without': wall / run_s}
+            for name, (_, run_s, compiling) in rows.items()
+            if name.startswith('aa_standard Linf')}}
   with open(args.json, 'w', encoding='utf-8') as f:
     json.dump(out, f, indent=1)
 

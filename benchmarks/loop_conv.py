@@ -12,8 +12,10 @@ APGD) on a fresh model, in interleaved rounds (median, seconds per step):
 * ``unrolled``: one jitted function with the steps written out (the training attacks);
 
 each with JAX's own input-gradient convolution (``lax``: flax's default
-`lax.conv_general_dilated`, whose transpose labels the kernel 01oi) and with fat_jax's
-(``fat_jax``: `fat_jax.models.conv`, kernel 01io). The last column is the share of δ's
+`lax.conv_general_dilated`, whose transpose labels the kernel 01oi), with fat_jax's
+(``xla``: `fat_jax.models.conv`, kernel 01io) and with the strided input gradients as the
+transpose of an im2col matmul (``patch_input_grad``, what `--mode=eval` attacks run on);
+`--convs` picks them. The last column is the share of δ's
 entries equal to the Python loop's with fat_jax's convolution (differently compiled programs
 may round differently; a sign step turns a rounding difference at a zero gradient into a
 different entry).
@@ -83,9 +85,10 @@ def main():
   p.add_argument('--n', type=int, default=200)
   p.add_argument('--steps', type=int, default=100)
   p.add_argument('--rounds', type=int, default=3)
+  p.add_argument('--convs', default='lax,xla,patch_input_grad', help='model.conv values')
   args = p.parse_args()
   runs, results = {}, {}
-  for conv in ('lax', 'xla'):
+  for conv in args.convs.split(','):
     params, d0, fns = runners(args.model, args.width, args.n, args.steps, conv)
     for name, fn in fns.items():
       results[(conv, name)] = np.asarray(jax.block_until_ready(fn(params, d0)))  # compiles
@@ -101,12 +104,11 @@ def main():
   base = statistics.median(times[('xla', 'python')])
   print(f'{args.model} width {args.width}, {args.n} points, {args.steps} steps, '
         f'{jax.devices()[0].device_kind}')
-  print(f"{'loop':<16}{'convolution':<14}{'ms/step':>9}{'× fat_jax python':>18}"
-        f"{'δ as fat_jax python':>21}")
+  print(f"{'loop':<16}{'convolution':<18}{'ms/step':>9}{'× xla python':>18}"
+        f"{'δ as xla python':>21}")
   for (conv, name), ts in times.items():
     t = statistics.median(ts)
-    print(f"{name:<16}{'fat_jax' if conv == 'xla' else 'lax':<14}{t * 1e3:>9.2f}{t / base:>18.2f}"
-          f"{same[(conv, name)]:>20.2%}")
+    print(f"{name:<16}{conv:<18}{t * 1e3:>9.2f}{t / base:>18.2f}{same[(conv, name)]:>20.2%}")
 
 
 if __name__ == '__main__':

@@ -93,75 +93,15 @@ def training_cost(model, batch: int) -> tuple[dict[str, float], dict[str, float]
 
 
 def torch_network(config, num_classes: int = 10):
-  """The official PyTorch structure of a model config, or None where none is written here:
-  PreActResNet-18 of `locuslab/fast_adversarial` CIFAR10/preact_resnet.py (any width) and the
-  WideResNet of `yaodongyu/TRADES` models/wideresnet.py (any depth and widen factor).
-  ImportError without PyTorch."""
-  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
-  from torch import nn  # pylint: disable=import-outside-toplevel
-
-  class PreActBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-      self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-      self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False)
-                       if stride != 1 or cin != cout else None)
-
-    def forward(self, x):
-      out = F.relu(self.bn1(x))
-      shortcut = self.shortcut(out) if self.shortcut is not None else x
-      return self.conv2(F.relu(self.bn2(self.conv1(out)))) + shortcut
-
-  class PreActResNet18(nn.Module):
-    def __init__(self, width):
-      super().__init__()
-      self.conv1, blocks, cin = nn.Conv2d(3, width, 3, 1, 1, bias=False), [], width
-      for stage, stride in enumerate((1, 2, 2, 2)):
-        cout = width * 2 ** stage
-        blocks += [PreActBlock(cin, cout, stride), PreActBlock(cout, cout, 1)]
-        cin = cout
-      self.layers = nn.Sequential(*blocks)
-      self.bn, self.linear = nn.BatchNorm2d(cin), nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-      out = F.relu(self.bn(self.layers(self.conv1(x))))
-      return self.linear(F.avg_pool2d(out, 4).flatten(1))
-
-  class BasicBlock(nn.Module):  # in ≠ out: relu(bn1(x)) replaces x, and the shortcut reads it
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-      self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-      self.conv_shortcut = (None if cin == cout else
-                            nn.Conv2d(cin, cout, 1, stride, 0, bias=False))
-
-    def forward(self, x):
-      pre = F.relu(self.bn1(x))
-      if self.conv_shortcut is not None:
-        x = pre
-      out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
-      return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + out
-
-  class WideResNet(nn.Module):
-    def __init__(self, depth, widen):
-      super().__init__()
-      widths, n = [16, 16 * widen, 32 * widen, 64 * widen], (depth - 4) // 6
-      self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-      self.blocks = nn.Sequential(*(
-          BasicBlock(widths[g] if i == 0 else widths[g + 1], widths[g + 1],
-                     (1 if g == 0 else 2) if i == 0 else 1)
-          for g in range(3) for i in range(n)))
-      self.bn1, self.fc = nn.BatchNorm2d(widths[3]), nn.Linear(widths[3], num_classes)
-
-    def forward(self, x):
-      out = F.relu(self.bn1(self.blocks(self.conv1(x))))
-      return self.fc(F.avg_pool2d(out, 8).flatten(1))
+  """The official PyTorch structure of a model config (`torch_models`), or None where none is
+  written: PreActResNet-18 of `locuslab/fast_adversarial` (any width) and the WideResNet of
+  `yaodongyu/TRADES` (any depth and widen factor). ImportError without PyTorch."""
+  import torch_models  # pylint: disable=import-outside-toplevel
 
   if config.name == 'preact_resnet18' and config.head_bn_relu:
-    return PreActResNet18(config.width)
+    return torch_models.preact_resnet18(config.width, num_classes)
   if config.name == 'wide_resnet':
-    return WideResNet(config.depth, config.widen_factor)
+    return torch_models.wide_resnet(config.depth, config.widen_factor, num_classes)
   return None
 
 

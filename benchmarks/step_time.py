@@ -124,44 +124,12 @@ def torch_steps(width: int, batch: int):
   import math  # pylint: disable=import-outside-toplevel
 
   import torch  # pylint: disable=import-outside-toplevel
-  from torch import nn  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
-
-  class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-      self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-      self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False)
-                       if stride != 1 or cin != cout else None)
-
-    def forward(self, x):
-      out = F.relu(self.bn1(x))
-      shortcut = self.shortcut(out) if self.shortcut is not None else x
-      out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-      return out + shortcut
-
-  class PreActResNet18(nn.Module):
-    def __init__(self):
-      super().__init__()
-      info = DATASET_INFOS['cifar10']
-      self.register_buffer('mean', torch.tensor(info.mean).view(1, 3, 1, 1))
-      self.register_buffer('std', torch.tensor(info.std).view(1, 3, 1, 1))
-      self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
-      blocks, cin = [], width
-      for stage, stride in enumerate((1, 2, 2, 2)):
-        cout = width * 2 ** stage
-        blocks += [Block(cin, cout, stride), Block(cout, cout, 1)]
-        cin = cout
-      self.blocks = nn.Sequential(*blocks)
-      self.bn, self.linear = nn.BatchNorm2d(cin), nn.Linear(cin, 10)
-
-    def forward(self, x):
-      out = F.relu(self.bn(self.blocks(self.conv1((x - self.mean) / self.std))))
-      return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+  from torch_models import Normalized, preact_resnet18  # pylint: disable=import-outside-toplevel
 
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-  model = PreActResNet18().to(device).train()
+  info = DATASET_INFOS['cifar10']
+  model = Normalized(preact_resnet18(width), info.mean, info.std).to(device).train()
   opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
   images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)
   labels = torch.randint(0, 10, (batch,), device=device)

@@ -27,14 +27,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fat_jax.data import load_dataset  # noqa: E402
-
-
-def mnist_net(num_classes: int = 10) -> nn.Sequential:
-  """``locuslab/fast_adversarial MNIST/mnist_net.py`` for 28×28 inputs (keys 0, 2, 5, 7)."""
-  return nn.Sequential(
-      nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),
-      nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-      nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, num_classes))
+from torch_models import mnist_net  # noqa: E402
 
 
 def nchw(images: np.ndarray) -> torch.Tensor:

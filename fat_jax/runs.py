@@ -190,15 +190,19 @@ class Run:
     with Checkpointer(self.workdir) as checkpointer:
       return checkpointer.epochs()
 
-  def restore(self, epoch: int = 0, info=None):
+  def restore(self, epoch: int = 0, info=None, conv: str | None = None):
     """(model, train state, epoch): the model of `config.model` and checkpoint `epoch`
     (0 = the latest verified one), with its weight average when it holds one
     (`methods.evaluated_weights` picks the weights to evaluate). `info` (default: the run's
-    data set's) gives the classes and input shape."""
+    data set's) gives the classes and input shape; `conv` (default: `config.model.conv`) the
+    convolution's formulation (`fat_jax.models.conv`: the same forward values)."""
     if not os.path.isdir(os.path.join(self.workdir, CHECKPOINTS)):
       raise FileNotFoundError(f'No checkpoints in {self.workdir}: train there first '
                               f'({command_name()} --mode=train ...).')
-    model = build_model(self.config.model, self.data.info if info is None else info)
+    model_config = self.config.model
+    if conv is not None:
+      model_config = ml_collections.ConfigDict({**model_config.to_dict(), 'conv': conv})
+    model = build_model(model_config, self.data.info if info is None else info)
     with Checkpointer(self.workdir) as checkpointer:
       epoch = epoch or checkpointer.latest_verified_epoch()
       if epoch is None or epoch not in checkpointer.epochs():

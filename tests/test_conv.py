@@ -172,3 +172,37 @@ def test_input_gradient_inside_a_loop_is_a_canonical_convolution_on_cpu():
 def test_unknown_conv_value_is_rejected():
   with pytest.raises(ValueError, match='model.conv'):
     build_model(ml_collections.ConfigDict(dict(name='cnn', conv='fast')), DATASET_INFOS['cifar10'])
+
+
+@pytest.mark.parametrize('size,cin,cout,k,s,padding', CONFIGS)
+def test_patch_input_gradient_same_value_input_gradient_to_1e5(size, cin, cout, k, s, padding):
+  """`model.conv='patch_input_grad'`: XLA's forward bit for bit, XLA's weight gradient bit for
+  bit, the input gradient bit for bit at stride 1 and to 1e-5 when strided."""
+  x, w = inputs(size, cin, cout, k, seed=3)
+  patched = lambda x, w, st, p: conv_general_dilated(x, w, st, p, dimension_numbers=NHWC_HWIO,
+                                                     patch_input_gradient=True)
+  loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w, (s, s), padding)))
+  (v, (gx, gw)), (rv, (rx, rw)) = (jax.jit(jax.value_and_grad(loss(f), (0, 1)))(x, w)
+                                   for f in (patched, xla))
+  np.testing.assert_array_equal(v, rv)
+  np.testing.assert_array_equal(gw, rw)
+  if s == 1:
+    np.testing.assert_array_equal(gx, rx)
+  else:
+    assert rel(gx, rx) < 1e-5
+
+
+def test_patch_input_gradient_inside_a_loop_has_no_convolution_but_the_forward():
+  """A strided layer's input gradient inside a `fori_loop` (an attack) is no convolution at
+  all with 'patch_input_grad' (XLA's is ``lhs_dilation``-ed, slow on CPU): only the forward
+  one is left, and a GPU lowering keeps XLA's."""
+  x, w = inputs(9, 4, 6, 4)
+  patched = lambda x, w: conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
+                                              dimension_numbers=NHWC_HWIO,
+                                              patch_input_gradient=True)
+  grad = jax.grad(lambda d, w: jnp.sum(jnp.tanh(patched(x + d, w))))
+  steps = jax.jit(lambda w: jax.lax.fori_loop(
+      0, 3, lambda i, d: jnp.clip(d + 0.1 * jnp.sign(grad(d, w)), -0.3, 0.3), jnp.zeros_like(x)))
+  assert len(re.findall(r'dim_labels=(\w+)->', steps.lower(w).compile().as_text())) == 1
+  gpu = steps.trace(w).lower(lowering_platforms=('cuda',)).as_text()
+  assert gpu.count('stablehlo.convolution') == 2 and 'dot_general' not in gpu

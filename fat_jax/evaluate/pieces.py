@@ -34,10 +34,11 @@ SQUARE_CHUNK = 250   # queries per call: 20 pieces for AutoAttack's 5000
 
 
 def padded_length(m: int, batch_size: int, multiple: int = 1) -> int:
-  """Padded batch length for m points: m rounded up to its three leading binary digits (at
-  most 25 % padding, at most four lengths per doubling of m, so few compilations per attack),
-  then to a multiple of `multiple` (the devices of the data axis), at most `batch_size`."""
-  step = 1 << max(m.bit_length() - 3, 0)
+  """Padded batch length for m points: m rounded up to its four leading binary digits (at
+  most 12.5 % padding, at most eight lengths per doubling of m, so few compilations per
+  attack), then to a multiple of `multiple` (the devices of the data axis), at most
+  `batch_size`."""
+  step = 1 << max(m.bit_length() - 4, 0)
   size = -(-m // step) * step
   return min(-(-size // multiple) * multiple, batch_size)
 

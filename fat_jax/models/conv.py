@@ -2,7 +2,7 @@
 
 `conv_general_dilated` has `jax.lax.conv_general_dilated`'s signature (flax ``nn.Conv``'s
 ``conv_general_dilated`` field). Its value, and everything on GPU/TPU, is XLA's plain
-convolution. On CPU two gradients change formulation, not value:
+convolution. On CPU the gradients change formulation (the value only where said):
 
 * **Input gradient** (every model's convolutions, `model.conv` 'xla' and 'im2col_grad'):
   dL/dx is the convolution of the output cotangent g with the spatially reversed kernel whose
@@ -13,7 +13,18 @@ convolution. On CPU two gradients change formulation, not value:
   convolution runs on a generic path 3–6× slower than the whole rest of the step
   (docs/throughput.md). Here the tangent in x is written as the same convolution with the
   kernel stored transposed (``swapaxes(W, 2, 3)``, labels ``HWOI``), so its transpose, the
-  input gradient, carries canonical ``HWIO`` labels everywhere. Same sum, same order.
+  input gradient, carries canonical ``HWIO`` labels everywhere: same sum, same order.
+* **Strided input gradient** (`model.conv='patch_input_grad'`, what the evaluation attacks of
+  `--mode=eval` run on, `config.eval.conv`): for stride s > 1 the input gradient is a
+  convolution of g dilated by s (``lhs_dilation``), which XLA's CPU backend also runs slowly;
+  there the tangent is ``patches(ẋ) · W`` (below), whose transpose is
+
+      dL/dx_pad[n, h·s + kh, w·s + kw, ci] += Σ_co g[n, h, w, co] · W[kh, kw, ci, co],
+
+  one matmul ``g · Wᵀ`` followed by the strided scatter-add of its kh·kw taps: the MNIST net's
+  and PreActResNet-18's input-gradient steps took 0.6× and 0.85–0.98× as long
+  (docs/throughput.md);
+  float32 results agree with XLA's to ~1e-6 relative (the sum's order differs).
 * **Weight gradient** (`model.conv='im2col_grad'` and 1×1 kernels only,
   `use_patch_gradient`): for stride s, padding p,
 
@@ -27,12 +38,13 @@ convolution. On CPU two gradients change formulation, not value:
   agree to ~1e-6 relative).
 
 Mechanism: a `jax.custom_jvp` whose tangent is ``conv(ẋ, W) + conv(x, Ẇ)`` (or
-``patches(x) · Ẇ``); reverse mode transposes the terms into the gradients above, and forward
-mode (`jax.jvp`), `vmap` and higher-order gradients keep working. Which formulation runs is
-chosen when the computation is lowered, from its platform (`jax.lax.platform_dependent`), so
-a function exported or compiled for a GPU holds only XLA's own convolutions even when traced on
-a CPU host. Configurations other than NHWC/HWIO, no dilation, one feature/batch group and an
-explicit or 'SAME'/'VALID' padding are XLA's plain convolution everywhere.
+``patches(ẋ) · W``, ``patches(x) · Ẇ``); reverse mode transposes the terms into the gradients
+above, and forward mode (`jax.jvp`), `vmap` and higher-order gradients keep working. Which
+formulation runs is chosen when the computation is lowered, from its platform
+(`jax.lax.platform_dependent`), so a function exported or compiled for a GPU holds only XLA's
+own convolutions even when traced on a CPU host. Configurations other than NHWC/HWIO, no
+dilation, one feature/batch group and an explicit or 'SAME'/'VALID' padding are XLA's plain
+convolution everywhere.
 """
 from __future__ import annotations
 
@@ -64,9 +76,11 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int],
                          dimension_numbers: Any = None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision: Any = None,
                          preferred_element_type: Any = None, *,
-                         patch_weight_gradient: bool = False) -> Array:
+                         patch_weight_gradient: bool = False,
+                         patch_input_gradient: bool = False) -> Array:
   """`jax.lax.conv_general_dilated` with the CPU gradients of the module doc; the im2col
-  weight gradient only with `patch_weight_gradient` and where `use_patch_gradient`."""
+  weight gradient only with `patch_weight_gradient` and where `use_patch_gradient`, the
+  strided input gradient as ``patches(ẋ)·W`` transposed only with `patch_input_gradient`."""
   plain = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
                batch_group_count=batch_group_count, precision=precision,
@@ -77,19 +91,22 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int],
           and preferred_element_type is None):
     return lax.conv_general_dilated(lhs, rhs, strides, padding, **plain)
   return conv_nhwc(lhs, rhs, strides, padding, precision, patch_weight_gradient=(
-      patch_weight_gradient and use_patch_gradient(lhs.shape, rhs.shape, strides)))
+      patch_weight_gradient and use_patch_gradient(lhs.shape, rhs.shape, strides)),
+      patch_input_gradient=patch_input_gradient)
 
 
 def conv_nhwc(x: Array, w: Array, strides: Sequence[int],
               padding: str | Sequence[tuple[int, int]], precision: Any = None, *,
-              patch_weight_gradient: bool = False) -> Array:
-  """NHWC × HWIO convolution with the canonical input gradient on CPU and, with
+              patch_weight_gradient: bool = False,
+              patch_input_gradient: bool = False) -> Array:
+  """NHWC × HWIO convolution with the canonical input gradient on CPU (with
+  `patch_input_gradient` and a stride > 1: ``patches(ẋ)·W`` transposed) and, with
   `patch_weight_gradient`, the weight gradient ``patches(x)ᵀ · g`` on CPU."""
   strides = tuple(int(s) for s in strides)
   pads = (lax.padtype_to_pads(x.shape[1:3], w.shape[:2], strides, padding)
           if isinstance(padding, str) else padding)
   return _conv(x, w, strides, tuple((int(lo), int(hi)) for lo, hi in pads), precision,
-               patch_weight_gradient)
+               patch_weight_gradient, patch_input_gradient)
 
 
 def _is_nhwc_hwio(dimension_numbers: Any, ndim: int) -> bool:
@@ -137,22 +154,27 @@ def _swapped_kernel_conv(x: Array, w: Array, strides, pads, precision) -> Array:
                                   precision=precision)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
-def _conv(x: Array, w: Array, strides, pads, precision, patch_weight_gradient: bool) -> Array:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv(x: Array, w: Array, strides, pads, precision, patch_weight_gradient: bool,
+          patch_input_gradient: bool) -> Array:
   return _xla_conv(x, w, strides, pads, precision)
 
 
 @functools.partial(_conv.defjvp, symbolic_zeros=True)
-def _conv_jvp(strides, pads, precision, patch_weight_gradient, primals, tangents):
-  """``conv(ẋ, W) + conv(x, Ẇ)``; on CPU the first with the swapped kernel labels and, with
+def _conv_jvp(strides, pads, precision, patch_weight_gradient, patch_input_gradient, primals,
+              tangents):
+  """``conv(ẋ, W) + conv(x, Ẇ)``; on CPU the first with the swapped kernel labels or, with
+  `patch_input_gradient` and a stride > 1, as ``patches(ẋ)·W``, and, with
   `patch_weight_gradient`, the second as ``patches(x)·Ẇ``."""
   (x, w), (x_dot, w_dot) = primals, tangents
   y = _xla_conv(x, w, strides, pads, precision)
   xla = lambda a, b: _xla_conv(a, b, strides, pads, precision)
   parts = []
   if not isinstance(x_dot, jax.custom_derivatives.SymbolicZero):
+    input_tangent = (_patch_matmul if patch_input_gradient and max(strides) > 1
+                     else _swapped_kernel_conv)
     parts.append(lax.platform_dependent(
-        x_dot, w, cpu=lambda a, b: _swapped_kernel_conv(a, b, strides, pads, precision),
+        x_dot, w, cpu=lambda a, b: input_tangent(a, b, strides, pads, precision),
         default=xla))
   if not isinstance(w_dot, jax.custom_derivatives.SymbolicZero):
     parts.append(lax.platform_dependent(

@@ -44,11 +44,14 @@ Initializer = Callable[..., Array]
 WEIGHT_INITS = ('torch', 'he_normal')   # model.init
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 # model.conv: XLA's convolutions ('xla'; on CPU the input gradient in canonical layout), or
-# also the 1×1 weight gradients as an im2col matmul on CPU ('im2col_grad'); `fat_jax.models.conv`.
-# Same values and parameters either way.
+# also the 1×1 weight gradients as an im2col matmul on CPU ('im2col_grad'), or the strided
+# input gradients as the transpose of an im2col matmul on CPU ('patch_input_grad', the
+# evaluation attacks' choice); `fat_jax.models.conv`. Same forward values and parameters.
 CONV_IMPLS = {'xla': conv_lib.conv_general_dilated,
               'im2col_grad': functools.partial(conv_lib.conv_general_dilated,
-                                               patch_weight_gradient=True)}
+                                               patch_weight_gradient=True),
+              'patch_input_grad': functools.partial(conv_lib.conv_general_dilated,
+                                                    patch_input_gradient=True)}
 
 
 def torch_uniform(fan_in: int) -> Initializer:
