@@ -23,7 +23,9 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'cifar10'
-  c.data.source = 'auto'          # 'auto' | 'dir' | 'tfds'
+  # 'auto' | 'dir' | 'tfds'; 'tfds' with a name of no other source: that prepared TFDS image
+  # set, streamed, from its data_dir data.dir ('' = TFDS's default).
+  c.data.source = 'auto'
   c.data.dir = ''                 # folder with the original files (cifar-10-batches-py, IDX .gz, ...)
   c.data.n_train = 0              # 0 = all
   c.data.n_test = 0
@@ -31,8 +33,10 @@ def default_config() -> ml_collections.ConfigDict:
   # imagenet100, image_folder) and holds the others in memory; 'memory' | 'stream' force one.
   c.data.pipeline = 'auto'
   c.data.workers = 0              # stream: grain worker processes decoding images (0 = none)
-  c.data.image_size = 0           # imagenet100, image_folder: crop size (0 = 224)
+  c.data.image_size = 0           # imagenet100, image_folder, TFDS-streamed: crop size (0 = 224)
   c.data.max_image_pixels = 50_000_000  # stream: larger images are refused before decoding
+  c.data.augment = 'auto'         # on-device augmentation: 'auto' (the data set's) | 'crop_flip'
+                                  # | 'crop' | 'none'
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'preact_resnet18'
@@ -47,6 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.init = 'torch'          # preact_resnet18: 'torch' | 'he_normal' (GradAlign's models.py)
   c.model.head_bn_relu = True     # preact_resnet18: BN-ReLU before pooling (GradAlign's: none)
   c.model.conv = 'xla'            # 'im2col_grad': weight gradient as im2col matmul on CPU (same values)
+                                  # | 'patch_input_grad' (fat_jax.models.conv)
   # 'vit_small' (LAP's vit.py): its sizes; smaller values give a tiny ViT.
   c.model.vit = ml_collections.ConfigDict(dict(patch_size=4, embed_dim=384, depth=12,
                                                num_heads=6, mlp_ratio=4.0))
@@ -64,6 +69,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.method.steps = config_dict.placeholder(int)         # attack steps (PGD-AT)
   c.method.attack_bn = config_dict.placeholder(str)     # 'train' | 'eval': BN mode of the attack
   c.method.attack_loss = config_dict.placeholder(str)   # 'ce' | 'kl' (TRADES' attack)
+  # Single-step attacks: α (and Π_ε's radius) × min((epoch + i/steps)/W, 1) for W epochs;
+  # 0 = off (AAER's SVHN/AAER.py: W = 5).
+  c.method.alpha_warmup_epochs = 0.0
   # Components: setting a field switches the component on for any single-step method.
   c.method.lap_beta = config_dict.placeholder(float)    # LAP (ICML 2024) strength β
   c.method.lap_gamma = 0.3                              # λ_l = 1 − (ln l / ln L)^γ
@@ -118,6 +126,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim.lr_max = 0.2
   c.optim.momentum = 0.9
   c.optim.base_momentum = 0.8     # cyclic schedule: momentum at the lr peak
+  c.optim.cycle_up = 0.5          # cyclic schedule: fraction of the iterations with lr rising
   c.optim.weight_decay = 5e-4
   c.optim.milestones = (100, 150)  # multistep, in epochs
   c.optim.gamma = 0.1
@@ -137,6 +146,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.suite = 'pgd'            # 'aa_standard' | 'aa_plus' | 'aa_rand' | 'pgd' | 'transfer'
                                   # | 'custom' (docs/evaluation.md)
   c.eval.norm = 'Linf'            # threat model of --mode=eval: 'Linf' | 'L2' (training: Linf)
+  # --mode=eval's model.conv: 'patch_input_grad' runs the attacks' strided input gradients as
+  # the transpose of an im2col matmul on CPU (faster; same forward values, gradients to ~1e-6);
+  # 'xla' as the run was trained.
+  c.eval.conv = 'patch_input_grad'
   c.eval.individual = False       # every attack from the clean points, each on all of them
   c.eval.attacks = ()             # 'custom' (and 'transfer'): names in fat_jax.evaluate.ATTACKS
   c.eval.epoch = 0                # checkpoint to evaluate; 0 = the latest
@@ -185,6 +198,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.analysis.pgd_steps = 10       # PGD (step ε/4, 1 restart) of the analysis
   c.analysis.batch_size = 256
 
+  # `launch.py --mode=shortcuts`: LAP's shortcut removal on a checkpoint
+  # (fat_jax.shortcut_removal, docs/cifar_study.md).
+  c.shortcuts = ml_collections.ConfigDict()
+  c.shortcuts.former = (1, 2, 3, 4, 5)     # kernels, 1-based in the LAP layer order
+  c.shortcuts.latter = (-6, -5, -4, -3, -2)  # negative from the end: −1 is the classifier
+  c.shortcuts.fractions = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)  # of the weights removed
+  c.shortcuts.criteria = ('largest', 'random')  # which go: 'largest' |w|, 'random', 'smallest'
+  c.shortcuts.scope = 'layer'     # the fraction of each kernel; 'group': of the group pooled
+  c.shortcuts.n = 1000            # first n test points (0 = all)
+  c.shortcuts.pgd_steps = 10      # PGD-k, step ε/4
+  c.shortcuts.pgd_restarts = 1
+
   c.co_monitor = ml_collections.ConfigDict()
   c.co_monitor.drop = 0.2         # PGD accuracy below its best by more than this ...
   c.co_monitor.gap = 0.2          # ... while FGSM accuracy exceeds it by more than this
@@ -200,7 +225,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.guard.policy = 'off'          # 'off' (log only) | 'adaptive' | 'rollback'
   c.guard.sensitivity = 2.0       # detector: trigger when the value leaves mean ± k·std ...
   c.guard.window = 0              # ... of the last `window` earlier values (0 = all)
-  c.guard.batch_size = 128        # the fixed batch: the last n training examples
+  c.guard.batch_size = 128        # the fixed batch: the last n training examples (streamed: spread)
   c.guard.hold_out = True         # leave that batch out of training
   c.guard.train_bn = True         # signals' forwards in BatchNorm train mode (stats discarded)
   c.guard.node = 'B'              # feature node of V_act

@@ -130,11 +130,14 @@ class Schedule:
   """Learning rate and momentum as functions of the iteration (0-based).
 
   kind:
-    'cyclic'    torch ``CyclicLR(base_lr=0, max_lr=lr_max, step_size_up=T/2,
-                cycle_momentum=True, base_momentum=0.8, max_momentum=0.9)``
-                stepped once per iteration: triangular lr 0 → lr_max → 0 over
-                the T = total_steps iterations, momentum 0.9 → 0.8 → 0.9;
-                the first iteration runs with lr = 0.
+    'cyclic'    torch ``CyclicLR(base_lr=0, max_lr=lr_max, step_size_up=u·T,
+                step_size_down=(1 − u)·T, cycle_momentum=True, base_momentum=0.8,
+                max_momentum=0.9)`` stepped once per iteration, u = `cycle_up` (0.5:
+                ``step_size_up=T/2``; AAER's ``SVHN/AAER.py``: 2/5): with x = t/T mod 1,
+                scale = x/u for x ≤ u, else (x − 1)/(u − 1); lr = lr_max·scale (0 → lr_max
+                → 0 over the T = total_steps iterations), momentum = momentum −
+                (momentum − base_momentum)·scale (0.9 → 0.8 → 0.9); the first
+                iteration runs with lr = 0.
     'piecewise' lr_max, ×0.1 after 50% and again after 75% of the epochs.
     'piecewise_linear'  GradAlign's own schedule (`tml-epfl/understanding-fast-adv-training`
                 `utils.get_lr_schedule('cyclic')` with `train.py`'s call): lr =
@@ -152,10 +155,17 @@ class Schedule:
   base_momentum: float = 0.8
   milestones: tuple[int, ...] = ()
   gamma: float = 0.1
+  cycle_up: float = 0.5
 
   def __post_init__(self):
     if self.kind not in SCHEDULES:
       raise ValueError(f'Unknown lr schedule {self.kind!r}; known: {sorted(SCHEDULES)}.')
+    if not 0 < self.cycle_up < 1:
+      raise ValueError(f'The cyclic schedule needs 0 < cycle_up < 1 (the fraction of the '
+                       f'cycle going up), got {self.cycle_up}.')
+    if self.kind != 'cyclic' and self.cycle_up != 0.5:
+      raise ValueError(f'cycle_up={self.cycle_up} shapes the cyclic schedule only, not '
+                       f'{self.kind!r}.')
     if self.total_steps <= 0 or self.steps_per_epoch <= 0:
       raise ValueError('A schedule needs total_steps > 0 and steps_per_epoch > 0, '
                        f'got {self.total_steps} and {self.steps_per_epoch}.')
@@ -167,7 +177,8 @@ class Schedule:
 def _cyclic(s: Schedule, step):
   cycle = jnp.floor(1 + step / s.total_steps)
   x = 1 + step / s.total_steps - cycle
-  scale = jnp.where(x <= 0.5, x / 0.5, (x - 1) / (0.5 - 1))
+  up = s.cycle_up
+  scale = jnp.where(x <= up, x / up, (x - 1) / (up - 1))
   lr = s.lr_max * scale
   momentum = s.momentum - (s.momentum - s.base_momentum) * scale
   return Hyper(lr, momentum)

@@ -103,6 +103,24 @@ def aaer_config(eps_255: int, variant: str = 'n', data: str = 'cifar10'):
   return c
 
 
+def aaer_svhn_config(variant: str = 'n'):
+  """AAER on SVHN at ε = 8/255 with the defaults of `tmllab/2023_NeurIPS_AAER` ``SVHN/AAER.py``
+  (variant n; rs: U(−ε, ε), α = 1.25ε, clamp 1, same λ): 15 epochs, batch 128, cyclic lr
+  0 → 0.05 → 0 rising over 2/5 of the iterations (``CyclicLR(step_size_up=2T/5,
+  step_size_down=3T/5)``), SGD momentum 0.9 (cycled 0.9 → 0.8), weight decay 5e-4, the attack
+  step warmed up over 5 epochs, λ1 = 1.0, λ2 = 4.0, λ3 = 1.5; ``RandomCrop(32, padding=4)`` +
+  flip and SVHN's μ/σ (``SVHN/utils.py``); final evaluation PGD-50-10 on the whole test set."""
+  c = _cifar(8, 'svhn')
+  set_aaer(c, variant, 8)
+  c.method.aaer_lambda1, c.method.aaer_lambda2, c.method.aaer_lambda3 = 1.0, 4.0, 1.5
+  c.method.alpha_warmup_epochs = 5.0
+  c.data.augment = 'crop_flip'
+  c.num_epochs = 15
+  c.optim.lr_max = 0.05
+  c.optim.cycle_up = 0.4
+  return c
+
+
 def gradalign_config(eps_255: int):
   """GradAlign (FGSM zero init, α = 1.25ε) on CIFAR-10, λ = 0.02·10^(ε·255/8), with its own
   recipe (`tml-epfl/understanding-fast-adv-training` train.py, utils.py, models.py): lr

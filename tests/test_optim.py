@@ -136,3 +136,50 @@ def test_the_logged_lr_and_momentum_are_the_optimisers():
   assert after(optax.adamw(1e-3), 2) == {}  # the rate is in no state: nothing logged
   torch = {k: round(float(v), 6) for k, v in schedule(25)._asdict().items()}
   assert after(optim.torch_sgd(schedule, 5e-4), 26) == torch == {'lr': 0.1, 'momentum': 0.85}
+
+
+def torch_cyclic(step, base_lr, max_lr, up, down, base_momentum=0.8, max_momentum=0.9):
+  """torch ``CyclicLR`` (mode 'triangular', cycle_momentum) at ``last_epoch`` = step, written
+  out in NumPy double precision as ``torch/optim/lr_scheduler.py`` computes it."""
+  total = float(up) + float(down)
+  ratio = float(up) / total
+  cycle = np.floor(1 + step / total)
+  x = 1.0 + step / total - cycle
+  scale = x / ratio if x <= ratio else (x - 1) / (ratio - 1)
+  return (base_lr + (max_lr - base_lr) * scale,
+          max_momentum - (max_momentum - base_momentum) * scale)
+
+
+@pytest.mark.parametrize('total', [105, 37, 8595])
+def test_uneven_cyclic_is_torch_cycliclr_with_step_size_up_two_fifths(total):
+  """AAER's ``SVHN/AAER.py``: ``CyclicLR(opt, base_lr=0, max_lr=0.05, step_size_up=T·2/5,
+  step_size_down=T·3/5)`` (T = 15 epochs × 573 batches = 8595 there), every iteration."""
+  schedule = optim.Schedule('cyclic', lr_max=0.05, total_steps=total, steps_per_epoch=7,
+                            cycle_up=0.4)
+  steps = np.arange(total)
+  ours = jax.jit(jax.vmap(schedule))(steps)
+  official = np.array([torch_cyclic(t, 0.0, 0.05, total * 2 / 5, total * 3 / 5) for t in steps])
+  np.testing.assert_allclose(ours.lr, official[:, 0], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(ours.momentum, official[:, 1], rtol=1e-6, atol=1e-7)
+  peak = int(np.argmax(official[:, 0]))
+  assert int(np.argmax(np.asarray(ours.lr))) == peak == round(total * 2 / 5)
+
+
+def test_default_cycle_is_the_even_cycle_bit_for_bit_and_bad_fractions_are_refused():
+  """cycle_up = 0.5 (the default) computes what the even cycle computed, in the same float32
+  operations: the recipes on ``step_size_up=T/2`` keep their bits."""
+  def even(step):
+    step = jnp.asarray(step, jnp.float32)
+    x = 1 + step / 100 - jnp.floor(1 + step / 100)
+    scale = jnp.where(x <= 0.5, x / 0.5, (x - 1) / (0.5 - 1))
+    return optim.Hyper(0.2 * scale, 0.9 - (0.9 - 0.8) * scale)
+
+  steps = np.arange(100)
+  chex.assert_trees_all_equal(jax.jit(jax.vmap(cyclic()))(steps), jax.jit(jax.vmap(even))(steps))
+  official = np.array([torch_cyclic(t, 0.0, 0.2, 50, 50) for t in steps])
+  np.testing.assert_allclose(jax.vmap(cyclic())(steps).lr, official[:, 0], rtol=1e-6, atol=1e-7)
+  for bad in (0.0, 1.0, -0.2):
+    with pytest.raises(ValueError, match='cycle_up'):
+      optim.Schedule('cyclic', lr_max=0.2, total_steps=10, steps_per_epoch=1, cycle_up=bad)
+  with pytest.raises(ValueError, match="cyclic schedule only, not 'piecewise'"):
+    optim.Schedule('piecewise', lr_max=0.2, total_steps=10, steps_per_epoch=1, cycle_up=0.4)

@@ -224,6 +224,121 @@ def test_aaer_loss_variation_term_has_no_gradient_unless_switched_on():
   assert np.abs(v[[0, 2]]).max() > 0 and np.abs(v[[1, 3]]).max() == 0.0
 
 
+def official_cyclic(step, total, lr_max, up=2 / 5):
+  """torch ``CyclicLR(base_lr=0, max_lr, step_size_up=T·up, step_size_down=T·(1 − up))``'s lr
+  and momentum (0.9 → 0.8) at ``last_epoch`` = step, in double precision."""
+  size_up, size_down = total * up, total * (1 - up)
+  ratio = size_up / (size_up + size_down)
+  x = 1.0 + step / (size_up + size_down) - np.floor(1 + step / (size_up + size_down))
+  scale = x / ratio if x <= ratio else (x - 1) / (ratio - 1)
+  return lr_max * scale, 0.9 - 0.1 * scale
+
+
+def manual_svhn_aaer_step(model, ts, images, labels, key, *, eps, alpha, init_scale, clamp,
+                          lambdas, total, per_epoch, lr_max, wd):
+  """One iteration of `tmllab/2023_NeurIPS_AAER` ``SVHN/AAER.py`` written out (pixel units,
+  augment 'none'): the start, the warmed-up step, the two train-mode forwards, the AAER term
+  (C_A without gradient, ``.item()`` of V_N), the uneven cyclic lr and torch's SGD. Also returns
+  the number of abnormal examples."""
+  _, init_key, _ = jax.random.split(jax.random.fold_in(key, ts.step), 3)
+  x = images.astype(jnp.float32) / 255
+  eta = jax.random.uniform(init_key, x.shape, x.dtype, -init_scale * eps, init_scale * eps)
+  eta = jnp.clip(x + eta, 0, 1) - x
+
+  def forward(params, stats, inputs):
+    logits, new_stats, _ = model.apply(params, stats, inputs, True)
+    return logits, new_stats
+
+  def start_loss(eta):
+    logits, stats = forward(ts.params, ts.batch_stats, x + eta)
+    return cross_entropy(logits, labels).mean(), (logits, stats)
+  g_eta, (output_org, stats1) = jax.grad(start_loss, has_aux=True)(eta)
+  loss_before = cross_entropy(output_org, labels)
+  epoch, i = divmod(int(ts.step), per_epoch)
+  warm_up = min((epoch + i / per_epoch) / 5, 1)
+  delta = eta + alpha * jnp.sign(g_eta) * warm_up
+  if clamp:
+    delta = jnp.clip(delta, -eps * warm_up, eps * warm_up)
+  delta = jnp.clip(x + delta, 0, 1) - x
+  loss_after = cross_entropy(forward(ts.params, stats1, x + delta)[0], labels)
+  abnormal = np.asarray(loss_before > loss_after)
+  normal = ~abnormal
+  count = int(abnormal.sum())
+  l2_square = lambda a, b: ((a - b) ** 2).sum(1).mean(0)
+  lambda1, lambda2, lambda3 = lambdas
+
+  def loss_fn(params):
+    output, stats = forward(params, stats1, x + delta)
+    loss = cross_entropy(output, labels).mean()
+    if count and normal.any():
+      abnormal_ce = (loss_before - loss_after)[abnormal].sum() / count
+      abnormal_variation = l2_square(output_org[abnormal], output[abnormal])
+      normal_variation = jax.lax.stop_gradient(l2_square(output_org[normal], output[normal]))
+      loss = loss + (lambda1 * count / len(labels)) * (
+          lambda2 * abnormal_ce + lambda3 * jnp.maximum(abnormal_variation - normal_variation, 0))
+    return loss, stats
+  grads, stats2 = jax.grad(loss_fn, has_aux=True)(ts.params)
+  lr, mu = official_cyclic(int(ts.step), total, lr_max)
+  momentum = jax.tree.map(lambda b, g, w: mu * b + g + wd * w, ts.opt_state.trace, grads,
+                          ts.params)
+  params = jax.tree.map(lambda w, b: w - lr * b, ts.params, momentum)
+  return TrainState(ts.step + 1, params, stats2, optim.TorchSGDState(ts.step + 1, momentum)), count
+
+
+@pytest.mark.parametrize('variant', ['n', 'rs'])
+def test_svhn_aaer_recipe_equals_the_official_loop_with_warm_up_and_uneven_cycle(tiny, variant):
+  """configs/aaer_svhn.py's method and schedule (λ 1, 4, 1.5; warm-up over 5 epochs; lr peak
+  at 2/5) against the written-out official iterations 9, 10, 11 of a 10-epoch run of 2 batches
+  per epoch: w = 0.9, 1, 1 (capped), on the down slope of the cycle."""
+  from fat_jax.recipes import aaer_svhn_config
+  model, ts, images, labels, indices = tiny
+  config, eps, per_epoch, epochs = aaer_svhn_config(variant), 16 / 255, 2, 10
+  method = resolve_method(config.method, eps)
+  assert method.attack.warmup_epochs == 5.0 and config.optim.cycle_up == 0.4
+  schedule = optim.Schedule('cyclic', lr_max=config.optim.lr_max,
+                            total_steps=epochs * per_epoch, steps_per_epoch=per_epoch,
+                            cycle_up=config.optim.cycle_up)
+  key, wd = jax.random.key(3), config.optim.weight_decay
+  step = jax.jit(make_train_step(model, method, schedule, weight_decay=wd, augment_mode='none',
+                                 key=key))
+  start = jnp.asarray(9, jnp.int32)
+  # Weights × 10: a network sharp enough that the step lowers some examples' loss (AAEs).
+  ours = ts._replace(step=start, params=jax.tree.map(lambda w: 10 * w, ts.params),
+                     opt_state=optim.TorchSGDState(start, ts.opt_state.trace))
+  manual, counts = ours, []
+  for _ in range(3):
+    ours, metrics = step(ours, images, labels, indices)
+    manual, count = manual_svhn_aaer_step(
+        model, manual, images, labels, key, eps=eps, alpha=method.attack.alpha,
+        init_scale=method.attack.init_scale, clamp=method.attack.project,
+        lambdas=(1.0, 4.0, 1.5), total=epochs * per_epoch, per_epoch=per_epoch,
+        lr_max=config.optim.lr_max, wd=wd)
+    chex.assert_trees_all_close(ours, manual, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(metrics['aaer_aae_fraction']), count / len(labels))
+    counts.append(count)
+  assert any(0 < c < len(labels) for c in counts), counts  # the AAER term was on
+
+
+def test_attack_step_warm_up_values_and_refusals():
+  """w = min((epoch + i/L)/W, 1) at batch i of epoch `epoch` (L = 4 batches, W = 5); the
+  warm-up reads on single-step attacks from a zero/uniform/normal start only."""
+  from fat_jax.methods.records import Clock
+  from fat_jax.methods.spec import unread_fields
+  from fat_jax.methods.training_attacks import step_warmup
+  steps = jnp.arange(24)
+  w = jax.vmap(lambda t: step_warmup(Clock(t, 4, 6), 5.0))(steps)
+  np.testing.assert_allclose(w, [min((t // 4 + (t % 4) / 4) / 5, 1) for t in range(24)],
+                             rtol=1e-7)
+  assert float(w[0]) == 0.0 and float(w[20]) == 1.0
+  with pytest.raises(ValueError, match='alpha_warmup_epochs must be'):
+    resolve_method(method_config('n_fgsm', alpha_warmup_epochs=-1.0), 8 / 255)
+  pgd = method_config('pgd_at', alpha_warmup_epochs=5.0)
+  assert unread_fields(pgd, resolve_method(pgd, 8 / 255), default_config().method) == [
+      'method.alpha_warmup_epochs=5.0 does nothing without a single-step attack from a '
+      'zero/uniform/normal start.']
+  assert resolve_method(method_config('n_fgsm'), 8 / 255).attack.warmup_epochs == 0.0
+
+
 # ----------------------------------------------------------------------- GradAlign
 
 

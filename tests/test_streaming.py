@@ -1,7 +1,11 @@
 """The streaming input path: folder sources, bounded decoding, the grain pipeline (order,
 determinism, per-host shares, resume) and the iterator state in the checkpoint."""
+import dataclasses
+import io
 import json
 import os
+import pickle
+
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -448,3 +452,136 @@ def test_streaming_a_folder_larger_than_the_memory_budget(tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   peak = int(done.stdout.split('peak_rss_kib')[1]) * 1024
   assert peak < 2 ** 30, f'peak RSS {peak / 2 ** 20:.0f} MiB'
+
+
+# ------------------------------------------------------------------------- TFDS, streamed
+
+
+def make_tfds(root, dataset_name, sizes, classes=3, seed=0):
+  """A real prepared TFDS data set `dataset_name` in `root` (array_record files written by TFDS):
+  an 'image' feature (PNG bytes, RGB) and a 'label' ClassLabel, splits 'train' and
+  'validation' of the (height, width) image sizes `sizes` (fixed if all are equal and the
+  feature says so)."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  pytest.importorskip('array_record')
+  shape = (*sizes['train'][0], 3) if len({*sizes['train'], *sizes['validation']}) == 1 else (
+      None, None, 3)
+
+  class ImagesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    name = dataset_name
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=shape),
+          'label': tfds.features.ClassLabel(num_classes=classes)}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {split: self._generate_examples(split) for split in sizes}
+
+    def _generate_examples(self, split):
+      rng = np.random.default_rng((seed, len(split)))
+      for i, size in enumerate(sizes[split]):
+        encoded = io.BytesIO(b'not an image')  # size None: a record that does not decode
+        if size is not None:
+          encoded = io.BytesIO()
+          Image.fromarray(rng.integers(0, 256, (*size, 3), np.uint8)).save(encoded, format='PNG')
+        yield f'{split}{i}', {'image': encoded.getvalue(), 'label': i % classes}
+
+  ImagesBuilder(data_dir=str(root), file_format='array_record').download_and_prepare()
+  return {split: tfds.data_source(dataset_name, split=split, data_dir=str(root))
+          for split in sizes}
+
+
+def test_tfds_fixed_size_images_stream_with_crop_and_flip(tmp_path):
+  """16×16 images: RandomCrop(16, padding=2) + flip for training, the image itself for test;
+  every training image is a window of its TFDS record (decoded by TFDS) padded by 2."""
+  records = make_tfds(tmp_path, 'fixed_images', {'train': [(16, 16)] * 6,
+                                                 'validation': [(16, 16)] * 3})
+  data = load_data(_config(name='fixed_images', source='tfds', dir=str(tmp_path)))
+  assert (data.info.num_classes, data.info.image_shape, data.info.augment) == (3, (16, 16, 3),
+                                                                             'none')
+  assert (data.transform.kind, data.transform.pad, data.num_train) == ('crop_flip', 2, 6)
+  test_x, test_y = data.test_subset(0)
+  np.testing.assert_array_equal(test_x, np.stack([r['image'] for r in records['validation']]))
+  np.testing.assert_array_equal(test_y, [r['label'] for r in records['validation']])
+  _, batches = _local_batches(data.train, data.transform, 3, 5, 2)
+  for epoch in batches:
+    for indices, batch, labels in epoch:
+      for index, image, label in zip(indices, batch, labels):
+        record = records['train'][int(index)]
+        padded = np.pad(record['image'], ((2, 2), (2, 2), (0, 0)))
+        windows = [w for t in range(5) for l in range(5)
+                   for w in (padded[t:t + 16, l:l + 16], padded[t:t + 16, l:l + 16][:, ::-1])]
+        assert any(np.array_equal(image, w) for w in windows) and label == record['label']
+  assert sorted(np.concatenate([i for i, _, _ in batches[0]]).tolist()) == list(range(6))
+
+
+def test_tfds_images_of_any_size_stream_with_the_imagenet_transforms(tmp_path):
+  """Images of several sizes at data.image_size = 8: Resize(9) + CenterCrop(8) for test,
+  computed here with PIL from TFDS's own decoding; training crops of the right shape and
+  labels, the same on every read; subsets, pickling (grain workers) and refusals."""
+  sizes = {'train': [(20, 12), (9, 30), (16, 16), (11, 13), (40, 8)],
+           'validation': [(12, 20), (10, 10), (25, 14)]}
+  records = make_tfds(tmp_path, 'any_size_images', sizes)
+  config = _config(name='any_size_images', source='tfds', dir=str(tmp_path), image_size=8)
+  data = load_data(config)
+  assert data.info.image_shape == (8, 8, 3) and data.info.num_classes == 3
+  assert (data.transform.kind, data.transform.resize) == ('imagenet', 9)
+  test_x, _ = data.test_subset(0)
+  for got, record in zip(test_x, records['validation']):
+    image = Image.fromarray(record['image'])
+    w, h = image.size
+    new_w, new_h = (9, int(9 * h / w)) if w <= h else (int(9 * w / h), 9)
+    top, left = int(round((new_h - 8) / 2.0)), int(round((new_w - 8) / 2.0))
+    expected = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))[top:top + 8,
+                                                                         left:left + 8]
+    np.testing.assert_array_equal(got, expected)
+  _, first = _local_batches(data.train, data.transform, 2, 1, 1)
+  _, again = _local_batches(data.train, data.transform, 2, 1, 1)
+  for (i, a, y), (j, b, _) in zip(first[0], again[0]):
+    np.testing.assert_array_equal(i, j)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (2, 8, 8, 3) and a.dtype == np.uint8
+    assert y.tolist() == [records['train'][int(k)]['label'] for k in i]
+  subset = load_data(_config(**{**config.to_dict(), 'n_train': 3, 'n_test': 2}))
+  assert (subset.num_train, len(subset.test)) == (3, 2)
+  with pytest.raises(IndexError):
+    subset.train[3]
+  copy = pickle.loads(pickle.dumps(data.train))
+  assert copy[4][0] == data.train[4][0] and copy[4][1] == records['train'][4]['label']
+  with pytest.raises(ValueError, match='streaming path'):
+    load_data(_config(**{**config.to_dict(), 'pipeline': 'memory'}))
+  with pytest.raises(DatasetNotFoundError, match="no prepared TFDS data set 'imagenet2012'"):
+    load_data(_config(**{**config.to_dict(), 'name': 'imagenet2012'}))
+  with pytest.raises(ValueError, match='unknown data set'):
+    load_data(_config(name='imagenet2012'))
+  make_tfds(tmp_path, 'bad_images', {'train': [(8, 8), None], 'validation': [(8, 8)]})
+  bad = load_data(_config(**{**config.to_dict(), 'name': 'bad_images'}))
+  index = next(i for i in range(2) if bad.train[i][0].data == b'not an image')
+  with pytest.raises(images.ImageError,
+                     match=rf'^bad_images train\[{index}\]: not a readable image'):
+    bad.transform(bad.train[index][0], train=True, rng=np.random.default_rng(0))
+
+
+def test_svhn_recipe_data_flips_as_the_official_loader(tmp_path):
+  """data.augment replaces the on-device augmentation of an in-memory (or array-streamed)
+  data set: SVHN (crop) with AAER's crop + flip; a host-augmented folder set refuses it."""
+  from tests import fixtures
+  from fat_jax.recipes import aaer_svhn_config
+  root = fixtures.write_svhn_dir(str(tmp_path / 'svhn'))
+  config = aaer_svhn_config().data
+  config.dir = root
+  plain = load_data(_config(name='svhn', dir=root))
+  recipe = load_data(config)
+  assert plain.info.augment == 'crop' and recipe.info.augment == 'crop_flip'
+  assert recipe.info == dataclasses.replace(plain.info, augment='crop_flip')
+  np.testing.assert_array_equal(recipe.train_images, plain.train_images)
+  streamed = load_data(_config(name='svhn', dir=root, pipeline='stream', augment='crop_flip'))
+  assert streamed.info.augment == 'crop_flip' and streamed.transform.kind == 'none'
+  with pytest.raises(ValueError, match="unknown data.augment 'flip'"):
+    load_data(_config(name='svhn', dir=root, augment='flip'))
+  make_tiny_imagenet(tmp_path)
+  with pytest.raises(ValueError, match='augmented on the host'):
+    load_data(_config(dir=str(tmp_path), augment='crop'))

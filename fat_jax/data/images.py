@@ -1,12 +1,13 @@
 """Bounded image decoding and the host-side transforms of the ImageNet recipes.
 
-`decode_image` reads a JPEG/PNG/PPM/BMP file (untrusted input) as uint8 (H, W, 3): the image
-size is read from the header and checked against a pixel cap before anything is decoded; any
-colour mode (grayscale, palette, CMYK, with or without alpha) is converted to RGB by Pillow's
-``convert('RGB')``, the rule of the official loaders' PIL path (``loadPILImage`` in
-``tmllab/2024_ICML_LAP`` ``Tiny-imagenet/tiny_imagenet.py``; the alpha channel is dropped). A
-truncated or undecodable file raises `ImageError`, one line naming the file. `count_conversions`
-counts, per colour mode, the files of a split that the rule converts (from their headers).
+`decode_image` reads a JPEG/PNG/PPM/BMP file (untrusted input; a path, or its bytes as
+`Encoded`) as uint8 (H, W, 3): the image size is read from the header and checked against a
+pixel cap before anything is decoded; any colour mode (grayscale, palette, CMYK, with or
+without alpha) is converted to RGB by Pillow's ``convert('RGB')``, the rule of the official
+loaders' PIL path (``loadPILImage`` in ``tmllab/2024_ICML_LAP``
+``Tiny-imagenet/tiny_imagenet.py``; the alpha channel is dropped). A truncated or undecodable
+file raises `ImageError`, one line naming the file. `count_conversions` counts, per colour
+mode, the files of a split that the rule converts (from their headers).
 
 The transforms follow torchvision on PIL images (``transforms.RandomResizedCrop``,
 ``Resize``, ``CenterCrop``; bilinear resampling), as ``tmllab/2023_NeurIPS_AAER``
@@ -15,10 +16,12 @@ The transforms follow torchvision on PIL images (``transforms.RandomResizedCrop`
 from __future__ import annotations
 
 import collections
+import io
 import math
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -37,13 +40,23 @@ def is_image_file(name: str) -> bool:
   return name.endswith(IMAGE_EXTENSIONS)
 
 
-def open_image(path: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-  """The decoded RGB image of the file at `path`; refuses images over `max_pixels` before
-  decoding them."""
+class Encoded(NamedTuple):
+  """An encoded image file held in memory (a TFDS image feature read undecoded) and the name
+  its errors give."""
+  data: bytes
+  name: str
+
+
+def open_image(path: str | Encoded, max_pixels: int = MAX_PIXELS) -> Image.Image:
+  """The decoded RGB image of the file at `path` (or of `Encoded` bytes); refuses images over
+  `max_pixels` before decoding them."""
+  file = io.BytesIO(path.data) if isinstance(path, Encoded) else path
+  if isinstance(path, Encoded):
+    path = path.name
   try:
     with warnings.catch_warnings():
       warnings.simplefilter('error', Image.DecompressionBombWarning)
-      with Image.open(path) as image:
+      with Image.open(file) as image:
         width, height = image.size
         if width * height > max_pixels:
           raise ImageError(f'{path}: {width}x{height} image exceeds the cap of {max_pixels} '
@@ -83,8 +96,9 @@ def count_conversions(paths: Sequence[str], threads: int = 16) -> dict[str, int]
   return dict(sorted(modes.items()))
 
 
-def decode_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-  """The image at `path` as uint8 (H, W, 3) RGB (see the module docstring for the rules)."""
+def decode_image(path: str | Encoded, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  """The image at `path` (or of `Encoded` bytes) as uint8 (H, W, 3) RGB (see the module
+  docstring for the rules)."""
   return np.asarray(open_image(path, max_pixels), np.uint8)
 
 

@@ -3,8 +3,11 @@
 ``pipeline`` 'memory' loads a data set whole (`sources.load_dataset`); 'stream' reads it with
 the grain pipeline of `fat_jax.data.stream`; 'auto' streams the folder data sets
 (`STREAM_INFOS`: Tiny-ImageNet, ImageNet-100, any image folder) and holds the others
-(CIFAR, SVHN, MNIST, Fashion-MNIST), which can also be streamed (from their arrays). The
-loop sees one interface either way: `load_data` and `train_batches`.
+(CIFAR, SVHN, MNIST, Fashion-MNIST), which can also be streamed (from their arrays). Any other
+name with ``source`` 'tfds' is a prepared TFDS image data set, streamed (`tfds_images`:
+``imagenet2012``, ``imagenet_resized/64x64``, ...). ``augment`` other than 'auto' replaces the
+on-device augmentation of a data set the device augments (SVHN with 'crop_flip', as AAER's
+``SVHN/utils.py``). The loop sees one interface either way: `load_data` and `train_batches`.
 """
 from __future__ import annotations
 
@@ -20,11 +23,12 @@ if TYPE_CHECKING:  # the streaming path imports grain when it runs (`stream.impo
 
 from fat_jax.data import folders
 from fat_jax.data.images import MAX_PIXELS, count_conversions
-from fat_jax.data.pipeline import iterate_batches, shard_batch, shard_local_batch
+from fat_jax.data.pipeline import AUGMENT_MODES, iterate_batches, shard_batch, shard_local_batch
 from fat_jax.data.sources import (DATASET_INFOS, Dataset, DatasetInfo, DatasetNotFoundError,
                                   load_dataset)
 from fat_jax.data.stream import (ArraySource, HostTransform, Layout, TrainStream, import_grain,
                                  read_test, train_dataset)
+from fat_jax.data.tfds_images import TFDSImages, tfds_image_splits
 
 PIPELINES = ('auto', 'memory', 'stream')
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -83,7 +87,22 @@ def _first(source: Any, n: int, split: str) -> Any:
     raise ValueError(f'n_{split}={n} but the {split} split has only {len(source)} examples')
   if not n:
     return source
+  if isinstance(source, TFDSImages):
+    return dataclasses.replace(source, size=n)
   return folders.FileList(source.paths[:n], source.labels[:n], source.classes)
+
+
+def _tfds_data(config: Any) -> StreamingDataset:
+  """A prepared TFDS image data set, streamed (`tfds_images`)."""
+  max_pixels = getattr(config, 'max_image_pixels', None) or MAX_PIXELS
+  train, test, transform, num_classes = tfds_image_splits(
+      config.name, getattr(config, 'dir', None) or '', getattr(config, 'image_size', None) or 0,
+      max_pixels)
+  info = DatasetInfo(config.name, num_classes, (transform.size, transform.size, 3),
+                     IMAGENET_MEAN, IMAGENET_STD, 'none')
+  return StreamingDataset(_first(train, getattr(config, 'n_train', None) or 0, 'train'),
+                          _first(test, getattr(config, 'n_test', None) or 0, 'test'),
+                          transform, info, getattr(config, 'workers', None) or 0)
 
 
 def _folder_data(config: Any) -> tuple[Sequence, Sequence, HostTransform, DatasetInfo]:
@@ -114,18 +133,39 @@ def load_data(config: Any) -> Dataset | StreamingDataset:
   A folder data set's files converted to RGB are counted per split and logged.
 
   Raises:
-    ValueError: unknown name or pipeline, a folder data set with pipeline 'memory', or a
-      subset larger than its split.
+    ValueError: unknown name, pipeline or augment, a folder or TFDS-streamed data set with
+      pipeline 'memory' (or an augment other than 'auto'), or a subset larger than its split.
     DatasetNotFoundError: the data is missing; the message says how to get it.
     ImageError: a file of a folder data set whose header cannot be read (named).
   """
+  data = _load(config)
+  augment = getattr(config, 'augment', None) or 'auto'
+  if augment == 'auto' or augment == data.info.augment:
+    return data
+  if augment not in AUGMENT_MODES:
+    raise ValueError(f"unknown data.augment {augment!r}; use 'auto' or one of {AUGMENT_MODES}")
+  if isinstance(data, StreamingDataset) and data.transform.kind != 'none':
+    raise ValueError(f'{config.name} is augmented on the host ({data.transform.kind!r}): '
+                     "data.augment must stay 'auto'")
+  return dataclasses.replace(data, info=dataclasses.replace(data.info, augment=augment))
+
+
+def _load(config: Any) -> Dataset | StreamingDataset:
   name = config.name
   pipeline = getattr(config, 'pipeline', None) or 'auto'
   if pipeline not in PIPELINES:
     raise ValueError(f"unknown data.pipeline {pipeline!r}; use one of {PIPELINES}")
-  if name not in STREAM_INFOS and name not in DATASET_INFOS:
+  tfds = (getattr(config, 'source', None) == 'tfds' and name not in DATASET_INFOS
+          and name not in STREAM_INFOS)
+  if not tfds and name not in STREAM_INFOS and name not in DATASET_INFOS:
     raise ValueError(f'unknown data set {name!r}; known: '
-                     f'{", ".join([*DATASET_INFOS, *STREAM_INFOS])}')
+                     f'{", ".join([*DATASET_INFOS, *STREAM_INFOS])}, or a prepared TFDS '
+                     "image data set with data.source='tfds'")
+  if tfds:
+    if pipeline == 'memory':
+      raise ValueError(f"{name} (TFDS) is read by the streaming path: use data.pipeline="
+                       "'stream' (or 'auto')")
+    return _tfds_data(config)
   if name in STREAM_INFOS:
     if pipeline == 'memory':
       raise ValueError(f"{name} is read by the streaming path: use data.pipeline='stream' "

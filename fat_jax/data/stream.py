@@ -86,16 +86,17 @@ class HostTransform:
       raise ValueError(f'unknown host transform {self.kind!r}; known: {HOST_TRANSFORMS}')
 
   def __call__(self, item: Any, *, train: bool, rng: np.random.Generator) -> np.ndarray:
-    """The uint8 (size, size, C) image of `item` (a path, or an array)."""
-    what = item if isinstance(item, str) else 'image'
+    """The uint8 (size, size, C) image of `item` (a path, `images.Encoded` bytes, or an
+    array)."""
+    encoded = isinstance(item, (str, image_ops.Encoded))
+    what = item if isinstance(item, str) else item.name if encoded else 'image'
     if self.kind == 'imagenet':
-      image = (image_ops.open_image(item, self.max_pixels) if isinstance(item, str)
+      image = (image_ops.open_image(item, self.max_pixels) if encoded
                else Image.fromarray(np.asarray(item, np.uint8)))
       if train:
         return image_ops.random_resized_crop_flip(image, self.size, rng)
       return image_ops.resize_center_crop(image, self.resize, self.size)
-    array = (image_ops.decode_image(item, self.max_pixels) if isinstance(item, str)
-             else np.asarray(item))
+    array = image_ops.decode_image(item, self.max_pixels) if encoded else np.asarray(item)
     if array.shape[:2] != (self.size, self.size):
       raise image_ops.ImageError(f'{what}: {array.shape[1]}x{array.shape[0]} image in a set of '
                                  f'{self.size}x{self.size} images')

@@ -38,7 +38,9 @@ compose: setting `lap_beta`, `aaer_lambda*`, `gradalign_lambda`, `elle_lambda`, 
 `stable_alpha3` or `co_tact_file` switches LAP, AAER, GradAlign, ELLE (ELLE-A with
 `elle_adaptive`), ZeroGrad, L_stable or L_co on (e.g. N-FGSM + AAER + LAP, FGSM + L_stable);
 `trades_beta` / `mart_beta` choose the TRADES / MART objective and `awp_gamma` adds AWP (AT-AWP:
-`pgd_at` + AWP; TRADES-AWP: `trades` + AWP). A combination that cannot work is
+`pgd_at` + AWP; TRADES-AWP: `trades` + AWP). `alpha_warmup_epochs` W > 0 scales the step
+(and Π_ε's radius) of a single-step attack from a zero/uniform/normal start by
+min((epoch + i/steps)/W, 1) (AAER's ``SVHN/AAER.py``: W = 5). A combination that cannot work is
 refused when the `Method` is built, with an error naming both parts (the list is
 in docs/library.md); `unread_fields` names the fields set for a component the method does not
 have (training refuses them). A `Method` is a frozen, hashable tree of values: a static
@@ -223,8 +225,11 @@ def _resolve_attack(c, eps: float):
   if steps > 1:
     return PGDAttack(**common, **start, steps=steps,
                      restart_forward=bool(c.robust_overfitting_forwards))
+  warmup = float(c.get('alpha_warmup_epochs') or 0.0)
+  if warmup < 0:
+    raise ValueError(f'method.alpha_warmup_epochs must be ≥ 0 (0: off), got {warmup}.')
   return FGSMAttack(**common, **start, project=bool(fields['project']),
-                    zerograd=None if q is None else ZeroGrad(float(q)))
+                    zerograd=None if q is None else ZeroGrad(float(q)), warmup_epochs=warmup)
 
 
 def _resolve_dart(c, common: dict, start: dict, steps: int, loss: str) -> DynamicAttack:
@@ -370,7 +375,7 @@ READERS = (
      lambda m: m.stable is not None or m.co is not None),
     (('co_percent', 'co_alpha3', 'co_saturation'), 'L_co (method.co_tact_file)',
      lambda m: m.co is not None),
-    (('project',), 'a single-step attack from a zero/uniform/normal start',
+    (('project', 'alpha_warmup_epochs'), 'a single-step attack from a zero/uniform/normal start',
      lambda m: isinstance(m.attack, FGSMAttack)),
     (('init_scale',), 'a zero/uniform/normal start (FGSM-MEP and ATAS keep their own)',
      lambda m: not isinstance(m.attack, (PriorAttack, AdaptiveAttack))),

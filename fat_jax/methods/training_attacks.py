@@ -73,10 +73,21 @@ class ZeroGrad:
   q: float = 0.35
 
 
+def step_warmup(clock: Clock, epochs: float) -> jax.Array:
+  """w = min((epoch + i/steps_per_epoch)/epochs, 1) at batch i of the (0-based) epoch: the
+  warm-up of the attack step in `tmllab/2023_NeurIPS_AAER` ``SVHN/AAER.py``
+  (``min((epoch + i/len(train_loader))/5, 1)``)."""
+  epoch, i = clock.step // clock.steps_per_epoch, clock.step % clock.steps_per_epoch
+  return jnp.minimum((epoch + i / clock.steps_per_epoch) / epochs, 1.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class FGSMAttack(TrainingAttack):
   """The FGSM family: δ = box(Π_ε(η + α·sign ∇_η CE)) from η = `init` (zero, U(±init_scale·ε),
-  init_scale·N(0, I)); no Π_ε when not `project` (N-FGSM); ∇_η masked by `zerograd`."""
+  init_scale·N(0, I)); no Π_ε when not `project` (N-FGSM); ∇_η masked by `zerograd`. With
+  `warmup_epochs` W > 0 the step is w·α and the projection Π_{w·ε}, w = `step_warmup` (the
+  start η is not scaled), as ``SVHN/AAER.py`` (``delta + alpha·sign(grad)·warm_up``, then
+  ``clamp(delta, −ε·warm_up, ε·warm_up)`` with ``--clamp 1``)."""
   eps: float
   alpha: float
   init: str = 'zero'
@@ -84,20 +95,25 @@ class FGSMAttack(TrainingAttack):
   project: bool = True
   train_bn: bool = True
   zerograd: Optional[ZeroGrad] = None
+  warmup_epochs: float = 0.0
   steps = 1
   loss = 'ce'
   has_start = True
 
   def __call__(self, model, params, state, x, y, key, rows, aug, clock: Clock, *,
                with_params: bool = False, taps: tuple[str, ...] = ()) -> Adversarial:
-    del aug, clock
+    del aug
     eta = init_perturbation(key, x, self.eps, self.init, self.init_scale)
     start = start_point(model, params, state, x, eta, lambda z: cross_entropy(z, y),
                         train=self.train_bn, with_params=with_params, taps=taps)
     grad = start.grad_eta
     if self.zerograd is not None:
       grad = zero_small_gradients(grad, self.zerograd.q)
-    delta = sign_step(x, eta, grad, eps=self.eps, alpha=self.alpha, project=self.project)
+    eps, alpha = self.eps, self.alpha
+    if self.warmup_epochs:
+      warmup = step_warmup(clock, self.warmup_epochs)
+      eps, alpha = eps * warmup, alpha * warmup
+    delta = sign_step(x, eta, grad, eps=eps, alpha=alpha, project=self.project)
     clean = start.grad_eta if self.init == 'zero' else None
     return Adversarial(delta, start, start.state, rows, clean_gradient=clean)
 
