@@ -19,7 +19,8 @@ keeps one, item 'ema' = the weight average of the params when the run keeps one 
 without one, and checkpoints written before it, have no such item), item 'regularizer_state'
 = the regularisers' state across steps when the method keeps one (ELLE-A's λ and statistics),
 item 'data_iterator' = the streaming input path's grain iterator state (JSON) when the run
-streams its data.
+streams its data, item 'guard_snapshots' = the CO guard's rollback snapshots (`fat_jax.co_guard`)
+when it holds some: {'0': the oldest, '1', ...}, each laid out as the train state's items.
 Checkpoints written before the optax state hold the momentum buffers as a field 'momentum'
 instead of 'opt_state'; they restore into a torch-SGD state (count = step).
 """
@@ -104,6 +105,7 @@ def compare(stored: dict[str, str], found: dict[str, str]) -> tuple[list[str], l
 
 
 DATA_ITEM = 'data_iterator'  # the streaming input path's iterator state (JSON)
+SNAPSHOTS_ITEM = 'guard_snapshots'  # the CO guard's rollback snapshots
 
 # The TrainState fields stored as items of their own, each only when it is not empty.
 APART = ('examples', 'ema', 'regularizer_state')
@@ -169,12 +171,16 @@ class Checkpointer:
   def epochs(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, epoch: int, state, data_state: dict | None = None) -> None:
+  def save(self, epoch: int, state, data_state: dict | None = None, snapshots=()) -> None:
     """Saves `state` as checkpoint `epoch`, with the input pipeline's iterator state
-    `data_state` (JSON values; the streaming path's, item 'data_iterator') when given."""
+    `data_state` (JSON values; the streaming path's, item 'data_iterator') when given and the
+    CO guard's `snapshots` (train states, item 'guard_snapshots') when there are some."""
     items = {k: ocp.args.StandardSave(v) for k, v in _items(state).items()}
     if data_state is not None:
       items[DATA_ITEM] = ocp.args.JsonSave(data_state)
+    if snapshots:
+      items[SNAPSHOTS_ITEM] = ocp.args.StandardSave(
+          {str(i): _items(s) for i, s in enumerate(snapshots)})
     self._manager.save(epoch, args=ocp.args.Composite(**items))
     self._manager.wait_until_finished()
     if is_writer():
@@ -188,6 +194,18 @@ class Checkpointer:
     restored = self._manager.restore(epoch, args=ocp.args.Composite(
         **{DATA_ITEM: ocp.args.JsonRestore()}))
     return restored[DATA_ITEM]
+
+  def snapshots(self, epoch: int, like, count: int) -> list | None:
+    """The `count` CO guard snapshots saved with checkpoint `epoch` (oldest first), restored
+    with the structure, dtypes and shardings of `like`; None when it holds none (written
+    before checkpoints held them)."""
+    if not os.path.isdir(os.path.join(self.path(epoch), SNAPSHOTS_ITEM)):
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _items(like))
+    restored = self._manager.restore(epoch, args=ocp.args.Composite(**{
+        SNAPSHOTS_ITEM: ocp.args.StandardRestore({str(i): abstract for i in range(count)})}))
+    return [type(like)(**r['state'], **{name: r.get(name, {}) for name in APART})
+            for r in (restored[SNAPSHOTS_ITEM][str(i)] for i in range(count))]
 
   def has_ema(self, epoch: int) -> bool:
     """Whether checkpoint `epoch` holds a weight average (item 'ema')."""

@@ -8,8 +8,9 @@ The weight scale of 'adaptive' is a traced argument of the jitted step (one comp
 every scale). 'rollback' keeps the states of the last checks in memory (copies: the step
 donates its input) and restores one with the clock (`step`) of the current state, so that the
 schedule, the step keys and the epochs go on as planned; the switched method is compiled once.
-A resumed run replays ``signals.jsonl`` (the detector's values, the scale, whether it switched);
-the in-memory snapshots start empty.
+A resumed run replays ``signals.jsonl`` (the detector's values, the scale, whether it switched)
+and takes the snapshots from the checkpoint (`snapshot_steps`, `restore_snapshots`), so that it
+continues bit for bit as the uninterrupted run.
 """
 from __future__ import annotations
 
@@ -28,21 +29,42 @@ from fat_jax.methods.signals import measure
 log = logging.getLogger('fat_jax')
 
 
+class Rows:
+  """The rows `indices` of a random-access source, itself one (picklable: grain's workers read
+  it)."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int):
+    return self.source[int(self.indices[index])]
+
+
 def guard_batch(data, guard: Guard):
-  """(the data set, (x, y)): the guard's batch, the last `guard.batch_size` training examples as
-  [0, 1] floats (no augmentation), left out of the returned training set when `hold_out`."""
-  if not isinstance(getattr(data, 'train_images', None), np.ndarray):
-    raise ValueError(f'The CO guard (guard.every > 0) takes its batch from a data set held in '
-                     f"memory; {type(data).__name__} streams it: set data.pipeline='memory'.")
-  n = guard.batch_size
-  if n >= len(data.train_images):
-    raise ValueError(f'guard.batch_size={n} leaves no training examples of the '
-                     f'{len(data.train_images)}.')
-  batch = (data.train_images[-n:].astype(np.float32) / 255, data.train_labels[-n:])
+  """(the data set, (x, y)): the guard's batch of n = `guard.batch_size` training examples as
+  [0, 1] floats (no augmentation), left out of the returned training set when `hold_out`.
+
+  In memory: the last n examples. Streamed (`fat_jax.data.StreamingDataset`): the examples
+  ⌊i·N/n⌋, i < n, of the N of the unshuffled training source (a folder's files are sorted by
+  class: these span the classes), read as the evaluation reads its test subset (the test-time
+  host transform)."""
+  n, count = guard.batch_size, data.num_train
+  if n >= count:
+    raise ValueError(f'guard.batch_size={n} leaves no training examples of the {count}.')
+  if isinstance(getattr(data, 'train_images', None), np.ndarray):
+    batch = (data.train_images[-n:].astype(np.float32) / 255, data.train_labels[-n:])
+    if guard.hold_out:
+      data = dataclasses.replace(data, train_images=data.train_images[:-n],
+                                 train_labels=data.train_labels[:-n])
+    return data, batch
+  held = np.arange(n) * count // n
+  images, labels = dataclasses.replace(data, test=Rows(data.train, held)).test_subset(n)
   if guard.hold_out:
-    data = dataclasses.replace(data, train_images=data.train_images[:-n],
-                               train_labels=data.train_labels[:-n])
-  return data, batch
+    data = dataclasses.replace(data, train=Rows(data.train, np.setdiff1d(np.arange(count), held)))
+  return data, (np.asarray(images, np.float32) / 255, np.asarray(labels))
 
 
 def feature_nodes(model) -> list[str]:
@@ -62,7 +84,8 @@ class GuardedStep:
 
   `build_step(method)`: the unjitted train step of a method (`methods.make_train_step`);
   `model` (`fat_jax.models.Model`), `eps`: the signals' model and radius; `key`: the signals'
-  key (folded with the step); `records`: the run's ``signals.jsonl`` records so far.
+  key (folded with the step); `records`: the run's ``signals.jsonl`` records so far, replayed:
+  `snapshot_steps` are then the steps of the snapshots the run held (`restore_snapshots`).
   """
 
   def __init__(self, guard: Guard, method, build_step, model, batch, *, eps: float, key,
@@ -80,9 +103,11 @@ class GuardedStep:
     self.scale, self.switched, self.count = 0.0, False, None
     kept = guard.policy.snapshots if isinstance(guard.policy, Rollback) else 0
     self.snapshots = collections.deque(maxlen=kept)
+    self.snapshot_steps = collections.deque(maxlen=kept)
     self.triggers, self.rollbacks = collections.Counter(), []
     for r in records:
       self._replay(r)
+    self.snapshot_steps = list(self.snapshot_steps)
     self.triggers, self.rollbacks = collections.Counter(), []
     self._step = self._compile()
 
@@ -100,12 +125,24 @@ class GuardedStep:
     self.scale = record.get('scale', self.scale)
     if record.get('rollback'):
       self._switch()
+    elif isinstance(self.guard.policy, Rollback) and not self.switched:
+      self.snapshot_steps.append(record['step'])  # the check kept its state (`check`)
 
   def _switch(self) -> None:
     self.method = switched_method(self.method, self.guard.policy.switch)
     self.switched = True
     self.history = {name: [] for name in self.guard.names}
     self.snapshots.clear()
+    self.snapshot_steps.clear()
+
+  def restore_snapshots(self, states) -> None:
+    """Hold `states` (oldest first), the snapshots saved with the checkpoint the run resumes
+    from, as those of the checks at `snapshot_steps`."""
+    steps = [int(s.step) for s in states]
+    if steps != self.snapshot_steps:
+      raise ValueError(f'The checkpoint holds the guard snapshots of steps {steps}; '
+                       f'{run_log.SIGNALS} says {self.snapshot_steps}.')
+    self.snapshots.extend(states)
 
   def __call__(self, ts, *batch):
     if self.count is None:

@@ -55,7 +55,7 @@ def make_schedule(config, steps: int) -> optim.Schedule:
   return optim.Schedule(kind=o.schedule, lr_max=o.lr_max, total_steps=config.num_epochs * steps,
                         steps_per_epoch=steps, momentum=o.momentum,
                         base_momentum=o.base_momentum, milestones=tuple(o.milestones),
-                        gamma=o.gamma)
+                        gamma=o.gamma, cycle_up=o.cycle_up)
 
 
 def make_weight_average(config, schedule: optim.Schedule) -> optim.WeightAverage | None:
@@ -240,6 +240,13 @@ def _train_and_evaluate(config, workdir: str) -> dict:
           guard, method, build_step, model, guard_xy, eps=config.eps,
           key=jax.random.fold_in(init_key, 1), workdir=workdir, steps_per_epoch=steps,
           records=run_log.read_records(workdir, up_to_epoch=start, name=run_log.SIGNALS))
+      if start and train_step.snapshot_steps:  # the rollback's snapshots at the checkpoint
+        kept = checkpointer.snapshots(start, ts, len(train_step.snapshot_steps))
+        if kept is None:
+          log.warning('The checkpoint of epoch %d holds no CO guard snapshots (an older '
+                      'fat_jax): a rollback can only go back to checks after it.', start)
+        else:
+          train_step.restore_snapshots(kept)
     monitor = _pgd_settings(config, config.eval.monitor_pgd_steps,
                             config.eval.monitor_pgd_restarts)
     monitor_x, monitor_y = _eval_subset(data, config.eval.monitor_n)
@@ -320,7 +327,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                  onset, epoch - 1)
         ts, ts_epoch = checkpointer.restore(epoch - 1, ts), epoch - 1
         break
-      checkpointer.save(epoch, ts, batches.state())
+      checkpointer.save(epoch, ts, batches.state(),
+                        train_step.snapshots if guard is not None else ())
       ts_epoch = epoch
     events.close()
 

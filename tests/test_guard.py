@@ -2,6 +2,7 @@
 whose input gradient is written out; the guard's detector and adaptive scale against ELLE-A's
 rule; the rollback's exactness; the refusals; the guard in the loop."""
 import dataclasses
+import json
 import os
 import jax
 import jax.numpy as jnp
@@ -234,13 +235,14 @@ def test_a_restored_snapshot_reruns_the_unguarded_steps_bit_for_bit(tiny):
   assert_same_state(reference[-1], ts)
 
 
-def guarded(tiny, method, steps, tmp_path, **fields):
+def guarded(tiny, method, steps, tmp_path, records=(), **fields):
   model, ts0, build, batches = tiny_run(tiny, method, steps)
   guard = resolve_guard(guard_config(**fields), method)
   images, labels = tiny[2], tiny[3]
   gs = co_guard.GuardedStep(guard, method, build, model,
                             (np.asarray(images, np.float32) / 255, np.asarray(labels)), eps=EPS,
-                            key=jax.random.key(5), workdir=str(tmp_path), steps_per_epoch=4)
+                            key=jax.random.key(5), workdir=str(tmp_path), steps_per_epoch=4,
+                            records=records)
   return gs, fresh(ts0), build, batches
 
 
@@ -356,3 +358,149 @@ def test_held_out_batch_leaves_training(data_dir):
   np.testing.assert_array_equal(x * 255, data.train_images[-16:])
   kept, _ = co_guard.guard_batch(data, dataclasses.replace(guard, hold_out=False))
   assert kept is data
+
+
+def test_checkpoint_holds_the_rollback_snapshots(tiny, tmp_path):
+  from fat_jax.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+  method = resolve_method(method_config('fgsm'), EPS)
+  gs, ts, _, batches = guarded(tiny, method, 4, tmp_path, node='A', policy='rollback',
+                               signals=('vact',), act_on=('vact',), sensitivity=1e9)
+  for b in batches:  # checks at steps 8 and 10 keep their states
+    ts, _ = gs(ts, *b)
+  assert [int(s.step) for s in gs.snapshots] == [8, 10]
+  with Checkpointer(str(tmp_path / 'run')) as checkpointer:
+    checkpointer.save(1, ts, None, gs.snapshots)
+    checkpointer.save(2, ts)
+    kept = checkpointer.snapshots(1, ts, 2)
+    assert checkpointer.snapshots(2, ts, 2) is None  # nothing saved with it
+    assert_same_state(checkpointer.restore(1, ts), ts)
+  for a, b in zip(gs.snapshots, kept):
+    assert_same_state(a, b)
+  records = run_log.read_records(str(tmp_path), name=run_log.SIGNALS)
+  resumed, *_ = guarded(tiny, method, 0, tmp_path, node='A', policy='rollback',
+                        signals=('vact',), act_on=('vact',), records=records)
+  assert resumed.snapshot_steps == [8, 10]
+  with pytest.raises(ValueError, match=r'snapshots of steps \[10\]; signals.jsonl says'):
+    resumed.restore_snapshots(kept[1:])
+  resumed.restore_snapshots(kept)
+  assert len(resumed.snapshots) == 2 and all(a is b for a, b in zip(resumed.snapshots, kept))
+
+
+def trigger_at(monkeypatch, counts):
+  """The detector triggers (every signal) when it knows exactly `counts` earlier values."""
+  monkeypatch.setattr(Detector, 'triggered',
+                      lambda self, history, value, direction: len(history) in counts)
+
+
+def cut(whole: str, workdir: str, epoch: int) -> None:
+  """`workdir`: run `whole` as a kill during epoch `epoch` + 1 leaves it (its later checkpoints,
+  metrics records and results never written; its later signals records kept)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.copytree(whole, workdir)
+  for name in os.listdir(os.path.join(workdir, 'checkpoints')):
+    if name.isdigit() and int(name) > epoch:
+      shutil.rmtree(os.path.join(workdir, 'checkpoints', name))
+  records = run_log.read_records(workdir)
+  with open(os.path.join(workdir, run_log.METRICS), 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in records[:epoch])
+  os.remove(os.path.join(workdir, run_log.RESULTS))
+
+
+def last_state(config, workdir: str):
+  """The state of the last checkpoint in `workdir` (either input path)."""
+  from fat_jax.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+  from fat_jax.data import load_data  # pylint: disable=import-outside-toplevel
+  from fat_jax.models import build_model  # pylint: disable=import-outside-toplevel
+  like = init_train_state(build_model(config.model, load_data(config.data).info),
+                          jax.random.key(0))
+  with Checkpointer(workdir) as checkpointer:
+    return checkpointer.restore(checkpointer.latest_epoch(), like)
+
+
+def assert_same_run(a: str, b: str, config) -> None:
+  assert_same_state(last_state(config, a), last_state(config, b))
+  untimed = lambda r: {k: v for k, v in r.items() if 'time' not in k}
+  assert [untimed(r) for r in run_log.read_records(a)] == [
+      untimed(r) for r in run_log.read_records(b)]
+  assert (run_log.read_records(a, name=run_log.SIGNALS)
+          == run_log.read_records(b, name=run_log.SIGNALS))
+  assert untimed(run_log.read_json(a, run_log.RESULTS)) == untimed(
+      run_log.read_json(b, run_log.RESULTS))
+
+
+RESUME = {'num_epochs': 3, 'checkpoint_keep': 3, 'guard.every': 1, 'guard.batch_size': 16,
+          'guard.hold_out': False, 'guard.signals': ('elle_error',),
+          'guard.act_on': ('elle_error',)}
+
+
+@pytest.mark.slow  # ~ 2 min: five short runs
+def test_guarded_runs_resume_bit_exactly(data_dir, tmp_path, monkeypatch):
+  """4 steps per epoch, a check after each. Rollback: the trigger at step 5 restores step 3;
+  a run cut after epoch 2 resumes after the rollback, one cut after epoch 1 before it, with
+  the snapshots of steps 3 and 4 from the checkpoint. Adaptive: triggers at steps 3 and 6,
+  the scale decaying across the cut after epoch 1."""
+  rollback = tiny_config(data_dir, 'fgsm', **RESUME, **{
+      'guard.policy': 'rollback', 'guard.rollback_checks': 2, 'guard.snapshots': 2})
+  adaptive = tiny_config(data_dir, 'fgsm', **RESUME, **{
+      'guard.policy': 'adaptive', 'guard.decay': 0.5, 'method.gradalign_lambda': 0.2})
+  for name, config, counts, cuts in (('rollback', rollback, {4}, (1, 2)),
+                                     ('adaptive', adaptive, {2, 5}, (1,))):
+    trigger_at(monkeypatch, counts)
+    whole = str(tmp_path / name)
+    train_and_evaluate(config, whole)
+    signals = run_log.read_records(whole, name=run_log.SIGNALS)
+    assert [r['step'] for r in signals] == list(range(1, 13))
+    if name == 'rollback':
+      assert signals[4]['rollback'] == {'to_step': 3, 'switch': 'n_fgsm'}
+    else:
+      assert [r['scale'] for r in signals[:6]] == [0, 0, 1, 0.5, 0.25, 1]
+    for epoch in cuts:
+      resumed = str(tmp_path / f'{name}_cut{epoch}')
+      cut(whole, resumed, epoch)
+      train_and_evaluate(config, resumed)
+      assert_same_run(whole, resumed, config)
+
+
+def test_streamed_guard_batch_spans_the_source_and_leaves_training(tmp_path):
+  pytest.importorskip('grain')
+  # pylint: disable=import-outside-toplevel
+  from fat_jax.data import load_data, stream
+  from tests.test_streaming import _config, make_image_folder
+  make_image_folder(tmp_path, classes=('a', 'b', 'c'), per_class=4, size=48)
+  data = load_data(_config(name='image_folder', dir=str(tmp_path), pipeline='stream',
+                           image_size=32))
+  guard = resolve_guard(guard_config(batch_size=4), resolve_method(method_config('fgsm'), EPS))
+  held, (x, y) = co_guard.guard_batch(data, guard)
+  rows = [0, 3, 6, 9]  # ⌊i·12/4⌋ of the 12 files, sorted by class
+  assert y.tolist() == [data.train[i][1] for i in rows] == [0, 0, 1, 2]
+  expected = [data.transform(data.train[i][0], train=False, rng=None) for i in rows]
+  np.testing.assert_array_equal(x * 255, np.stack(expected))
+  assert x.shape == (4, 32, 32, 3) and x.dtype == np.float32
+  assert held.num_train == 8 and {held.train[i][0] for i in range(8)}.isdisjoint(
+      data.train[i][0] for i in rows)
+  stream.train_dataset(held.train, held.transform, stream.Layout(8, 4), 0, 1)[1]  # it streams
+  kept, _ = co_guard.guard_batch(data, dataclasses.replace(guard, hold_out=False))
+  assert kept is data
+  with pytest.raises(ValueError, match='guard.batch_size=12 leaves no training examples'):
+    co_guard.guard_batch(data, dataclasses.replace(guard, batch_size=12))
+
+
+@pytest.mark.slow  # ~ 50 s: two short runs on a streamed folder
+def test_guarded_run_on_a_streamed_folder_resumes_bit_exactly(tmp_path):
+  pytest.importorskip('grain')
+  from tests.test_streaming import make_image_folder  # pylint: disable=import-outside-toplevel
+  make_image_folder(tmp_path / 'data', classes=('a', 'b'), per_class=10, size=32)
+  c = tiny_config('', 'fgsm', **{
+      **RESUME, 'num_epochs': 2, 'guard.batch_size': 4, 'guard.hold_out': True,
+      'guard.policy': 'rollback', 'guard.rollback_checks': 2, 'guard.snapshots': 2,
+      'guard.sensitivity': 1e9})
+  c.data.name, c.data.dir, c.data.image_size = 'image_folder', str(tmp_path / 'data'), 32
+  c.batch_size = c.eval.n = c.eval.monitor_n = c.eval.batch_size = 4
+  whole = str(tmp_path / 'whole')
+  train_and_evaluate(c, whole)
+  signals = run_log.read_records(whole, name=run_log.SIGNALS)
+  assert [r['step'] for r in signals] == list(range(1, 9))  # 16 of 20 files train: 4 steps
+  resumed = str(tmp_path / 'cut')
+  cut(whole, resumed, 1)
+  train_and_evaluate(c, resumed)
+  assert_same_run(whole, resumed, c)
