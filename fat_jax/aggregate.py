@@ -13,6 +13,15 @@ Columns (`--columns`, comma-separated; default `DEFAULT_COLUMNS`): see
 clean / FGSM / PGD-k-r accuracy, CO onset, training time), ``metrics.jsonl``
 (the per-epoch monitor) and ``eval_aa_standard.json`` (AutoAttack, from
 ``launch.py --mode=eval --config.eval.suite=aa_standard``).
+
+``--sweep`` groups the finished runs by (method label, training ε) over seeds instead
+(`sweep_points`): mean ± sample standard deviation (ddof = 1; none for a single run) of the
+final clean / FGSM / PGD accuracy, the seeds, and the CO rate (the fraction of the group's runs
+whose monitor flagged CO, ``co_onset_epoch`` in ``results.json``), as a table, ``sweep.json``
+and ``sweep.png`` (accuracy against training ε, one line per method with ± std bars, and the
+CO rate per point) in ``--out``:
+
+  python -m fat_jax.aggregate runs/cifar --sweep --out=runs/cifar/sweep
 """
 from __future__ import annotations
 
@@ -20,8 +29,13 @@ import argparse
 import csv
 import dataclasses
 import io
+import json
+import os
 from typing import Callable, Sequence
 
+import numpy as np
+
+from fat_jax import figures
 from fat_jax.runs import Run, load_runs
 
 
@@ -128,14 +142,174 @@ def csv_table(runs: Sequence[Run], columns: Sequence[str] = DEFAULT_COLUMNS) -> 
   return out.getvalue()
 
 
+# ---------------------------------------------------------------------------
+# The ε sweep: runs grouped by (method, training ε) over seeds.
+
+SWEEP_METRICS = ('clean', 'fgsm', 'pgd')
+SWEEP_DDOF = 1      # sample standard deviation over the runs of a point
+SWEEP_JSON = 'sweep.json'
+SWEEP_PNG = 'sweep.png'
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+  """(mean, sample standard deviation with ddof = `SWEEP_DDOF`; None for a single value)."""
+  a = np.asarray(values, np.float64)
+  return float(a.mean()), (float(a.std(ddof=SWEEP_DDOF)) if len(a) > SWEEP_DDOF else None)
+
+
+# Config fields in which the seeds of one sweep point may differ (where and how a run ran).
+SWEEP_FREE_FIELDS = ('seed', 'progress', 'tensorboard', 'report', 'compilation_cache',
+                     'checkpoint_keep', 'data.dir', 'data.source', 'data.workers', 'distributed',
+                     'eval.batch_size')
+
+
+def _flat_config(config, prefix: str = '') -> dict:
+  out = {}
+  for key, value in config.items():
+    name = prefix + key
+    if any(name == f or name.startswith(f + '.') for f in SWEEP_FREE_FIELDS):
+      continue
+    out.update(_flat_config(value, name + '.') if hasattr(value, 'items') else
+               {name: tuple(value) if isinstance(value, list) else value})
+  return out
+
+
+def _check_same_setting(method: str, eps: float, group: Sequence[Run]) -> None:
+  """The runs of one point differ only in `SWEEP_FREE_FIELDS`; else one line naming the
+  first fields that differ."""
+  first = _flat_config(group[0].config)
+  for run in group[1:]:
+    other = _flat_config(run.config)
+    differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+    if differ:
+      raise ValueError(f'The {method} runs at ε={_eps(eps)} differ in more than the seed: '
+                       f'{group[0].name} and {run.name} in {", ".join(differ[:5])}.')
+
+
+def sweep_points(runs: Sequence[Run]) -> list[dict]:
+  """One point per (method label, training ε) over the finished runs (those with
+  ``results.json``), sorted by method then ε: {'method', 'eps', 'eval_eps', 'n_runs',
+  'seeds', 'runs', '<metric>_mean', '<metric>_std' for `SWEEP_METRICS`, 'co_runs', 'co_rate'}.
+  The runs of one point must have the same config up to `SWEEP_FREE_FIELDS` (the seed, where
+  they ran)."""
+  groups: dict[tuple[str, float], list[Run]] = {}
+  for run in runs:
+    if run.results is not None:
+      groups.setdefault((run.label, float(run.config.get('eps'))), []).append(run)
+  if not groups:
+    raise ValueError('No finished runs (results.json) to sweep over: '
+                     f'{", ".join(r.name for r in runs) or "none given"}.')
+  points = []
+  for (method, eps), group in sorted(groups.items()):
+    _check_same_setting(method, eps, group)
+    point = {'method': method, 'eps': eps, 'eval_eps': group[0].eval_eps, 'n_runs': len(group),
+             'seeds': sorted(r.config.get('seed') for r in group),
+             'runs': [r.workdir for r in group]}
+    for metric in SWEEP_METRICS:
+      point[f'{metric}_mean'], point[f'{metric}_std'] = mean_std(
+          [r.results[f'{metric}_accuracy'] for r in group])
+    co = [r.results.get('co_onset_epoch') is not None for r in group]
+    point['co_runs'], point['co_rate'] = int(sum(co)), float(np.mean(co))
+    points.append(point)
+  return points
+
+
+def _pm(mean: float, std: float | None) -> str:
+  return f'{mean:.3f}' + ('' if std is None else f' ± {std:.3f}')
+
+
+def sweep_table(points: Sequence[dict]) -> str:
+  """Markdown: method, ε, seeds, mean ± std (ddof = 1) of each metric, CO runs / runs."""
+  lines = ['| method | ε | seeds | clean | FGSM | PGD | CO rate |',
+           '|---|---:|---|---:|---:|---:|---:|']
+  for p in points:
+    cells = [_pm(p[f'{m}_mean'], p[f'{m}_std']) for m in SWEEP_METRICS]
+    lines.append(f"| {p['method']} | {_eps(p['eps'])} | {','.join(map(str, p['seeds']))} | "
+                 f"{' | '.join(cells)} | {p['co_runs']}/{p['n_runs']} |")
+  return '\n'.join(lines)
+
+
+def plot_sweep(points: Sequence[dict], path: str, metrics: Sequence[str] = ('pgd',)) -> str:
+  """Accuracy against training ε (×255), one line per method with ± std error bars (one panel
+  per metric of `metrics`), and below them the CO rate of every point on the same ε axis."""
+  unknown = [m for m in metrics if m not in SWEEP_METRICS]
+  if unknown or not metrics:
+    raise ValueError(f'Unknown sweep metrics {unknown}; choose from {SWEEP_METRICS}.')
+  methods = sorted({p['method'] for p in points})
+  names = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD'}
+  fig = figures.new_figure(4.2, 2.4 * len(metrics) + 1.8)
+  axes = fig.subplots(len(metrics) + 1, 1, sharex=True,
+                      height_ratios=[2.4] * len(metrics) + [1.4])
+  for i, method in enumerate(methods):
+    pts = sorted((p for p in points if p['method'] == method), key=lambda p: p['eps'])
+    x = np.array([p['eps'] * 255 for p in pts])
+    for ax, metric in zip(axes, metrics):
+      mean = np.array([p[f'{metric}_mean'] for p in pts])
+      std = np.array([p[f'{metric}_std'] or 0.0 for p in pts])
+      ax.errorbar(x, mean, yerr=std, color=f'C{i % 10}', marker='o', ms=4, lw=1.2, capsize=3,
+                  label=method)
+      ax.fill_between(x, mean - std, mean + std, color=f'C{i % 10}', alpha=0.15, lw=0)
+    dodge = 0.12 * (i - (len(methods) - 1) / 2)  # methods sharing a CO rate stay apart
+    axes[-1].plot(x + dodge, [p['co_rate'] for p in pts], color=f'C{i % 10}', marker='s', ms=4,
+                  lw=1)
+  for ax, metric in zip(axes, metrics):
+    ax.set_ylabel(f'{names[metric]} accuracy', fontsize=figures.TEXT_PT)
+    ax.set_ylim(bottom=0)
+  axes[-1].set(ylim=(-0.05, 1.05), yticks=(0, 0.5, 1))
+  axes[-1].set_ylabel('CO rate', fontsize=figures.TEXT_PT)
+  axes[-1].set_xlabel('training ε (× 1/255)', fontsize=figures.TEXT_PT)
+  axes[-1].set_xticks(sorted({round(p['eps'] * 255, 3) for p in points}))
+  for ax in axes:
+    ax.tick_params(labelsize=figures.TICK_PT)
+    ax.grid(alpha=0.3)
+  seeds = max(p['n_runs'] for p in points)
+  fig.suptitle(figures.wrap(f'Final accuracy against training ε: mean ± std '
+                            f'(ddof={SWEEP_DDOF}) over ≤ {seeds} seeds', 60),
+               fontsize=figures.TITLE_PT)
+  fig.legend(*axes[0].get_legend_handles_labels(), loc='outside lower center',
+             ncol=min(len(methods), 4), fontsize=figures.TEXT_PT, frameon=False)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  return figures.save(fig, path)
+
+
+def write_sweep(runs: Sequence[Run], out_dir: str, metrics: Sequence[str] = ('pgd',)) -> str:
+  """`sweep_points` of `runs` into ``out_dir/sweep.json`` (with the table and ddof) and
+  ``out_dir/sweep.png``; returns the table."""
+  points = sweep_points(runs)
+  table = sweep_table(points)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, SWEEP_JSON), 'w') as f:
+    json.dump({'ddof': SWEEP_DDOF, 'points': points, 'table': table}, f, indent=1)
+  plot_sweep(points, os.path.join(out_dir, SWEEP_PNG), metrics)
+  return table
+
+
+def _common_folder(runs: Sequence[Run]) -> str:
+  return os.path.commonpath([os.path.abspath(os.path.dirname(r.workdir)) for r in runs])
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('workdirs', nargs='+')
   parser.add_argument('--columns', default=','.join(DEFAULT_COLUMNS),
                       help=f'comma-separated, from {", ".join(COLUMNS)}')
   parser.add_argument('--format', default='markdown', choices=('markdown', 'csv'))
+  parser.add_argument('--sweep', action='store_true', help='mean ± std over seeds per (method, '
+                      'ε), CO rate; writes sweep.json and sweep.png into --out')
+  parser.add_argument('--out', default='', help='--sweep: output folder (default: the runs\' '
+                      'common parent folder/sweep)')
+  parser.add_argument('--metrics', default='pgd', help='--sweep: figure panels, comma-separated '
+                      f'from {",".join(SWEEP_METRICS)}')
   args = parser.parse_args(argv)
   runs = load_runs(args.workdirs)
+  if args.sweep:
+    out = args.out or os.path.join(_common_folder(runs), 'sweep')
+    try:
+      print(write_sweep(runs, out, [m for m in args.metrics.split(',') if m]))
+    except ValueError as e:  # runs that cannot be averaged, unknown metrics: one line
+      raise SystemExit(f'fat_jax.aggregate --sweep: {e}') from None
+    print(f'Sweep: {os.path.join(out, SWEEP_JSON)}, {os.path.join(out, SWEEP_PNG)}')
+    return
   columns = [c for c in args.columns.split(',') if c]
   print(markdown_table(runs, columns) if args.format == 'markdown' else csv_table(runs, columns),
         end='' if args.format == 'csv' else '\n')

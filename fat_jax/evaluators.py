@@ -7,6 +7,7 @@ picks one from `EVALUATORS`; the report reads their artefacts.
 | eval | `evaluate_run` | ``eval_<suite>[_L2].json``, ``eval_<suite>[_L2]_flags.npz``, RobustBench entry |
 | noise_eval | `noise_eval.evaluate_noise_run` | ``eval_noise.json`` |
 | analyze | `feature_analysis.analyze_run` | ``analysis.json``, ``tact.npz`` |
+| shortcuts | `shortcut_removal.shortcut_removal_run` | ``shortcuts.json``, ``shortcuts.png`` |
 | examples | `adversarial_examples` | ``examples.npz`` (the report's adversarial examples) |
 
 The layer-wise landscapes (`landscape.compute_landscape(run, ...)`) take their own settings on
@@ -34,6 +35,8 @@ from fat_jax.methods import evaluated_weights
 from fat_jax.noise_eval import evaluate_noise_run
 from fat_jax.parallel import is_writer, make_data_mesh
 from fat_jax.runs import Run, is_run
+from fat_jax.shortcut_removal import FIGURE as SHORTCUTS_FIGURE, REPORT as SHORTCUTS_REPORT
+from fat_jax.shortcut_removal import shortcut_removal_run
 
 ARCHITECTURES = {'preact_resnet18': 'PreActResNet-18', 'resnet18': 'ResNet-18',
                  'mnist_net': 'MNIST CNN (locuslab)', 'cnn': 'CNN',
@@ -72,14 +75,15 @@ def evaluate_run(run: Run) -> dict:
   """
   config = run.config
   e = config.eval
-  model, ts, epoch = run.restore(e.epoch)
+  model, ts, epoch = run.restore(e.epoch, conv=e.get('conv'))
   x, y = run.points('test', e.n)
   surrogate = None
   if e.suite == 'transfer':
     if not (e.surrogate_workdir and is_run(e.surrogate_workdir)):
       raise FileNotFoundError(f"suite 'transfer' needs eval.surrogate_workdir, a run directory "
                               f'with config.json and checkpoints; got {e.surrogate_workdir!r}.')
-    other, other_ts, _ = Run.open(e.surrogate_workdir).restore(info=run.data.info)
+    other, other_ts, _ = Run.open(e.surrogate_workdir).restore(info=run.data.info,
+                                                                conv=e.get('conv'))
     surrogate = (other.apply, evaluated_weights(other_ts)[1], other_ts.batch_stats)
   apply_fn = (with_input_noise(model.apply, e.input_noise, e.noise_kind, e.noise_clip)
               if e.input_noise else model.apply)
@@ -200,6 +204,9 @@ EVALUATORS = {
                             lambda run, _: f'Results: {run.workdir}/eval_noise.json'),
     'analyze': Evaluator(analyze_run, lambda run, _: f'Results: {run.workdir}/analysis.json, '
                                                      f'{run.workdir}/tact.npz'),
+    'shortcuts': Evaluator(shortcut_removal_run,
+                           lambda run, _: f'Results: {run.workdir}/{SHORTCUTS_REPORT}, '
+                                          f'{run.workdir}/{SHORTCUTS_FIGURE}'),
     'examples': Evaluator(adversarial_examples,
                           lambda run, _: f'Results: {run.workdir}/{EXAMPLES}'),
 }

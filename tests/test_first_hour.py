@@ -93,7 +93,7 @@ def test_help_lists_every_recipe_and_how_to_print_its_fields(tmp_path):
     assert any(line.startswith(f'  {name}') for line in lines), name
   assert '  quickstart.py[:method]  (method default: fgsm)' in lines
   assert '  from_workdir.py:workdir' in lines
-  assert '--mode: <train|eval|noise_eval|analyze|examples|print_config>' in result.stdout
+  assert '--mode: <train|eval|noise_eval|analyze|shortcuts|examples|print_config>' in result.stdout
   command = f'python {os.path.join(ROOT, "launch.py")}'  # as typed, from another folder
   assert f'  {command} --config=configs/NAME.py[:ARG] --mode=print_config' in lines
   assert f'  {command} --config=configs/quickstart.py --workdir=/tmp/quickstart' in lines
@@ -193,7 +193,7 @@ def test_requirements_pin_every_direct_dependency_within_pyproject_bounds():
     assert name in pinned, f'{requirement.name} is not pinned in requirements.txt'
     assert requirement.specifier.contains(pinned[name][1], prereleases=True), (
         f'{pinned[name]} is outside pyproject.toml\'s {requirement}')
-  for extra in ('cuda12', 'tpu'):  # jax's builds: the same bounds as jax itself
+  for extra in ('cuda12', 'cuda13', 'tpu'):  # jax's builds: the same bounds as jax itself
     for requirement in map(Requirement, pyproject()['optional-dependencies'][extra]):
       assert requirement.specifier.contains(pinned[canonicalize_name(requirement.name)][1])
 

@@ -72,11 +72,13 @@ ALLOWED = {
     'convert': ('checkpoint', 'config', 'data', 'errors', 'methods', 'models', 'run_log',
                 'torch_file'),
     'landscape': ('attacks', 'data', 'figures', 'losses', 'methods', 'run_log', 'runs'),
+    'shortcut_removal': ('config', 'evaluate', 'figures', 'methods', 'parallel', 'run_log',
+                         'runs'),
     # Evaluators of a run: launch's modes.
     'evaluators': ('attacks', 'evaluate', 'feature_analysis', 'landscape', 'methods',
-                   'noise_eval', 'parallel', 'run_log', 'runs'),
+                   'noise_eval', 'parallel', 'run_log', 'runs', 'shortcut_removal'),
     # Reports of finished runs.
-    'aggregate': ('runs',),
+    'aggregate': ('figures', 'runs'),
     'summary': ('run_log', 'runs'),
     'report': ('aggregate', 'config', 'data', 'errors', 'evaluators', 'figures', 'noise_eval',
                'parallel', 'run_log', 'runs', 'summary', 'tensorboard_log'),
