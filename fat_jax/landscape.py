@@ -334,7 +334,10 @@ def plot_landscape(landscape: Landscape, path: str, *, kind: str = '', title: st
         ax.set_title(figures.wrap(f'{index}: {name}' if index else 'all layers', 24),
                      fontsize=figures.TEXT_PT)
       if c == 0:
-        ax.set_ylabel(f'epoch {epoch}', fontsize=figures.TEXT_PT)
+        ax.set_ylabel(f'epoch {epoch}\n' + ('mean CE' if dims == 1 else 'a₂'),
+                      fontsize=figures.TEXT_PT)
+      if r == rows - 1:
+        ax.set_xlabel('a (weights w + a·d)' if dims == 1 else 'a₁', fontsize=figures.TEXT_PT)
       ax.tick_params(labelsize=figures.TICK_PT)
   if dims == 1:
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc='outside lower center',

@@ -70,7 +70,9 @@ def _epochs(run: Run, key: str):
   return [r['epoch'] for r in records], [r[key] for r in records]
 
 
-def _panels(n: int, *, width: float = 3.6, height: float = 2.6, max_cols: int = 4):
+def _panels(n: int, *, width: float = 3.6, height: float = 2.6, max_cols: int = 2):
+  """`n` panels of `width` × `height` inches, at most `max_cols` to a row (two: 7.2 inches, a
+  page's width, so that a page shows the text at its size), integer epoch ticks."""
   cols = min(n, max_cols)
   rows = -(-n // cols)
   fig = figures.new_figure(width * cols, height * rows)
@@ -131,7 +133,7 @@ def plot_accuracy(runs: Sequence[Run], out_dir: str) -> str:
     ax.plot([], [], 'k--', lw=1, label='CO onset')
     _epoch_panel(ax, run, 'accuracy', ylim=(0, 1))
   fig.legend(*axes[0].get_legend_handles_labels(), loc='outside lower center',
-             ncol=2 * min(len(axes), 3), fontsize=figures.TEXT_PT, frameon=False)
+             ncol=2 * min(len(axes), 2), fontsize=figures.TEXT_PT, frameon=False)
   return _save(fig, out_dir, 'accuracy.png')
 
 
@@ -147,12 +149,11 @@ def plot_comparison(runs: Sequence[Run], out_dir: str) -> str:
       if onset in epochs:
         ax.axvline(onset, color=_color(i), ls=':', lw=1)
         ax.plot(onset, values[epochs.index(onset)], 'kx', ms=8, mew=2)
-    ax.set(title=f'{label} accuracy (monitor)', xlabel='epoch', ylim=(0, 1))
+    ax.set(title=f'{label} accuracy (monitor)', xlabel='epoch', ylabel='accuracy', ylim=(0, 1))
     ax.title.set_fontsize(figures.TITLE_PT)
-  axes[0].set_ylabel('accuracy')
   axes[0].plot([], [], 'kx', mew=2, label='CO onset')
   fig.legend(*axes[0].get_legend_handles_labels(), loc='outside lower center',
-             ncol=min(len(runs) + 1, 6), fontsize=figures.TEXT_PT, frameon=False)
+             ncol=min(len(runs) + 1, 4), fontsize=figures.TEXT_PT, frameon=False)
   return _save(fig, out_dir, 'comparison.png')
 
 
@@ -162,7 +163,7 @@ def plot_schedule(runs: Sequence[Run], out_dir: str) -> str:
     for ax, key in zip(axes, ('lr', 'momentum')):
       ax.plot(*_epochs(run, key), 'o-', ms=3, color=_color(i), label=run.name)
   for ax, key in zip(axes, ('learning rate', 'momentum')):
-    ax.set(title=f'{key} at the last step of each epoch', xlabel='epoch')
+    ax.set(title=f'{key} at the last step of each epoch', xlabel='epoch', ylabel=key)
     ax.title.set_fontsize(figures.TITLE_PT)
   axes[0].legend(fontsize=figures.TEXT_PT)
   return _save(fig, out_dir, 'schedule.png')
@@ -177,9 +178,10 @@ def plot_aaer(runs: Sequence[Run], out_dir: str) -> str:
     axes[1].plot(*v_a, 'o-', ms=3, color=_color(i), label=f'{run.name} V_A')
     axes[1].plot(*v_n, 's--', ms=3, color=_color(i), label=f'{run.name} V_N')
     axes[2].plot(*c_a, 'o-', ms=3, color=_color(i), label=run.name)
-  axes[0].set(title='AAE fraction m/n', xlabel='epoch')
-  axes[1].set(title='logit variation V_A (AAE), V_N (normal)', xlabel='epoch', yscale='log')
-  axes[2].set(title='loss decrease C_A of the AAEs', xlabel='epoch')
+  axes[0].set(title='AAE fraction m/n', xlabel='epoch', ylabel='m/n (epoch mean)')
+  axes[1].set(title='logit variation V_A (AAE), V_N (normal)', xlabel='epoch',
+              ylabel='V_A, V_N (epoch mean)', yscale='log')
+  axes[2].set(title='loss decrease C_A of the AAEs', xlabel='epoch', ylabel='C_A (epoch mean)')
   for ax in axes:
     ax.title.set_fontsize(figures.TITLE_PT)
   axes[1].legend(fontsize=figures.TEXT_PT)
@@ -233,7 +235,8 @@ def plot_gradalign(runs: Sequence[Run], out_dir: str) -> str:
   for i, run in enumerate(runs):
     axes[0].plot(*_epochs(run, 'train_gradalign_cos'), 'o-', ms=3, color=_color(i),
                  label=run.name)
-  axes[0].set(title='GradAlign: mean cos(∇ℓ(x), ∇ℓ(x + η))', xlabel='epoch')
+  axes[0].set(title='GradAlign: mean cos(∇ℓ(x), ∇ℓ(x + η))', xlabel='epoch',
+              ylabel='cosine (epoch mean)')
   axes[0].title.set_fontsize(figures.TITLE_PT)
   axes[0].legend(fontsize=figures.TEXT_PT)
   return _save(fig, out_dir, 'gradalign.png')
@@ -262,8 +265,8 @@ def plot_signals(runs: Sequence[Run], out_dir: str) -> str:
       twin = ax.twinx()
       if pgd:
         twin.plot(*zip(*pgd), '-', color='tab:red', lw=1)
-      twin.set(ylim=(0, 1))
-      ax.set(title=f'{run.name}: {name}', xlabel='epoch')
+      twin.set(ylim=(0, 1), ylabel='PGD accuracy (monitor)')
+      ax.set(title=f'{run.name}: {name}', xlabel='epoch', ylabel=name)
       ax.title.set_fontsize(figures.TITLE_PT)
   return _save(fig, out_dir, 'signals.png')
 
@@ -285,7 +288,7 @@ def plot_adversarial_examples(run: Run, examples: dict, out_dir: str) -> str:
   rows = [('clean', 'clean', None), ('train_attack', 'training attack', None),
           ('train_attack', 'δ (training attack)', 'delta'), ('pgd', 'PGD', None),
           ('pgd', 'δ (PGD)', 'delta')]
-  fig = figures.new_figure(0.95 * n + 1.3, 1.15 * len(rows) + 0.6)
+  fig = figures.new_figure(0.75 * n + 1.3, 0.95 * len(rows) + 0.6)
   axes = fig.subplots(len(rows), n, squeeze=False)
   for r, (kind, label, what) in enumerate(rows):
     xk = examples['inputs'][kind]
@@ -529,7 +532,13 @@ def main(argv=None):
                       'the common parent folder/report for several runs)')
   parser.add_argument('--no_examples', action='store_true',
                       help='skip the adversarial examples (no checkpoint or data needed)')
+  parser.add_argument('--sweep', action='store_true',
+                      help='instead: the ε sweep over seeds (fat_jax.aggregate.write_sweep) into '
+                      '--out (default: the common parent folder/sweep)')
   args = parser.parse_args(argv)
+  if args.sweep:
+    aggregate.main([*args.workdirs, '--sweep'] + ([f'--out={args.out}'] if args.out else []))
+    return
   print(write_report(args.workdirs, args.out, examples=not args.no_examples))
 
 

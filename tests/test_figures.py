@@ -100,3 +100,28 @@ def test_figure_is_sharp_and_everything_is_inside_the_canvas(saved_figures, name
   for text in fig.findobj(matplotlib.text.Text):
     if text.get_visible() and text.get_text().strip():
       assert text.get_fontsize() >= MIN_FONT_PT, (name, text.get_text(), text.get_fontsize())
+
+
+@pytest.mark.parametrize('name', sorted(FIGURES))
+def test_every_panel_names_its_axes(saved_figures, name):
+  """Each panel with tick labels has an x and a y label, its own or that of a panel sharing the
+  axis (a grid labels its outer row and column); colour bars carry their own label."""
+  fig = next(f for f, p in saved_figures if figure_name(p) == name)
+  for ax in fig.axes:
+    if not ax.get_visible() or getattr(ax, '_colorbar', None) is not None:
+      continue
+    for axis in ('x', 'y'):
+      if not len(getattr(ax, f'get_{axis}ticks')()):
+        continue  # an image panel
+      siblings = getattr(ax, f'get_shared_{axis}_axes')().get_siblings(ax)
+      assert any(getattr(a, f'get_{axis}label')().strip() for a in siblings), (
+          name, ax.get_title(), axis)
+
+
+MAX_WIDTH_IN = 7.5  # a page's width: wider figures are shrunk, and their text with them
+
+
+@pytest.mark.parametrize('name', sorted(n for n in FIGURES if 'landscape' not in n))
+def test_report_figures_fit_a_page_width(saved_figures, name):
+  fig = next(f for f, p in saved_figures if figure_name(p) == name)
+  assert fig.get_figwidth() <= MAX_WIDTH_IN, (name, fig.get_figwidth())
