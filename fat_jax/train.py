@@ -158,7 +158,9 @@ def _train_epoch(train_step, ts, batches, config, epoch: int, steps: int, checkp
 
 
 def _eval_subset(data, n: int):
-  return data.test_subset(n)
+  """The first n test points of the monitor and the final evaluation: host arrays, or for a
+  streamed data set images decoded batch by batch (`fat_jax.data.stream.TestImages`)."""
+  return data.test_batches(n)
 
 
 def _pgd_settings(config, steps: int, restarts: int) -> PGDSettings:

@@ -277,6 +277,34 @@ def test_tiny_imagenet_stream_is_deterministic_and_augments_per_epoch(tmp_path):
   np.testing.assert_array_equal(test_y, data.test.labels[:3])
 
 
+def test_monitor_reads_a_streamed_test_set_batch_by_batch_with_the_same_flags(tmp_path):
+  """`test_batches` (the monitor's and the final evaluation's points): the images are decoded
+  per slice, equal to `test_subset`'s, and the monitor's flags over them equal its flags over
+  the decoded arrays."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from fat_jax.evaluate import PGDSettings, evaluate_robustness
+  from fat_jax.methods import init_train_state
+  from fat_jax.models import build_model
+  make_tiny_imagenet(tmp_path, n_val=5)
+  data = load_data(_config(dir=str(tmp_path)))
+  view, labels = data.test_batches(0)
+  arrays, array_labels = data.test_subset(0)
+  assert isinstance(view, stream.TestImages) and len(view) == 5
+  np.testing.assert_array_equal(labels, array_labels)
+  for lo, hi in ((0, 5), (1, 3), (3, 9), (4, 4)):
+    np.testing.assert_array_equal(view[lo:hi], arrays[lo:hi])
+  with pytest.raises(TypeError, match='contiguous slices'):
+    view[[0, 2]]  # pylint: disable=pointless-statement
+  model = build_model(ml_collections.ConfigDict(dict(name='cnn', width=4, depth=2)), data.info)
+  ts = init_train_state(model, jax.random.key(0))
+  settings = PGDSettings(eps=8 / 255, steps=2, restarts=1, step_size=2 / 255)
+  run = lambda x: evaluate_robustness(model, ts.params, ts.batch_stats, x, labels, settings,
+                                      mesh=make_data_mesh(), batch_size=2, progress=False)
+  streamed, held = run(view), run(arrays)
+  for key in ('clean', 'fgsm', 'pgd'):
+    np.testing.assert_array_equal(streamed['flags'][key], held['flags'][key])
+
+
 def test_resume_from_the_saved_state_gives_the_same_batches():
   x, y = _arrays(40)
   source, transform = stream.ArraySource(x, y), stream.HostTransform('none', 8)

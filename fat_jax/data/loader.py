@@ -26,8 +26,8 @@ from fat_jax.data.images import MAX_PIXELS, count_conversions
 from fat_jax.data.pipeline import AUGMENT_MODES, iterate_batches, shard_batch, shard_local_batch
 from fat_jax.data.sources import (DATASET_INFOS, Dataset, DatasetInfo, DatasetNotFoundError,
                                   load_dataset)
-from fat_jax.data.stream import (ArraySource, HostTransform, Layout, TrainStream, import_grain,
-                                 read_test, train_dataset)
+from fat_jax.data.stream import (ArraySource, HostTransform, Layout, TestImages, TrainStream,
+                                 import_grain, read_test, train_dataset)
 from fat_jax.data.tfds_images import TFDSImages, tfds_image_splits
 
 PIPELINES = ('auto', 'memory', 'stream')
@@ -80,6 +80,13 @@ class StreamingDataset:
     for test."""
     n = min(n or len(self.test), len(self.test))
     return read_test(self.test, self.transform, n, workers=self.workers)
+
+  def test_batches(self, n: int) -> tuple[TestImages, np.ndarray]:
+    """`test_subset`'s examples with the images decoded only when a batch is sliced
+    (`TestImages`) and the labels read from the source."""
+    n = min(n or len(self.test), len(self.test))
+    labels = np.asarray([self.test[i][1] for i in range(n)], np.int32)
+    return TestImages(self.test, self.transform, n, self.workers), labels
 
 
 def _first(source: Any, n: int, split: str) -> Any:

@@ -64,6 +64,8 @@ class Dataset:
     n = n or len(self.test_labels)
     return self.test_images[:n], self.test_labels[:n]
 
+  test_batches = test_subset   # in memory already: what a streamed set decodes per batch
+
 
 class DatasetNotFoundError(FileNotFoundError):
   """The data set is not available locally; the message says how to get it."""

@@ -199,13 +199,37 @@ def _iterate(dataset: grain.MapDataset, workers: int) -> grain.DatasetIterator:
 
 
 def read_test(source: Sequence, transform: HostTransform, n: int, *, workers: int = 0,
-              batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-  """The first `n` test examples (test-time transform) as uint8 images and int32 labels."""
-  dataset = (import_grain().MapDataset.range(n).map(_TestExample(source, transform))
-             .batch(batch_size))
+              batch_size: int = 256, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Test examples `start` … `start` + n − 1 (test-time transform) as uint8 images and int32
+  labels."""
+  dataset = (import_grain().MapDataset.range(start, start + n)
+             .map(_TestExample(source, transform)).batch(batch_size))
   batches = list(_iterate(dataset, workers))
   return (np.concatenate([np.asarray(b['image']) for b in batches]),
           np.concatenate([np.asarray(b['label']) for b in batches]))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TestImages:
+  """The first `n` test examples of `source` (test-time transform), decoded when sliced and
+  not held: ``images[lo:hi]`` is the uint8 batch of examples lo … hi − 1 (`read_test`), so an
+  evaluation that walks them in batches (the monitor, a run's final evaluation) holds one
+  batch of pixels at a time."""
+  source: Sequence
+  transform: HostTransform
+  n: int
+  workers: int = 0
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __getitem__(self, index: slice) -> np.ndarray:
+    if not isinstance(index, slice) or index.step not in (None, 1):
+      raise TypeError(f'TestImages are read in contiguous slices, not {index!r}')
+    lo, hi, _ = index.indices(self.n)
+    if hi <= lo:   # an empty batch of the images' shape
+      return self[0:1][:0]
+    return read_test(self.source, self.transform, hi - lo, start=lo, workers=self.workers)[0]
 
 
 class TrainStream:
