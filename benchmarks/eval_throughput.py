@@ -113,9 +113,15 @@ def random_model(args):
   model = build_model(config, info)
   ts = init_train_state(model, jax.random.key(args.seed))
   x = np.asarray(jax.random.uniform(jax.random.key(args.seed + 1), (args.n, *info.image_shape)))
-  y = np.concatenate([np.asarray(model.apply(ts.params, ts.batch_stats, x[i:i + 256], False)[0]
-                                 .argmax(-1)) for i in range(0, args.n, 256)])
-  return model, ts, x, y, 0.5 / 255
+  return model, ts, x, own_labels(model, ts, x), 0.5 / 255
+
+
+def own_labels(model, ts, x: np.ndarray) -> np.ndarray:
+  """The model's predicted class of each point (every point then starts correctly
+  classified), in batches of 256."""
+  return np.concatenate([np.asarray(model.apply(ts.params, ts.batch_stats, x[i:i + 256],
+                                                False)[0].argmax(-1))
+                         for i in range(0, len(x), 256)])
 
 
 def trained_model(args):
@@ -127,8 +133,7 @@ def trained_model(args):
   model, ts, _ = run.restore(conv=args.conv)
   x, y = run.points('test', args.n)
   if args.self_label:
-    y = np.concatenate([np.asarray(model.apply(ts.params, ts.batch_stats, x[i:i + 256], False)[0]
-                                   .argmax(-1)) for i in range(0, len(x), 256)])
+    y = own_labels(model, ts, x)
   return model, ts, x, y, run.eval_eps
 
 
