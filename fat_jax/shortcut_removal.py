@@ -38,6 +38,7 @@ from fat_jax.evaluate import PGDSettings, evaluate_robustness
 from fat_jax.methods import evaluated_weights
 from fat_jax.parallel import make_data_mesh
 from fat_jax.runs import Run
+from fat_jax.weight_perturbation import leaf_at, with_leaf
 
 log = logging.getLogger('fat_jax')
 
@@ -48,19 +49,6 @@ GROUPS = ('former', 'latter')
 REPORT = 'shortcuts.json'
 FIGURE = 'shortcuts.png'
 METRICS = ('clean', 'fgsm', 'pgd')
-
-
-def _get(tree, path: Path):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _replace(tree, path: Path, value):
-  """A copy of the nested dict `tree` with the leaf at `path` replaced."""
-  if not path:
-    return value
-  return {**tree, path[0]: _replace(tree[path[0]], path[1:], value)}
 
 
 def layer_paths(order: Sequence[Path], indices: Sequence[int]) -> list[Path]:
@@ -115,10 +103,10 @@ def remove_weights(params, paths: Sequence[Path], fraction: float, *, criterion:
                    scope: str = 'layer', key=None):
   """`params` with the weights that `removal_masks` picks in the kernels at `paths` set to 0;
   every other leaf (and every other weight of those kernels) is returned unchanged."""
-  kernels = [_get(params, p) for p in paths]
+  kernels = [leaf_at(params, p) for p in paths]
   masks = removal_masks(kernels, fraction, criterion=criterion, scope=scope, key=key)
   for path, kernel, mask in zip(paths, kernels, masks):
-    params = _replace(params, path, jnp.where(mask, jnp.zeros_like(kernel), kernel))
+    params = with_leaf(params, path, jnp.where(mask, jnp.zeros_like(kernel), kernel))
   return params
 
 
@@ -154,7 +142,7 @@ def shortcut_removal_run(run: Run) -> dict:
   rows = []
   for c, criterion in enumerate(s.criteria):
     for g, (group, paths) in enumerate(groups.items()):
-      total = sum(int(np.size(_get(params, p))) for p in paths)
+      total = sum(int(np.size(leaf_at(params, p))) for p in paths)
       for fraction in s.fractions:
         accuracies = base if fraction == 0 else measure(remove_weights(
             params, paths, fraction, criterion=criterion, scope=s.scope,
@@ -180,7 +168,7 @@ def shortcut_removal_run(run: Run) -> dict:
 
 
 def _removed(params, paths, fraction: float, scope: str) -> int:
-  sizes = [int(np.size(_get(params, p))) for p in paths]
+  sizes = [int(np.size(leaf_at(params, p))) for p in paths]
   return round(fraction * sum(sizes)) if scope == 'group' else sum(round(fraction * n)
                                                                    for n in sizes)
 

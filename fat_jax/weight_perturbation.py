@@ -49,15 +49,16 @@ def lap_layer_factors(num_layers: int, gamma: float) -> np.ndarray:
   return 1.0 - (np.log(l) / np.log(num_layers)) ** gamma
 
 
-def _get(tree, path: Path):
+def leaf_at(tree, path: Path):
+  """The leaf of the nested dict `tree` at `path` (e.g. ``('conv1', 'kernel')``)."""
   return functools.reduce(operator.getitem, path, tree)
 
 
-def _replace(tree, path: Path, value):
-  """A copy of the nested dict `tree` with the leaf at `path` replaced."""
+def with_leaf(tree, path: Path, value):
+  """A copy of the nested dict `tree` with the leaf at `path` replaced by `value`."""
   if not path:
     return value
-  return {**tree, path[0]: _replace(tree[path[0]], path[1:], value)}
+  return {**tree, path[0]: with_leaf(tree[path[0]], path[1:], value)}
 
 
 def relative_perturbation(params, direction, paths: Sequence[Path], scales: Sequence[float]):
@@ -67,7 +68,7 @@ def relative_perturbation(params, direction, paths: Sequence[Path], scales: Sequ
   """
   deltas = []
   for path, scale in zip(paths, scales):
-    w, d = _get(params, path), _get(direction, path)
+    w, d = leaf_at(params, path), leaf_at(direction, path)
     deltas.append(scale * jnp.linalg.norm(w) * d / (jnp.linalg.norm(d) + NORM_EPS))
   return deltas
 
@@ -75,7 +76,7 @@ def relative_perturbation(params, direction, paths: Sequence[Path], scales: Sequ
 def add_at_paths(params, paths: Sequence[Path], deltas, sign: float = 1.0):
   """`params` with ``sign·delta`` added to the leaf at each path."""
   for path, delta in zip(paths, deltas):
-    params = _replace(params, path, _get(params, path) + sign * delta)
+    params = with_leaf(params, path, leaf_at(params, path) + sign * delta)
   return params
 
 

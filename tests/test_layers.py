@@ -73,7 +73,7 @@ ALLOWED = {
                 'torch_file'),
     'landscape': ('attacks', 'data', 'figures', 'losses', 'methods', 'run_log', 'runs'),
     'shortcut_removal': ('config', 'evaluate', 'figures', 'methods', 'parallel', 'run_log',
-                         'runs'),
+                         'runs', 'weight_perturbation'),
     # Evaluators of a run: launch's modes.
     'evaluators': ('attacks', 'evaluate', 'feature_analysis', 'landscape', 'methods',
                    'noise_eval', 'parallel', 'run_log', 'runs', 'shortcut_removal'),
