@@ -72,11 +72,11 @@ def suites_table(workdir: str, suites, n: int, run: bool = True) -> str:
 
 def binarization(workdirs, n: int) -> None:
   import jax.numpy as jnp
-  from fat_jax import sanity
+  from fat_jax.evaluate import sanity
   from fat_jax.evaluate import binarization_test
   from fat_jax.evaluate.classifier import Classifier
   from fat_jax.methods import evaluated_weights
-  from fat_jax.runs import Run
+  from fat_jax.run.runs import Run
 
   def verdict(name, model, x, eps):
     start = time.time()

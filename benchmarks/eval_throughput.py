@@ -22,7 +22,7 @@ accuracy per attack, and AA's cost relative to PGD; `--json=PATH` writes it as J
 `--pgd-steps`, `--pgd-restarts`, `--apgd-steps`, `--fab-steps` and `--square-queries` shrink
 the attacks (e.g. for a smoke test of the script); the defaults are PGD-50-10 and AutoAttack's.
 
-`--torch-file` evaluates a PyTorch ``state_dict`` (`--source`, a `fat_jax.convert` source,
+`--torch-file` evaluates a PyTorch ``state_dict`` (`--source`, a `fat_jax.formats.convert` source,
 default locuslab_mnist), converted into a temporary run directory. `--reference` also runs
 the reference AutoAttack (Croce & Hein's ``autoattack``, or PyPI's ``pyautoattack``, the
 same code; version 'standard') on the same points with the same file loaded into PyTorch,
@@ -56,13 +56,13 @@ from jax import monitoring
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fat_jax.config import default_config  # noqa: E402
-from fat_jax.convert import convert  # noqa: E402
 from fat_jax.data import DATASET_INFOS  # noqa: E402
 from fat_jax.evaluate import evaluate  # noqa: E402
+from fat_jax.formats.convert import convert  # noqa: E402
 from fat_jax.methods import init_train_state  # noqa: E402
 from fat_jax.models import build_model  # noqa: E402
 from fat_jax.parallel import make_data_mesh  # noqa: E402
-from fat_jax.runs import Run  # noqa: E402
+from fat_jax.run.runs import Run  # noqa: E402
 
 
 def parse_args():
@@ -79,7 +79,7 @@ def parse_args():
                  help='mnist_net | preact_resnet18: a freshly initialised PyTorch network '
                       '(--seed, --width) as --torch-file (needs torch)')
   p.add_argument('--source', default='',
-                 help="--torch-file's fat_jax.convert source (default: locuslab_mnist, or "
+                 help="--torch-file's fat_jax.formats.convert source (default: locuslab_mnist, or "
                       "locuslab for --torch-init=preact_resnet18)")
   p.add_argument('--self-label', action='store_true',
                  help="label the points with the model's own predictions (all clean-correct)")

@@ -1,9 +1,10 @@
 """The PyTorch networks the benchmarks time or attack next to fat_jax's, in their official
-structure and parameter names (so that `fat_jax.convert` reads their ``state_dict``):
+structure and parameter names (so that `fat_jax.formats.convert` reads their ``state_dict``):
 
 * `mnist_net`: ``locuslab/fast_adversarial MNIST/mnist_net.py`` (keys 0, 2, 5, 7);
 * `preact_resnet18`: ``locuslab/fast_adversarial CIFAR10/preact_resnet.py`` at any width
-  (``conv1``, ``layer1``…``layer4``, ``bn``, ``linear``; `fat_jax.convert` source 'locuslab');
+  (``conv1``, ``layer1``…``layer4``, ``bn``, ``linear``; `fat_jax.formats.convert` source
+  'locuslab');
 * `wide_resnet`: ``yaodongyu/TRADES models/wideresnet.py`` (any depth and widen factor);
 * `Normalized`: (x − mean)/std in front of a network, as the official loops normalise the data.
 

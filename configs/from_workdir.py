@@ -1,7 +1,7 @@
 """The config stored in a run directory: its ``config.json`` over the default config.
 
 For ``--mode=eval`` (or analyze, noise_eval) of a run without its recipe file, in
-particular of a model converted from PyTorch (``python -m fat_jax.convert``,
+particular of a model converted from PyTorch (``python -m fat_jax.formats.convert``,
 docs/convert.md):
 
   python launch.py --config=configs/from_workdir.py:runs/wong2020 --workdir=runs/wong2020 \\
@@ -14,8 +14,8 @@ overrides apply on top as with any recipe.
 import json
 import os
 
-from fat_jax import run_log
 from fat_jax.config import default_config
+from fat_jax.run import run_log
 
 
 def _overlay(config, stored: dict) -> None:
@@ -33,7 +33,7 @@ def get_config(workdir: str):
   if not os.path.isfile(path):
     raise FileNotFoundError(f'No {run_log.CONFIG} in {workdir!r}: pass a run directory '
                             '(configs/from_workdir.py:WORKDIR) written by training or by '
-                            'python -m fat_jax.convert.')
+                            'python -m fat_jax.formats.convert.')
   with open(path) as f:
     stored = json.load(f)
   config = default_config()

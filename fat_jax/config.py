@@ -168,7 +168,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.noise_kind = 'uniform'   # 'uniform' | 'gaussian'
   c.eval.noise_clip = False       # clip x + r to [0, 1]
   c.eval.surrogate_workdir = ''   # 'transfer': the run whose latest checkpoint attacks
-  c.eval.checks = True            # sanity checks (fat_jax.sanity)
+  c.eval.checks = True            # sanity checks (fat_jax.evaluate.sanity)
   c.eval.binarization = False     # with the checks: the binarization test (Zimmermann et al.)
   c.eval.binarization_n = config_dict.placeholder(int)  # its points (None: evaluate's, 20)
   c.eval.check_pgd_steps = 20
@@ -199,7 +199,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.analysis.batch_size = 256
 
   # `launch.py --mode=shortcuts`: LAP's shortcut removal on a checkpoint
-  # (fat_jax.shortcut_removal, docs/cifar_study.md).
+  # (fat_jax.analysis.shortcut_removal, docs/cifar_study.md).
   c.shortcuts = ml_collections.ConfigDict()
   c.shortcuts.former = (1, 2, 3, 4, 5)     # kernels, 1-based in the LAP layer order
   c.shortcuts.latter = (-6, -5, -4, -3, -2)  # negative from the end: −1 is the classifier
@@ -245,14 +245,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint_keep = 2
   c.progress = True
   # Every number of metrics.jsonl and monitor.jsonl also as TensorBoard scalars at the global
-  # step, in WORKDIR/tensorboard (fat_jax.tensorboard_log; `tensorboard --logdir runs/`).
+  # step, in WORKDIR/tensorboard (fat_jax.run.tensorboard_log; `tensorboard --logdir runs/`).
   c.tensorboard = True
   # JAX's persistent compilation cache (launch.py): compiled programs kept across runs, so a
   # relaunch, a resumption or a checkpoint evaluation skips most compilation. 'auto' =
   # $JAX_COMPILATION_CACHE_DIR, else on GPU/TPU ~/.cache/fat_jax/xla ($XDG_CACHE_HOME) and on
   # CPU none; a folder (any device); '' = off.
   c.compilation_cache = 'auto'
-  c.report = True                 # launch.py writes WORKDIR/report (fat_jax.report) after training
+  c.report = True                 # launch.py writes WORKDIR/report (fat_jax.reports.report)
   return c
 
 

@@ -45,9 +45,9 @@ def command_name(program: str | None = None) -> str:
   running one, ``sys.argv[0]``): a checkout's launch.py → ``python launch.py`` (its path as
   typed when it is not in the current folder); fat_jax/launch.py itself → ``python -m
   fat_jax.launch``; an installed console script (``fat-jax-*``) → ``fat-jax-train`` (beside it
-  when it is not on the PATH); anything else (Python, a notebook, ``python -m fat_jax.convert``)
-  → ``fat-jax-train`` when it is on the PATH, else ``python launch.py`` in a checkout's root,
-  else ``python -m fat_jax.launch``."""
+  when it is not on the PATH); anything else (Python, a notebook, ``python -m
+  fat_jax.formats.convert``) → ``fat-jax-train`` when it is on the PATH, else ``python
+  launch.py`` in a checkout's root, else ``python -m fat_jax.launch``."""
   program = sys.argv[0] if program is None else program
   name = os.path.basename(program)
   if name == LAUNCH_SCRIPT:

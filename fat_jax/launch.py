@@ -37,13 +37,13 @@ from ml_collections import config_flags
 
 from fat_jax.errors import (LAUNCHER, TracebackLog, chain, command_name, message, one_line,
                             storage_error)
-from fat_jax.evaluators import EVALUATORS
+from fat_jax.analysis.evaluators import EVALUATORS
 from fat_jax.parallel import initialize_distributed, is_writer
-from fat_jax.report import write_end_of_run_report
-from fat_jax.run_config import check_against_run
-from fat_jax.runs import Run
-from fat_jax.summary import run_summary
-from fat_jax.train import train_and_evaluate
+from fat_jax.reports.report import write_end_of_run_report
+from fat_jax.reports.summary import run_summary
+from fat_jax.run.run_config import check_against_run
+from fat_jax.run.runs import Run
+from fat_jax.run.train import train_and_evaluate
 from fat_jax.validation import ConfigError, validate_config
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file in configs/.',

@@ -32,7 +32,7 @@ fi
 test -f "$tmp/run/results.json"
 report=$("$tmp/venv/bin/fat-jax-report" "$tmp/run" --out="$tmp/report")
 test -f "$report" && test -f "$tmp/report/accuracy.png"
-if [ -f "$root/fat_jax/convert.py" ] || [ -d "$root/fat_jax/convert" ]; then
+if [ -f "$root/fat_jax/formats/convert.py" ] || [ -d "$root/fat_jax/convert" ]; then
   "$tmp/venv/bin/fat-jax-convert" --help >/dev/null
 fi
 echo "check_install: OK in $((SECONDS - start)) s ($report)"

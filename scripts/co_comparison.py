@@ -5,7 +5,7 @@
 
 Each run is `launch.py --config=configs/quickstart.py:METHOD` (plus the overrides
 given), so every row can be reproduced on its own; `--jobs` runs that many at once.
-The table (`fat_jax.aggregate`): final clean / FGSM / PGD accuracy (the config's
+The table (`fat_jax.reports.aggregate`): final clean / FGSM / PGD accuracy (the config's
 final evaluation), the best and last monitor PGD accuracy and the CO onset
 epoch. Runs whose workdir already holds results.json are not trained again.
 """
@@ -20,8 +20,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from fat_jax import aggregate, run_log  # pylint: disable=wrong-import-position
-from fat_jax.runs import load_runs  # pylint: disable=wrong-import-position
+from fat_jax.reports import aggregate  # pylint: disable=wrong-import-position
+
+from fat_jax.run import run_log
+from fat_jax.run.runs import load_runs  # pylint: disable=wrong-import-position
 
 METHODS = 'fgsm,fgsm_rs,n_fgsm,gradalign,v_lap,r_lap,n_lap,rs_aaer,n_aaer'
 COLUMNS = ('method', 'seed', 'clean', 'fgsm', 'pgd', 'monitor_pgd', 'co_epoch')

@@ -9,7 +9,7 @@ out="${1:-runs/quickstart}"
 for method in fgsm n_fgsm; do
   .venv/bin/fat-jax-train --config="configs/quickstart.py:$method" --workdir="$out/$method"
 done
-.venv/bin/python -m fat_jax.summary "$out/fgsm" "$out/n_fgsm"
+.venv/bin/python -m fat_jax.reports.summary "$out/fgsm" "$out/n_fgsm"
 report=$(.venv/bin/fat-jax-report "$out/fgsm" "$out/n_fgsm" --out="$out/report")
 echo
 echo "Comparison report: $report (figure: $(dirname "$report")/comparison.png)"

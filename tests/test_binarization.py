@@ -10,15 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fat_jax import evaluators, sanity
-from fat_jax.checkpoint import Checkpointer
+from fat_jax.analysis import evaluators
+
+from fat_jax.evaluate import sanity
 from fat_jax.evaluate import evaluate, format_table, save_report
+from fat_jax.run.checkpoint import Checkpointer
 from fat_jax.evaluate.binarization import (LOGITS, binarization_test, binarize, binary_attacks,
                                            boundary_point, feature_node, inner_points)
 from fat_jax.evaluate.classifier import Classifier
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
-from fat_jax.runs import Run
+from fat_jax.run.runs import Run
 from tests.fixtures import write_idx_dir
 from tests.test_apgd import toy_data
 from tests.test_eval_suites import CONFIG as EVAL_CONFIG

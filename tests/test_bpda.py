@@ -14,8 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from fat_jax import sanity
 from fat_jax.attacks import bpda, pgd_attack, square_attack, with_preprocessing
+from fat_jax.evaluate import sanity
 from fat_jax.evaluate import probe_batch
 from fat_jax.losses import cross_entropy
 

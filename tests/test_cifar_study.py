@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 
 from configs import cifar_subset
-from fat_jax import aggregate, report, run_log
-from fat_jax.checkpoint import Checkpointer
+from fat_jax.analysis.evaluators import EVALUATORS
+from fat_jax.analysis.shortcut_removal import layer_paths, removal_masks, remove_weights
 from fat_jax.data import DatasetInfo, load_dataset
-from fat_jax.evaluators import EVALUATORS
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
-from fat_jax.runs import Run, load_runs, method_label
-from fat_jax.shortcut_removal import layer_paths, removal_masks, remove_weights
+from fat_jax.reports import aggregate, report
+from fat_jax.run import run_log
+from fat_jax.run.checkpoint import Checkpointer
+from fat_jax.run.runs import Run, load_runs, method_label
 from tests.fixtures import write_idx_dir
 from tests.test_train import tiny_config
 

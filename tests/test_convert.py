@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from configs import from_workdir
-from fat_jax import convert as convert_lib
-from fat_jax import torch_file
-from fat_jax.checkpoint import Checkpointer
 from fat_jax.config import default_config
 from fat_jax.data import DATASET_INFOS, load_dataset
+from fat_jax.formats import convert as convert_lib
+from fat_jax.formats import torch_file
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
+from fat_jax.run.checkpoint import Checkpointer
 from tests import torch_files
 from tests.fixtures import write_cifar10_dir
 

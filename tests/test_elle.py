@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from fat_jax import optim
-from fat_jax.checkpoint import Checkpointer
 from fat_jax.losses import cross_entropy
 from fat_jax.losses.elle import adaptive_lambda_update, elle_lambda, init_adaptive_lambda
+from fat_jax.run.checkpoint import Checkpointer
 from fat_jax.methods import (TrainState, init_regularizer_state, make_train_step,
                              resolve_method)
 from tests.test_seed_methods import method_config, tiny  # noqa: F401  (tiny: a fixture)

@@ -11,18 +11,20 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fat_jax import optim, run_log
-from fat_jax.checkpoint import CheckpointMismatchError, Checkpointer
+from fat_jax import optim
+
+from fat_jax.analysis import evaluators
 from fat_jax.config import default_config
 from fat_jax.data import DATASET_INFOS, load_dataset
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
-from fat_jax import evaluators
-from fat_jax.runs import Run
+from fat_jax.run import run_log
+from fat_jax.run.checkpoint import CheckpointMismatchError, Checkpointer
+from fat_jax.run.runs import Run
 from fat_jax.methods import (evaluated_weights, init_train_state, make_train_step,
                              resolve_method)
 from fat_jax.models import build_model
 from fat_jax.parallel import make_data_mesh
-from fat_jax.train import train_and_evaluate
+from fat_jax.run.train import train_and_evaluate
 from fat_jax.validation import ConfigError, validate_config
 from tests.fixtures import write_idx_dir
 

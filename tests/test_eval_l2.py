@@ -4,13 +4,13 @@ import jax
 import numpy as np
 import pytest
 
-from fat_jax import sanity
 from fat_jax.attacks import with_input_noise
 from fat_jax.config import default_config
+from fat_jax.evaluate import sanity
 from fat_jax.evaluate import evaluate, format_table
 from fat_jax.evaluate.robustbench import eps_string, robustbench_entry
 from fat_jax.evaluate.suites import suite_options
-from fat_jax.train import train_and_evaluate
+from fat_jax.run.train import train_and_evaluate
 from fat_jax.validation import ConfigError, config_problems
 from tests.test_apgd import init_mlp, mlp_apply, toy_data, train_mlp
 

@@ -10,15 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fat_jax import sanity
+from fat_jax.analysis.evaluators import evaluate_run
 from fat_jax.attacks import with_input_noise
-from fat_jax.evaluate import evaluate, format_table, save_report
-from fat_jax.evaluators import evaluate_run
-from fat_jax.runs import Run
-from fat_jax.checkpoint import Checkpointer
 from fat_jax.data import load_dataset
+from fat_jax.evaluate import sanity
+from fat_jax.evaluate import evaluate, format_table, save_report
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
+from fat_jax.run.checkpoint import Checkpointer
+from fat_jax.run.runs import Run
 from tests.fixtures import write_idx_dir
 from tests.test_apgd import init_mlp, mlp_apply, noisy_problem, trained  # noqa: F401
 

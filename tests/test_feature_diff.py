@@ -10,22 +10,24 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fat_jax import optim, run_log
+from fat_jax import optim
+
 from fat_jax.attacks import fgsm_attack, with_input_noise
-from fat_jax.checkpoint import Checkpointer
 from fat_jax.config import default_config
 from fat_jax.data import DATASET_INFOS, load_dataset
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
-from fat_jax.feature_analysis import (activation_statistics, analyze_run, masked_accuracy,
+from fat_jax.run import run_log
+from fat_jax.run.checkpoint import Checkpointer
+from fat_jax.analysis.feature_analysis import (activation_statistics, analyze_run, masked_accuracy,
                                       masking_study, threshold_masks, variance_masks)
 from fat_jax.losses import cross_entropy
 from fat_jax.losses.feature_diff import (channel_saliency, channel_squared_difference, co_loss,
                                          feature_distance, stable_loss, top_channels)
+from fat_jax.analysis.noise_eval import evaluate_input_noise
 from fat_jax.methods import init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
-from fat_jax.noise_eval import evaluate_input_noise
 from fat_jax.parallel import make_data_mesh
-from fat_jax.runs import Run
+from fat_jax.run.runs import Run
 from tests.test_apgd import init_mlp, mlp_apply
 from tests.test_models import initialised
 from tests.test_train import data_dir, tiny_config  # noqa: F401

@@ -13,8 +13,12 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from fat_jax import landscape, report, run_log
-from fat_jax.train import train_and_evaluate
+from fat_jax.analysis import landscape
+
+from fat_jax.reports import report
+
+from fat_jax.run import run_log
+from fat_jax.run.train import train_and_evaluate
 from tests.fixtures import write_idx_dir
 from tests.test_train import tiny_config
 

@@ -19,10 +19,12 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from fat_jax import convert, errors
+from fat_jax import errors
+
 from fat_jax.config import default_config
+from fat_jax.formats import convert
 from fat_jax.methods import resolve_method
-from fat_jax.runs import Run
+from fat_jax.run.runs import Run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = [sys.executable, os.path.join(ROOT, 'launch.py')]

@@ -9,15 +9,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fat_jax import co_guard, optim, report, run_log
+from fat_jax import optim
+
+from fat_jax.reports import report
+
 from fat_jax.attacks import init_perturbation
 from fat_jax.config import default_config
 from fat_jax.losses.elle import adaptive_lambda_update, elle_points, init_adaptive_lambda
 from fat_jax.methods import init_train_state, make_train_step, resolve_method
 from fat_jax.methods import signals as sg
+from fat_jax.run import co_guard, run_log
 from fat_jax.methods.guard import (Adaptive, Detector, resolve_guard, scaled_method,
                                    switched_method)
-from fat_jax.train import train_and_evaluate
+from fat_jax.run.train import train_and_evaluate
 from tests.test_seed_methods import method_config, tiny  # noqa: F401  (tiny: a fixture)
 from tests.test_train import assert_same_state, data_dir, tiny_config  # noqa: F401
 
@@ -361,7 +365,7 @@ def test_held_out_batch_leaves_training(data_dir):
 
 
 def test_checkpoint_holds_the_rollback_snapshots(tiny, tmp_path):
-  from fat_jax.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+  from fat_jax.run.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
   method = resolve_method(method_config('fgsm'), EPS)
   gs, ts, _, batches = guarded(tiny, method, 4, tmp_path, node='A', policy='rollback',
                                signals=('vact',), act_on=('vact',), sensitivity=1e9)
@@ -408,9 +412,9 @@ def cut(whole: str, workdir: str, epoch: int) -> None:
 
 def last_state(config, workdir: str):
   """The state of the last checkpoint in `workdir` (either input path)."""
-  from fat_jax.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
   from fat_jax.data import load_data  # pylint: disable=import-outside-toplevel
   from fat_jax.models import build_model  # pylint: disable=import-outside-toplevel
+  from fat_jax.run.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
   like = init_train_state(build_model(config.model, load_data(config.data).info),
                           jax.random.key(0))
   with Checkpointer(workdir) as checkpointer:

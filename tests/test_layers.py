@@ -32,79 +32,88 @@ DOC = os.path.join(ROOT, 'docs', 'architecture.md')
 ALLOWED = {
     # Foundations.
     '__init__': (),
+    'formats': (),
+    'run': (),
+    'analysis': (),
+    'reports': (),
     'errors': (),
     'parallel': (),
-    'restricted_pickle': (),
-    'config': (),
-    'sanity': (),
-    'diagnostics': (),
-    'figures': (),
+    'formats.restricted_pickle': (),
+    'evaluate.sanity': (),
+    'analysis.diagnostics': (),
+    'reports.figures': (),
     # The pure core, and what reads files from outside.
     'losses': (),
     'attacks': ('losses',),
     'weight_perturbation': (),
     'optim': (),
     'models': (),
-    'data': ('restricted_pickle',),
-    'torch_file': ('restricted_pickle',),
+    'data': ('formats.restricted_pickle',),
+    'formats.torch_file': ('formats.restricted_pickle',),
     'validation': ('attacks',),
     # A run directory's files.
-    'run_log': ('parallel',),
-    'workdir_lock': ('parallel',),
-    'divergence': ('parallel',),
-    'tensorboard_log': ('parallel',),
-    'checkpoint': ('optim', 'parallel', 'run_log'),
-    'recipes': ('config',),
-    'run_config': ('config', 'run_log', 'validation'),
+    'run.run_log': ('parallel',),
+    'run.workdir_lock': ('parallel',),
+    'run.divergence': ('parallel',),
+    'run.tensorboard_log': ('parallel',),
+    'run.checkpoint': ('optim', 'parallel', 'run.run_log'),
     # Methods and evaluation.
     'methods': ('attacks', 'data', 'errors', 'losses', 'optim', 'weight_perturbation'),
-    'evaluate': ('attacks', 'data', 'losses', 'parallel', 'run_log', 'sanity', 'validation'),
-    'co_guard': ('methods', 'run_log'),
+    'config': ('methods',),
+    'recipes': ('config',),
+    'run.run_config': ('config', 'run.run_log', 'validation'),
+    'evaluate': ('attacks', 'data', 'evaluate.sanity', 'losses', 'parallel', 'run.run_log',
+                 'validation'),
+    'run.co_guard': ('methods', 'run.run_log'),
     # A run directory as one value.
-    'runs': ('checkpoint', 'config', 'data', 'errors', 'evaluate', 'methods', 'models', 'optim',
-             'recipes', 'run_log'),
+    'run.runs': ('config', 'data', 'errors', 'evaluate', 'methods', 'models', 'optim', 'recipes',
+                 'run.checkpoint', 'run.run_log'),
     # The loop, the analyses of a checkpoint, conversion.
-    'train': ('checkpoint', 'co_guard', 'config', 'data', 'diagnostics', 'divergence',
-              'evaluate', 'methods', 'models', 'optim', 'parallel', 'run_log', 'tensorboard_log',
-              'validation', 'workdir_lock'),
-    'noise_eval': ('attacks', 'evaluate', 'methods', 'run_log', 'runs'),
-    'feature_analysis': ('attacks', 'losses', 'methods', 'run_log', 'runs'),
-    'convert': ('checkpoint', 'config', 'data', 'errors', 'methods', 'models', 'run_log',
-                'torch_file'),
-    'landscape': ('attacks', 'data', 'figures', 'losses', 'methods', 'run_log', 'runs'),
-    'shortcut_removal': ('config', 'evaluate', 'figures', 'methods', 'parallel', 'run_log',
-                         'runs', 'weight_perturbation'),
+    'run.train': ('analysis.diagnostics', 'config', 'data', 'evaluate', 'methods', 'models',
+                  'optim', 'parallel', 'run.checkpoint', 'run.co_guard', 'run.divergence',
+                  'run.run_log', 'run.tensorboard_log', 'run.workdir_lock', 'validation'),
+    'analysis.noise_eval': ('attacks', 'evaluate', 'methods', 'run.run_log', 'run.runs'),
+    'analysis.feature_analysis': ('attacks', 'losses', 'methods', 'run.run_log', 'run.runs'),
+    'formats.convert': ('config', 'data', 'errors', 'formats.torch_file', 'methods', 'models',
+                        'run.checkpoint', 'run.run_log'),
+    'analysis.landscape': ('attacks', 'data', 'losses', 'methods', 'reports.figures',
+                           'run.run_log', 'run.runs'),
+    'analysis.shortcut_removal': ('config', 'evaluate', 'methods', 'parallel', 'reports.figures',
+                                  'run.run_log', 'run.runs', 'weight_perturbation'),
     # Evaluators of a run: launch's modes.
-    'evaluators': ('attacks', 'evaluate', 'feature_analysis', 'landscape', 'methods',
-                   'noise_eval', 'parallel', 'run_log', 'runs', 'shortcut_removal'),
+    'analysis.evaluators': ('analysis.feature_analysis', 'analysis.landscape',
+                            'analysis.noise_eval', 'analysis.shortcut_removal', 'attacks',
+                            'evaluate', 'methods', 'parallel', 'run.run_log', 'run.runs'),
     # Reports of finished runs.
-    'aggregate': ('figures', 'runs'),
-    'summary': ('run_log', 'runs'),
-    'report': ('aggregate', 'config', 'data', 'errors', 'evaluators', 'figures', 'noise_eval',
-               'parallel', 'run_log', 'runs', 'summary', 'tensorboard_log'),
+    'reports.aggregate': ('reports.figures', 'run.runs'),
+    'reports.summary': ('run.run_log', 'run.runs'),
+    'reports.report': ('analysis.evaluators', 'analysis.noise_eval', 'config', 'data', 'errors',
+                       'parallel', 'reports.aggregate', 'reports.figures', 'reports.summary',
+                       'run.run_log', 'run.runs', 'run.tensorboard_log'),
     # The launcher.
-    'launch': ('configs', 'errors', 'evaluators', 'parallel', 'report', 'run_config', 'runs',
-               'summary', 'train', 'validation'),
+    'launch': ('analysis.evaluators', 'configs', 'errors', 'parallel', 'reports.report',
+               'reports.summary', 'run.run_config', 'run.runs', 'run.train', 'validation'),
 }
 ROOT_ENTRY = '__init__'
+# The wings: folders that group modules of several layers (docs/architecture.md). A wing's
+# entry places its `__init__` alone; each of its modules has its own entry.
+WINGS = ('formats', 'run', 'analysis', 'reports')
 OUTSIDE = ('configs',)
 PACKAGED_CONFIGS = 'fat_jax.configs'
 
 PURE = ('fat_jax.attacks', 'fat_jax.losses', 'fat_jax.weight_perturbation', 'fat_jax.optim')
 # What pure modules never import: the loop, data, models, configs, methods, evaluation, reports.
-ABOVE_PURE = ('fat_jax.train', 'fat_jax.data', 'fat_jax.models', 'fat_jax.config',
-              'fat_jax.recipes', 'configs', 'fat_jax.methods', 'fat_jax.evaluate',
-              'fat_jax.checkpoint', 'fat_jax.report', 'fat_jax.landscape', 'fat_jax.aggregate',
-              'fat_jax.summary', 'fat_jax.run_log', 'fat_jax.feature_analysis',
-              'fat_jax.noise_eval', 'fat_jax.diagnostics')
+ABOVE_PURE = ('fat_jax.run', 'fat_jax.analysis', 'fat_jax.reports', 'fat_jax.data',
+              'fat_jax.models', 'fat_jax.config', 'fat_jax.recipes', 'configs', 'fat_jax.methods',
+              'fat_jax.evaluate')
 MODELS_AND_DATA = ('fat_jax.models', 'fat_jax.data')
 TRAINING_PIECES = ('fat_jax.attacks', 'fat_jax.losses', 'fat_jax.methods')
-# The generic evaluation: a trained run is evaluated above it (`fat_jax.evaluators`).
-NOT_IN_GENERIC_EVALUATE = ('fat_jax.models', 'fat_jax.methods', 'fat_jax.checkpoint',
-                           'fat_jax.train', 'fat_jax.report', 'fat_jax.landscape',
-                           'fat_jax.runs')
-LOOP = 'fat_jax.train'
-NOT_IN_LOOP = ('fat_jax.report', 'fat_jax.landscape')
+# The generic evaluation: a trained run is evaluated above it (`fat_jax.analysis.evaluators`).
+NOT_IN_GENERIC_EVALUATE = ('fat_jax.models', 'fat_jax.methods', 'fat_jax.run.checkpoint',
+                           'fat_jax.run.train', 'fat_jax.run.runs', 'fat_jax.reports',
+                           'fat_jax.analysis.landscape')
+LOOP = 'fat_jax.run.train'
+NOT_IN_LOOP = ('fat_jax.reports.report', 'fat_jax.analysis.landscape')
 
 
 def module_name(path: str, root: str) -> str:
@@ -223,10 +232,10 @@ def full_name(entry: str) -> str:
 
 
 def entry_of(module: str, allowed=ALLOWED):
-  """The entry of `allowed` that places `module`: its own or its package's (the root entry
-  places the root package alone); None where none does."""
+  """The entry of `allowed` that places `module`: its own or its package's (the root's and a
+  wing's entry place the package alone); None where none does."""
   names = [e for e in allowed if module == full_name(e)
-           or (e != ROOT_ENTRY and module.startswith(full_name(e) + '.'))]
+           or (e not in (ROOT_ENTRY, *WINGS) and module.startswith(full_name(e) + '.'))]
   return max(names, key=len, default=None)
 
 
@@ -368,7 +377,8 @@ def test_evaluate_loads_no_model_code():
       import sys
       from fat_jax.evaluate import evaluate, PGDSettings
       print(sorted(m for m in sys.modules if m.startswith(('fat_jax.models', 'fat_jax.methods',
-                                                          'fat_jax.checkpoint', 'fat_jax.runs'))))
+                                                          'fat_jax.run.checkpoint',
+                                                          'fat_jax.run.runs'))))
   ''')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                        env={**os.environ, 'PYTHONPATH': ROOT, 'JAX_PLATFORMS': 'cpu'},
@@ -408,26 +418,41 @@ def test_the_walker_sees_relative_function_level_and_submodule_imports(tmp_path)
 def test_the_allow_list_checks_can_fail():
   """A module no entry places, imports an entry does not allow, an entry naming one below it."""
   allowed = {'__init__': (), 'losses': (), 'attacks': ('losses',),
-             'train': ('attacks', 'evaluate'), 'evaluate': ('attacks',)}
+             'run.train': ('attacks', 'evaluate'), 'evaluate': ('attacks',)}
   graph = {'fat_jax': set(), 'fat_jax.losses': {'fat_jax.losses.kl'},
            'fat_jax.losses.kl': {'fat_jax.attacks.pgd'}, 'fat_jax.attacks.pgd': {'fat_jax.losses'},
-           'fat_jax.train': {'fat_jax.attacks.pgd', 'configs'},
-           'fat_jax.evaluate': {'fat_jax.train'}, 'fat_jax.report': {'fat_jax.evaluate'}}
+           'fat_jax.run.train': {'fat_jax.attacks.pgd', 'configs'},
+           'fat_jax.evaluate': {'fat_jax.run.train'},
+           'fat_jax.reports.report': {'fat_jax.evaluate'}}
   assert [entry_of(m, allowed) for m in sorted(graph)] == [
-      '__init__', 'attacks', 'evaluate', 'losses', 'losses', None, 'train']
-  assert unplaced(graph, allowed) == ['fat_jax.report']
+      '__init__', 'attacks', 'evaluate', 'losses', 'losses', None, 'run.train']
+  assert unplaced(graph, allowed) == ['fat_jax.reports.report']
   assert unpermitted_imports(graph, allowed) == [
-      'fat_jax.evaluate imports fat_jax.train', 'fat_jax.losses.kl imports fat_jax.attacks.pgd',
-      'fat_jax.train imports configs']
-  assert misplaced_permissions(allowed) == ['train -> evaluate']
+      'fat_jax.evaluate imports fat_jax.run.train', 'fat_jax.losses.kl imports fat_jax.attacks.pgd',
+      'fat_jax.run.train imports configs']
+  assert misplaced_permissions(allowed) == ['run.train -> evaluate']
   assert broken(Rule(('fat_jax.losses',), ('fat_jax.attacks',)), allowed_graph(allowed)) == []
-  assert broken(Rule(('fat_jax.train',), ('fat_jax.losses',)), allowed_graph(allowed)) == [
-      'fat_jax.train -> fat_jax.attacks -> fat_jax.losses']
+  assert broken(Rule(('fat_jax.run.train',), ('fat_jax.losses',)), allowed_graph(allowed)) == [
+      'fat_jax.run.train -> fat_jax.attacks -> fat_jax.losses']
   assert allowed_table(allowed) == (
       '| module or package | may import |\n|---|---|\n| `__init__`, `losses` | — |\n'
-      '| `attacks` | `losses` |\n| `train` | `attacks`, `evaluate` |\n'
+      '| `attacks` | `losses` |\n| `run.train` | `attacks`, `evaluate` |\n'
       '| `evaluate` | `attacks` |\n')
 
 
 if __name__ == '__main__':
   print(allowed_table(), end='')
+
+
+def test_the_flat_paths_of_earlier_releases_load_the_wing_modules():
+  """`fat_jax.MOVED`: an old path imports the module of its wing (one object), and runs as
+  ``python -m``."""
+  import importlib
+  import fat_jax
+  for old, new in fat_jax.MOVED.items():
+    assert old.rpartition('.')[2] == new.rpartition('.')[2]
+    assert importlib.import_module(old) is importlib.import_module(new)
+  out = subprocess.run([sys.executable, '-m', 'fat_jax.aggregate', '--help'], capture_output=True,
+                       text=True, env={**os.environ, 'PYTHONPATH': ROOT, 'JAX_PLATFORMS': 'cpu'},
+                       cwd=ROOT)
+  assert out.returncode == 0 and 'usage' in out.stdout, out.stderr

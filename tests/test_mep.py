@@ -8,12 +8,12 @@ import orbax.checkpoint as ocp
 
 from fat_jax import optim
 from fat_jax.attacks.prior import prior_guided_step, prior_reset
-from fat_jax.checkpoint import Checkpointer
 from fat_jax.config import default_config
 from fat_jax.data import DATASET_INFOS
 from fat_jax.losses import smoothed_labels, soft_cross_entropy
 from fat_jax.methods import init_examples, init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
+from fat_jax.run.checkpoint import Checkpointer
 
 EPS = 0.1
 

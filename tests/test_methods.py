@@ -17,7 +17,7 @@ from fat_jax.methods import (AAER, AWP, LAP, TRADES, CrossEntropy, FGSMAttack, G
                              ZeroGrad, init_train_state, make_train_step, resolve_method,
                              unread_fields)
 from fat_jax.models import build_model
-from fat_jax.train import train_and_evaluate
+from fat_jax.run.train import train_and_evaluate
 from fat_jax.validation import ConfigError
 
 EPS = 0.1

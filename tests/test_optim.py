@@ -10,8 +10,8 @@ import optax
 import pytest
 
 from fat_jax import optim
-from fat_jax.checkpoint import Checkpointer
 from fat_jax.methods import TrainState
+from fat_jax.run.checkpoint import Checkpointer
 
 
 def cyclic(total=100):

@@ -99,7 +99,7 @@ assert reports[1]['robust_accuracy_by_attack'] == reports[8]['robust_accuracy_by
 print('same evaluation', flush=True)
 
 # A global batch that does not split over the devices is refused with the fix.
-from fat_jax.train import train_and_evaluate
+from fat_jax.run.train import train_and_evaluate
 config = default_config()
 config.batch_size = 12
 for call in (lambda: train_and_evaluate(config, tempfile.mkdtemp()),
@@ -148,10 +148,10 @@ def free_port() -> int:
 def final_params(workdir):
   script = textwrap.dedent(f'''
       import jax, numpy as np
-      from fat_jax.checkpoint import Checkpointer
       from fat_jax.data import DATASET_INFOS
       from fat_jax.methods import init_train_state
       from fat_jax.models import build_model
+      from fat_jax.run.checkpoint import Checkpointer
       import ml_collections
       model = build_model(ml_collections.ConfigDict(dict(name='cnn', width=4, depth=2,
                                                          batchnorm=True)),

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from fat_jax.data import FASHION_MNIST_DEBIAN_DIR
-from fat_jax.train import train_and_evaluate
+from fat_jax.run.train import train_and_evaluate
 from configs import quickstart
 
 pytestmark = [

@@ -16,18 +16,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fat_jax import run_log, sanity
-from fat_jax.checkpoint import (CHECKSUM, CORRUPT_DIR, CheckpointMismatchError, Checkpointer,
+from fat_jax.evaluate import sanity
+
+from fat_jax.run import run_log
+from fat_jax.run.checkpoint import (CHECKSUM, CORRUPT_DIR, CheckpointMismatchError, Checkpointer,
                                 CorruptCheckpointError)
-from fat_jax.divergence import DivergenceError, check_finite
+from fat_jax.data import load_dataset
 from fat_jax.evaluate import evaluate
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
-from fat_jax.data import load_dataset
-from fat_jax.run_config import check_against_run
-from fat_jax.train import train_and_evaluate
+from fat_jax.run.divergence import DivergenceError, check_finite
+from fat_jax.run.run_config import check_against_run
+from fat_jax.run.train import train_and_evaluate
+from fat_jax.run.workdir_lock import LOCK, WorkdirLockedError, acquire, locked
 from fat_jax.validation import ConfigError, config_problems
-from fat_jax.workdir_lock import LOCK, WorkdirLockedError, acquire, locked
 from tests.fixtures import write_idx_dir
 from tests.test_apgd import mlp_apply, trained  # noqa: F401
 from tests.test_train import assert_same_state, final_state, tiny_config

@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from fat_jax import aggregate, landscape, report, run_log
+from fat_jax.analysis import landscape
+from fat_jax.analysis.evaluators import evaluate_run
 from fat_jax.data import load_dataset
-from fat_jax.evaluators import evaluate_run
-from fat_jax.runs import Run, load_runs, method_label
 from fat_jax.losses import cross_entropy
-from fat_jax.summary import run_summary
-from fat_jax.train import train_and_evaluate
+from fat_jax.reports import aggregate, report
+from fat_jax.reports.summary import run_summary
+from fat_jax.run import run_log
+from fat_jax.run.runs import Run, load_runs, method_label
+from fat_jax.run.train import train_and_evaluate
 from tests.fixtures import write_idx_dir
 from tests.test_train import tiny_config
 
@@ -124,7 +126,7 @@ def test_report_failure_is_logged_and_keeps_the_results(run, tmp_path, caplog):
   results = open(os.path.join(broken, run_log.RESULTS)).read()
   with caplog.at_level(logging.WARNING, logger='fat_jax'):
     assert report.try_write_report(broken) is None
-  assert 'python -m fat_jax.report' in caplog.text
+  assert 'python -m fat_jax.reports.report' in caplog.text
   assert open(os.path.join(broken, run_log.RESULTS)).read() == results
 
 

@@ -12,10 +12,12 @@ import warnings
 import numpy as np
 import pytest
 
-from fat_jax import landscape, report
+from fat_jax.analysis import landscape
+
 from fat_jax.methods import METHOD_DEFAULTS
-from fat_jax.runs import Run
-from fat_jax.train import train_and_evaluate
+from fat_jax.reports import report
+from fat_jax.run.runs import Run
+from fat_jax.run.train import train_and_evaluate
 from tests.fixtures import write_idx_dir
 from tests.test_train import tiny_config
 

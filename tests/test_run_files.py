@@ -7,9 +7,9 @@ import os
 import ml_collections
 import pytest
 
-from fat_jax import run_log
-from fat_jax.checkpoint import Checkpointer
 from fat_jax.config import default_config, eval_eps
+from fat_jax.run import run_log
+from fat_jax.run.checkpoint import Checkpointer
 
 
 def test_eval_eps_is_eval_eps_else_the_training_eps():

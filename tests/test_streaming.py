@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fat_jax.checkpoint import Checkpointer
+from fat_jax.run.checkpoint import Checkpointer
 from fat_jax.data import (DatasetNotFoundError, iterate_batches, load_data, load_dataset,
                           train_batches)
 from fat_jax.data import folders, images, loader, stream
@@ -372,11 +372,11 @@ def test_training_on_the_stream_resumes_bit_exactly(tmp_path):
   (its epoch-2 checkpoint and record gone) and resumed: the same final weights."""
   import shutil  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  from fat_jax import run_log  # pylint: disable=import-outside-toplevel
   from fat_jax.config import default_config  # pylint: disable=import-outside-toplevel
   from fat_jax.methods import init_train_state  # pylint: disable=import-outside-toplevel
   from fat_jax.models import build_model  # pylint: disable=import-outside-toplevel
-  from fat_jax.train import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  from fat_jax.run import run_log  # pylint: disable=import-outside-toplevel
+  from fat_jax.run.train import train_and_evaluate  # pylint: disable=import-outside-toplevel
   make_tiny_imagenet(tmp_path / 'data', per_class=4)
   c = default_config()
   c.data.name, c.data.dir = 'tiny_imagenet', str(tmp_path / 'data')
@@ -444,7 +444,7 @@ def test_two_processes_streaming_train_like_one_in_memory(tmp_path):
 MEMORY_RUN = '''
 import sys
 from fat_jax.config import default_config
-from fat_jax.train import train_and_evaluate
+from fat_jax.run.train import train_and_evaluate
 c = default_config()
 c.data.name, c.data.dir, c.data.image_size = 'image_folder', sys.argv[1], 32
 c.model.name, c.model.width, c.model.depth = 'cnn', 4, 2

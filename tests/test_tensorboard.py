@@ -1,4 +1,4 @@
-"""TensorBoard event files (`fat_jax.tensorboard_log`), read back with TensorBoard's own
+"""TensorBoard event files (`fat_jax.run.tensorboard_log`), read back with TensorBoard's own
 reader: every number of metrics.jsonl and monitor.jsonl at its global step, once, also after a
 resumption."""
 import os
@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fat_jax import report, run_log, tensorboard_log
-from fat_jax.train import train_and_evaluate
+from fat_jax.reports import report
+
+from fat_jax.run import run_log, tensorboard_log
+from fat_jax.run.train import train_and_evaluate
 from tests.test_train import data_dir, tiny_config  # pylint: disable=unused-import
 
 

@@ -8,14 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from fat_jax import run_log
-from fat_jax.checkpoint import Checkpointer
+from fat_jax.analysis.diagnostics import co_onset
 from fat_jax.config import default_config
 from fat_jax.data import DatasetNotFoundError, load_dataset
-from fat_jax.diagnostics import co_onset
 from fat_jax.methods import init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
-from fat_jax.train import DivergenceError, make_schedule, train_and_evaluate
+from fat_jax.run import run_log
+from fat_jax.run.checkpoint import Checkpointer
+from fat_jax.run.train import DivergenceError, make_schedule, train_and_evaluate
 from tests.fixtures import write_idx_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,12 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fat_jax import run_log, sanity
-from fat_jax.checkpoint import Checkpointer
-from fat_jax.divergence import (CE_BOUND_PER_LN_CLASSES, DivergenceError, check_loss,
+from fat_jax.evaluate import sanity
+
+from fat_jax.run import run_log
+from fat_jax.run.checkpoint import Checkpointer
+from fat_jax.run.divergence import (CE_BOUND_PER_LN_CLASSES, DivergenceError, check_loss,
                                 monitor_problems)
 from fat_jax.evaluate import evaluate
-from fat_jax.train import train_and_evaluate
+from fat_jax.run.train import train_and_evaluate
 from tests.fixtures import write_idx_dir
 from tests.test_apgd import toy_data
 from tests.test_train import tiny_config

@@ -9,7 +9,7 @@ import pytest
 from fat_jax import validation
 from fat_jax.evaluate import evaluate
 from fat_jax.evaluate.suites import SUITES
-from fat_jax.train import train_and_evaluate
+from fat_jax.run.train import train_and_evaluate
 from fat_jax.validation import ConfigError, config_problems, validate_config
 from tests.test_apgd import mlp_apply
 from tests.test_train import tiny_config

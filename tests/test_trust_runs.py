@@ -13,10 +13,10 @@ import sys
 
 import pytest
 
-from fat_jax import run_log, workdir_lock
-from fat_jax.checkpoint import CHECKSUM, Checkpointer, directory_digest
 from fat_jax.errors import one_line
-from fat_jax.train import _last_good, train_and_evaluate
+from fat_jax.run import run_log, workdir_lock
+from fat_jax.run.checkpoint import CHECKSUM, Checkpointer, directory_digest
+from fat_jax.run.train import _last_good, train_and_evaluate
 from tests.fixtures import write_idx_dir
 from tests.test_reliability import array_file, flip_bytes
 from tests.test_train import assert_same_state, final_state, tiny_config

@@ -17,10 +17,10 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from fat_jax import convert as convert_lib
-from fat_jax import torch_file
 from fat_jax.data import load_dataset
 from fat_jax.data.sources import _read_cifar_batch
+from fat_jax.formats import convert as convert_lib
+from fat_jax.formats import torch_file
 from tests import torch_files
 from tests.fixtures import write_cifar10_dir
 
@@ -231,7 +231,7 @@ def test_negative_strides_offsets_and_overruns_are_refused():
     torch_files.save_legacy(obj, f'{name}.legacy.pth')
   script = textwrap.dedent('''
       import sys
-      from fat_jax import torch_file
+      from fat_jax.formats import torch_file
       for path in sys.argv[1:]:
         try:
           torch_file.load(path)

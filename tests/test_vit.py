@@ -12,10 +12,10 @@ import pytest
 from scipy.special import erf
 
 from configs import lap_vit_eps8
-from fat_jax import run_log
 from fat_jax.models import build_model
 from fat_jax.models.vit import feature_blocks
-from fat_jax.train import train_and_evaluate
+from fat_jax.run import run_log
+from fat_jax.run.train import train_and_evaluate
 from tests.fixtures import write_cifar10_dir
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)

@@ -37,5 +37,5 @@ def test_a_wheel_ships_only_the_current_modules_and_leaves_no_build_folder(tmp_p
   (src / 'build' / 'lib' / 'fat_jax' / 'stale.py').write_text('X = 1\n')
   second = wheel_modules('second')
   assert 'fat_jax/renamed_since.py' not in second and 'fat_jax/stale.py' not in second
-  assert 'fat_jax/train.py' in second and 'fat_jax/configs/quickstart.py' in second
+  assert 'fat_jax/run/train.py' in second and 'fat_jax/configs/quickstart.py' in second
   assert not (src / 'build').exists()

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 
 from configs import from_workdir
-from fat_jax import convert as convert_lib
 from fat_jax.config import default_config
 from fat_jax.data import load_dataset
+from fat_jax.formats import convert as convert_lib
 from fat_jax.methods import resolve_method
 from fat_jax.models import build_model
 from fat_jax.models.wide_resnet import WideResNet
-from fat_jax.train import train_and_evaluate
+from fat_jax.run.train import train_and_evaluate
 from tests import torch_files
 from tests.fixtures import write_cifar10_dir
 from tests.test_convert import (CIFAR10_MEAN, CIFAR10_STD, _as64, _blocks, _images, _nchw,

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fat_jax import restricted_pickle
+from fat_jax.formats import restricted_pickle
 
 FASHION_MNIST_DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
 

@@ -4,7 +4,7 @@ Modules, one job each:
   suites       `evaluate`: an attack suite on any JAX classifier, in padded, bucketed batches
   registry     `ATTACKS`: one entry per attack (how it runs, where it applies); `SUITES`,
                `SuiteOptions`, `attack_batch`
-  checks       the sanity checks run with every suite (verdicts in `fat_jax.sanity`)
+  checks       the sanity checks run with every suite (verdicts in `fat_jax.evaluate.sanity`)
   classifier   `Classifier`: the model an evaluation attacks or scores; `from_logits_fn`,
                `from_params_fn` adapt plain f(x) / f(params, x) -> logits
   output       `format_table` (console) and `save_report` (JSON)
@@ -14,7 +14,7 @@ Modules, one job each:
                model provably has (Zimmermann et al., NeurIPS 2022)
 
 No module here imports models, methods or checkpoints: a trained run is evaluated through
-`fat_jax.runs.Run` by `fat_jax.evaluators.evaluate_run` (``launch.py --mode=eval``).
+`fat_jax.run.runs.Run` by `fat_jax.analysis.evaluators.evaluate_run` (``launch.py --mode=eval``).
 """
 from fat_jax.evaluate.binarization import binarization_test
 from fat_jax.evaluate.checks import probe_batch

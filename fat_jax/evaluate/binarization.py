@@ -305,7 +305,7 @@ def binarization_test(model, x, *, eps: float, norm: str = 'Linf',
 
   Returns ``{'attack_success': per set-up point, 'attack_success_rate', 'failed',
   'setup_failures': {reason: count}, 'n_sampled', 'attacks', 'feature_node', 'forward',
-  'backward'}``; `fat_jax.sanity.check_binarization` gives its verdict.
+  'backward'}``; `fat_jax.evaluate.sanity.check_binarization` gives its verdict.
   """
   model = as_classifier(model)
   if model.randomized:

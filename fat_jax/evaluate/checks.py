@@ -1,5 +1,5 @@
 """The sanity checks of one evaluation: the extra attacks and probes they need, judged by the
-pure verdicts of `fat_jax.sanity`.
+pure verdicts of `fat_jax.evaluate.sanity`.
 
 `run` is the evaluation's `fat_jax.evaluate.suites` run (model, data, settings,
 `score`, `attack`, `padded_batch`).
@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fat_jax import sanity
 from fat_jax.attacks.eot import InputNoise, freeze_noise, randomized_gradient
+from fat_jax.evaluate import sanity
 from fat_jax.evaluate import binarization
 from fat_jax.evaluate.classifier import Classifier
 from fat_jax.evaluate.pieces import pad_rows
@@ -83,7 +83,7 @@ def run_sanity_checks(run, names, suite, clean, scores, final, x_adv, by_attack,
                    eps_sweep, square_check, check_pgd_steps, sweep_steps, eot_check_n,
                    optional=(), binarization_n=binarization.N_POINTS,
                    binarization_inner=binarization.N_INNER):
-  """The checks of `fat_jax.sanity` for one evaluation, and their forward/backward passes.
+  """The checks of `fat_jax.evaluate.sanity` for one evaluation, and their forward/backward passes.
 
   The extra attacks (FGSM, PGD, Square, ε sweep, frozen noise, EOT with K = 100) run
   white-box from the clean points and do not change the suite's result. First the logits at

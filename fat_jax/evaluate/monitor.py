@@ -81,7 +81,7 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
   V_act = mean ‖M_i(x) − M_i(x + δ)‖₂ per feature node i (Zhao et al., "Catastrophic
   Overfitting: A Potential Blessing in Disguise") at the FGSM point ('vact') and at the PGD
   point ('vact_pgd'), and 'non_finite_logits': the number of points whose logits hold NaN or
-  inf at the clean, FGSM or PGD point (a diverged model: `fat_jax.divergence.check_monitor`).
+  inf at the clean, FGSM or PGD point (a diverged model: `fat_jax.run.divergence.check_monitor`).
   """
   n = len(images)
   start = time.time()

@@ -1,7 +1,7 @@
 """What an evaluation report looks like outside Python: the console table and the JSON file."""
 from __future__ import annotations
 
-from fat_jax.run_log import atomic_write_json
+from fat_jax.run.run_log import atomic_write_json
 
 
 def format_table(report: dict) -> str:

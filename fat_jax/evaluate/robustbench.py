@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from fat_jax import sanity
+from fat_jax.evaluate import sanity
 from fat_jax.evaluate.suites import suite_options
-from fat_jax.run_log import atomic_write_json
+from fat_jax.run.run_log import atomic_write_json
 
 AUTOATTACK_SUITES = ('aa_standard', 'aa_plus', 'aa_rand')
 FULL_TEST_SET = 10000   # CIFAR-10/100 test points RobustBench evaluates on

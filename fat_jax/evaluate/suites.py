@@ -19,10 +19,12 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from fat_jax import sanity, validation
+from fat_jax import validation
+
 from fat_jax.attacks.convention import pixel_problem
 from fat_jax.attacks.core import check_eps
 from fat_jax.data import shard_batch
+from fat_jax.evaluate import sanity
 from fat_jax.evaluate.binarization import N_INNER as BINARIZATION_INNER
 from fat_jax.evaluate.binarization import N_POINTS as BINARIZATION_POINTS
 from fat_jax.evaluate.checks import OPTIONAL_CHECKS, run_sanity_checks
@@ -295,7 +297,7 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
   broken if one draw at the clean point or at any attack's returned point misclassifies
   it. `**options` are `SuiteOptions` fields.
 
-  With `checks`, the sanity checks of `fat_jax.sanity` run too: FGSM and
+  With `checks`, the sanity checks of `fat_jax.evaluate.sanity` run too: FGSM and
   PGD-`check_pgd_steps` for the per-point order, PGD-2·`check_pgd_steps` with 2
   restarts against it (more iterations), and for a randomised model the suite's
   attacks on one frozen draw (and on the noise-free model of `with_input_noise`);

@@ -9,7 +9,7 @@ forward), M_{i,k} its channel k; in the paper's Eqs. 6 and 8 **N is the number o
 * V_act^i = (1/B) Σ_x ‖M_i(x) − M_i(x + δ)‖₂  (norm over H·W·C)    `feature_distance`
 * T_act^{i,k} = tanh(a · Σ_x ‖M_{i,k}(x) − M_{i,k}(x + δ)‖² / count), a = 100 (Eq. 6)
                                                                      `channel_saliency`
-  (Eq. 6 as written: count = C·H·W and Σ over the data set; see `fat_jax.feature_analysis`)
+  (Eq. 6 as written: count = C·H·W and Σ over the data set; see `fat_jax.analysis.feature_analysis`)
 * L_stable = α3/(C·H·W) · Σ_k ‖M_{B,k}(x + δ) − M_{B,k}(x + δ0)‖² per example, averaged
   over the batch: α3 × the mean over (batch, h, w, channel) of the squared difference
   (Eq. 8)                                                            `stable_loss`
@@ -56,7 +56,7 @@ def channel_saliency(squared_difference_sum: jax.Array, count, *,
   """T_act = tanh(a · Σ ‖M_k(x) − M_k(x + δ)‖² / count) per channel, from the sums
   (`channel_squared_difference`, accumulated over a data set); `count` is Eq. 6's N·H·W
   (C·H·W, the sum over the data set as written) or another normaliser (see
-  `fat_jax.feature_analysis.tact_count`)."""
+  `fat_jax.analysis.feature_analysis.tact_count`)."""
   return jnp.tanh(scale * squared_difference_sum / count)
 
 

@@ -1,7 +1,7 @@
 """The catastrophic-overfitting guard as values: which signals it measures (`methods.signals`),
 its `Detector` and its policy, `Off`, `Adaptive` or `Rollback`, held by a `Guard`;
 `resolve_guard(config.guard, method)` builds it and refuses a guard that cannot apply to the
-method, naming both parts. The loop runs it (`fat_jax.co_guard`).
+method, naming both parts. The loop runs it (`fat_jax.run.co_guard`).
 
 * `Detector`: a signal triggers when it leaves its running mean by more than k standard
   deviations of the earlier values in its direction (ELLE-A's rule, `LIONS-EPFL/ELLE`
@@ -165,7 +165,7 @@ def _policy(c, method: Method):
 
 def resolve_guard(c, method: Method) -> Guard | None:
   """The `Guard` of the config section `c` (`config.guard`) for `method`, None when it is off
-  (`every` = 0). (The V_act node is checked against the model by `fat_jax.co_guard`.)"""
+  (`every` = 0). (The V_act node is checked against the model by `fat_jax.run.co_guard`.)"""
   if not c.every:
     if c.policy != 'off':
       raise ValueError(f'guard.policy={c.policy!r} acts on the signals, which guard.every = 0 '

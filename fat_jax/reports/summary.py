@@ -1,4 +1,4 @@
-"""Plain-text tables of runs: ``python -m fat_jax.summary WORKDIR [WORKDIR ...]``.
+"""Plain-text tables of runs: ``python -m fat_jax.reports.summary WORKDIR [WORKDIR ...]``.
 
 For each run, the per-epoch monitor (clean / FGSM / PGD accuracy on the test
 subset) with the detected CO onset, and the final evaluation.
@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
-from fat_jax import run_log
-from fat_jax.runs import method_label
+from fat_jax.run import run_log
+from fat_jax.run.runs import method_label
 
 
 def epoch_table(workdir: str) -> str:
@@ -67,7 +67,7 @@ def run_summary(workdir: str) -> str:
       f'metrics     {os.path.join(workdir, run_log.METRICS)}',
       f"results     {os.path.join(workdir, run_log.RESULTS)}  (per point: eval_flags.npz)",
       f'report      {report}' if os.path.exists(report) else
-      f'report      (none: python -m fat_jax.report {workdir})',
+      f'report      (none: python -m fat_jax.reports.report {workdir})',
       rule,
   ]
   return '\n'.join(lines)
@@ -80,5 +80,5 @@ def summarize(workdirs) -> str:
 
 if __name__ == '__main__':
   if len(sys.argv) < 2:
-    sys.exit('usage: python -m fat_jax.summary WORKDIR [WORKDIR ...]')
+    sys.exit('usage: python -m fat_jax.reports.summary WORKDIR [WORKDIR ...]')
   print(summarize(sys.argv[1:]))

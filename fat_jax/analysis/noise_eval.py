@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import logging
 
-from fat_jax import run_log
 from fat_jax.attacks.eot import with_input_noise
 from fat_jax.evaluate import SUITES, evaluate
 from fat_jax.methods import evaluated_weights
-from fat_jax.runs import Run
+from fat_jax.run import run_log
+from fat_jax.run.runs import Run
 
 log = logging.getLogger('fat_jax')
 

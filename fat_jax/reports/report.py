@@ -1,10 +1,10 @@
-"""Run reports: ``python -m fat_jax.report WORKDIR [WORKDIR ...] [--out DIR]``.
+"""Run reports: ``python -m fat_jax.reports.report WORKDIR [WORKDIR ...] [--out DIR]``.
 
 Writes ``report.md`` and its PNG figures into one folder (default
 ``WORKDIR/report`` for one run, ``<common parent>/report`` for several), so the
 folder is self-contained. Sections:
 
-* Runs — the `fat_jax.aggregate` table and each run's settings;
+* Runs — the `fat_jax.reports.aggregate` table and each run's settings;
 * Accuracy per epoch — monitor clean / FGSM / PGD accuracy and training accuracy
   per run, the detected CO onset (dashed line) and the final evaluation
   (markers at the evaluated epoch); Comparison — the runs overlaid (≥ 2 runs);
@@ -20,11 +20,11 @@ folder is self-contained. Sections:
   maximising the CE in evaluation mode (`evaluators.adversarial_examples`, kept in
   ``examples.npz``), with the predictions and the perturbations δ (scaled by max |δ| of the row);
 * Layer-wise loss landscapes — the ``landscape_*.png`` that
-  ``python -m fat_jax.landscape`` wrote into the workdir;
-* Per-epoch records — the `fat_jax.summary` tables.
+  ``python -m fat_jax.analysis.landscape`` wrote into the workdir;
+* Per-epoch records — the `fat_jax.reports.summary` tables.
 
 `launch.py` calls `write_end_of_run_report` after `train_and_evaluate` (the training loop
-itself never imports this module). Figures follow `fat_jax.figures` (150 dpi, constrained
+itself never imports this module). Figures follow `fat_jax.reports.figures` (150 dpi, constrained
 layout, everything inside the canvas).
 """
 from __future__ import annotations
@@ -43,14 +43,16 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fat_jax import aggregate, figures, run_log, summary, tensorboard_log
+from fat_jax.reports import aggregate, figures, summary
+
+from fat_jax.analysis.evaluators import ADV_EXAMPLES, current_examples
+from fat_jax.analysis.noise_eval import SUITE as NOISE_SUITE
 from fat_jax.config import default_config
 from fat_jax.data import DatasetNotFoundError
 from fat_jax.errors import command_name
-from fat_jax.evaluators import ADV_EXAMPLES, current_examples
-from fat_jax.noise_eval import SUITE as NOISE_SUITE
 from fat_jax.parallel import is_writer
-from fat_jax.runs import Run, load_runs
+from fat_jax.run import run_log, tensorboard_log
+from fat_jax.run.runs import Run, load_runs
 
 log = logging.getLogger('fat_jax')
 
@@ -243,7 +245,7 @@ def plot_gradalign(runs: Sequence[Run], out_dir: str) -> str:
 
 
 def plot_signals(runs: Sequence[Run], out_dir: str) -> str:
-  """Per run and CO signal (``signals.jsonl``, `fat_jax.co_guard`): the signal every
+  """Per run and CO signal (``signals.jsonl``, `fat_jax.run.co_guard`): the signal every
   `guard.every` steps, × where its detector triggered, a dashed line at a rollback, against the
   monitor's PGD accuracy (red, right axis: per epoch and, if logged, within epochs)."""
   logs = [run_log.read_records(run.workdir, name=run_log.SIGNALS) for run in runs]
@@ -351,7 +353,7 @@ def _results_table(runs: Sequence[Run]) -> str:
 
 
 def _evaluation_section(run: Run, suite: str, report: dict) -> str:
-  if suite == NOISE_SUITE:  # --mode=noise_eval: its own table (fat_jax.noise_eval)
+  if suite == NOISE_SUITE:  # --mode=noise_eval: its own table (fat_jax.analysis.noise_eval)
     return (f"#### {run.name}: `eval_{suite}.json` (epoch {report['evaluated_epoch']}"
             f"{_ema_mark(report)}, inference noise)\n\n{report['table']}")
   head = (f"#### {run.name}: `eval_{suite}.json` (epoch {report.get('evaluated_epoch', '?')}"
@@ -479,13 +481,13 @@ def write_report(workdirs: Sequence[str], out_dir: str = '', *, examples: bool =
       md += [f'![{run.name} {path}]({name})', '']
       found = True
   if not found:
-    md += ['None computed: `python -m fat_jax.landscape WORKDIR --epochs=E1,E2` writes them into '
-           'the workdir.', '']
+    md += ['None computed: `python -m fat_jax.analysis.landscape WORKDIR --epochs=E1,E2` writes '
+           'them into the workdir.', '']
   else:
     md += ['CE along a random filter-normalised direction applied to one layer at a time '
            '(columns; l in the LAP order) and to all layers, at each checkpoint (rows), with '
            'inputs fixed at the checkpoint: clean, the training attack and PGD (see '
-           '`fat_jax/landscape.py`).', '']
+           '`fat_jax/analysis/landscape.py`).', '']
 
   md += ['## Per-epoch records', '']
   for run in with_records:
@@ -503,7 +505,7 @@ def try_write_report(workdir: str, *, examples: bool = True) -> str | None:
     return write_report([workdir], examples=examples)
   except Exception as e:  # pylint: disable=broad-except
     log.warning('The report of %s failed (%s: %s); the run\'s results are saved. Retry with '
-                'python -m fat_jax.report %s', workdir, type(e).__name__, e, workdir)
+                'python -m fat_jax.reports.report %s', workdir, type(e).__name__, e, workdir)
     return None
 
 
@@ -514,7 +516,7 @@ def write_end_of_run_report(config, workdir: str) -> str | None:
   if not (config.report and is_writer()):
     return None
   # The adversarial examples restore a checkpoint, which every process of a multi-host run
-  # would have to join: there, `python -m fat_jax.report WORKDIR` adds them afterwards.
+  # would have to join: there, `python -m fat_jax.reports.report WORKDIR` adds them afterwards.
   path = try_write_report(workdir, examples=jax.process_count() == 1)
   results = run_log.read_json(workdir, run_log.RESULTS)
   if path and config.tensorboard and results:
@@ -533,8 +535,8 @@ def main(argv=None):
   parser.add_argument('--no_examples', action='store_true',
                       help='skip the adversarial examples (no checkpoint or data needed)')
   parser.add_argument('--sweep', action='store_true',
-                      help='instead: the ε sweep over seeds (fat_jax.aggregate.write_sweep) into '
-                      '--out (default: the common parent folder/sweep)')
+                      help='instead: the ε sweep over seeds (fat_jax.reports.aggregate.write_sweep) '
+                      'into --out (default: the common parent folder/sweep)')
   args = parser.parse_args(argv)
   if args.sweep:
     aggregate.main([*args.workdirs, '--sweep'] + ([f'--out={args.out}'] if args.out else []))

@@ -15,7 +15,7 @@ offset, size, stride, requires_grad, hooks[, metadata])`` and a storage a
 persistent id ``('storage', torch.<Type>Storage, key, location, numel[, view])``.
 Tensors come back as numpy arrays (``as_strided`` views of the storage, copied).
 
-Every pickle goes through `fat_jax.restricted_pickle`: the legacy header pickles (magic
+Every pickle goes through `fat_jax.formats.restricted_pickle`: the legacy header pickles (magic
 number, protocol, sys_info, storage keys) may name no global; the object pickle resolves
 the tensor and storage rebuilders, ``collections.OrderedDict`` and the builtin containers
 to fat_jax's own objects, refuses the globals of `REFUSED_MODULES` (os, subprocess,
@@ -40,7 +40,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from fat_jax import restricted_pickle
+from fat_jax.formats import restricted_pickle
 
 LEGACY_MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
 LEGACY_PROTOCOL_VERSION = 1001

@@ -1,11 +1,11 @@
 """PyTorch ``state_dict`` → a fat_jax run directory that ``launch.py --mode=eval`` evaluates.
 
-  python -m fat_jax.convert model.pth --workdir=runs/wong2020 --source=locuslab
+  python -m fat_jax.formats.convert model.pth --workdir=runs/wong2020 --source=locuslab
   python launch.py --config=configs/from_workdir.py:runs/wong2020 --workdir=runs/wong2020 \\
       --mode=eval --config.eval.suite=aa_standard
 
 The file (``torch.save``, zip or legacy format) is read without PyTorch
-(`fat_jax.torch_file`). A source names the network's key layout and the defaults
+(`fat_jax.formats.torch_file`). A source names the network's key layout and the defaults
 of the code that trained it (data set, input normalisation, ε):
 
 * ``locuslab``: PreActResNet-18 of ``locuslab/fast_adversarial CIFAR10/preact_resnet.py``,
@@ -58,14 +58,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fat_jax import errors, run_log, torch_file
-from fat_jax.checkpoint import Checkpointer
+from fat_jax import errors
+
+from fat_jax.formats import torch_file
+
 from fat_jax.config import default_config
 from fat_jax.data import DATASET_INFOS
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
 from fat_jax.models.resnet import resnet18_blocks
 from fat_jax.models.wide_resnet import ACTIVATIONS, block_specs, group_widths
+from fat_jax.run import run_log
+from fat_jax.run.checkpoint import Checkpointer
 
 METHOD_LABEL = 'converted'
 WRAPPER_KEYS = ('state_dict', 'model_state_dict', 'model', 'net', 'network')
@@ -462,7 +466,7 @@ def evaluate_command(workdir: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """``fat-jax-convert`` / ``python -m fat_jax.convert``."""
+  """``fat-jax-convert`` / ``python -m fat_jax.formats.convert``."""
   parser = argparse.ArgumentParser(
       prog='fat-jax-convert',
       description='A PyTorch state_dict as a fat_jax run directory; evaluate that with\n  '

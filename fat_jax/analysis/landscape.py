@@ -1,8 +1,8 @@
 """Layer-wise loss landscapes (docs/protocol.md §3; the figure of the LAP paper, Lin et al.
 ICML 2024).
 
-  python -m fat_jax.landscape WORKDIR --epochs=1,2,6
-  python -m fat_jax.landscape WORKDIR --epochs=1,6 --dims=2 --losses=pgd
+  python -m fat_jax.analysis.landscape WORKDIR --epochs=1,2,6
+  python -m fat_jax.analysis.landscape WORKDIR --epochs=1,6 --dims=2 --losses=pgd
 
 The loss along random directions in weight space (Li et al. 2018, "Visualizing
 the loss landscape of neural nets"):
@@ -60,12 +60,12 @@ import numpy as np
 
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from fat_jax import figures
 from fat_jax.attacks import pgd_attack
 from fat_jax.data import draw_augmentation
 from fat_jax.losses import cross_entropy
 from fat_jax.methods import Clock
-from fat_jax.runs import SPLITS, Run
+from fat_jax.reports import figures
+from fat_jax.run.runs import SPLITS, Run
 
 LOSS_KINDS = ('clean', 'train_attack', 'pgd')
 FILTER_NORM_EPS = 1e-10  # as Li et al.'s net_plotter.normalize_direction

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fat_jax import run_log
 from fat_jax.methods.guard import Adaptive, Guard, Rollback, scaled_method, switched_method
 from fat_jax.methods.signals import measure
+from fat_jax.run import run_log
 
 log = logging.getLogger('fat_jax')
 

@@ -8,7 +8,7 @@ rerun with the same workdir resumes from the last checkpoint; the data order
 an uninterrupted one. At the end the last good state is evaluated with PGD-k-r
 into ``results.json``. With ``config.ema_decay`` > 0 the state keeps a weight average
 (`optim.WeightAverage`), and the monitor and the final evaluation use it
-(``evaluated_weights``: 'ema', else 'model'). The report (`fat_jax.report`) is the
+(``evaluated_weights``: 'ema', else 'model'). The report (`fat_jax.reports.report`) is the
 launcher's job, not the loop's.
 """
 from __future__ import annotations
@@ -22,14 +22,16 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from fat_jax import optim, run_log, tensorboard_log, validation, workdir_lock
-from fat_jax.checkpoint import Checkpointer, CheckpointError
-from fat_jax.co_guard import GuardedStep, guard_batch
+from fat_jax import optim, validation
+
+from fat_jax.analysis.diagnostics import co_onset
 from fat_jax.config import default_config, eval_eps
 from fat_jax.data import load_data, steps_per_epoch, stored_frame_shape, train_batches
-from fat_jax.diagnostics import co_onset
-from fat_jax.divergence import DivergenceError, check_finite, check_loss, check_monitor
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
+from fat_jax.run import run_log, tensorboard_log, workdir_lock
+from fat_jax.run.checkpoint import Checkpointer, CheckpointError
+from fat_jax.run.co_guard import GuardedStep, guard_batch
+from fat_jax.run.divergence import DivergenceError, check_finite, check_loss, check_monitor
 from fat_jax.methods import (evaluated_weights, init_examples, init_regularizer_state,
                              init_train_state, make_train_step, resolve_method,
                              unread_fields)
@@ -180,7 +182,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Train `config.method` and evaluate it; returns the content of results.json.
 
   The config is checked first (`fat_jax.validation`), then the workdir is locked against a
-  second writer (`fat_jax.workdir_lock`) for the whole run.
+  second writer (`fat_jax.run.workdir_lock`) for the whole run.
   """
   validation.validate_config(config, training=True)
   workdir = os.path.abspath(workdir)
@@ -237,7 +239,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                                            weight_decay=config.optim.weight_decay,
                                            augment_mode=data.info.augment, key=step_key, ema=ema)
     train_step = jax.jit(build_step(method), donate_argnums=0)
-    if guard is not None:  # the CO guard every guard.every steps (fat_jax.co_guard)
+    if guard is not None:  # the CO guard every guard.every steps (fat_jax.run.co_guard)
       train_step = GuardedStep(
           guard, method, build_step, model, guard_xy, eps=config.eps,
           key=jax.random.fold_in(init_key, 1), workdir=workdir, steps_per_epoch=steps,

@@ -1,8 +1,8 @@
 """A run's files in its workdir: ``config.json``, ``metrics.jsonl`` (one JSON
 record per epoch), ``monitor.jsonl`` (the monitor every `eval.monitor_every_steps`
 steps inside epochs, if set), ``signals.jsonl`` (the CO guard's signals every `guard.every`
-steps, if set: `fat_jax.co_guard`), ``results.json`` (the final evaluation), per-point arrays
-(``.npz``) and ``report/report.md`` (`fat_jax.report`). Only process 0 of a multi-host run
+steps, if set: `fat_jax.run.co_guard`), ``results.json`` (the final evaluation), per-point arrays
+(``.npz``) and ``report/report.md`` (`fat_jax.reports.report`). Only process 0 of a multi-host run
 writes (`fat_jax.parallel.is_writer`); every process can read. Whole files are written
 atomically (`atomic_write`, `atomic_write_json`).
 """

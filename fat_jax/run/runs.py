@@ -24,8 +24,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fat_jax import run_log
-from fat_jax.checkpoint import Checkpointer
 from fat_jax.config import eval_eps
 from fat_jax.data import StreamingDataset, load_data
 from fat_jax.errors import command_name
@@ -34,6 +32,8 @@ from fat_jax.methods import Clock, Method, init_train_state, resolve_method
 from fat_jax.models import build_model
 from fat_jax.optim import WeightAverage
 from fat_jax.recipes import VARIANTS
+from fat_jax.run import run_log
+from fat_jax.run.checkpoint import Checkpointer
 
 CHECKPOINTS = 'checkpoints'
 SPLITS = ('train', 'test')

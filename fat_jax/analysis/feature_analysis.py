@@ -41,13 +41,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fat_jax import run_log
 from fat_jax.attacks import fgsm_attack, per_example, pgd_attack
 from fat_jax.losses import accuracy
 from fat_jax.methods import evaluated_weights
+from fat_jax.run import run_log
 from fat_jax.losses.feature_diff import (TACT_SCALE, channel_saliency, channel_squared_difference,
                                          feature_distance)
-from fat_jax.runs import Run
+from fat_jax.run.runs import Run
 
 log = logging.getLogger('fat_jax')
 

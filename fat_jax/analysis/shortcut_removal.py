@@ -32,12 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fat_jax import figures, run_log
+from fat_jax.reports import figures
+
 from fat_jax.config import default_config
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
 from fat_jax.methods import evaluated_weights
 from fat_jax.parallel import make_data_mesh
-from fat_jax.runs import Run
+from fat_jax.run import run_log
+from fat_jax.run.runs import Run
 from fat_jax.weight_perturbation import leaf_at, with_leaf
 
 log = logging.getLogger('fat_jax')

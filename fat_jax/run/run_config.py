@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import logging
 
-from fat_jax import run_log
 from fat_jax.config import default_config
+from fat_jax.run import run_log
 from fat_jax.validation import ConfigError
 
 log = logging.getLogger('fat_jax')

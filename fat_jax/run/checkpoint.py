@@ -19,8 +19,8 @@ keeps one, item 'ema' = the weight average of the params when the run keeps one 
 without one, and checkpoints written before it, have no such item), item 'regularizer_state'
 = the regularisers' state across steps when the method keeps one (ELLE-A's λ and statistics),
 item 'data_iterator' = the streaming input path's grain iterator state (JSON) when the run
-streams its data, item 'guard_snapshots' = the CO guard's rollback snapshots (`fat_jax.co_guard`)
-when it holds some: {'0': the oldest, '1', ...}, each laid out as the train state's items.
+streams its data, item 'guard_snapshots' = the CO guard's rollback snapshots
+(`fat_jax.run.co_guard`) when it holds some: {'0': the oldest, '1', ...}, each laid out as the train state's items.
 Checkpoints written before the optax state hold the momentum buffers as a field 'momentum'
 instead of 'opt_state'; they restore into a torch-SGD state (count = step).
 """
@@ -34,8 +34,10 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from fat_jax import optim, run_log
+from fat_jax import optim
+
 from fat_jax.parallel import is_writer
+from fat_jax.run import run_log
 
 log = logging.getLogger('fat_jax')
 

@@ -1,11 +1,11 @@
-"""Result tables across runs: ``python -m fat_jax.aggregate WORKDIR [WORKDIR ...]``.
+"""Result tables across runs: ``python -m fat_jax.reports.aggregate WORKDIR [WORKDIR ...]``.
 
 One row per run (a workdir with ``results.json``; a folder without one stands
 for the runs in its sub-folders), as Markdown (default) or CSV:
 
-  python -m fat_jax.aggregate runs/co_eps0.15
-  python -m fat_jax.aggregate runs/*/ --format=csv > results.csv
-  python -m fat_jax.aggregate runs/co_eps0.15 \\
+  python -m fat_jax.reports.aggregate runs/co_eps0.15
+  python -m fat_jax.reports.aggregate runs/*/ --format=csv > results.csv
+  python -m fat_jax.reports.aggregate runs/co_eps0.15 \\
       --columns=method,seed,clean,fgsm,pgd,monitor_pgd,co_epoch   # the README's comparison
 
 Columns (`--columns`, comma-separated; default `DEFAULT_COLUMNS`): see
@@ -21,7 +21,7 @@ whose monitor flagged CO, ``co_onset_epoch`` in ``results.json``), as a table, `
 and ``sweep.png`` (accuracy against training ε, one line per method with ± std bars, and the
 CO rate per point) in ``--out``:
 
-  python -m fat_jax.aggregate runs/cifar --sweep --out=runs/cifar/sweep
+  python -m fat_jax.reports.aggregate runs/cifar --sweep --out=runs/cifar/sweep
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fat_jax import figures
-from fat_jax.runs import Run, load_runs
+from fat_jax.reports import figures
+from fat_jax.run.runs import Run, load_runs
 
 
 # ---------------------------------------------------------------------------
@@ -307,7 +307,7 @@ def main(argv=None):
     try:
       print(write_sweep(runs, out, [m for m in args.metrics.split(',') if m]))
     except ValueError as e:  # runs that cannot be averaged, unknown metrics: one line
-      raise SystemExit(f'fat_jax.aggregate --sweep: {e}') from None
+      raise SystemExit(f'fat_jax.reports.aggregate --sweep: {e}') from None
     print(f'Sweep: {os.path.join(out, SWEEP_JSON)}, {os.path.join(out, SWEEP_PNG)}')
     return
   columns = [c for c in args.columns.split(',') if c]

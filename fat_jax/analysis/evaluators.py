@@ -11,7 +11,7 @@ picks one from `EVALUATORS`; the report reads their artefacts.
 | examples | `adversarial_examples` | ``examples.npz`` (the report's adversarial examples) |
 
 The layer-wise landscapes (`landscape.compute_landscape(run, ...)`) take their own settings on
-the command line, ``python -m fat_jax.landscape WORKDIR``.
+the command line, ``python -m fat_jax.analysis.landscape WORKDIR``.
 """
 from __future__ import annotations
 
@@ -24,19 +24,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fat_jax import run_log
+from fat_jax.analysis.feature_analysis import analyze_run
+from fat_jax.analysis.landscape import adversarial_inputs
+from fat_jax.analysis.noise_eval import evaluate_noise_run
+from fat_jax.analysis.shortcut_removal import FIGURE as SHORTCUTS_FIGURE, REPORT as SHORTCUTS_REPORT
+from fat_jax.analysis.shortcut_removal import shortcut_removal_run
 from fat_jax.attacks.eot import with_input_noise
 from fat_jax.evaluate.output import save_report
 from fat_jax.evaluate.robustbench import AUTOATTACK_SUITES, robustbench_entry, save_robustbench_entry
 from fat_jax.evaluate.suites import SuiteOptions, evaluate
-from fat_jax.feature_analysis import analyze_run
-from fat_jax.landscape import adversarial_inputs
 from fat_jax.methods import evaluated_weights
-from fat_jax.noise_eval import evaluate_noise_run
 from fat_jax.parallel import is_writer, make_data_mesh
-from fat_jax.runs import Run, is_run
-from fat_jax.shortcut_removal import FIGURE as SHORTCUTS_FIGURE, REPORT as SHORTCUTS_REPORT
-from fat_jax.shortcut_removal import shortcut_removal_run
+from fat_jax.run import run_log
+from fat_jax.run.runs import Run, is_run
 
 ARCHITECTURES = {'preact_resnet18': 'PreActResNet-18', 'resnet18': 'ResNet-18',
                  'mnist_net': 'MNIST CNN (locuslab)', 'cnn': 'CNN',

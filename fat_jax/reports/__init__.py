@@ -1,0 +1,1 @@
+"""Reports of finished runs: figures, aggregates over runs, the summary, the report."""
