@@ -3,11 +3,30 @@
 All sizes are global (over all devices); `eps` and step sizes are in pixel
 units of [0, 1]; `method.alpha` and `eval.pgd_step_size` are multiples of ε as
 in the seed papers' ``--alpha`` flags. `eval_eps` reads a config's evaluation ε.
+The settings of a method's components and of the CO guard take their defaults from
+the role values that use them (`default_of`): each default is written once.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 from ml_collections import config_dict
+
+from fat_jax.methods.guard import Adaptive, Detector, Guard, Rollback
+from fat_jax.methods.objectives import MEPObjective
+from fat_jax.methods.regularizers import AAER, ELLE, LCo, LStable
+from fat_jax.methods.signals import FGSMPGDGap, VAct
+from fat_jax.methods.training_attacks import AdaptiveAttack, DynamicAttack, FGSMAttack, PriorAttack
+from fat_jax.methods.weight_perturbations import AWP, LAP
+
+
+def default_of(role, field: str):
+  """The default of `field` of the role value class `role` (a frozen dataclass)."""
+  default = next(f.default for f in dataclasses.fields(role) if f.name == field)
+  if default is dataclasses.MISSING:
+    raise ValueError(f'{role.__name__}.{field} has no default.')
+  return default
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -71,54 +90,63 @@ def default_config() -> ml_collections.ConfigDict:
   c.method.attack_loss = config_dict.placeholder(str)   # 'ce' | 'kl' (TRADES' attack)
   # Single-step attacks: α (and Π_ε's radius) × min((epoch + i/steps)/W, 1) for W epochs;
   # 0 = off (AAER's SVHN/AAER.py: W = 5).
-  c.method.alpha_warmup_epochs = 0.0
+  c.method.alpha_warmup_epochs = default_of(FGSMAttack, 'warmup_epochs')
   # Components: setting a field switches the component on for any single-step method.
   c.method.lap_beta = config_dict.placeholder(float)    # LAP (ICML 2024) strength β
-  c.method.lap_gamma = 0.3                              # λ_l = 1 − (ln l / ln L)^γ
-  c.method.lap_ascent = False                           # AWP-style sign (labelled variant)
+  c.method.lap_gamma = default_of(LAP, 'gamma')          # λ_l = 1 − (ln l / ln L)^γ
+  c.method.lap_ascent = default_of(LAP, 'ascent')        # AWP-style sign (labelled variant)
   c.method.aaer_lambda1 = config_dict.placeholder(float)  # AAER (NeurIPS 2023) weights
   c.method.aaer_lambda2 = config_dict.placeholder(float)
   c.method.aaer_lambda3 = config_dict.placeholder(float)
-  c.method.aaer_differentiable_loss_variation = False   # paper reading of C_A (labelled)
+  # the paper's reading of C_A (a labelled variant)
+  c.method.aaer_differentiable_loss_variation = default_of(AAER, 'differentiable_loss_variation')
   c.method.gradalign_lambda = config_dict.placeholder(float)  # None: 0.02·10^(ε·255/8)
   # ELLE (ICLR 2024): λ·local-linearity error; ELLE-A: λ 0 → λ_max on an error spike, × decay.
   c.method.elle_lambda = config_dict.placeholder(float)  # None: losses.elle's (λ_max for ELLE-A)
   c.method.elle_adaptive = config_dict.placeholder(bool)  # ELLE-A's rule (None: on for 'elle_a')
-  c.method.elle_decay = 0.99                            # ELLE-A: λ ← decay·λ without a spike
-  c.method.elle_sensitivity = 2.0                       # ELLE-A: spike when error > μ + k·σ
-  c.method.elle_clean_forward = True                    # official train-mode forward at x (BN)
+  c.method.elle_decay = default_of(ELLE, 'decay')        # ELLE-A: λ ← decay·λ without a spike
+  c.method.elle_sensitivity = default_of(ELLE, 'sensitivity')  # ELLE-A: spike when error > μ + k·σ
+  # ELLE: the official train-mode forward at x (BatchNorm statistics)
+  c.method.elle_clean_forward = default_of(ELLE, 'clean_forward')
   # FGSM-MEP (init 'prior'): per-example prior perturbation and momentum.
-  c.method.mep_label_smoothing = 0.6                    # true-class probability
-  c.method.mep_lambda = 10.0                            # weight of MSE(f(x + δ), f(x + P))
-  c.method.mep_decay = 0.3                              # momentum decay
-  c.method.mep_reset_every = 40                         # epochs between prior resets
+  # the smoothed labels' true-class probability
+  c.method.mep_label_smoothing = default_of(PriorAttack, 'label_smoothing')
+  c.method.mep_lambda = default_of(MEPObjective, 'lam')  # weight of MSE(f(x + δ), f(x + P))
+  c.method.mep_decay = default_of(PriorAttack, 'decay')  # momentum decay
+  c.method.mep_reset_every = default_of(PriorAttack, 'reset_every')  # epochs between prior resets
   # Multi-step and other baselines (docs/protocol.md §2.5); unset = off unless the method name
   # sets it.
   c.method.trades_beta = config_dict.placeholder(float)  # TRADES objective (β = 6 for 'trades')
   c.method.mart_beta = config_dict.placeholder(float)   # MART objective (β = 5 for 'mart')
   c.method.awp_gamma = config_dict.placeholder(float)   # AWP on any method (AT 0.01, TRADES 0.005)
-  c.method.awp_warmup_epochs = 0                        # epochs before AWP starts (0-based count)
+  # epochs before AWP starts (0-based count)
+  c.method.awp_warmup_epochs = default_of(AWP, 'warmup_epochs')
   c.method.robust_overfitting_forwards = False          # Rice et al.'s extra BN forwards
   c.method.zerograd_q = config_dict.placeholder(float)  # ZeroGrad quantile (0.35 for 'zerograd')
   # DART (Wang et al., ICML 2019): c_t = max(c_max·(1 − t/T'), 0), official 0.5 and 100.
-  c.method.dart_c_max = 0.5                             # DART: FOSC threshold c_t at epoch 0
-  c.method.dart_control_epochs = 100.0                  # DART: c_t reaches 0 at this epoch T'
-  c.method.dart_weighting = 'ce'                        # DART: CE × own CE (epoch ≥ 1) or 'none'
+  c.method.dart_c_max = default_of(DynamicAttack, 'c_max')  # DART: FOSC threshold c_t at epoch 0
+  # DART: c_t reaches 0 at this epoch T'
+  c.method.dart_control_epochs = default_of(DynamicAttack, 'control_epochs')
+  # DART: CE × own CE (epoch ≥ 1) or 'none'
+  c.method.dart_weighting = default_of(DynamicAttack, 'weighting')
   # ATAS (init 'previous'): step clip(scale/(1 + √v/c), min, max), all three × ε.
-  c.method.atas_c = 0.01
-  c.method.atas_beta = 0.5                              # momentum of the squared gradient norm
+  c.method.atas_c = default_of(AdaptiveAttack, 'c')
+  c.method.atas_beta = default_of(AdaptiveAttack, 'beta')  # momentum of the squared gradient norm
   c.method.atas_step_scale = 2.0                        # official: 16/255 = 2ε at ε = 8/255
   c.method.atas_min_step = 0.5                          # official: 4/255
   c.method.atas_max_step = 1.75                         # official: 14/255
-  c.method.atas_warmup_epochs = 5                       # constant step α before
-  c.method.atas_reset_every = 10                        # epochs between re-draws of the state
+  # epochs of the constant step α first
+  c.method.atas_warmup_epochs = default_of(AdaptiveAttack, 'warmup_epochs')
+  # epochs between re-draws of the state
+  c.method.atas_reset_every = default_of(AdaptiveAttack, 'reset_every')
   # Feature-activation differences (Zhao et al., ECCV 2024): L_stable and L_co at one node.
-  c.method.feature_node = 'B'                           # node of L_stable and L_co
+  c.method.feature_node = default_of(LStable, 'node')    # node of L_stable and L_co
   c.method.stable_alpha3 = config_dict.placeholder(float)  # L_stable weight α3 (fd: 200)
   c.method.co_tact_file = ''                            # L_co: T_act file (--mode=analyze)
-  c.method.co_percent = 10.0                            # L_co: top p% channels by T_act
-  c.method.co_alpha3 = 200.0                            # L_co: weight of −L_stable(C_p)
-  c.method.co_saturation = 0.0                          # L_co: 0 = Eq. 9; a > 0: tanh(a·D)/a bound
+  c.method.co_percent = default_of(LCo, 'percent')      # L_co: top p% channels by T_act
+  c.method.co_alpha3 = default_of(LCo, 'alpha3')        # L_co: weight of −L_stable(C_p)
+  # L_co: 0 = Eq. 9; a > 0: tanh(a·D)/a bound
+  c.method.co_saturation = default_of(LCo, 'saturation')
 
   c.optim = ml_collections.ConfigDict()
   c.optim.schedule = 'cyclic'     # 'cyclic' | 'piecewise' | 'piecewise_linear' | 'multistep'
@@ -223,17 +251,25 @@ def default_config() -> ml_collections.ConfigDict:
                      'fosc')      # measured and logged (fat_jax.methods.signals)
   c.guard.act_on = ('elle_error',)  # the signals whose trigger starts the policy
   c.guard.policy = 'off'          # 'off' (log only) | 'adaptive' | 'rollback'
-  c.guard.sensitivity = 2.0       # detector: trigger when the value leaves mean ± k·std ...
-  c.guard.window = 0              # ... of the last `window` earlier values (0 = all)
-  c.guard.batch_size = 128        # the fixed batch: the last n training examples (streamed: spread)
-  c.guard.hold_out = True         # leave that batch out of training
+  # detector: trigger when the value leaves mean ± k·std ...
+  c.guard.sensitivity = default_of(Detector, 'sensitivity')
+  # ... of the last `window` earlier values (0 = all)
+  c.guard.window = default_of(Detector, 'window')
+  # the fixed batch: the last n training examples (streamed: spread)
+  c.guard.batch_size = default_of(Guard, 'batch_size')
+  c.guard.hold_out = default_of(Guard, 'hold_out')  # leave that batch out of training
   c.guard.train_bn = True         # signals' forwards in BatchNorm train mode (stats discarded)
-  c.guard.node = 'B'              # feature node of V_act
-  c.guard.pgd_steps = 10          # PGD of the FGSM−PGD gap (step ε/4, 1 restart)
-  c.guard.decay = 0.99            # 'adaptive': weight scale × decay per step without a trigger
-  c.guard.switch = 'n_fgsm'       # 'rollback': 'n_fgsm' | 'fgsm_rs' | 'none' (same method)
-  c.guard.rollback_checks = 1     # 'rollback': restore the state of this many checks before
-  c.guard.snapshots = 2           # 'rollback': states kept in memory (≥ rollback_checks)
+  c.guard.node = default_of(VAct, 'node')  # feature node of V_act
+  # PGD of the FGSM−PGD gap (step ε/4, 1 restart)
+  c.guard.pgd_steps = default_of(FGSMPGDGap, 'steps')
+  # 'adaptive': weight scale × decay per step without a trigger
+  c.guard.decay = default_of(Adaptive, 'decay')
+  # 'rollback': 'n_fgsm' | 'fgsm_rs' | 'none' (same method)
+  c.guard.switch = default_of(Rollback, 'switch')
+  # 'rollback': restore the state of this many checks before
+  c.guard.rollback_checks = default_of(Rollback, 'checks_back')
+  # 'rollback': states kept in memory (≥ rollback_checks)
+  c.guard.snapshots = default_of(Rollback, 'snapshots')
 
   # Multi-host runs (fat_jax.parallel.initialize_distributed); all sizes above stay global.
   c.distributed = ml_collections.ConfigDict()
@@ -249,8 +285,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.tensorboard = True
   # JAX's persistent compilation cache (launch.py): compiled programs kept across runs, so a
   # relaunch, a resumption or a checkpoint evaluation skips most compilation. 'auto' =
-  # $JAX_COMPILATION_CACHE_DIR, else on GPU/TPU ~/.cache/fat_jax/xla ($XDG_CACHE_HOME) and on
-  # CPU none; a folder (any device); '' = off.
+  # $JAX_COMPILATION_CACHE_DIR, else ~/.cache/fat_jax/xla ($XDG_CACHE_HOME), on CPU only where
+  # XLA's loader reads its programs back (launch.cpu_loads_programs); a folder; '' = off.
   c.compilation_cache = 'auto'
   c.report = True                 # launch.py writes WORKDIR/report (fat_jax.reports.report)
   return c

@@ -12,7 +12,7 @@ import jax
 from fat_jax.losses import cross_entropy, smoothed_labels
 from fat_jax.losses.dart import keras_cross_entropy, keras_weighted_mean
 from fat_jax.losses.mart import mart_loss
-from fat_jax.losses.mep import mep_loss
+from fat_jax.losses.mep import MEP_LAMBDA, MEP_TRUE_PROB, mep_loss
 from fat_jax.losses.mma import mma_loss
 from fat_jax.losses.trades import trades_loss
 
@@ -41,8 +41,8 @@ class CrossEntropy:
 class MEPObjective:
   """FGSM-MEP's loss: soft-CE(f(x + δ), smoothed labels) + λ·MSE(f(x + δ), f(x + P)),
   differentiated through the start forward f(x + P)."""
-  label_smoothing: float = 0.6
-  lam: float = 10.0
+  label_smoothing: float = MEP_TRUE_PROB
+  lam: float = MEP_LAMBDA
   pairs_with_start = True
 
   def forward_order(self, awp: bool) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from fat_jax.attacks.prior import prior_guided_step, prior_reset
 from fat_jax.data import to_batch_frame, to_stored_frame
 from fat_jax.losses import cross_entropy, smoothed_labels, soft_cross_entropy
 from fat_jax.losses.dart import dart_example_weights
+from fat_jax.losses.mep import MEP_TRUE_PROB
 from fat_jax.methods.records import Adversarial, Clock, StartPoint
 
 
@@ -125,7 +126,7 @@ class PriorAttack(TrainingAttack):
   momentum update with `decay`."""
   eps: float
   alpha: float
-  label_smoothing: float = 0.6   # probability of the true class (the official `--factor`)
+  label_smoothing: float = MEP_TRUE_PROB  # probability of the true class
   decay: float = 0.3
   reset_every: int = 40          # epochs
   train_bn: bool = True
@@ -265,7 +266,7 @@ class DynamicAttack(TrainingAttack):
   alpha: float
   steps: int = 10
   c_max: float = 0.5
-  control_epochs: float = 100
+  control_epochs: float = 100.0
   min_steps: int = 1
   init: str = 'uniform'
   init_scale: float = 1.0
