@@ -16,7 +16,9 @@ Without --workdir the model is freshly initialised and labelled with its own pre
 its full course: the worst case for AutoAttack's cost. With --workdir, the run's latest
 checkpoint and the first n test points of its data set (its config.json). Each suite runs
 once on the same points (checks off); the time JAX spends tracing and compiling (reported by
-`jax.monitoring`) is subtracted. Batches are split over all devices (a `data` mesh);
+`jax.monitoring`, reading programs back from JAX's persistent compilation cache included) is
+subtracted; `--compilation-cache=FOLDER` keeps the programs there (`config.compilation_cache`),
+so that a second process reads them back. Batches are split over all devices (a `data` mesh);
 `--dtype=bfloat16` runs the model in mixed precision. The table lists that time, points/s, passes per point, robust
 accuracy per attack, and AA's cost relative to PGD; `--json=PATH` writes it as JSON too.
 `--pgd-steps`, `--pgd-restarts`, `--apgd-steps`, `--fab-steps` and `--square-queries` shrink
@@ -59,6 +61,7 @@ from fat_jax.config import default_config  # noqa: E402
 from fat_jax.data import DATASET_INFOS  # noqa: E402
 from fat_jax.evaluate import evaluate  # noqa: E402
 from fat_jax.formats.convert import convert  # noqa: E402
+from fat_jax.launch import use_compilation_cache  # noqa: E402
 from fat_jax.methods import init_train_state  # noqa: E402
 from fat_jax.models import build_model  # noqa: E402
 from fat_jax.parallel import make_data_mesh  # noqa: E402
@@ -101,6 +104,9 @@ def parse_args():
   p.add_argument('--pgd-restarts', type=int, default=10)
   p.add_argument('--apgd-steps', type=int, default=100, help="AutoAttack's APGD steps")
   p.add_argument('--fab-steps', type=int, default=100, help="AutoAttack's FAB-T steps")
+  p.add_argument('--compilation-cache', default=None,
+                 help="config.compilation_cache for this process (a folder, 'auto', '' = off; "
+                      "default: JAX's own setting, $JAX_COMPILATION_CACHE_DIR)")
   p.add_argument('--json', default='', help='also write the table as JSON to this path')
   return p.parse_args()
 
@@ -228,7 +234,8 @@ def reference_autoattack(args, x, y, eps):
 
 COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
                   '/jax/core/compile/jaxpr_to_mlir_module_duration',
-                  '/jax/core/compile/backend_compile_duration')
+                  '/jax/core/compile/backend_compile_duration',
+                  '/jax/compilation_cache/cache_retrieval_time_sec')   # a program read back
 
 
 def main():
@@ -240,6 +247,8 @@ def main():
       compile_s[0] += duration
 
   monitoring.register_event_duration_secs_listener(count_compilation)
+  if args.compilation_cache is not None:
+    use_compilation_cache(args.compilation_cache, jax.default_backend())
   if args.torch_init:
     args.torch_file = torch_init(args)
   args.source = args.source or ('locuslab' if args.torch_init == 'preact_resnet18'

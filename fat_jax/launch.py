@@ -138,28 +138,51 @@ def config_fields(config) -> list[str]:
   return list(walk(config.to_dict(), ''))
 
 
-def compilation_cache_dir(setting: str, platform: str) -> str:
+def compilation_cache_dir(setting: str, platform: str, cpu_loads: bool | None = None) -> str:
   """The folder of JAX's persistent compilation cache for ``config.compilation_cache`` on
-  `platform` ('' = none). 'auto': ``$JAX_COMPILATION_CACHE_DIR``, else on GPU/TPU
-  ``$XDG_CACHE_HOME/fat_jax/xla`` (``~/.cache/fat_jax/xla``) and on CPU none, since XLA's CPU
-  loader rejects every cached program on some x86 CPUs (openxla/xla#44565); anything else:
-  that folder."""
+  `platform` ('' = none). 'auto': ``$JAX_COMPILATION_CACHE_DIR``, else
+  ``$XDG_CACHE_HOME/fat_jax/xla`` (``~/.cache/fat_jax/xla``), on CPU only where XLA's loader
+  reads back the programs it wrote (`cpu_loads`; None: `cpu_loads_programs()`): on some x86
+  CPUs it rejects every one (openxla/xla#44565) and the cache would only cost writes;
+  anything else: that folder."""
   if setting != 'auto':
     return os.path.expanduser(setting)
-  if os.environ.get('JAX_COMPILATION_CACHE_DIR') or platform == 'cpu':
-    return os.environ.get('JAX_COMPILATION_CACHE_DIR', '')
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return os.environ['JAX_COMPILATION_CACHE_DIR']
+  if platform == 'cpu' and not (cpu_loads_programs() if cpu_loads is None else cpu_loads):
+    return ''
   cache_home = os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache')
   return os.path.join(cache_home, 'fat_jax', 'xla')
 
 
+def cpu_loads_programs() -> bool:
+  """Whether XLA's CPU backend loads back a program it serialised (what JAX's persistent cache
+  does across processes): a tiny program compiled, serialised and loaded in this process."""
+  from jax.experimental import serialize_executable  # pylint: disable=import-outside-toplevel
+  try:
+    compiled = jax.jit(lambda a: a + 1).lower(jax.ShapeDtypeStruct((2,), 'float32')).compile()
+    serialize_executable.deserialize_and_load(*serialize_executable.serialize(compiled))
+  except Exception:  # pylint: disable=broad-except  # any refusal: the cache stays off
+    return False
+  return True
+
+
+# Programs kept: those that took this long to compile (JAX's default, 1 s, leaves out most of
+# an evaluation's attack programs on CPU, docs/throughput.md).
+CACHE_MIN_COMPILE_S = 0.2
+
+
 def use_compilation_cache(setting: str, platform: str) -> None:
-  """Keeps compiled programs (those JAX finds worth it: ≥ 1 s to compile by default) in
-  `compilation_cache_dir`, or switches JAX's cache off where that is ''."""
+  """Keeps compiled programs in `compilation_cache_dir`, or switches JAX's cache off where
+  that is ''. Programs that took ≥ `CACHE_MIN_COMPILE_S` to compile are kept unless
+  ``$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise."""
   folder = compilation_cache_dir(setting, platform)
-  if folder:
-    jax.config.update('jax_compilation_cache_dir', folder)
-  else:
+  if not folder:
     jax.config.update('jax_enable_compilation_cache', False)
+    return
+  jax.config.update('jax_compilation_cache_dir', folder)
+  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', CACHE_MIN_COMPILE_S)
 
 
 PACKAGED_CONFIGS = 'configs'

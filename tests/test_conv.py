@@ -2,7 +2,8 @@
 
 The default one equals `lax.conv_general_dilated` bit for bit in value and gradients, and its
 input gradient stays a canonical convolution inside loops; the im2col weight-gradient one
-equals it to 1e-5 for every configuration the models use; forward mode, vmap and second-order
+equals it to 1e-5 for every configuration the models use, and so does 'patch_input_grad' (its
+strided one-channel forward a stride-1 convolution on CPU); forward mode, vmap and second-order
 gradients keep working; a computation lowered for a GPU holds only XLA's convolutions.
 """
 import re
@@ -18,7 +19,7 @@ from jax import lax
 from fat_jax.data import DATASET_INFOS
 from fat_jax.models import build_model, core
 from fat_jax.models.conv import (NHWC_HWIO, conv_general_dilated, conv_nhwc,
-                                 use_patch_gradient)
+                                 use_patch_gradient, use_space_to_depth_forward)
 
 # (input size, in channels, out channels, kernel, stride, padding): PreActResNet-18's stem,
 # 3×3 stride 1 and 2, its 1×1 stride-2 shortcuts, MNISTNet's 4×4 stride 2, odd sizes, 'SAME'.
@@ -206,3 +207,30 @@ def test_patch_input_gradient_inside_a_loop_has_no_convolution_but_the_forward()
   assert len(re.findall(r'dim_labels=(\w+)->', steps.lower(w).compile().as_text())) == 1
   gpu = steps.trace(w).lower(lowering_platforms=('cuda',)).as_text()
   assert gpu.count('stablehlo.convolution') == 2 and 'dot_general' not in gpu
+
+
+@pytest.mark.parametrize('size,k,s,pads', [
+    (10, 4, 2, ((1, 1), (1, 1))),   # the MNIST net's first layer
+    (9, 4, 2, ((1, 2), (0, 1))), (11, 6, 3, ((0, 0), (2, 2)))])
+def test_one_channel_strided_forward_is_a_stride_1_convolution_on_cpu(size, k, s, pads):
+  """`use_space_to_depth_forward`: a strided layer on a one-channel image computes its value
+  as a stride-1 convolution of the space-to-depth input on CPU under 'patch_input_grad'
+  (XLA's value to 1e-6, gradients as for other layers), XLA's own with 'xla' and on a GPU."""
+  x, w = inputs(size, 1, 16, k, seed=5)
+  assert use_space_to_depth_forward(w.shape, (s, s), pads)
+  assert not use_space_to_depth_forward((k, k, 2, 16), (s, s), pads)
+  assert not use_space_to_depth_forward((3, 3, 1, 16), (2, 2), pads)
+  patched = lambda x, w: conv_general_dilated(x, w, (s, s), pads, dimension_numbers=NHWC_HWIO,
+                                              patch_input_gradient=True)
+  plain = lambda x, w: conv_general_dilated(x, w, (s, s), pads, dimension_numbers=NHWC_HWIO)
+  loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+  (v, (gx, gw)), (rv, (rx, rw)) = (jax.jit(jax.value_and_grad(loss(f), (0, 1)))(x, w)
+                                   for f in (patched, lambda x, w: xla(x, w, (s, s), pads)))
+  assert rel(v, rv) < 1e-5 and rel(gx, rx) < 1e-5 and rel(gw, rw) < 1e-5
+  reference = jax.jit(xla, static_argnums=(2, 3))(x, w, (s, s), pads)
+  assert rel(jax.jit(patched)(x, w), reference) < 1e-6
+  np.testing.assert_array_equal(jax.jit(plain)(x, w), reference)
+  hlo = jax.jit(patched).lower(x, w).compile().as_text()
+  assert re.findall(r'window=\{size=(\w+)', hlo) == [f'{k // s}x{k // s}'] and 'stride=' not in hlo
+  gpu = jax.jit(patched).trace(x, w).lower(lowering_platforms=('cuda',)).as_text()
+  assert gpu.count('stablehlo.convolution') == 1 and f'stride = [{s}, {s}]' in gpu

@@ -93,7 +93,9 @@ def test_compilation_cache_folder(tmp_path, monkeypatch):
   monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
   monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
   assert launch.compilation_cache_dir('auto', 'gpu') == str(tmp_path / 'xdg' / 'fat_jax' / 'xla')
-  assert launch.compilation_cache_dir('auto', 'cpu') == ''
+  assert launch.compilation_cache_dir('auto', 'cpu', cpu_loads=False) == ''
+  assert launch.compilation_cache_dir('auto', 'cpu', cpu_loads=True) == str(
+      tmp_path / 'xdg' / 'fat_jax' / 'xla')
   assert launch.compilation_cache_dir('~/c', 'cpu') == os.path.expanduser('~/c')
   assert launch.compilation_cache_dir('', 'tpu') == ''
   monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path / 'env'))

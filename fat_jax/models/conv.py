@@ -25,6 +25,13 @@ convolution. On CPU the gradients change formulation (the value only where said)
   and PreActResNet-18's input-gradient steps took 0.6× and 0.85–0.98× as long
   (docs/throughput.md);
   float32 results agree with XLA's to ~1e-6 relative (the sum's order differs).
+* **One-channel forward** (`model.conv='patch_input_grad'`, `use_space_to_depth_forward`): a
+  strided layer reading a one-channel image (the MNIST net's first, 4×4 stride 2) computes its
+  value on CPU as a stride-1 convolution of the space-to-depth input (`space_to_depth_conv`:
+  s×s blocks of pixels become s² channels, the kernel regrouped alike). XLA's CPU convolution
+  with one input channel is slow: the MNIST net's forward took 0.78× as long, what Square,
+  forward-only, runs on (docs/throughput.md); values agree with XLA's to ~1e-7 (the sum's
+  order differs).
 * **Weight gradient** (`model.conv='im2col_grad'` and 1×1 kernels only,
   `use_patch_gradient`): for stride s, padding p,
 
@@ -67,6 +74,16 @@ def use_patch_gradient(x_shape: Sequence[int], w_shape: Sequence[int],
   kernels neither formulation won consistently, so XLA's stays."""
   del x_shape, strides
   return tuple(w_shape[:2]) == (1, 1)
+
+
+def use_space_to_depth_forward(w_shape: Sequence[int], strides: Sequence[int],
+                               pads: Sequence[tuple[int, int]]) -> bool:
+  """Whether the forward runs as `space_to_depth_conv` on CPU under `patch_input_gradient`: a
+  strided layer on a one-channel image (the MNIST net's first), kernel sides multiples of the
+  strides, no negative padding; the MNIST net's forward took 0.78× XLA's time (module doc)."""
+  kh, kw, cin = w_shape[:3]
+  return (cin == 1 and max(strides) > 1 and kh % strides[0] == 0 and kw % strides[1] == 0
+          and min(min(p) for p in pads) >= 0)
 
 
 def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int],
@@ -154,20 +171,51 @@ def _swapped_kernel_conv(x: Array, w: Array, strides, pads, precision) -> Array:
                                   precision=precision)
 
 
+def _forward(x: Array, w: Array, strides, pads, precision, patch_input_gradient: bool) -> Array:
+  """The layer's value: XLA's convolution, or on CPU `space_to_depth_conv` where
+  `patch_input_gradient` and `use_space_to_depth_forward`."""
+  if not (patch_input_gradient and use_space_to_depth_forward(w.shape, strides, pads)):
+    return _xla_conv(x, w, strides, pads, precision)
+  return lax.platform_dependent(
+      x, w, cpu=lambda a, b: space_to_depth_conv(a, b, strides, pads, precision),
+      default=lambda a, b: _xla_conv(a, b, strides, pads, precision))
+
+
+def space_to_depth_conv(x: Array, w: Array, strides: Sequence[int],
+                        pads: Sequence[tuple[int, int]], precision: Any = None) -> Array:
+  """The stride-s convolution (kernel sides multiples of s) as a stride-1 one on the
+  space-to-depth input: x_pad padded at the end to multiples of s,
+  ``x'[n, i, j, (a, b, c)] = x_pad[n, i·s_h + a, j·s_w + b, c]`` and
+  ``W'[p, q, (a, b, ci), co] = W[p·s_h + a, q·s_w + b, ci, co]``, so that
+  ``y[n, h, w] = Σ_{p,q} x'[n, h + p, w + q] · W'[p, q]`` (cropped to the strided output)."""
+  (sh, sw), (kh, kw, cin, cout) = strides, w.shape
+  n, height, width, c = x.shape
+  hp, wp = height + sum(pads[0]), width + sum(pads[1])
+  x = jnp.pad(x, ((0, 0), (pads[0][0], pads[0][1] + -hp % sh),
+                  (pads[1][0], pads[1][1] + -wp % sw), (0, 0)))
+  h, wd = x.shape[1] // sh, x.shape[2] // sw
+  x = x.reshape(n, h, sh, wd, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h, wd, sh * sw * c)
+  w = w.reshape(kh // sh, sh, kw // sw, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(
+      kh // sh, kw // sw, sh * sw * cin, cout)
+  y = lax.conv_general_dilated(x, w, (1, 1), 'VALID', dimension_numbers=NHWC_HWIO,
+                               precision=precision)
+  return y[:, :(hp - kh) // sh + 1, :(wp - kw) // sw + 1]
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _conv(x: Array, w: Array, strides, pads, precision, patch_weight_gradient: bool,
           patch_input_gradient: bool) -> Array:
-  return _xla_conv(x, w, strides, pads, precision)
+  return _forward(x, w, strides, pads, precision, patch_input_gradient)
 
 
 @functools.partial(_conv.defjvp, symbolic_zeros=True)
 def _conv_jvp(strides, pads, precision, patch_weight_gradient, patch_input_gradient, primals,
               tangents):
-  """``conv(ẋ, W) + conv(x, Ẇ)``; on CPU the first with the swapped kernel labels or, with
-  `patch_input_gradient` and a stride > 1, as ``patches(ẋ)·W``, and, with
-  `patch_weight_gradient`, the second as ``patches(x)·Ẇ``."""
+  """The value (`_forward`) and ``conv(ẋ, W) + conv(x, Ẇ)``; on CPU the first with the
+  swapped kernel labels or, with `patch_input_gradient` and a stride > 1, as
+  ``patches(ẋ)·W``, and, with `patch_weight_gradient`, the second as ``patches(x)·Ẇ``."""
   (x, w), (x_dot, w_dot) = primals, tangents
-  y = _xla_conv(x, w, strides, pads, precision)
+  y = _forward(x, w, strides, pads, precision, patch_input_gradient)
   xla = lambda a, b: _xla_conv(a, b, strides, pads, precision)
   parts = []
   if not isinstance(x_dot, jax.custom_derivatives.SymbolicZero):
