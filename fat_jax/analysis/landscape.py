@@ -3,6 +3,8 @@ ICML 2024).
 
   python -m fat_jax.analysis.landscape WORKDIR --epochs=1,2,6
   python -m fat_jax.analysis.landscape WORKDIR --epochs=1,6 --dims=2 --losses=pgd
+  python -m fat_jax.analysis.landscape --load=WORKDIR/landscape_1d.npz --show_epochs=4,10,16 \
+      --show_layers=1,2,3,4,5,0     # re-plot: the LAP figure's rows and columns (0: all layers)
 
 The loss along random directions in weight space (Li et al. 2018, "Visualizing
 the loss landscape of neural nets"):
@@ -41,7 +43,12 @@ a = 0 is exactly the checkpoint's loss at those points (the training attack
 runs in its own BatchNorm mode, its statistics discarded). Under catastrophic overfitting the
 ``train_attack`` loss falls below the ``pgd`` loss (the single-step attack stops
 finding the adversarial examples), and the LAP paper reports that the first
-layers' landscapes sharpen first. The grid is evaluated by a jitted ``lax.map`` (vmap over chunks of
+layers' landscapes sharpen first. One number per curve, its *distortion* (`distortion`)
+
+    D = mean_c |L(w + c·d) − L(w)|     (the mean over the grid; 0 when flat),
+
+compares layers and checkpoints (`plot_distortion`: layers × checkpoints, `distortion_table`).
+The grid is evaluated by a jitted ``lax.map`` (vmap over chunks of
 `grid_batch` grid points) per data batch.
 """
 from __future__ import annotations
@@ -58,6 +65,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from matplotlib.colors import Normalize
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from fat_jax.attacks import pgd_attack
@@ -354,13 +362,87 @@ def plot_landscape(landscape: Landscape, path: str, *, kind: str = '', title: st
   return figures.save(fig, path)
 
 
+def select(landscape: Landscape, *, epochs: Sequence[int] = (),
+           layers: Sequence[int] = ()) -> Landscape:
+  """`landscape` restricted to the checkpoints `epochs` and the layer sets `layers` (their
+  index l, 0 for all layers), in the order given; empty keeps all."""
+  epochs, layers = list(epochs) or landscape.epochs, list(layers) or landscape.layer_indices
+  missing = ([f'epoch {e}' for e in epochs if e not in landscape.epochs]
+             + [f'layer {l}' for l in layers if l not in landscape.layer_indices])
+  if missing:
+    raise ValueError(f'The landscape holds no {", ".join(missing)} (epochs {landscape.epochs}, '
+                     f'layers {landscape.layer_indices}).')
+  rows = [landscape.epochs.index(e) for e in epochs]
+  cols = [landscape.layer_indices.index(l) for l in layers]
+  return dataclasses.replace(
+      landscape, losses=landscape.losses[np.ix_(rows, cols)], epochs=epochs,
+      layers=[landscape.layers[c] for c in cols], layer_indices=layers)
+
+
+def distortion(landscape: Landscape) -> np.ndarray:
+  """(epochs, layer sets, kinds): the mean change of the loss over the grid,
+  D = mean_c |L(w + c·d) − L(w)|, 0 for a flat landscape, large for a sharp one whether the loss
+  rises or falls away from w (the LAP paper's "distortion" of a layer, as one number per curve;
+  the PGD inputs, fixed at w, mostly lose strength there)."""
+  centre = np.flatnonzero(landscape.axis == 0)
+  if centre.size != 1:
+    raise ValueError('The distortion needs a = 0 on the grid (an odd number of points).')
+  dims = landscape.meta['dims']
+  at_zero = landscape.losses[(Ellipsis,) + (int(centre[0]),) * dims]
+  return np.abs(landscape.losses - at_zero[(Ellipsis,) + (None,) * dims]).mean(
+      axis=tuple(range(-dims, 0)))
+
+
+def plot_distortion(landscape: Landscape, path: str, *, floor: float = 1e-3) -> str:
+  """Per loss kind, a heat map of log10 D (`distortion`, clipped at `floor`): layer sets (rows,
+  l = 1..L, then all) against checkpoints (columns), one colour scale for all panels."""
+  values = np.log10(np.maximum(distortion(landscape), floor))
+  kinds, meta = landscape.kinds, landscape.meta
+  rows, cols = len(landscape.layers), len(landscape.epochs)
+  fig = figures.new_figure(max(3.2, 0.28 * cols + 1.6) * len(kinds) + 0.8, 0.2 * rows + 1.6)
+  axes = fig.subplots(1, len(kinds), squeeze=False, sharey=True)[0]
+  norm = Normalize(values.min(), max(values.max(), values.min() + 1e-3))
+  for k, (ax, kind) in enumerate(zip(axes, kinds)):
+    image = ax.imshow(values[:, :, k].T, aspect='auto', cmap='magma', norm=norm,
+                      interpolation='nearest')
+    ax.set_xticks(range(cols), [str(e) for e in landscape.epochs])
+    ax.set_yticks(range(rows), [str(l) if l else 'all' for l in landscape.layer_indices])
+    ax.set_title(KIND_STYLE[kind][1] + ' loss', fontsize=figures.TITLE_PT)
+    ax.set_xlabel('epoch', fontsize=figures.TEXT_PT)
+    ax.tick_params(labelsize=figures.TICK_PT)
+  axes[0].set_ylabel('layer l (LAP order)', fontsize=figures.TEXT_PT)
+  cbar = fig.colorbar(image, ax=axes, shrink=0.9)
+  cbar.set_label(f'log10 mean |loss change| over a ∈ [−{meta["radius"]:g}, '
+                 f'{meta["radius"]:g}]', fontsize=figures.TEXT_PT)
+  cbar.ax.tick_params(labelsize=figures.TICK_PT)
+  fig.suptitle(figures.wrap(f"{meta['method']}: distortion per layer "
+                            f"({meta['split']} n={meta['n']}, ε={meta['eps']:.3g})",
+                            int(12 * fig.get_figwidth())), fontsize=figures.TITLE_PT)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  return figures.save(fig, path)
+
+
+def distortion_table(landscape: Landscape) -> str:
+  """D per layer set (rows) and checkpoint (columns), one block per loss kind."""
+  values = distortion(landscape)
+  lines = []
+  for k, kind in enumerate(landscape.kinds):
+    lines += [f'distortion D ({kind}): layer \\ epoch',
+              'l    ' + ' '.join(f'{e:>8}' for e in landscape.epochs)]
+    for c, l in enumerate(landscape.layer_indices):
+      lines.append(f'{l if l else "all":<4} ' + ' '.join(f'{v:8.3g}' for v in values[:, c, k]))
+  return '\n'.join(lines)
+
+
 def _int_list(text: str) -> list[int]:
   return [int(v) for v in text.split(',') if v.strip()]
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('workdir')
+  parser.add_argument('workdir', nargs='?', default='', help='the run (or --load)')
+  parser.add_argument('--load', default='', help='instead of computing: a saved '
+                      'landscape_{1,2}d.npz, re-plotted (with --show_epochs/--show_layers)')
   parser.add_argument('--epochs', default='', help='checkpoint epochs, e.g. 1,2,6 (default: all '
                       'kept checkpoints)')
   parser.add_argument('--dims', type=int, default=1, choices=(1, 2))
@@ -375,17 +457,32 @@ def main(argv=None):
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--batch_size', type=int, default=256)
   parser.add_argument('--grid_batch', type=int, default=8, help='grid points per vmap chunk')
-  parser.add_argument('--out', default='', help='output folder (default: WORKDIR)')
+  parser.add_argument('--show_epochs', default='', help='the figure\'s rows (default: all)')
+  parser.add_argument('--show_layers', default='', help='the figure\'s columns: layer indices, '
+                      '0 for all layers (default: all computed)')
+  parser.add_argument('--out', default='', help='output folder (default: WORKDIR, or the '
+                      'folder of --load)')
   args = parser.parse_args(argv)
-  landscape = compute_landscape(
-      args.workdir, epochs=_int_list(args.epochs), dims=args.dims, layers=_int_list(args.layers),
-      kinds=[k for k in args.losses.split(',') if k], split=args.split, n=args.n,
-      radius=args.radius, points=args.points, seed=args.seed, batch_size=args.batch_size,
-      grid_batch=args.grid_batch)
-  out = args.out or args.workdir
-  npz = landscape.save(out)
-  png = plot_landscape(landscape, npz[:-len('.npz')] + '.png')
-  print(f'{npz}\n{png}')
+  if bool(args.workdir) == bool(args.load):
+    parser.error('give either a WORKDIR or --load=NPZ.')
+  if args.load:
+    landscape = Landscape.load(args.load)
+    out = args.out or os.path.dirname(os.path.abspath(args.load))
+  else:
+    landscape = compute_landscape(
+        args.workdir, epochs=_int_list(args.epochs), dims=args.dims,
+        layers=_int_list(args.layers), kinds=[k for k in args.losses.split(',') if k],
+        split=args.split, n=args.n, radius=args.radius, points=args.points, seed=args.seed,
+        batch_size=args.batch_size, grid_batch=args.grid_batch)
+    out = args.out or args.workdir
+    print(landscape.save(out))
+  stem = os.path.join(out, f"landscape_{landscape.meta['dims']}d")
+  shown = select(landscape, epochs=_int_list(args.show_epochs),
+                 layers=_int_list(args.show_layers))
+  print(plot_landscape(shown, stem + '.png'))
+  if len(landscape.axis) % 2:  # a = 0 on the grid
+    print(plot_distortion(landscape, stem + '_distortion.png'))
+    print(distortion_table(landscape))
 
 
 if __name__ == '__main__':

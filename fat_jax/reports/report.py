@@ -247,7 +247,8 @@ def plot_gradalign(runs: Sequence[Run], out_dir: str) -> str:
 def plot_signals(runs: Sequence[Run], out_dir: str) -> str:
   """Per run and CO signal (``signals.jsonl``, `fat_jax.run.co_guard`): the signal every
   `guard.every` steps, × where its detector triggered, a dashed line at a rollback, against the
-  monitor's PGD accuracy (red, right axis: per epoch and, if logged, within epochs)."""
+  monitor's PGD accuracy (red, right axis from 0 to 1.2 × its maximum, at most 1: per epoch
+  and, if logged, within epochs)."""
   logs = [run_log.read_records(run.workdir, name=run_log.SIGNALS) for run in runs]
   names = list(dict.fromkeys(k for records in logs for r in records for k in r if k not in (
       'epoch', 'step', 'triggered', 'scale', 'rollback')))
@@ -267,7 +268,8 @@ def plot_signals(runs: Sequence[Run], out_dir: str) -> str:
       twin = ax.twinx()
       if pgd:
         twin.plot(*zip(*pgd), '-', color='tab:red', lw=1)
-      twin.set(ylim=(0, 1), ylabel='PGD accuracy (monitor)')
+      top = max((a for _, a in pgd), default=1.0)  # the scale of the run's accuracies
+      twin.set(ylim=(0, min(1.0, max(0.05, 1.2 * top))), ylabel='PGD accuracy (monitor)')
       ax.set(title=f'{run.name}: {name}', xlabel='epoch', ylabel=name)
       ax.title.set_fontsize(figures.TITLE_PT)
   return _save(fig, out_dir, 'signals.png')

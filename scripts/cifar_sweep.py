@@ -1,0 +1,54 @@
+"""The robust-accuracy-against-ε study of the CPU-scale CIFAR-10 setting (docs/cifar_study.md):
+its runs, one after the other, resumable (`study_runs`).
+
+  python scripts/cifar_sweep.py --data-dir=../shared/data/cifar-10-subset
+  python scripts/cifar_sweep.py --data-dir=... --dry-run     # print the commands only
+  python -m fat_jax.reports.aggregate runs/cifar_sweep/*_s* --sweep   # the table and figure
+
+Each run is `launch.py --config=configs/cifar_subset.py:<method>_eps<E>` in
+``<root>/<method>_eps<E>_s<seed>``, without the end-of-run report. ε ∈ {8, 12, 16}/255; three
+seeds of FGSM, N-FGSM, R-LAP, N-AAER and PGD-AT, one of FGSM-RS, GradAlign, V-LAP, N-LAP and
+RS-AAER. The order gives complete points early: the single-step methods of three seeds at each
+ε, then PGD-AT (about five FGSM runs' time each), then the one-seed methods.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from study_runs import run_all
+
+EPSILONS = (8, 12, 16)
+THREE_SEEDS = ('fgsm', 'n_fgsm', 'r_lap', 'n_aaer')
+ONE_SEED = ('fgsm_rs', 'gradalign', 'v_lap', 'n_lap', 'rs_aaer')
+
+
+def plan(root: str, data_dir: str) -> list[tuple[str, list[str]]]:
+  """[(workdir, command)] of the study, in running order."""
+  order = ([(m, e, s) for e in EPSILONS for s in range(3) for m in THREE_SEEDS]
+           + [('pgd_at', e, s) for e in EPSILONS for s in range(3)]
+           + [(m, e, 0) for e in EPSILONS for m in ONE_SEED])
+  rows = []
+  for method, eps, seed in order:
+    workdir = os.path.join(root, f'{method}_eps{eps}_s{seed}')
+    rows.append((workdir, [sys.executable, 'launch.py',
+                           f'--config=configs/cifar_subset.py:{method}_eps{eps}',
+                           f'--workdir={workdir}', f'--config.data.dir={data_dir}',
+                           f'--config.seed={seed}', '--config.report=False']))
+  return rows
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--data-dir', required=True, help='the folder of cifar-10-batches-py')
+  parser.add_argument('--root', default='runs/cifar_sweep', help="the study's folder")
+  parser.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
+  args = parser.parse_args(argv)
+  data_dir = os.path.abspath(args.data_dir)
+  os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+  run_all(plan(args.root, data_dir), os.path.join(args.root, 'times.tsv'), args.dry_run)
+
+
+if __name__ == '__main__':
+  main()
