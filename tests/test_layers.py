@@ -87,6 +87,8 @@ ALLOWED = {
     # Reports of finished runs.
     'reports.aggregate': ('reports.figures', 'run.runs'),
     'reports.summary': ('run.run_log', 'run.runs'),
+    'reports.co_signals': ('analysis.diagnostics', 'reports.aggregate', 'reports.figures',
+                           'run.run_log', 'run.runs'),
     'reports.report': ('analysis.evaluators', 'analysis.noise_eval', 'config', 'data', 'errors',
                        'parallel', 'reports.aggregate', 'reports.figures', 'reports.summary',
                        'run.run_log', 'run.runs', 'run.tensorboard_log'),
