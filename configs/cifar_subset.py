@@ -13,7 +13,7 @@ The argument is `<method>[_eps<E>]` (default fgsm, ε = E/255 with E in 8, 12, 1
 Methods: fgsm (zero init, α = ε: "V-FGSM"), fgsm_rs (U(−ε, ε), α = 1.25ε), n_fgsm, pgd_at
 (PGD-10, step ε/4), gradalign (λ = 0.02·10^(E/8), GradAlign's CIFAR-10 rule), v_lap, r_lap,
 n_lap (the LAP README's β for ε), rs_aaer, n_aaer (the AAER README's λ1..3 for ε).
-Measured (fgsm, seed 0, one run each, 1000 test images): at 8/255 no catastrophic overfitting
+Expected (fgsm, seed 0, one run each, 1000 test images): at 8/255 no catastrophic overfitting
 (clean 0.503, FGSM 0.338, PGD-20 0.320); at 12/255 CO at a low level (clean 0.344, FGSM 0.136,
 PGD-20 0.003; the training points' FGSM−PGD gap grows from epoch 1). The ε sweep over seeds:
 scripts/cifar_sweep.py.
