@@ -214,8 +214,11 @@ def sweep_points(runs: Sequence[Run]) -> list[dict]:
   return points
 
 
-def _pm(mean: float, std: float | None) -> str:
-  return f'{mean:.3f}' + ('' if std is None else f' ± {std:.3f}')
+def mean_pm_std(mean: float | None, std: float | None, digits: int = 3) -> str:
+  """'mean ± std' with `digits` decimals ('mean' when std is None, '–' when mean is)."""
+  if mean is None:
+    return '–'
+  return f'{mean:.{digits}f}' + ('' if std is None else f' ± {std:.{digits}f}')
 
 
 def sweep_table(points: Sequence[dict]) -> str:
@@ -223,7 +226,7 @@ def sweep_table(points: Sequence[dict]) -> str:
   lines = ['| method | ε | seeds | clean | FGSM | PGD | CO rate |',
            '|---|---:|---|---:|---:|---:|---:|']
   for p in points:
-    cells = [_pm(p[f'{m}_mean'], p[f'{m}_std']) for m in SWEEP_METRICS]
+    cells = [mean_pm_std(p[f'{m}_mean'], p[f'{m}_std']) for m in SWEEP_METRICS]
     lines.append(f"| {p['method']} | {_eps(p['eps'])} | {','.join(map(str, p['seeds']))} | "
                  f"{' | '.join(cells)} | {p['co_runs']}/{p['n_runs']} |")
   return '\n'.join(lines)

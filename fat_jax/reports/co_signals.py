@@ -33,7 +33,7 @@ import numpy as np
 
 from fat_jax.analysis.diagnostics import co_onset
 from fat_jax.reports import figures
-from fat_jax.reports.aggregate import mean_std, sweep_points
+from fat_jax.reports.aggregate import SWEEP_METRICS, mean_pm_std, mean_std, sweep_points
 from fat_jax.run import run_log
 from fat_jax.run.runs import Run, load_runs
 
@@ -154,11 +154,6 @@ def comparison(runs: Sequence[Run], summaries: Sequence[dict], reference: str) -
   return rows
 
 
-def _pm(mean, std, digits=3) -> str:
-  return '–' if mean is None else f'{mean:.{digits}f}' + ('' if std is None else
-                                                            f' ± {std:.{digits}f}')
-
-
 def tables(study: dict, rows: Sequence[dict]) -> str:
   """Markdown: the lead times, the false alarms and the comparison."""
   n_co, n_clean = len(study['co_runs']), len(study['no_co_runs'])
@@ -168,20 +163,20 @@ def tables(study: dict, rows: Sequence[dict]) -> str:
   for name, s in study['signals'].items():
     per_run = ', '.join('never' if v is None else str(v) for v in s['lead_steps'].values())
     out.append(f"| `{name}` | {s['warned_before']}/{n_co} | "
-               f"{_pm(s['lead_mean'], s['lead_std'], 0)} | {per_run} |")
+               f"{mean_pm_std(s['lead_mean'], s['lead_std'], 0)} | {per_run} |")
   out += ['', f'False alarms over {n_clean} runs without CO:', '',
           '| signal | runs with a trigger | triggers per run, mean | per run |',
           '|---|---:|---:|---|']
   for name, s in study['signals'].items():
     out.append(f"| `{name}` | {s['runs_with_alarm']}/{n_clean} | "
-               f"{_pm(s['alarms_per_run'], None, 1)} | "
+               f"{mean_pm_std(s['alarms_per_run'], None, 1)} | "
                f"{', '.join(map(str, s['false_alarms'].values()))} |")
   out += ['', '| run | method | seeds | clean | FGSM | PGD | CO (epochs) | CO (all points) '
           '| training time (s), median (range) | × reference |',
           '|---|---|---|---:|---:|---:|---:|---:|---:|---:|']
   for r in rows:
     out.append(f"| {r['group']} | {r['method']} | {','.join(map(str, r['seeds']))} | "
-               + ' | '.join(_pm(r[f'{m}_mean'], r[f'{m}_std']) for m in ('clean', 'fgsm', 'pgd'))
+               + ' | '.join(mean_pm_std(r[f'{m}_mean'], r[f'{m}_std']) for m in SWEEP_METRICS)
                + f" | {r['co_runs']}/{r['n_runs']} | {r['co_runs_steps']}/{r['n_runs']} | "
                f"{r['train_time_median']:.0f} ({r['train_time_range'][0]:.0f}–"
                f"{r['train_time_range'][1]:.0f}) | {r['time_ratio']:.2f} |")
