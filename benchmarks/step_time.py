@@ -45,26 +45,27 @@ from fat_jax.models import build_model
 from fat_jax.parallel import make_data_mesh, replicate
 from fat_jax.recipes import AWP_GAMMA
 
-# label → method config fields; `name` defaults to the label (the ε = 8/255 recipes: R-LAP,
-# RS-AAER, GradAlign; AT-AWP and TRADES-AWP with their official γ).
+# label → method config fields, a component's in a nested dict (its section); `name` defaults
+# to the label (the ε = 8/255 recipes: R-LAP, RS-AAER, GradAlign; AT-AWP and TRADES-AWP with
+# their official γ).
 METHODS = {
     'fgsm': {},
-    'fgsm_stable': dict(name='fgsm', stable_alpha3=200.0),
+    'fgsm_stable': dict(name='fgsm', stable=dict(alpha3=200.0)),
     'fgsm_mep': {},
     'fd': {},
     'fgsm_rs': {},
     'n_fgsm': {},
-    'lap': dict(init='uniform', init_scale=1.0, alpha=1.25, project=True, lap_beta=0.002),
-    'aaer': dict(init='uniform', init_scale=1.0, alpha=1.25, project=True, aaer_lambda1=1.0,
-                 aaer_lambda2=2.5, aaer_lambda3=1.5),
+    'lap': dict(init='uniform', init_scale=1.0, alpha=1.25, project=True, lap=dict(beta=0.002)),
+    'aaer': dict(init='uniform', init_scale=1.0, alpha=1.25, project=True,
+                 aaer=dict(lambda1=1.0, lambda2=2.5, lambda3=1.5)),
     'gradalign': {},
     'zerograd': {},
     'atas': {},
     'pgd_at': {},
     'trades': {},
     'mart': {},
-    'awp_pgd_at': dict(name='pgd_at', awp_gamma=AWP_GAMMA['pgd_at']),
-    'awp_trades': dict(name='trades', awp_gamma=AWP_GAMMA['trades']),
+    'awp_pgd_at': dict(name='pgd_at', awp=dict(gamma=AWP_GAMMA['pgd_at'])),
+    'awp_trades': dict(name='trades', awp=dict(gamma=AWP_GAMMA['trades'])),
 }
 EPS = 8 / 255
 DTYPE_LABELS = {'bfloat16': 'bf16'}
@@ -83,8 +84,7 @@ NETWORKS = {
 def method_config(label: str):
   c = default_config().method
   c.name = label
-  for k, v in METHODS[label].items():
-    c[k] = v
+  c.update(METHODS[label])
   return c
 
 

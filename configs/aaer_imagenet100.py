@@ -24,6 +24,6 @@ def get_config(variant: str = 'n'):
   c = aaer_config(8, variant, 'cifar10')
   c.data.name, c.data.pipeline = 'imagenet100', 'stream'
   c.model.name = 'resnet18'
-  c.method.aaer_lambda1, c.method.aaer_lambda2, c.method.aaer_lambda3 = 1.0, 4.0, 1.5
+  c.method.aaer.lambda1, c.method.aaer.lambda2, c.method.aaer.lambda3 = 1.0, 4.0, 1.5
   c.eval.pgd_restarts = 10
   return c

@@ -18,6 +18,6 @@ from fat_jax.recipes import aaer_config
 def get_config(variant: str = 'n'):
   c = aaer_config(8, variant, 'cifar10')
   c.data.name, c.data.pipeline = 'tiny_imagenet', 'stream'
-  c.method.aaer_lambda1, c.method.aaer_lambda2, c.method.aaer_lambda3 = 1.0, 4.0, 1.5
+  c.method.aaer.lambda1, c.method.aaer.lambda2, c.method.aaer.lambda3 = 1.0, 4.0, 1.5
   c.eval.pgd_restarts = 10
   return c

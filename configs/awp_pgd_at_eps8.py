@@ -22,6 +22,6 @@ from fat_jax.recipes import AWP_GAMMA, pgd_at_rice_config, set_network
 def get_config(network: str = 'wrn34_10'):
   config = pgd_at_rice_config()
   set_network(config, network)           # 'wrn34_10' | 'preact_resnet18'
-  config.method.awp_gamma = AWP_GAMMA['pgd_at']
-  config.method.awp_warmup_epochs = 0
+  config.method.awp.gamma = AWP_GAMMA['pgd_at']
+  config.method.awp.warmup_epochs = 0
   return config

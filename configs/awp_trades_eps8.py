@@ -26,8 +26,8 @@ def get_config(network: str = 'wrn34_10'):
   config.model.normalize = network != 'wrn34_10'  # the official code feeds raw [0, 1] pixels
   config.method.name = 'trades'
   config.method.alpha = 0.25             # 2/255 at ε = 8/255
-  config.method.awp_gamma = AWP_GAMMA['trades']
-  config.method.awp_warmup_epochs = 9
+  config.method.awp.gamma = AWP_GAMMA['trades']
+  config.method.awp.warmup_epochs = 9
   config.num_epochs = 200
   config.optim.schedule = 'multistep'
   config.optim.lr_max = 0.1

@@ -14,7 +14,7 @@ overrides apply on top as with any recipe.
 import json
 import os
 
-from fat_jax.config import default_config
+from fat_jax.config import default_config, upgrade
 from fat_jax.run import run_log
 
 
@@ -35,7 +35,7 @@ def get_config(workdir: str):
                             '(configs/from_workdir.py:WORKDIR) written by training or by '
                             'python -m fat_jax.formats.convert.')
   with open(path) as f:
-    stored = json.load(f)
+    stored = upgrade(json.load(f))
   config = default_config()
   _overlay(config, stored)
   return config

@@ -4,7 +4,7 @@ FGSM-MEP's attack, loss and recipe (configs/fgsm_mep.py) plus L_co (the paper's 
 constraint"): L_co = CE(f(x + δ; C_p masked), y) − L_stable(C_p), C_p the top p% channels of
 node B by T_act on the training set, read from the T_act file of a checkpoint (`--mode=analyze`
 writes WORKDIR/tact.npz); L_stable(C_p) at Eq. 8's scale (α3 = 200, N = channels). Eq. 9 as
-written by default; `method.co_saturation` = a > 0 bounds each channel's term by tanh(a·D)/a
+written by default; `method.co.saturation` = a > 0 bounds each channel's term by tanh(a·D)/a
 (a labelled deviation, fat_jax.losses.feature_diff.co_loss). The argument is
 `<data>_eps<E>_p<P>` (default cifar10_eps8_p10), p ∈ {1, 3, 10, 20} in the paper.
 
@@ -19,7 +19,7 @@ was computed on and adds it unchanged to the next epoch's differently augmented 
   python launch.py --config=configs/fd.py:cifar10_eps8_mep --workdir=runs/mep_eps8 --mode=analyze
   python launch.py --config=configs/induce_co.py:cifar10_eps8_p10 --workdir=runs/co_eps8_p10 \\
       --config.data.dir=PATH_WITH_cifar-10-batches-py \\
-      --config.method.co_tact_file=runs/mep_eps8/tact.npz
+      --config.method.co.tact_file=runs/mep_eps8/tact.npz
 
 Expected (paper): p = 10% induces catastrophic overfitting (PGD accuracy collapses while
 clean accuracy stays high), and the CO model evaluated with input noise U(−16/255, 16/255)

@@ -4,7 +4,7 @@ batch 128, cyclic lr 0.2, 21 perturbed layers, ``RandomCrop(32, padding=4)`` + f
 CIFAR-100's μ/σ (``CIFAR100/utils.py``); variant argument v, r or n (default n: U(−2ε, 2ε),
 α = ε, no clamp) with β and γ = 0.3 of the README's ε = 8 commands, as configs/lap_eps8.py
 (the README has none for CIFAR-100; ``LAP.py``'s argparse defaults are β = 0.01, γ = 1.0:
---config.method.lap_beta=0.01 --config.method.lap_gamma=1.0). Final evaluation PGD-50 with 1
+--config.method.lap.beta=0.01 --config.method.lap.gamma=1.0). Final evaluation PGD-50 with 1
 restart, as the official script (``evaluate_pgd(test_loader, model_test, 50, 1, epsilon)``).
 
   python launch.py --config=configs/lap_cifar100_eps8.py:n --workdir=runs/lap_cifar100_eps8_n \\

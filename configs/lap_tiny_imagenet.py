@@ -3,7 +3,7 @@
 batch 128, cyclic lr 0.2, 21 perturbed layers; variant argument v, r or n (default n, its N
 start: U(−2ε, 2ε), α = ε, no clamp) with β and γ = 0.3 of the README's ε = 8 commands, as
 configs/lap_eps8.py (the README has none for Tiny-ImageNet; ``LAP.py``'s argparse defaults are
-β = 0.01, γ = 1.0: --config.method.lap_beta=0.01 --config.method.lap_gamma=1.0). Data: 64×64,
+β = 0.01, γ = 1.0: --config.method.lap.beta=0.01 --config.method.lap.gamma=1.0). Data: 64×64,
 ``RandomCrop(64, padding=8)`` + flip on the host, CIFAR-100's μ/σ as ``Tiny-imagenet/utils.py``;
 streamed with grain (``pip install 'fat_jax[stream]'``). Final evaluation PGD-50-10 as the
 official script.

@@ -34,7 +34,7 @@ def get_config(network: str = 'wrn34_10'):
     config.optim.milestones = (74, 89, 99)  # 0-based epochs: the official 75, 90, 100 (1-based)
     return config
   config.model.normalize = False         # the official code feeds raw [0, 1] pixels
-  config.method.mart_beta = 6.0
+  config.method.mart.beta = 6.0
   config.num_epochs = 76
   config.optim.lr_max = 0.1
   config.optim.weight_decay = 2e-4

@@ -36,15 +36,15 @@ def get_config(method: str = 'fgsm'):
   else:
     config.method.name = method
   if method == 'gradalign':
-    config.method.gradalign_lambda = 0.2
+    config.method.gradalign.lam = 0.2
   if method.startswith('awp_'):
     config.method.name = method[len('awp_'):]
-    config.method.awp_gamma = AWP_GAMMA[config.method.name]
+    config.method.awp.gamma = AWP_GAMMA[config.method.name]
   if method == 'dart':
-    config.method.dart_control_epochs = 5.0
+    config.method.dart.control_epochs = 5.0
   if method == 'atas':
-    config.method.atas_warmup_epochs = 1
-    config.method.atas_reset_every = 2
+    config.method.atas.warmup_epochs = 1
+    config.method.atas.reset_every = 2
   config.data.name = 'fashion_mnist'
   config.data.n_train = 20000
   config.model.name = 'cnn'

@@ -14,10 +14,11 @@ import ml_collections
 from ml_collections import config_dict
 
 from fat_jax.methods.guard import Adaptive, Detector, Guard, Rollback
-from fat_jax.methods.objectives import MEPObjective
-from fat_jax.methods.regularizers import AAER, ELLE, LCo, LStable
+from fat_jax.methods.objectives import MART, TRADES, MEPObjective
+from fat_jax.methods.regularizers import AAER, ELLE, GradAlign, LCo, LStable
 from fat_jax.methods.signals import FGSMPGDGap, VAct
-from fat_jax.methods.training_attacks import AdaptiveAttack, DynamicAttack, FGSMAttack, PriorAttack
+from fat_jax.methods.training_attacks import (AdaptiveAttack, DynamicAttack, FGSMAttack,
+                                              PriorAttack, ZeroGrad)
 from fat_jax.methods.weight_perturbations import AWP, LAP
 
 
@@ -27,6 +28,65 @@ def default_of(role, field: str):
   if default is dataclasses.MISSING:
     raise ValueError(f'{role.__name__}.{field} has no default.')
   return default
+
+
+_TYPES = {'float': float, 'int': int, 'bool': bool, 'str': str}
+
+
+def section(role, *fields: str, **values) -> ml_collections.ConfigDict:
+  """The config section of the role value class `role`: each of `fields` at the role's
+  default (a field without one: unset, a placeholder of its type), then `values` (a field the
+  config holds otherwise: a switch unset by default, a step in units of ε)."""
+  out = ml_collections.ConfigDict()
+  for f in dataclasses.fields(role):
+    if f.name in fields:
+      out[f.name] = (config_dict.placeholder(_TYPES[f.type]) if f.default is dataclasses.MISSING
+                     else f.default)
+  unknown = set(fields) - set(out)
+  if unknown:
+    raise ValueError(f'{role.__name__} has no fields {sorted(unknown)}.')
+  out.update(values)
+  return out
+
+
+# The method fields of configs written before the component sections (config.json of earlier
+# runs), each with its place now; `upgrade` reads them.
+RENAMED = {
+    'lap_beta': ('lap.beta',), 'lap_gamma': ('lap.gamma',), 'lap_ascent': ('lap.ascent',),
+    **{f'aaer_lambda{i}': (f'aaer.lambda{i}',) for i in (1, 2, 3)},
+    'aaer_differentiable_loss_variation': ('aaer.differentiable_loss_variation',),
+    'gradalign_lambda': ('gradalign.lam',),
+    'elle_lambda': ('elle.lam',), 'elle_adaptive': ('elle.adaptive',),
+    'elle_decay': ('elle.decay',), 'elle_sensitivity': ('elle.sensitivity',),
+    'elle_clean_forward': ('elle.clean_forward',),
+    'mep_label_smoothing': ('mep.label_smoothing',), 'mep_lambda': ('mep.lam',),
+    'mep_decay': ('mep.decay',), 'mep_reset_every': ('mep.reset_every',),
+    'trades_beta': ('trades.beta',), 'mart_beta': ('mart.beta',),
+    'awp_gamma': ('awp.gamma',), 'awp_warmup_epochs': ('awp.warmup_epochs',),
+    'zerograd_q': ('zerograd.q',),
+    'dart_c_max': ('dart.c_max',), 'dart_control_epochs': ('dart.control_epochs',),
+    'dart_weighting': ('dart.weighting',),
+    **{f'atas_{k}': (f'atas.{k}',) for k in ('c', 'beta', 'step_scale', 'min_step', 'max_step',
+                                             'warmup_epochs', 'reset_every')},
+    'feature_node': ('stable.node', 'co.node'), 'stable_alpha3': ('stable.alpha3',),
+    **{f'co_{k}': (f'co.{k}',) for k in ('tact_file', 'percent', 'alpha3', 'saturation')},
+}
+
+
+def upgrade(stored: dict) -> dict:
+  """A stored config (config.json) with the method fields of earlier releases (`RENAMED`) in
+  their sections; a current one unchanged."""
+  method = stored.get('method')
+  if not isinstance(method, dict) or not RENAMED.keys() & method.keys():
+    return stored
+  method = dict(method)
+  for old, places in RENAMED.items():
+    if old in method:
+      value = method.pop(old)
+      for place in places:
+        part, field = place.split('.')
+        method[part] = {**method.get(part, {}), field: value}
+  return {**stored, 'method': method}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -91,62 +151,42 @@ def default_config() -> ml_collections.ConfigDict:
   # Single-step attacks: α (and Π_ε's radius) × min((epoch + i/steps)/W, 1) for W epochs;
   # 0 = off (AAER's SVHN/AAER.py: W = 5).
   c.method.alpha_warmup_epochs = default_of(FGSMAttack, 'warmup_epochs')
-  # Components: setting a field switches the component on for any single-step method.
-  c.method.lap_beta = config_dict.placeholder(float)    # LAP (ICML 2024) strength β
-  c.method.lap_gamma = default_of(LAP, 'gamma')          # λ_l = 1 − (ln l / ln L)^γ
-  c.method.lap_ascent = default_of(LAP, 'ascent')        # AWP-style sign (labelled variant)
-  c.method.aaer_lambda1 = config_dict.placeholder(float)  # AAER (NeurIPS 2023) weights
-  c.method.aaer_lambda2 = config_dict.placeholder(float)
-  c.method.aaer_lambda3 = config_dict.placeholder(float)
-  # the paper's reading of C_A (a labelled variant)
-  c.method.aaer_differentiable_loss_variation = default_of(AAER, 'differentiable_loss_variation')
-  c.method.gradalign_lambda = config_dict.placeholder(float)  # None: 0.02·10^(ε·255/8)
-  # ELLE (ICLR 2024): λ·local-linearity error; ELLE-A: λ 0 → λ_max on an error spike, × decay.
-  c.method.elle_lambda = config_dict.placeholder(float)  # None: losses.elle's (λ_max for ELLE-A)
-  c.method.elle_adaptive = config_dict.placeholder(bool)  # ELLE-A's rule (None: on for 'elle_a')
-  c.method.elle_decay = default_of(ELLE, 'decay')        # ELLE-A: λ ← decay·λ without a spike
-  c.method.elle_sensitivity = default_of(ELLE, 'sensitivity')  # ELLE-A: spike when error > μ + k·σ
-  # ELLE: the official train-mode forward at x (BatchNorm statistics)
-  c.method.elle_clean_forward = default_of(ELLE, 'clean_forward')
-  # FGSM-MEP (init 'prior'): per-example prior perturbation and momentum.
-  # the smoothed labels' true-class probability
-  c.method.mep_label_smoothing = default_of(PriorAttack, 'label_smoothing')
-  c.method.mep_lambda = default_of(MEPObjective, 'lam')  # weight of MSE(f(x + δ), f(x + P))
-  c.method.mep_decay = default_of(PriorAttack, 'decay')  # momentum decay
-  c.method.mep_reset_every = default_of(PriorAttack, 'reset_every')  # epochs between prior resets
-  # Multi-step and other baselines (docs/protocol.md §2.5); unset = off unless the method name
-  # sets it.
-  c.method.trades_beta = config_dict.placeholder(float)  # TRADES objective (β = 6 for 'trades')
-  c.method.mart_beta = config_dict.placeholder(float)   # MART objective (β = 5 for 'mart')
-  c.method.awp_gamma = config_dict.placeholder(float)   # AWP on any method (AT 0.01, TRADES 0.005)
-  # epochs before AWP starts (0-based count)
-  c.method.awp_warmup_epochs = default_of(AWP, 'warmup_epochs')
   c.method.robust_overfitting_forwards = False          # Rice et al.'s extra BN forwards
-  c.method.zerograd_q = config_dict.placeholder(float)  # ZeroGrad quantile (0.35 for 'zerograd')
-  # DART (Wang et al., ICML 2019): c_t = max(c_max·(1 − t/T'), 0), official 0.5 and 100.
-  c.method.dart_c_max = default_of(DynamicAttack, 'c_max')  # DART: FOSC threshold c_t at epoch 0
-  # DART: c_t reaches 0 at this epoch T'
-  c.method.dart_control_epochs = default_of(DynamicAttack, 'control_epochs')
-  # DART: CE × own CE (epoch ≥ 1) or 'none'
-  c.method.dart_weighting = default_of(DynamicAttack, 'weighting')
-  # ATAS (init 'previous'): step clip(scale/(1 + √v/c), min, max), all three × ε.
-  c.method.atas_c = default_of(AdaptiveAttack, 'c')
-  c.method.atas_beta = default_of(AdaptiveAttack, 'beta')  # momentum of the squared gradient norm
-  c.method.atas_step_scale = 2.0                        # official: 16/255 = 2ε at ε = 8/255
-  c.method.atas_min_step = 0.5                          # official: 4/255
-  c.method.atas_max_step = 1.75                         # official: 14/255
-  # epochs of the constant step α first
-  c.method.atas_warmup_epochs = default_of(AdaptiveAttack, 'warmup_epochs')
-  # epochs between re-draws of the state
-  c.method.atas_reset_every = default_of(AdaptiveAttack, 'reset_every')
-  # Feature-activation differences (Zhao et al., ECCV 2024): L_stable and L_co at one node.
-  c.method.feature_node = default_of(LStable, 'node')    # node of L_stable and L_co
-  c.method.stable_alpha3 = config_dict.placeholder(float)  # L_stable weight α3 (fd: 200)
-  c.method.co_tact_file = ''                            # L_co: T_act file (--mode=analyze)
-  c.method.co_percent = default_of(LCo, 'percent')      # L_co: top p% channels by T_act
-  c.method.co_alpha3 = default_of(LCo, 'alpha3')        # L_co: weight of −L_stable(C_p)
-  # L_co: 0 = Eq. 9; a > 0: tanh(a·D)/a bound
-  c.method.co_saturation = default_of(LCo, 'saturation')
+  # The components, one section per role value (`section`): a component is on when its switch
+  # (the first field named below) is set, for any method that can take it, or by the method's
+  # name (docs/methods.md); its other fields are then read, and refused while it is off.
+  c.method.lap = section(LAP, 'beta', 'gamma', 'ascent')  # LAP (ICML 2024): β, λ_l's γ
+  c.method.aaer = section(AAER, 'lambda1', 'lambda2', 'lambda3',  # AAER (NeurIPS 2023)
+                          'differentiable_loss_variation')  # the paper's reading of C_A
+  c.method.gradalign = section(GradAlign, 'lam')  # None: 0.02·10^(ε·255/8) for 'gradalign'
+  # ELLE (ICLR 2024): λ·local-linearity error (None: losses.elle's, λ_max for ELLE-A);
+  # ELLE-A (adaptive, None: on for 'elle_a'): λ 0 → λ_max when the error > μ + k·σ, else
+  # λ ← decay·λ; clean_forward: the official train-mode forward at x.
+  c.method.elle = section(ELLE, 'lam', 'adaptive', 'decay', 'sensitivity', 'clean_forward',
+                          adaptive=config_dict.placeholder(bool))
+  # FGSM-MEP (init 'prior'): the smoothed labels' true-class probability, the weight of
+  # MSE(f(x + δ), f(x + P)), the prior's momentum decay, epochs between prior resets.
+  c.method.mep = section(PriorAttack, 'label_smoothing', 'decay', 'reset_every',
+                         lam=default_of(MEPObjective, 'lam'))
+  # Multi-step and other baselines (docs/protocol.md §2.5).
+  c.method.trades = section(TRADES, beta=config_dict.placeholder(float))  # 6 for 'trades'
+  c.method.mart = section(MART, beta=config_dict.placeholder(float))      # 5 for 'mart'
+  # AWP on any method (AT 0.01, TRADES 0.005), from epoch `warmup_epochs` (0-based)
+  c.method.awp = section(AWP, 'gamma', 'warmup_epochs')
+  c.method.zerograd = section(ZeroGrad, q=config_dict.placeholder(float))  # 0.35 for 'zerograd'
+  # DART (Wang et al., ICML 2019): FOSC threshold c_t = max(c_max·(1 − t/T'), 0), T' =
+  # control_epochs (official 0.5 and 100); 'ce': each example's CE × its own CE (epoch ≥ 1).
+  c.method.dart = section(DynamicAttack, 'c_max', 'control_epochs', 'weighting')
+  # ATAS (init 'previous'): step clip(step_scale/(1 + √v/c), min_step, max_step), all three ×
+  # ε (official at ε = 8/255: 16, 4, 14 /255); β: momentum of the squared gradient norm;
+  # warm-up epochs of the constant step α; epochs between re-draws of the state.
+  c.method.atas = section(AdaptiveAttack, 'c', 'beta', 'warmup_epochs', 'reset_every',
+                          step_scale=2.0, min_step=0.5, max_step=1.75)
+  # Feature-activation differences (Zhao et al., ECCV 2024) at one feature node: L_stable
+  # (weight α3, None: 200 for 'fd') and L_co (the T_act file of --mode=analyze; the top
+  # `percent`% channels; weight α3 of −L_stable(C_p); saturation 0 = Eq. 9, a > 0: tanh(a·D)/a).
+  c.method.stable = section(LStable, 'node', alpha3=config_dict.placeholder(float))
+  c.method.co = section(LCo, 'tact_file', 'percent', 'alpha3', 'saturation', 'node')
 
   c.optim = ml_collections.ConfigDict()
   c.optim.schedule = 'cyclic'     # 'cyclic' | 'piecewise' | 'piecewise_linear' | 'multistep'

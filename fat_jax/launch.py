@@ -38,6 +38,7 @@ from ml_collections import config_flags
 from fat_jax.errors import (LAUNCHER, TracebackLog, chain, command_name, message, one_line,
                             storage_error)
 from fat_jax.analysis.evaluators import EVALUATORS
+from fat_jax.config import RENAMED
 from fat_jax.parallel import initialize_distributed, is_writer
 from fat_jax.reports.report import write_end_of_run_report
 from fat_jax.reports.summary import run_summary
@@ -340,6 +341,9 @@ def flag_error(error: Exception, argv: list[str]) -> str:
     field = field.strip('\'"')
     flag = next((a.partition('=')[0] for a in argv if a.startswith('--config.') and
                  field in a.partition('=')[0].split('.')), '--config')
+    if flag == f'--config.method.{field}' and field in RENAMED:
+      hint = [f"The method's components have sections: use "
+              f"{' and '.join(f'--config.method.{place}' for place in RENAMED[field])}"]
     return f'error: {flag}: the config has no field {field!r}' + ''.join(f'. {h}' for h in hint)
   return one_line(error).splitlines()[0]
 

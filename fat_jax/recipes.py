@@ -66,8 +66,8 @@ def _pick(table: dict, variant: str, what: str):
 def set_lap(c, variant: str, eps_255: int) -> None:
   """Make `c.method` the `variant` LAP with the README's β for ε = eps_255/255, γ = 0.3."""
   c.method.name = 'lap'
-  c.method.lap_beta = _pick(LAP_BETAS[eps_255], variant, f'LAP at ε={eps_255}')
-  c.method.lap_gamma = 0.3
+  c.method.lap.beta = _pick(LAP_BETAS[eps_255], variant, f'LAP at ε={eps_255}')
+  c.method.lap.gamma = 0.3
   c.method.init, c.method.init_scale, c.method.alpha, c.method.project = VARIANTS[variant]
 
 
@@ -76,7 +76,7 @@ def set_aaer(c, variant: str, eps_255: int, data: str = 'cifar10') -> None:
   c.method.name = 'aaer'
   lambdas = _pick(AAER_LAMBDAS[(data, eps_255)], variant, f'AAER on {data} at ε={eps_255}')
   c.method.init, c.method.init_scale, c.method.alpha, c.method.project = VARIANTS[variant]
-  c.method.aaer_lambda1, c.method.aaer_lambda2, c.method.aaer_lambda3 = lambdas
+  c.method.aaer.lambda1, c.method.aaer.lambda2, c.method.aaer.lambda3 = lambdas
 
 
 def _cifar(eps_255: int, data: str = 'cifar10'):
@@ -112,7 +112,7 @@ def aaer_svhn_config(variant: str = 'n'):
   flip and SVHN's μ/σ (``SVHN/utils.py``); final evaluation PGD-50-10 on the whole test set."""
   c = _cifar(8, 'svhn')
   set_aaer(c, variant, 8)
-  c.method.aaer_lambda1, c.method.aaer_lambda2, c.method.aaer_lambda3 = 1.0, 4.0, 1.5
+  c.method.aaer.lambda1, c.method.aaer.lambda2, c.method.aaer.lambda3 = 1.0, 4.0, 1.5
   c.method.alpha_warmup_epochs = 5.0
   c.data.augment = 'crop_flip'
   c.num_epochs = 15
@@ -170,7 +170,7 @@ def mep_config(eps_255: int = 8, data: str = 'cifar10'):
   c.model.name = 'resnet18'
   c.model.normalize = False   # the official ResNet-18 reads [0, 1] pixels
   c.method.name = 'fgsm_mep'
-  c.method.mep_reset_every = MEP_RESET_EVERY[data]
+  c.method.mep.reset_every = MEP_RESET_EVERY[data]
   c.num_epochs = 110
   c.optim.schedule = 'multistep'
   c.optim.lr_max = 0.1
@@ -203,16 +203,16 @@ def fd_config(eps_255: int = 12, data: str = 'cifar10', alpha3: float = 200.0):
   ε = 16/255 as in the feature-difference paper."""
   c = mep_config(eps_255, data)
   c.method.name = 'fd'
-  c.method.stable_alpha3 = alpha3
+  c.method.stable.alpha3 = alpha3
   c.eval.eps = FD_EVAL_EPS / 255
   return c
 
 
 def induce_co_config(eps_255: int = 8, data: str = 'cifar10', percent: float = 10.0):
   """FGSM-MEP's attack with L_co on the top `percent`% channels of node B by T_act (the T_act
-  file comes from ``--mode=analyze`` of a checkpoint: ``--config.method.co_tact_file``)."""
+  file comes from ``--mode=analyze`` of a checkpoint: ``--config.method.co.tact_file``)."""
   c = mep_config(eps_255, data)
   c.method.name = 'induce_co'
-  c.method.co_percent = percent
+  c.method.co.percent = percent
   c.eval.eps = FD_EVAL_EPS / 255
   return c

@@ -45,9 +45,9 @@ COUNTS = {'data.n_train': 'all', 'data.n_test': 'all', 'eval.n': 'all', 'eval.mo
 POSITIVE = ('batch_size', 'num_epochs', 'eval.monitor_pgd_steps', 'eval.monitor_pgd_restarts',
             'analysis.batch_size', 'analysis.pgd_steps', 'checkpoint_keep',
             *(f'eval.{name}' for name in EVAL_POSITIVE))
-RANGES = {'method.mep_label_smoothing': (0, 1, False, "FGSM-MEP's true-class probability"),
-          'method.mep_decay': (0, 1, False, "FGSM-MEP's momentum decay"),
-          'method.atas_beta': (0, 1, False, "ATAS's momentum of the squared gradient norm"),
+RANGES = {'method.mep.label_smoothing': (0, 1, False, "FGSM-MEP's true-class probability"),
+          'method.mep.decay': (0, 1, False, "FGSM-MEP's momentum decay"),
+          'method.atas.beta': (0, 1, False, "ATAS's momentum of the squared gradient norm"),
           'ema_decay': (0, 1, False, 'the weight EMA decay τ < 1, e.g. 0.995 (0 = off)'),
           'ema_warmup': (0, 1, False, 'the EMA warm-up as a fraction of the training steps'),
           **{f'eval.{name}': rule for name, rule in EVAL_RANGES.items()}}

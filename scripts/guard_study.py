@@ -31,7 +31,7 @@ RUNS = [
      5),
     ('n_fgsm', 'n_fgsm', [], 3),
     # FGSM + ELLE with the weight raised at a trigger: λ = 4000, ELLE-A's λ_max.
-    ('fgsm_elle_adaptive', 'fgsm', ['--config.method.elle_lambda=4000',
+    ('fgsm_elle_adaptive', 'fgsm', ['--config.method.elle.lam=4000',
                                     '--config.guard.policy=adaptive'], 5),
     ('fgsm_rs', 'fgsm_rs', [], 3),
     ('elle', 'elle', [], 3),

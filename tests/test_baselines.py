@@ -121,18 +121,17 @@ def test_kl_attack_stays_in_the_ball_and_leaves_eval_statistics_alone(tiny):
 
 
 @pytest.mark.parametrize('fields, match', [
-    (dict(name='trades', mart_beta=5.0), 'one training objective'),
-    (dict(name='pgd_at', zerograd_q=0.35), 'single-step'),
-    (dict(name='zerograd', zerograd_q=1.0), 'quantile'),
-    (dict(name='atas', zerograd_q=0.35), 'take their own steps'),
-    (dict(name='n_fgsm', awp_gamma=0.01, lap_beta=0.01), 'AWP'),
+    (dict(name='trades', mart=dict(beta=5.0)), 'one training objective'),
+    (dict(name='pgd_at', zerograd=dict(q=0.35)), 'single-step'),
+    (dict(name='zerograd', zerograd=dict(q=1.0)), 'quantile'),
+    (dict(name='atas', zerograd=dict(q=0.35)), 'take their own steps'),
+    (dict(name='n_fgsm', awp=dict(gamma=0.01), lap=dict(beta=0.01)), 'AWP'),
     (dict(name='fgsm_rs', robust_overfitting_forwards=True), 'multi-step CE'),
-    (dict(name='atas', atas_min_step=2.0), 'atas_min_step'),
+    (dict(name='atas', atas=dict(min_step=2.0)), 'atas.min_step'),
 ])
 def test_incompatible_baseline_settings_are_rejected(fields, match):
   c = default_config().method
-  for k, v in fields.items():
-    c[k] = v
+  c.update(fields)
   with pytest.raises(ValueError, match=match):
     resolve_method(c, 8 / 255)
 
@@ -177,8 +176,7 @@ SCHEDULE = optim.Schedule('cyclic', lr_max=0.2, total_steps=40, steps_per_epoch=
 def method_of(name, **fields):
   c = default_config().method
   c.name = name
-  for k, v in fields.items():
-    c[k] = v
+  c.update(fields)
   return resolve_method(c, EPS)
 
 
@@ -309,7 +307,7 @@ def test_trades_step_follows_the_official_sequence(tiny, awp):
   key, alpha = jax.random.key(5), 0.03
   fields = dict(steps=2, alpha=alpha / EPS)
   if awp:
-    fields.update(awp_gamma=0.005)
+    fields.update(awp=dict(gamma=0.005))
   after, metrics = run_step(model, method_of('trades', **fields), ts, images, labels, key)
   x = images.astype(jnp.float32) / 255
   params, stats = jax.jit(lambda ts: manual_trades_step(
@@ -336,7 +334,7 @@ def test_at_awp_step_follows_the_official_sequence_and_restores_the_weights(tiny
   model, ts, images, labels = tiny
   key = jax.random.key(7)
   # 4 steps per epoch: step 7 (epoch 1) perturbs, step 3 (epoch 0) is in the warm-up.
-  method = method_of('pgd_at', steps=2, awp_gamma=0.01, awp_warmup_epochs=1,
+  method = method_of('pgd_at', steps=2, awp=dict(gamma=0.01, warmup_epochs=1),
                      robust_overfitting_forwards=True)
   step = jax.jit(make_train_step(model, method, SCHEDULE, weight_decay=WD, augment_mode='none',
                                  key=key))
@@ -399,7 +397,7 @@ def test_zerograd_step_is_fgsm_rs_with_the_small_gradients_zeroed(tiny):
 def test_atas_step_follows_the_official_sequence_with_crops_and_flips(tiny):
   model, ts, images, labels = tiny
   key = jax.random.key(9)
-  method = method_of('atas', atas_warmup_epochs=1)  # step 7, 4 steps/epoch: epoch 1, adaptive
+  method = method_of('atas', atas=dict(warmup_epochs=1))  # step 7, 4 steps/epoch: epoch 1, adaptive
   frame = (36, 36, 1)
   fresh = init_examples(method, 8, frame)
   stored = jax.random.uniform(jax.random.key(3), (8, *frame), minval=-EPS, maxval=EPS)

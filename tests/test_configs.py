@@ -31,7 +31,7 @@ def test_config_resolves(name, arg, tmp_path):
   config = module.get_config(arg) if arg else module.get_config()
   if config.method.name == 'induce_co':  # its channels come from the T_act file of a checkpoint
     np.savez(tmp_path / 'tact.npz', B=np.linspace(0, 1, 64))
-    config.method.co_tact_file = str(tmp_path / 'tact.npz')
+    config.method.co.tact_file = str(tmp_path / 'tact.npz')
   method = resolve_method(config.method, config.eps)
   if name.startswith('lap'):
     assert method.lap is not None and method.lap.gamma == 0.3
@@ -46,7 +46,7 @@ def test_recipe_values_follow_the_readmes():
   r = resolve_method(lap_eps12.get_config('r').method, 12 / 255)
   assert r.lap.beta == 0.03 and r.attack.alpha == pytest.approx(1.25 * 12 / 255)
   n = aaer_cifar100_eps16.get_config('n')
-  assert n.data.name == 'cifar100' and (n.method.aaer_lambda2, n.method.aaer_lambda3) == (6.0, 0.5)
+  assert n.data.name == 'cifar100' and (n.method.aaer.lambda2, n.method.aaer.lambda3) == (6.0, 0.5)
   assert not resolve_method(n.method, n.eps).attack.project
   with pytest.raises(ValueError, match='variant'):
     lap_eps8.get_config('rs_typo')
@@ -57,10 +57,10 @@ def test_feature_difference_recipes():
   mep = fgsm_mep.get_config()   # jiaxiaojunQAQ/FGSM-PGI FGSM_MEP.py defaults
   assert (mep.model.name, mep.num_epochs, mep.optim.schedule, mep.optim.lr_max) == (
       'resnet18', 110, 'multistep', 0.1)
-  assert tuple(mep.optim.milestones) == (100, 105) and mep.method.mep_reset_every == 40
+  assert tuple(mep.optim.milestones) == (100, 105) and mep.method.mep.reset_every == 40
   method = resolve_method(mep.method, mep.eps)
   assert method.attack.alpha == method.attack.eps == 8 / 255 and method.stable is None
-  assert fgsm_mep.get_config('cifar100').method.mep_reset_every == 10
+  assert fgsm_mep.get_config('cifar100').method.mep.reset_every == 10
   c = fd.get_config('cifar100_eps14_a400')
   method = resolve_method(c.method, c.eps)
   assert (c.data.name, c.eps, c.eval.eps) == ('cifar100', 14 / 255, 16 / 255)
@@ -99,8 +99,8 @@ def test_aaer_wrn_recipes_change_only_the_network():
       c.model = ref.model
       assert c == ref
   c = aaer_cifar100_wrn_eps8.get_config('rs')
-  assert (c.data.name, c.eps, c.method.aaer_lambda1, c.method.aaer_lambda2,
-          c.method.aaer_lambda3) == ('cifar100', 8 / 255, 1.0, 3.5, 1.5)
+  assert (c.data.name, c.eps, c.method.aaer.lambda1, c.method.aaer.lambda2,
+          c.method.aaer.lambda3) == ('cifar100', 8 / 255, 1.0, 3.5, 1.5)
   assert resolve_method(c.method, c.eps).aaer is not None
   model = build_model(c.model, DATASET_INFOS['cifar100'])
   params = jax.eval_shape(model.init, jax.random.key(0))[0]

@@ -78,7 +78,7 @@ def elle_step(model, method, key):
 
 def test_elle_step_equals_the_official_sequence(tiny):
   model, ts, images, labels, indices = tiny
-  method = resolve_method(method_config('elle', elle_lambda=100.0), EPS)
+  method = resolve_method(method_config('elle', elle=dict(lam=100.0)), EPS)
   key = jax.random.key(3)
   step = elle_step(model, method, key)
   ours, manual = ts, ts
@@ -99,7 +99,7 @@ def test_elle_step_equals_the_official_sequence(tiny):
 def test_elle_a_step_follows_the_official_adaptive_rule(tiny):
   model, ts, images, labels, indices = tiny
   # k = 0: a spike whenever the error exceeds the mean of the earlier ones, so both branches run.
-  method = resolve_method(method_config('elle_a', elle_lambda=50.0, elle_sensitivity=0.0), EPS)
+  method = resolve_method(method_config('elle_a', elle=dict(lam=50.0, sensitivity=0.0)), EPS)
   key = jax.random.key(4)
   step = elle_step(model, method, key)
   ours = ts._replace(regularizer_state=init_regularizer_state(method))
@@ -144,12 +144,12 @@ def test_elle_resolution_and_composition():
                                                                           8 / 255)
   a = resolve_method(method_config('elle_a'), 8 / 255).elle
   assert (a.lam, a.adaptive, a.decay, a.sensitivity) == (4000.0, True, 0.99, 2.0)
-  n = resolve_method(method_config('n_fgsm', elle_lambda=100.0, elle_adaptive=True), 8 / 255)
+  n = resolve_method(method_config('n_fgsm', elle=dict(lam=100.0, adaptive=True)), 8 / 255)
   assert n.elle.adaptive and n.elle.lam == 100.0 and n.attack.init_scale == 2.0
   assert init_regularizer_state(n).keys() == {'ELLE'}
   assert init_regularizer_state(e) == {}
-  with pytest.raises(ValueError, match='elle_decay'):
-    resolve_method(method_config('elle', elle_decay=1.5), 8 / 255)
+  with pytest.raises(ValueError, match='elle.decay'):
+    resolve_method(method_config('elle', elle=dict(decay=1.5)), 8 / 255)
 
 
 def test_configs_select_elle_and_elle_a():

@@ -234,29 +234,31 @@ def test_co_loss_sign_and_bound():
 
 def feature_config(**fields):
   c = default_config().method
-  for k, v in fields.items():
-    c[k] = v
+  c.update(fields)
   return c
 
 
 def test_methods_resolve(tmp_path):
   fd = resolve_method(feature_config(name='fd'), EPS)
   assert fd.mep is not None and (fd.stable.alpha3, fd.stable.node) == (200.0, 'B')
-  fgsm = resolve_method(feature_config(name='fgsm', stable_alpha3=100.0), EPS)
+  fgsm = resolve_method(feature_config(name='fgsm', stable=dict(alpha3=100.0)), EPS)
   assert fgsm.stable.alpha3 == 100.0 and fgsm.attack.init == 'zero' and fgsm.mep is None
-  with pytest.raises(ValueError, match='co_tact_file'):
+  with pytest.raises(ValueError, match='co.tact_file'):
     resolve_method(feature_config(name='induce_co'), EPS)
   with pytest.raises(FileNotFoundError, match='--mode=analyze'):
-    resolve_method(feature_config(name='induce_co', co_tact_file=str(tmp_path / 'no.npz')), EPS)
+    missing = str(tmp_path / 'no.npz')
+    resolve_method(feature_config(name='induce_co', co=dict(tact_file=missing)), EPS)
   path = str(tmp_path / 'tact.npz')
   np.savez(path, A=np.zeros(4), B=np.array([0.1, 0.9, 0.5, 0.95, 0.2, 0.3, 0.4, 0.0, 0.6, 0.7]))
-  co = resolve_method(feature_config(name='induce_co', co_tact_file=path, co_percent=20.0), EPS).co
+  co = resolve_method(feature_config(name='induce_co', co=dict(tact_file=path, percent=20.0)),
+                      EPS).co
   assert co.channels == (1, 3) and co.num_channels == 10 and co.saturation == 0.0
   np.testing.assert_array_equal(co.indicator(), np.eye(10)[[1, 3]].sum(0))
   with pytest.raises(ValueError, match='only one'):
-    resolve_method(feature_config(name='fgsm', co_tact_file=path, stable_alpha3=200.0), EPS)
+    resolve_method(feature_config(name='fgsm', co=dict(tact_file=path),
+                                  stable=dict(alpha3=200.0)), EPS)
   with pytest.raises(ValueError, match="no T_act of node 'C'"):
-    resolve_method(feature_config(name='fgsm', co_tact_file=path, feature_node='C'), EPS)
+    resolve_method(feature_config(name='fgsm', co=dict(tact_file=path, node='C')), EPS)
 
 
 def tiny_cnn():
@@ -270,8 +272,8 @@ def test_fgsm_step_with_feature_loss_differentiates_through_both_forwards(compon
   model, ts = tiny_cnn()
   path = str(tmp_path / 'tact.npz')
   np.savez(path, B=np.array([0.1, 0.9, 0.3, 0.2]))
-  fields = ({'stable_alpha3': 200.0} if component == 'stable' else
-            {'co_tact_file': path, 'co_percent': 25.0})
+  fields = ({'stable': dict(alpha3=200.0)} if component == 'stable' else
+            {'co': dict(tact_file=path, percent=25.0)})
   method = resolve_method(feature_config(name='fgsm', **fields), EPS)
   schedule = optim.Schedule('constant', lr_max=0.1, total_steps=4, steps_per_epoch=2)
   step = jax.jit(make_train_step(model, method, schedule, weight_decay=5e-4, augment_mode='none',
@@ -326,7 +328,7 @@ def test_co_gradient_is_the_base_ce_gradient_plus_the_co_gradient(tmp_path):
   model, ts = tiny_cnn()
   path = str(tmp_path / 'tact.npz')
   np.savez(path, B=np.array([0.1, 0.2, 0.9, 0.3]))
-  method = resolve_method(feature_config(name='fgsm', co_tact_file=path, co_percent=25.0), EPS)
+  method = resolve_method(feature_config(name='fgsm', co=dict(tact_file=path, percent=25.0)), EPS)
   schedule = optim.Schedule('constant', lr_max=0.1, total_steps=4, steps_per_epoch=2)
   step = make_train_step(model, method, schedule, weight_decay=0.0, augment_mode='none',
                          key=jax.random.key(1))

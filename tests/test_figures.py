@@ -43,8 +43,8 @@ def saved_figures(tmp_path_factory):
   root = tmp_path_factory.mktemp('figures')
   data_dir = write_idx_dir(str(root / 'fmnist'), n_train=64, n_test=16)
   config = tiny_config(data_dir, method='lap', **{
-      'method.lap_beta': 0.01, 'method.aaer_lambda1': 1.0, 'method.aaer_lambda2': 1.5,
-      'method.aaer_lambda3': 0.15, 'method.gradalign_lambda': 0.2})
+      'method.lap.beta': 0.01, 'method.aaer.lambda1': 1.0, 'method.aaer.lambda2': 1.5,
+      'method.aaer.lambda3': 0.15, 'method.gradalign.lam': 0.2})
   workdir = str(root / 'runs' / 'composed')
   train_and_evaluate(config, workdir)
   other = str(root / 'runs' / 'with_vact')

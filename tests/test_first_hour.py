@@ -162,7 +162,7 @@ def test_hints_name_the_command_where_the_user_is(tmp_path, monkeypatch):
   monkeypatch.setattr(shutil, 'which', lambda name: None)
   command = '/opt/env/bin/fat-jax-train'
   method = default_config().method
-  method.name, method.co_tact_file = 'induce_co', ''
+  method.name, method.co.tact_file = 'induce_co', ''
   assert convert.evaluate_command('W').startswith(f'{command} --config=configs/from_workdir.py:W')
   with pytest.raises(FileNotFoundError, match=f'{command} --mode=train'):
     Run(str(tmp_path), 'none', default_config()).restore()

@@ -11,7 +11,7 @@ the commit message:
 
 The step runs with crops and flips (per-example state on the padded canvas), a cyclic
 schedule whose first step has lr = 0 and two steps per epoch, so that FGSM-MEP's prior is
-reset once (`mep_reset_every` = 1) and ATAS's adaptive step starts at step 2.
+reset once (`mep.reset_every` = 1) and ATAS's adaptive step starts at step 2.
 """
 from __future__ import annotations
 
@@ -34,29 +34,31 @@ from fat_jax.models import build_model
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'golden')
 EPS, WD, STEPS, BATCH = 0.1, 5e-4, 3, 8
 TACT = np.array([0.1, 0.9, 0.3, 0.5], np.float32)  # T_act of node B (4 channels): C_p = {1, 3}
-AAER = dict(aaer_lambda1=1.0, aaer_lambda2=1.5, aaer_lambda3=0.15)
-MEP = dict(mep_reset_every=1)
+AAER = dict(aaer=dict(lambda1=1.0, lambda2=1.5, lambda3=0.15))
+MEP = dict(mep=dict(reset_every=1))
 # case → (method name, config fields). Multi-step attacks take 3 steps to keep compiling fast.
 CASES = {
     'fgsm': ('fgsm', {}),
     'fgsm_rs': ('fgsm_rs', {}),
     'n_fgsm': ('n_fgsm', {}),
     'gradalign': ('gradalign', {}),
-    'lap': ('lap', dict(lap_beta=0.5)),
+    'lap': ('lap', dict(lap=dict(beta=0.5))),
     'aaer': ('aaer', AAER),
     'fgsm_mep': ('fgsm_mep', MEP),
     'fd': ('fd', MEP),
-    'induce_co': ('induce_co', dict(MEP, co_percent=50.0)),
+    'induce_co': ('induce_co', dict(MEP, co=dict(percent=50.0))),
     'zerograd': ('zerograd', {}),
-    'atas': ('atas', dict(atas_warmup_epochs=1)),
+    'atas': ('atas', dict(atas=dict(warmup_epochs=1))),
     'pgd_at': ('pgd_at', dict(steps=3)),
     'trades': ('trades', dict(steps=3)),
     'mart': ('mart', dict(steps=3)),
-    'dart': ('dart', dict(steps=3, dart_control_epochs=2.0)),   # c_t 0.5/0.5/0.25, step 3 weighted
+    # c_t 0.5/0.5/0.25, step 3 weighted
+    'dart': ('dart', dict(steps=3, dart=dict(control_epochs=2.0))),
     'mma': ('mma', dict(steps=3)),
-    'n_fgsm_lap_aaer': ('n_fgsm', dict(AAER, lap_beta=0.5)),
-    'pgd_at_awp': ('pgd_at', dict(steps=3, awp_gamma=0.01, robust_overfitting_forwards=True)),
-    'trades_awp': ('trades', dict(steps=3, awp_gamma=0.005)),
+    'n_fgsm_lap_aaer': ('n_fgsm', dict(AAER, lap=dict(beta=0.5))),
+    'pgd_at_awp': ('pgd_at', dict(steps=3, awp=dict(gamma=0.01),
+                                    robust_overfitting_forwards=True)),
+    'trades_awp': ('trades', dict(steps=3, awp=dict(gamma=0.005))),
 }
 
 
@@ -70,10 +72,9 @@ def method_of(case: str, tact_file: str):
   name, fields = CASES[case]
   c = default_config().method
   c.name = name
-  for k, v in fields.items():
-    c[k] = v
+  c.update(fields)
   if name == 'induce_co':
-    c.co_tact_file = tact_file
+    c.co.tact_file = tact_file
   return resolve_method(c, EPS)
 
 

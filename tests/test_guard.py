@@ -195,8 +195,9 @@ def test_impossible_guards_are_refused_naming_both_parts(method, fields, match):
 
 def test_guard_values_scale_and_switch_the_method():
   assert resolve_guard(default_config().guard, resolve_method(method_config('fgsm'), 0.1)) is None
-  m = resolve_method(method_config('n_fgsm', lap_beta=0.01, aaer_lambda1=1.0, aaer_lambda2=1.5,
-                                   aaer_lambda3=0.15, gradalign_lambda=0.2), 0.1)
+  m = resolve_method(method_config('n_fgsm', lap=dict(beta=0.01),
+                                   aaer=dict(lambda1=1.0, lambda2=1.5, lambda3=0.15),
+                                   gradalign=dict(lam=0.2)), 0.1)
   half = scaled_method(m, 0.5)
   assert (half.lap.beta, half.aaer.lambda1, half.gradalign.lam) == (0.005, 0.5, 0.1)
   assert half.aaer.lambda2 == 1.5 and half.attack == m.attack
@@ -289,7 +290,7 @@ def test_rollback_restores_the_state_of_the_check_before_the_trigger(tiny, tmp_p
 
 
 def test_resuming_replays_the_detectors_values_the_scale_and_the_switch(tiny, tmp_path):
-  method = resolve_method(method_config('fgsm', gradalign_lambda=0.2), EPS)
+  method = resolve_method(method_config('fgsm', gradalign=dict(lam=0.2)), EPS)
   model, _, build, _ = tiny_run(tiny, method, 0)
   batch = (np.zeros((4, 28, 28, 1), np.float32), np.zeros((4,), np.int32))
   make = lambda records, **fields: co_guard.GuardedStep(
@@ -307,7 +308,7 @@ def test_resuming_replays_the_detectors_values_the_scale_and_the_switch(tiny, tm
 
 
 def test_adaptive_scale_is_a_traced_weight_of_the_same_step(tiny, tmp_path):
-  method = resolve_method(method_config('fgsm', gradalign_lambda=0.2), EPS)
+  method = resolve_method(method_config('fgsm', gradalign=dict(lam=0.2)), EPS)
   gs, ts, build, batches = guarded(tiny, method, 1, tmp_path, node='A', policy='adaptive')
   gs.scale = 0.5
   ts_guarded, metrics = gs(fresh(ts), *batches[0])
@@ -446,7 +447,7 @@ def test_guarded_runs_resume_bit_exactly(data_dir, tmp_path, monkeypatch):
   rollback = tiny_config(data_dir, 'fgsm', **RESUME, **{
       'guard.policy': 'rollback', 'guard.rollback_checks': 2, 'guard.snapshots': 2})
   adaptive = tiny_config(data_dir, 'fgsm', **RESUME, **{
-      'guard.policy': 'adaptive', 'guard.decay': 0.5, 'method.gradalign_lambda': 0.2})
+      'guard.policy': 'adaptive', 'guard.decay': 0.5, 'method.gradalign.lam': 0.2})
   for name, config, counts, cuts in (('rollback', rollback, {4}, (1, 2)),
                                      ('adaptive', adaptive, {2, 5}, (1,))):
     trigger_at(monkeypatch, counts)

@@ -67,11 +67,11 @@ ALLOWED = {
     'run.co_guard': ('methods', 'run.run_log'),
     # A run directory as one value.
     'run.runs': ('config', 'data', 'errors', 'evaluate', 'methods', 'models', 'optim', 'recipes',
-                 'run.checkpoint', 'run.run_log'),
+                 'run.checkpoint', 'run.run_config', 'run.run_log'),
     # The loop, the analyses of a checkpoint, conversion.
     'run.train': ('analysis.diagnostics', 'config', 'data', 'evaluate', 'methods', 'models',
                   'optim', 'parallel', 'run.checkpoint', 'run.co_guard', 'run.divergence',
-                  'run.run_log', 'run.tensorboard_log', 'run.workdir_lock', 'validation'),
+                  'run.run_config', 'run.run_log', 'run.tensorboard_log', 'run.workdir_lock', 'validation'),
     'analysis.noise_eval': ('attacks', 'evaluate', 'methods', 'run.run_log', 'run.runs'),
     'analysis.feature_analysis': ('attacks', 'losses', 'methods', 'run.run_log', 'run.runs'),
     'formats.convert': ('config', 'data', 'errors', 'formats.torch_file', 'methods', 'models',
@@ -93,7 +93,7 @@ ALLOWED = {
                        'parallel', 'reports.aggregate', 'reports.figures', 'reports.summary',
                        'run.run_log', 'run.runs', 'run.tensorboard_log'),
     # The launcher.
-    'launch': ('analysis.evaluators', 'configs', 'errors', 'parallel', 'reports.report',
+    'launch': ('analysis.evaluators', 'config', 'configs', 'errors', 'parallel', 'reports.report',
                'reports.summary', 'run.run_config', 'run.runs', 'run.train', 'validation'),
 }
 ROOT_ENTRY = '__init__'

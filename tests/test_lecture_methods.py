@@ -47,8 +47,8 @@ def test_dart_resolves_to_the_official_settings():
   assert dart.attack == DynamicAttack(EPS, EPS / 4, steps=10, c_max=0.5, control_epochs=100.0,
                                       min_steps=1, train_bn=False)
   assert dart.objective == CrossEntropy()
-  with pytest.raises(ValueError, match='dart_control_epochs'):
-    resolve_method(config('dart', dart_control_epochs=0.0), EPS)
+  with pytest.raises(ValueError, match='dart.control_epochs'):
+    resolve_method(config('dart', dart=dict(control_epochs=0.0)), EPS)
   with pytest.raises(ValueError, match='attack_loss'):
     resolve_method(config('dart', attack_loss='kl'), EPS)
 
@@ -184,12 +184,13 @@ def test_the_dart_step_logs_the_weighted_loss_from_epoch_1_and_the_plain_ce_befo
 
 def test_dart_weighting_is_a_config_value_and_refused_with_another_objective():
   assert resolve_method(config('dart'), EPS).attack.weighting == 'ce'
-  assert resolve_method(config('dart', dart_weighting='none'), EPS).attack.weighting == 'none'
-  with pytest.raises(ValueError, match='dart_weighting'):
-    resolve_method(config('dart', dart_weighting='sum'), EPS)
-  with pytest.raises(ValueError, match="dart_weighting='none'"):
-    resolve_method(config('dart', trades_beta=6.0), EPS)
-  trades_points = resolve_method(config('dart', trades_beta=6.0, dart_weighting='none'), EPS)
+  assert resolve_method(config('dart', dart=dict(weighting='none')), EPS).attack.weighting == 'none'
+  with pytest.raises(ValueError, match='dart.weighting'):
+    resolve_method(config('dart', dart=dict(weighting='sum')), EPS)
+  with pytest.raises(ValueError, match="dart.weighting='none'"):
+    resolve_method(config('dart', trades=dict(beta=6.0)), EPS)
+  trades_points = resolve_method(config('dart', trades=dict(beta=6.0), dart=dict(weighting='none')),
+                                 EPS)
   assert trades_points.objective == TRADES(6.0)
   model = tiny_model()
   _, m = one_step(model, Method('dart', DynamicAttack(EPS, EPS / 4, steps=3, weighting='none')))
@@ -200,7 +201,7 @@ def test_mma_is_its_own_objective_chosen_by_name():
   mma = resolve_method(config('mma'), EPS)
   assert mma.objective == MMA() and mma.attack == PGDAttack(EPS, EPS / 4, steps=10)
   with pytest.raises(ValueError, match='one training objective'):
-    resolve_method(config('mma', trades_beta=6.0), EPS)
+    resolve_method(config('mma', trades=dict(beta=6.0)), EPS)
   rng = np.random.default_rng(1)
   clean, adv = (jnp.asarray(rng.normal(size=(6, 10)), jnp.float32) for _ in range(2))
   labels = jnp.asarray(rng.integers(0, 10, 6))

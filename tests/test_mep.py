@@ -40,15 +40,14 @@ def test_prior_guided_step_by_hand():
 def mep_config(**fields):
   c = default_config().method
   c.name = 'fgsm_mep'
-  for k, v in fields.items():
-    c[k] = v
+  c.update(fields)
   return c
 
 
 def tiny_problem():
   cfg = ml_collections.ConfigDict(dict(name='cnn', width=4, depth=2, batchnorm=True))
   model = build_model(cfg, DATASET_INFOS['fashion_mnist'])
-  method = resolve_method(mep_config(mep_reset_every=2), EPS)
+  method = resolve_method(mep_config(mep=dict(reset_every=2)), EPS)
   examples = init_examples(method, 12, (28, 28, 1))
   state = init_train_state(model, jax.random.key(0), examples)
   k1, k2 = jax.random.split(jax.random.key(1))

@@ -29,21 +29,21 @@ CO = LCo(channels=(1,), num_channels=4)
 def config(name, **fields):
   c = default_config().method
   c.name = name
-  for k, v in fields.items():
-    c[k] = v
+  c.update(fields)
   return c
 
 
 def test_a_method_composed_in_python_equals_the_resolved_config():
   composed = Method('n_fgsm', FGSM, CrossEntropy(), (AAER(1.0, 1.5, 0.15), GradAlign(0.2)),
                     LAP(0.5))
-  resolved = resolve_method(config('n_fgsm', lap_beta=0.5, aaer_lambda1=1.0, aaer_lambda2=1.5,
-                                   aaer_lambda3=0.15, gradalign_lambda=0.2), EPS)
+  resolved = resolve_method(config('n_fgsm', lap=dict(beta=0.5),
+                                   aaer=dict(lambda1=1.0, lambda2=1.5, lambda3=0.15),
+                                   gradalign=dict(lam=0.2)), EPS)
   assert composed == resolved and hash(composed) == hash(resolved)
   assert resolved.lap == LAP(0.5) and resolved.awp is None and resolved.gradalign.lam == 0.2
   zerograd = resolve_method(config('zerograd'), EPS)
   assert zerograd.attack == FGSMAttack(EPS, 2 * EPS, init='uniform', zerograd=ZeroGrad(0.35))
-  trades = resolve_method(config('trades', awp_gamma=0.005), EPS)
+  trades = resolve_method(config('trades', awp=dict(gamma=0.005)), EPS)
   assert isinstance(trades.attack, KLAttack) and trades.objective == TRADES(6.0)
   assert trades.weights == AWP(0.005)
   mep = resolve_method(config('fgsm_mep'), EPS)
@@ -70,15 +70,15 @@ def test_impossible_compositions_are_refused_naming_both_parts(build, names):
 
 
 @pytest.mark.parametrize('fields, names', [
-    (dict(name='fgsm_mep', mart_beta=5.0), ('FGSM-MEP', 'MART')),
-    (dict(name='n_fgsm', lap_beta=0.1, awp_gamma=0.01), ('LAP', 'AWP')),
-    (dict(name='pgd_at', zerograd_q=0.35), ('ZeroGrad', 'single-step')),
+    (dict(name='fgsm_mep', mart=dict(beta=5.0)), ('FGSM-MEP', 'MART')),
+    (dict(name='n_fgsm', lap=dict(beta=0.1), awp=dict(gamma=0.01)), ('LAP', 'AWP')),
+    (dict(name='pgd_at', zerograd=dict(q=0.35)), ('ZeroGrad', 'single-step')),
     (dict(name='fgsm_mep', steps=3), ('FGSM-MEP', 'steps=3')),
 ])
 def test_the_config_resolution_refuses_them_too(fields, names, tmp_path):
-  if fields.get('co_tact_file'):
-    fields['co_tact_file'] = str(tmp_path / 'tact.npz')
-    np.savez(fields['co_tact_file'], B=np.array([0.1, 0.9, 0.3, 0.2]))
+  if fields.get('co', {}).get('tact_file'):
+    fields['co']['tact_file'] = str(tmp_path / 'tact.npz')
+    np.savez(fields['co']['tact_file'], B=np.array([0.1, 0.9, 0.3, 0.2]))
   with pytest.raises(ValueError) as error:
     resolve_method(config(**fields), EPS)
   for name in names:
@@ -86,12 +86,14 @@ def test_the_config_resolution_refuses_them_too(fields, names, tmp_path):
 
 
 @pytest.mark.parametrize('fields, unread', [
-    (dict(name='fgsm', lap_gamma=0.5, mep_lambda=3.0), ['lap_gamma', 'mep_lambda']),
-    (dict(name='n_fgsm', lap_beta=0.01, lap_gamma=0.5), []),
-    (dict(name='pgd_at', project=False, awp_warmup_epochs=2), ['awp_warmup_epochs', 'project']),
-    (dict(name='atas', init_scale=2.0, atas_c=0.02), ['init_scale']),
-    (dict(name='fgsm', co_percent=5.0, feature_node='A'), ['feature_node', 'co_percent']),
-    (dict(name='fd', feature_node='A', elle_decay=0.9), ['elle_decay']),
+    (dict(name='fgsm', lap=dict(gamma=0.5), mep=dict(lam=3.0)), ['lap.gamma', 'mep.lam']),
+    (dict(name='n_fgsm', lap=dict(beta=0.01, gamma=0.5)), []),
+    (dict(name='pgd_at', project=False, awp=dict(warmup_epochs=2)),
+     ['awp.warmup_epochs', 'project']),
+    (dict(name='atas', init_scale=2.0, atas=dict(c=0.02)), ['init_scale']),
+    (dict(name='fgsm', stable=dict(node='A'), co=dict(percent=5.0, node='A')),
+     ['stable.node', 'co.node', 'co.percent']),
+    (dict(name='fd', stable=dict(node='A'), elle=dict(decay=0.9)), ['elle.decay']),
 ])
 def test_a_field_no_component_reads_is_named(fields, unread):
   c = config(**fields)
@@ -102,8 +104,8 @@ def test_a_field_no_component_reads_is_named(fields, unread):
 
 def test_training_refuses_a_field_no_component_reads(tmp_path):
   c = default_config()
-  c.method.name, c.method.lap_gamma = 'fgsm', 0.5
-  with pytest.raises(ConfigError, match=r'method.lap_gamma=0.5 does nothing without LAP'):
+  c.method.name, c.method.lap.gamma = 'fgsm', 0.5
+  with pytest.raises(ConfigError, match=r'method.lap.gamma=0.5 does nothing without LAP'):
     train_and_evaluate(c, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run' / 'config.json')
 

@@ -36,13 +36,13 @@ tact_file = tempfile.mkdtemp() + '/tact.npz'
 np.savez(tact_file, B=np.linspace(0.0, 1.0, channels.shape[-1]))
 # Every method with the fields it needs beyond its defaults (not the published values), and AWP.
 CASES = {name: dict(name=name) for name in METHOD_DEFAULTS}
-CASES['lap'].update(lap_beta=0.03)
-CASES['aaer'].update(aaer_lambda1=1.0, aaer_lambda2=2.5, aaer_lambda3=1.5)
-CASES['induce_co'].update(co_tact_file=tact_file, co_percent=50.0)
+CASES['lap'].update(lap=dict(beta=0.03))
+CASES['aaer'].update(aaer=dict(lambda1=1.0, lambda2=2.5, lambda3=1.5))
+CASES['induce_co'].update(co=dict(tact_file=tact_file, percent=50.0))
 # ELLE's published λ (1000) scales the rounding of its error past the tolerance.
-CASES['elle'].update(elle_lambda=10.0)
-CASES['elle_a'].update(elle_lambda=10.0)
-CASES['awp_trades'] = dict(name='trades', awp_gamma=0.005)
+CASES['elle'].update(elle=dict(lam=10.0))
+CASES['elle_a'].update(elle=dict(lam=10.0))
+CASES['awp_trades'] = dict(name='trades', awp=dict(gamma=0.005))
 # TRADES' official start x + 0.001·N(0, I) makes the first KL gradients rounding noise, whose
 # signs change with the order of the reductions; a uniform start runs the same computation on
 # gradients that mean something.
@@ -56,8 +56,7 @@ meshes = {1: make_data_mesh(jax.devices()[:1]), 8: make_data_mesh()}
 
 def run(name, devices, steps):
   c = default_config().method
-  for k, v in CASES[name].items():
-    c[k] = v
+  c.update(CASES[name])
   method = resolve_method(c, eps)
   mesh = meshes[devices]
   examples = init_examples(method, n, stored_frame_shape(info.image_shape, 'crop'))

@@ -41,8 +41,8 @@ def run(tmp_path_factory):
   root = tmp_path_factory.mktemp('report')
   data_dir = write_idx_dir(str(root / 'fmnist'), n_train=64, n_test=16)
   config = tiny_config(data_dir, method='lap', report=True, **{
-      'method.lap_beta': 0.01, 'method.aaer_lambda1': 1.0, 'method.aaer_lambda2': 1.5,
-      'method.aaer_lambda3': 0.15, 'method.gradalign_lambda': 0.2})
+      'method.lap.beta': 0.01, 'method.aaer.lambda1': 1.0, 'method.aaer.lambda2': 1.5,
+      'method.aaer.lambda3': 0.15, 'method.gradalign.lam': 0.2})
   workdir = str(root / 'runs' / 'composed')
   train_and_evaluate(config, workdir)
   report.write_end_of_run_report(config, workdir)  # what launch.py does after training

@@ -22,10 +22,10 @@ from tests.fixtures import write_idx_dir
 from tests.test_train import tiny_config
 
 DEFAULT = ('fgsm_mep', 'atas', 'trades', 'induce_co')
-FIELDS = {'lap': {'method.lap_beta': 0.01},
-          'aaer': {'method.aaer_lambda1': 1.0, 'method.aaer_lambda2': 1.5,
-                   'method.aaer_lambda3': 0.15},
-          'atas': {'method.atas_warmup_epochs': 0},
+FIELDS = {'lap': {'method.lap.beta': 0.01},
+          'aaer': {'method.aaer.lambda1': 1.0, 'method.aaer.lambda2': 1.5,
+                   'method.aaer.lambda3': 0.15},
+          'atas': {'method.atas.warmup_epochs': 0},
           'pgd_at': {'method.steps': 2}, 'trades': {'method.steps': 2},
           'mart': {'method.steps': 2}, 'dart': {'method.steps': 2},
           'mma': {'method.steps': 2}}
@@ -42,7 +42,7 @@ def root(tmp_path_factory):
 def tiny_run(root, name: str) -> str:
   fields = dict(FIELDS.get(name, {}))
   if name == 'induce_co':
-    fields['method.co_tact_file'] = str(root / 'tact.npz')
+    fields['method.co.tact_file'] = str(root / 'tact.npz')
   config = tiny_config(str(root / 'fmnist'), method=name, num_epochs=1, **fields)
   config.eval.n = config.eval.monitor_n = config.eval.batch_size = 8
   config.eval.pgd_steps = config.eval.monitor_pgd_steps = 1

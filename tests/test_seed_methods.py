@@ -29,16 +29,15 @@ def test_lap_layer_factors_match_the_published_table():
 def method_config(name, **fields):
   c = default_config().method
   c.name = name
-  for k, v in fields.items():
-    c[k] = v
+  c.update(fields)
   return c
 
 
 @pytest.mark.parametrize('fields, match', [
-    (dict(name='lap'), 'lap_beta'),
-    (dict(name='aaer'), 'aaer_lambda'),
-    (dict(name='n_fgsm', aaer_lambda1=1.0), 'all of'),
-    (dict(name='pgd_at', lap_beta=0.1), 'single-step'),
+    (dict(name='lap'), 'lap.beta'),
+    (dict(name='aaer'), 'aaer.lambda'),
+    (dict(name='n_fgsm', aaer=dict(lambda1=1.0)), 'all of'),
+    (dict(name='pgd_at', lap=dict(beta=0.1)), 'single-step'),
 ])
 def test_incomplete_or_incompatible_components_are_rejected(fields, match):
   with pytest.raises(ValueError, match=match):
@@ -46,8 +45,8 @@ def test_incomplete_or_incompatible_components_are_rejected(fields, match):
 
 
 def test_components_compose_and_gradalign_lambda_rule():
-  m = resolve_method(method_config('n_fgsm', lap_beta=0.001, aaer_lambda1=1.0, aaer_lambda2=1.5,
-                                   aaer_lambda3=0.15), 8 / 255)
+  m = resolve_method(method_config('n_fgsm', lap=dict(beta=0.001),
+                                   aaer=dict(lambda1=1.0, lambda2=1.5, lambda3=0.15)), 8 / 255)
   assert m.lap.beta == 0.001 and m.aaer.lambda3 == 0.15 and m.gradalign is None
   assert m.attack.init_scale == 2.0 and not m.attack.project
   g = resolve_method(method_config('gradalign'), 16 / 255)
@@ -110,7 +109,7 @@ def manual_lap_step(model, ts, images, labels, key, *, eps, beta, gamma, schedul
 def test_lap_step_equals_the_manual_sequence_and_accumulates(tiny):
   model, ts, images, labels, indices = tiny
   eps, beta, gamma, wd = 0.1, 0.5, 0.3, 5e-4
-  method = resolve_method(method_config('lap', lap_beta=beta, lap_gamma=gamma), eps)
+  method = resolve_method(method_config('lap', lap=dict(beta=beta, gamma=gamma)), eps)
   schedule = optim.Schedule('cyclic', lr_max=0.2, total_steps=40, steps_per_epoch=10)
   key = jax.random.key(5)
   step = jax.jit(make_train_step(model, method, schedule, weight_decay=wd, augment_mode='none',
@@ -144,7 +143,7 @@ def test_lap_and_awp_take_any_optax_optimiser(tiny):
     return jax.jit(make_train_step(model, method, schedule, tx=tx, augment_mode='none',
                                    key=key))(ts, images, labels, indices)
 
-  after, metrics = step(resolve_method(method_config('lap', lap_beta=beta, lap_gamma=gamma), eps))
+  after, metrics = step(resolve_method(method_config('lap', lap=dict(beta=beta, gamma=gamma)), eps))
   # By hand: N-FGSM's start point, AdamW's update there as the LAP direction, the step at the
   # perturbed weights from the same AdamW state.
   _, init_key, _ = jax.random.split(jax.random.fold_in(key, ts.step), 3)
@@ -172,7 +171,7 @@ def test_lap_and_awp_take_any_optax_optimiser(tiny):
   plain = step(resolve_method(method_config('n_fgsm'), eps))[0]
   assert not np.allclose(plain.params['conv0']['kernel'], after.params['conv0']['kernel'])
   # AWP on N-FGSM with AdamW: one Adam update, taken at w + v.
-  awp, metrics = step(resolve_method(method_config('n_fgsm', awp_gamma=0.01), eps))
+  awp, metrics = step(resolve_method(method_config('n_fgsm', awp=dict(gamma=0.01)), eps))
   assert float(metrics['awp_norm']) > 0 and int(awp.opt_state[0].count) == 1
   assert not np.allclose(plain.params['conv0']['kernel'], awp.params['conv0']['kernel'])
 

@@ -84,8 +84,8 @@ def test_same_seed_same_bits_and_resume_after_interruption(data_dir, tmp_path):
 def test_composed_method_trains_and_logs_component_statistics(data_dir, tmp_path):
   # N-FGSM init + AAER + GradAlign + LAP in one method.
   config = tiny_config(data_dir, method='lap', num_epochs=1, **{
-      'method.lap_beta': 0.01, 'method.aaer_lambda1': 1.0, 'method.aaer_lambda2': 1.5,
-      'method.aaer_lambda3': 0.15, 'method.gradalign_lambda': 0.2})
+      'method.lap.beta': 0.01, 'method.aaer.lambda1': 1.0, 'method.aaer.lambda2': 1.5,
+      'method.aaer.lambda3': 0.15, 'method.gradalign.lam': 0.2})
   train_and_evaluate(config, str(tmp_path))
   record = run_log.read_records(str(tmp_path))[0]
   assert 0.0 <= record['train_aaer_aae_fraction'] <= 1.0
@@ -104,7 +104,7 @@ def test_fields_added_since_the_run_started_do_not_block_resuming(data_dir, tmp_
   config = tiny_config(data_dir, num_epochs=1)
   train_and_evaluate(config, str(tmp_path))
   stored = run_log.read_json(str(tmp_path), run_log.CONFIG)
-  del stored['model']['dtype'], stored['method']['co_percent']  # as written by an older fat_jax
+  del stored['model']['dtype'], stored['method']['co']['percent']  # as written by an older fat_jax
   run_log.write_json(str(tmp_path), run_log.CONFIG, stored)
   train_and_evaluate(config, str(tmp_path))  # resumes (nothing left to train)
   config.model.dtype = 'bfloat16'  # a new field away from its default is a different run

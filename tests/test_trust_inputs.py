@@ -111,7 +111,7 @@ def test_the_validation_knows_the_suites_of_evaluate():
     ('eval.square_p_init', 0.0, r'eval.square_p_init=0.0 must be finite and in \(0, 1\]'),
     ('eval.eot_check_n', -1, r'eval.eot_check_n=-1 is negative: give a count ≥ 0 \(0 = off\)'),
     ('analysis.pgd_steps', 0, 'analysis.pgd_steps=0 must be positive'),
-    ('method.mep_label_smoothing', 1.5, r'method.mep_label_smoothing=1.5 must be finite and in '
+    ('method.mep.label_smoothing', 1.5, r'method.mep.label_smoothing=1.5 must be finite and in '
                                         r'\[0, 1\]'),
     ('seed', -1, r'seed=-1 is not a seed'),
 ])

@@ -189,7 +189,7 @@ def test_bad_sizes_fail_in_one_line():
 
 def test_tiny_vit_trains_one_epoch_of_the_lap_recipe(tmp_path):
   c = lap_vit_eps8.get_config('n')
-  assert (c.model.name, c.method.name, c.method.lap_beta, c.num_epochs) == (
+  assert (c.model.name, c.method.name, c.method.lap.beta, c.num_epochs) == (
       'vit_small', 'lap', 0.001, 30)
   c.data.dir = write_cifar10_dir(str(tmp_path / 'cifar'), n_train_per_batch=4, n_test=8)
   c.model.vit.update({**TINY, 'patch_size': 8})

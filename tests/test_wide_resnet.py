@@ -500,10 +500,10 @@ def test_official_wrn_recipe_values():
   from configs import (awp_pgd_at_eps8, awp_trades_eps8, lap_eps8, lap_wrn_eps8, mart_eps8,
                        trades_eps8)
   mart = mart_eps8.get_config()  # YisenWang/MART train_wideresnet.py
-  assert (mart.method.mart_beta, mart.num_epochs, mart.optim.lr_max, mart.optim.weight_decay,
+  assert (mart.method.mart.beta, mart.num_epochs, mart.optim.lr_max, mart.optim.weight_decay,
           tuple(mart.optim.milestones), mart.model.normalize) == (6.0, 76, 0.1, 2e-4, (74,), False)
   small = mart_eps8.get_config('resnet18')  # train_resnet.py
-  assert (small.method.mart_beta, small.num_epochs, small.optim.lr_max) == (None, 120, 0.01)
+  assert (small.method.mart.beta, small.num_epochs, small.optim.lr_max) == (None, 120, 0.01)
   assert not trades_eps8.get_config().model.normalize
   assert not awp_trades_eps8.get_config().model.normalize
   assert awp_pgd_at_eps8.get_config().model.normalize  # robust_overfitting normalises

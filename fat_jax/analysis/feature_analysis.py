@@ -302,7 +302,7 @@ def analyze_run(run: Run) -> dict:
 
   Settings from `config.analysis`; ε = `eval.eps` (None: the training ε). Writes
   ``analysis.json`` (settings, V_act, T_act, variances, the masking rows) and
-  ``tact.npz`` (node → T_act, for ``method.co_tact_file``).
+  ``tact.npz`` (node → T_act, for ``method.co.tact_file``).
   """
   config = run.config
   a = config.analysis

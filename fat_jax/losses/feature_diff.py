@@ -96,7 +96,7 @@ def co_loss(masked_logits: jax.Array, labels: jax.Array, adv: jax.Array, start: 
   unbounded below (nothing in the masked CE opposes it, and the scale of a
   BatchNorm before the node can grow it). With `saturation` = a each D_k is
   replaced by tanh(a·D_k)/a: equal to D_k for small differences, bounded by
-  1/a. A labelled deviation from Eq. 9 (config `method.co_saturation`).
+  1/a. A labelled deviation from Eq. 9 (config `method.co.saturation`).
 
   `masked_logits`: the logits of the forward at x + δ with the channels C_p of
   the node zeroed (``model.apply(..., masks={node: 1 − channels})``); `adv`,

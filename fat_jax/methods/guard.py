@@ -33,8 +33,8 @@ SWITCHES = {
     'fgsm_rs': dict(init='uniform', init_scale=1.0, alpha=1.25, project=True),
 }
 # The weighted terms `Adaptive` scales: (role, weight field, the config field that sets it).
-WEIGHTED_TERMS = (('ELLE', 'lam', 'elle_lambda'), ('AAER', 'lambda1', 'aaer_lambda1'),
-                  ('GradAlign', 'lam', 'gradalign_lambda'), ('LAP', 'beta', 'lap_beta'))
+WEIGHTED_TERMS = (('ELLE', 'lam', 'elle.lam'), ('AAER', 'lambda1', 'aaer.lambda1'),
+                  ('GradAlign', 'lam', 'gradalign.lam'), ('LAP', 'beta', 'lap.beta'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +143,8 @@ def _policy(c, method: Method):
           f"{', method.'.join(f for _, _, f in WEIGHTED_TERMS)}); method {method.name!r} has "
           'none: set one of them.')
     if method.elle is not None and method.elle.adaptive:
-      raise ValueError("guard.policy='adaptive' and ELLE-A (method.elle_adaptive) both set "
-                       "ELLE's λ; use ELLE (method.elle_adaptive=False) under the guard.")
+      raise ValueError("guard.policy='adaptive' and ELLE-A (method.elle.adaptive) both set "
+                       "ELLE's λ; use ELLE (method.elle.adaptive=False) under the guard.")
     return Adaptive(float(c.decay))
   if c.policy == 'rollback':
     if c.switch not in SWITCHES:

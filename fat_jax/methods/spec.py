@@ -13,8 +13,8 @@ perturbation (the values of `methods.training_attacks`, `methods.objectives`,
 | `gradalign` | zero          | 1.25   | yes | 1     | train | GradAlign, λ = 0.02·10^(ε·255/8) |
 | `elle`      | zero          | 1.0    | yes | 1     | train | ELLE, λ of `losses.elle` (§)     |
 | `elle_a`    | zero          | 1.0    | yes | 1     | train | ELLE-A, λ_max = 4000 (§)         |
-| `lap`       | uniform (2)   | 1.0    | no  | 1     | train | LAP (needs `lap_beta`)           |
-| `aaer`      | uniform (2)   | 1.0    | no  | 1     | train | AAER (needs `aaer_lambda1..3`)   |
+| `lap`       | uniform (2)   | 1.0    | no  | 1     | train | LAP (needs `lap.beta`)           |
+| `aaer`      | uniform (2)   | 1.0    | no  | 1     | train | AAER (needs `aaer.lambda1..3`)   |
 | `fgsm_mep`  | prior         | 1.0    | yes | 1     | train | FGSM-MEP loss                    |
 | `fd`        | prior         | 1.0    | yes | 1     | train | FGSM-MEP loss + L_stable (α3 200)|
 | `induce_co` | prior         | 1.0    | yes | 1     | train | FGSM-MEP loss + L_co (tact file) |
@@ -27,18 +27,19 @@ perturbation (the values of `methods.training_attacks`, `methods.objectives`,
 | `mma`       | uniform (1)   | 0.25   | yes | 10    | train | MMA loss (lecture form)          |
 
 † 0.007·255/8: a step of 0.007 at ε = 8/255 (the official code: 0.007 at ε = 0.031).
-‡ c_t = max(c_max − c_max·t/T', 0) at 0-based epoch t, `dart_c_max` = 0.5 and
-`dart_control_epochs` T' = 100 (of 120 epochs) by default, the first step always taken, and
-from epoch 1 on each example's CE weighted by its own CE at the DART point (`dart_weighting`
+‡ c_t = max(c_max − c_max·t/T', 0) at 0-based epoch t, `dart.c_max` = 0.5 and
+`dart.control_epochs` T' = 100 (of 120 epochs) by default, the first step always taken, and
+from epoch 1 on each example's CE weighted by its own CE at the DART point (`dart.weighting`
 'ce'; 'none' turns it off) (`YisenWang/dynamic_adv_training`).
 § `LIONS-EPFL/ELLE` scripts/run_elle_cifar10.sh, run_elle-a_cifar10.sh: λ = 1000 up to ε = 8/255,
 5000 to 20/255, 10000 above; ELLE-A decay 0.99, sensitivity k = 2 (parser.py).
-Config fields left unset (None) take the method's default. The components
-compose: setting `lap_beta`, `aaer_lambda*`, `gradalign_lambda`, `elle_lambda`, `zerograd_q`,
-`stable_alpha3` or `co_tact_file` switches LAP, AAER, GradAlign, ELLE (ELLE-A with
-`elle_adaptive`), ZeroGrad, L_stable or L_co on (e.g. N-FGSM + AAER + LAP, FGSM + L_stable);
-`trades_beta` / `mart_beta` choose the TRADES / MART objective and `awp_gamma` adds AWP (AT-AWP:
-`pgd_at` + AWP; TRADES-AWP: `trades` + AWP). `alpha_warmup_epochs` W > 0 scales the step
+Config fields left unset (None) take the method's default. Each component has its section
+of `config.method` (`config.section`), and the components compose: setting `lap.beta`,
+`aaer.lambda1..3`, `gradalign.lam`, `elle.lam`, `zerograd.q`, `stable.alpha3` or
+`co.tact_file` switches LAP, AAER, GradAlign, ELLE (ELLE-A with `elle.adaptive`), ZeroGrad,
+L_stable or L_co on (e.g. N-FGSM + AAER + LAP, FGSM + L_stable); `trades.beta` / `mart.beta`
+choose the TRADES / MART objective and `awp.gamma` adds AWP (AT-AWP: `pgd_at` + AWP;
+TRADES-AWP: `trades` + AWP). `alpha_warmup_epochs` W > 0 scales the step
 (and Π_ε's radius) of a single-step attack from a zero/uniform/normal start by
 min((epoch + i/steps)/W, 1) (AAER's ``SVHN/AAER.py``: W = 5). A combination that cannot work is
 refused when the `Method` is built, with an error naming both parts (the list is
@@ -131,15 +132,15 @@ def _check_composition(m: Method) -> None:
           f'{_name(part)} needs the start forward of a single-step attack; the training attack '
           f'{_name(attack)} (steps={attack.steps}, loss={attack.loss!r}) has none.')
   if m.co is not None and m.stable is not None:
-    raise ValueError('L_stable (method.stable_alpha3) and L_co (method.co_tact_file) pull the '
+    raise ValueError('L_stable (method.stable.alpha3) and L_co (method.co.tact_file) pull the '
                      'same activation differences in opposite directions; set only one.')
   if m.awp is not None and isinstance(m.objective, MEPObjective):
     raise ValueError('AWP composes with the CE, TRADES and MART objectives, not with the '
                      'FGSM-MEP objective.')
   if getattr(attack, 'weighting', 'none') != 'none' and not isinstance(m.objective, CrossEntropy):
-    raise ValueError(f"DART's per-example loss weights (method.dart_weighting="
+    raise ValueError(f"DART's per-example loss weights (method.dart.weighting="
                      f"{attack.weighting!r}) weight the CE objective, not {_name(m.objective)}; "
-                     "set method.dart_weighting='none' to train DART's points with it.")
+                     "set method.dart.weighting='none' to train DART's points with it.")
   if m.robust_overfitting_forwards and not isinstance(attack, PGDAttack):
     raise ValueError('method.robust_overfitting_forwards replays the PGD-AT loop of '
                      f'locuslab/robust_overfitting: it needs a multi-step CE attack, not '
@@ -192,34 +193,36 @@ def _resolve_attack(c, eps: float):
   if init in STATEFUL_STARTS and (steps > 1 or loss != 'ce'):
     raise ValueError(f"method.init={init!r} ({'FGSM-MEP' if init == 'prior' else 'ATAS'}) is a "
                      f'single-step CE attack; got steps={steps}, attack_loss={loss!r}.')
-  q = _default(c, 'zerograd_q', 'zerograd', ZeroGrad.q)
+  q = _default(c, c.zerograd.q, 'zerograd', ZeroGrad.q)
   if q is not None:
     if not 0 <= q < 1:
-      raise ValueError(f'method.zerograd_q is a quantile in [0, 1), got {q}.')
+      raise ValueError(f'method.zerograd.q is a quantile in [0, 1), got {q}.')
     if init in STATEFUL_STARTS:
       raise ValueError('ZeroGrad masks the gradient of the FGSM step from η; FGSM-MEP and ATAS '
                        'take their own steps.')
     if steps > 1 or loss != 'ce':
-      raise ValueError(f'ZeroGrad (method.zerograd_q) needs a single-step CE attack; got '
+      raise ValueError(f'ZeroGrad (method.zerograd.q) needs a single-step CE attack; got '
                        f'steps={steps}, attack_loss={loss!r}.')
   if c.name == 'dart':
     return _resolve_dart(c, common, start, steps, loss)
   if init == 'prior':
-    if c.mep_reset_every < 1:
-      raise ValueError(f'method.mep_reset_every must be ≥ 1 epoch, got {c.mep_reset_every}.')
-    return PriorAttack(**common, label_smoothing=float(c.mep_label_smoothing),
-                       decay=float(c.mep_decay), reset_every=int(c.mep_reset_every))
+    mep = c.mep
+    if mep.reset_every < 1:
+      raise ValueError(f'method.mep.reset_every must be ≥ 1 epoch, got {mep.reset_every}.')
+    return PriorAttack(**common, label_smoothing=float(mep.label_smoothing),
+                       decay=float(mep.decay), reset_every=int(mep.reset_every))
   if init == 'previous':
-    if c.atas_reset_every < 1 or c.atas_warmup_epochs < 0:
-      raise ValueError('ATAS needs method.atas_reset_every ≥ 1 and atas_warmup_epochs ≥ 0, got '
-                       f'{c.atas_reset_every} and {c.atas_warmup_epochs}.')
-    if not 0 < c.atas_min_step <= c.atas_max_step:
-      raise ValueError('ATAS needs 0 < method.atas_min_step ≤ atas_max_step (× ε), got '
-                       f'{c.atas_min_step} and {c.atas_max_step}.')
+    atas = c.atas
+    if atas.reset_every < 1 or atas.warmup_epochs < 0:
+      raise ValueError('ATAS needs method.atas.reset_every ≥ 1 and atas.warmup_epochs ≥ 0, got '
+                       f'{atas.reset_every} and {atas.warmup_epochs}.')
+    if not 0 < atas.min_step <= atas.max_step:
+      raise ValueError('ATAS needs 0 < method.atas.min_step ≤ atas.max_step (× ε), got '
+                       f'{atas.min_step} and {atas.max_step}.')
     return AdaptiveAttack(
-        **common, min_step=float(c.atas_min_step) * eps, max_step=float(c.atas_max_step) * eps,
-        scale=float(c.atas_step_scale) * eps, c=float(c.atas_c), beta=float(c.atas_beta),
-        warmup_epochs=int(c.atas_warmup_epochs), reset_every=int(c.atas_reset_every))
+        **common, min_step=float(atas.min_step) * eps, max_step=float(atas.max_step) * eps,
+        scale=float(atas.step_scale) * eps, c=float(atas.c), beta=float(atas.beta),
+        warmup_epochs=int(atas.warmup_epochs), reset_every=int(atas.reset_every))
   if loss == 'kl':
     return KLAttack(**common, **start, steps=steps)
   if steps > 1:
@@ -237,18 +240,19 @@ def _resolve_dart(c, common: dict, start: dict, steps: int, loss: str) -> Dynami
   if loss != 'ce' or start['init'] not in ATTACK_STARTS:
     raise ValueError(f"method 'dart' is PGD on the CE from a zero/uniform/normal start; got "
                      f"attack_loss={loss!r}, init={start['init']!r}.")
-  if c.dart_c_max < 0 or c.dart_control_epochs <= 0:
-    raise ValueError('DART needs method.dart_c_max ≥ 0 and method.dart_control_epochs > 0 '
-                     f'(the official 0.5 and 100), got {c.dart_c_max} and '
-                     f'{c.dart_control_epochs}.')
-  return DynamicAttack(**common, **start, steps=steps, c_max=float(c.dart_c_max),
-                       control_epochs=float(c.dart_control_epochs), weighting=c.dart_weighting)
+  dart = c.dart
+  if dart.c_max < 0 or dart.control_epochs <= 0:
+    raise ValueError('DART needs method.dart.c_max ≥ 0 and method.dart.control_epochs > 0 '
+                     f'(the official 0.5 and 100), got {dart.c_max} and {dart.control_epochs}.')
+  return DynamicAttack(**common, **start, steps=steps, c_max=float(dart.c_max),
+                       control_epochs=float(dart.control_epochs), weighting=dart.weighting)
 
 
-def _default(c, field: str, name: str, value):
-  """`c.field` if set, else `value` when the method is `name`, else None (component off)."""
-  if c.get(field) is not None:
-    return c[field]
+def _default(c, switch, name: str, value):
+  """The component's `switch` if set, else `value` when the method is `name`, else None
+  (component off)."""
+  if switch is not None:
+    return switch
   return value if c.name == name else None
 
 
@@ -256,17 +260,17 @@ def _resolve_objective(c, attack):
   """Exactly one objective: TRADES or MART when their β is set, MMA for the method 'mma',
   FGSM-MEP's with its prior attack, else CE."""
   chosen = {}
-  beta = _default(c, 'trades_beta', 'trades', TRADES.beta)
+  beta = _default(c, c.trades.beta, 'trades', TRADES.beta)
   if beta is not None:
-    chosen['TRADES (method.trades_beta)'] = TRADES(float(beta))
-  beta = _default(c, 'mart_beta', 'mart', MART.beta)
+    chosen['TRADES (method.trades.beta)'] = TRADES(float(beta))
+  beta = _default(c, c.mart.beta, 'mart', MART.beta)
   if beta is not None:
-    chosen['MART (method.mart_beta)'] = MART(float(beta))
+    chosen['MART (method.mart.beta)'] = MART(float(beta))
   if c.name == 'mma':
     chosen["MMA (method.name='mma')"] = MMA()
   if isinstance(attack, PriorAttack):
-    chosen["FGSM-MEP's (method.init='prior')"] = MEPObjective(float(c.mep_label_smoothing),
-                                                             float(c.mep_lambda))
+    chosen["FGSM-MEP's (method.init='prior')"] = MEPObjective(float(c.mep.label_smoothing),
+                                                             float(c.mep.lam))
   if len(chosen) > 1:
     raise ValueError(f'Choose one training objective, got {sorted(chosen)}.')
   return next(iter(chosen.values()), CrossEntropy())
@@ -275,105 +279,106 @@ def _resolve_objective(c, attack):
 def _resolve_regularizers(c, eps: float) -> tuple:
   """AAER, GradAlign, ELLE, L_stable, L_co (in this order: the order their terms are added)."""
   terms = []
-  lambdas = [c.get(f'aaer_lambda{i}') for i in (1, 2, 3)]
+  aaer = c.aaer
+  lambdas = [aaer.lambda1, aaer.lambda2, aaer.lambda3]
   if any(v is not None for v in lambdas):
     if any(v is None for v in lambdas):
-      raise ValueError('AAER needs all of method.aaer_lambda1, aaer_lambda2, aaer_lambda3.')
-    terms.append(AAER(*map(float, lambdas), bool(c.aaer_differentiable_loss_variation)))
+      raise ValueError('AAER needs all of method.aaer.lambda1, lambda2, lambda3.')
+    terms.append(AAER(*map(float, lambdas), bool(aaer.differentiable_loss_variation)))
   elif c.name == 'aaer':
-    raise ValueError("method 'aaer' needs method.aaer_lambda1..3 (see configs/aaer_*.py for "
+    raise ValueError("method 'aaer' needs method.aaer.lambda1..3 (see configs/aaer_*.py for "
                      'the published values).')
-  if c.get('gradalign_lambda') is not None or c.name == 'gradalign':
-    lam = c.get('gradalign_lambda')
+  if c.gradalign.lam is not None or c.name == 'gradalign':
+    lam = c.gradalign.lam
     terms.append(GradAlign(float(gradalign_lambda(eps) if lam is None else lam)))
-  if c.get('elle_lambda') is not None or c.name in ('elle', 'elle_a'):
-    terms.append(_resolve_elle(c, eps))
-  if c.get('stable_alpha3') is not None or c.name == 'fd':
-    alpha3 = c.get('stable_alpha3')
-    terms.append(LStable(STABLE_ALPHA3 if alpha3 is None else float(alpha3), c.feature_node))
-  if c.get('co_tact_file'):
-    terms.append(_resolve_co(c))
+  if c.elle.lam is not None or c.name in ('elle', 'elle_a'):
+    terms.append(_resolve_elle(c.elle, c.name, eps))
+  if c.stable.alpha3 is not None or c.name == 'fd':
+    alpha3 = c.stable.alpha3
+    terms.append(LStable(STABLE_ALPHA3 if alpha3 is None else float(alpha3), c.stable.node))
+  if c.co.tact_file:
+    terms.append(_resolve_co(c.co))
   elif c.name == 'induce_co':
-    raise ValueError("method 'induce_co' needs method.co_tact_file, the T_act file of a "
+    raise ValueError("method 'induce_co' needs method.co.tact_file, the T_act file of a "
                      f'checkpoint ({command_name()} --mode=analyze --workdir=RUN writes '
                      'RUN/tact.npz).')
   return tuple(terms)
 
 
-def _resolve_elle(c, eps: float) -> ELLE:
-  """ELLE, or ELLE-A when `elle_adaptive` (default: for the method 'elle_a'), with the official
-  λ (`losses.elle`) unless `elle_lambda` is set."""
-  adaptive = c.get('elle_adaptive')
-  adaptive = c.name == 'elle_a' if adaptive is None else bool(adaptive)
-  lam = c.get('elle_lambda')
+def _resolve_elle(elle, name: str, eps: float) -> ELLE:
+  """ELLE, or ELLE-A when `elle.adaptive` (default: for the method 'elle_a'), with the official
+  λ (`losses.elle`) unless `elle.lam` is set."""
+  adaptive = name == 'elle_a' if elle.adaptive is None else bool(elle.adaptive)
+  lam = elle.lam
   lam = (ELLE_A_LAMBDA_MAX if adaptive else elle_lambda(eps)) if lam is None else float(lam)
-  if lam < 0 or not 0 <= c.elle_decay <= 1 or c.elle_sensitivity < 0:
-    raise ValueError('ELLE needs method.elle_lambda ≥ 0, 0 ≤ elle_decay ≤ 1 and '
-                     f'elle_sensitivity ≥ 0, got {lam}, {c.elle_decay} and '
-                     f'{c.elle_sensitivity}.')
-  return ELLE(lam, adaptive, float(c.elle_decay), float(c.elle_sensitivity),
-              bool(c.elle_clean_forward))
+  if lam < 0 or not 0 <= elle.decay <= 1 or elle.sensitivity < 0:
+    raise ValueError('ELLE needs method.elle.lam ≥ 0, 0 ≤ elle.decay ≤ 1 and '
+                     f'elle.sensitivity ≥ 0, got {lam}, {elle.decay} and {elle.sensitivity}.')
+  return ELLE(lam, adaptive, float(elle.decay), float(elle.sensitivity),
+              bool(elle.clean_forward))
 
 
 def _resolve_weights(c):
   """LAP or AWP (one weight perturbation) or None."""
-  if c.get('lap_beta') is not None and c.get('awp_gamma') is not None:
-    raise ValueError('Choose one weight perturbation: LAP (method.lap_beta) or AWP '
-                     '(method.awp_gamma), not both.')
-  if c.get('lap_beta') is not None:
-    return LAP(float(c.lap_beta), float(c.lap_gamma), bool(c.lap_ascent))
+  lap, awp = c.lap, c.awp
+  if lap.beta is not None and awp.gamma is not None:
+    raise ValueError('Choose one weight perturbation: LAP (method.lap.beta) or AWP '
+                     '(method.awp.gamma), not both.')
+  if lap.beta is not None:
+    return LAP(float(lap.beta), float(lap.gamma), bool(lap.ascent))
   if c.name == 'lap':
-    raise ValueError("method 'lap' needs method.lap_beta (see configs/lap_eps*.py for the "
+    raise ValueError("method 'lap' needs method.lap.beta (see configs/lap_eps*.py for the "
                      'published values).')
-  if c.get('awp_gamma') is not None:
-    if c.awp_gamma <= 0 or c.awp_warmup_epochs < 0:
-      raise ValueError('AWP needs method.awp_gamma > 0 and method.awp_warmup_epochs ≥ 0, got '
-                       f'{c.awp_gamma} and {c.awp_warmup_epochs}.')
-    return AWP(float(c.awp_gamma), int(c.awp_warmup_epochs))
+  if awp.gamma is not None:
+    if awp.gamma <= 0 or awp.warmup_epochs < 0:
+      raise ValueError('AWP needs method.awp.gamma > 0 and method.awp.warmup_epochs ≥ 0, got '
+                       f'{awp.gamma} and {awp.warmup_epochs}.')
+    return AWP(float(awp.gamma), int(awp.warmup_epochs))
   return None
 
 
-def _resolve_co(c) -> LCo:
-  """L_co's channels: the top `co_percent`% of `feature_node` by the T_act in `co_tact_file`."""
-  path = c.co_tact_file
+def _resolve_co(co) -> LCo:
+  """L_co's channels: the top `co.percent`% of `co.node` by the T_act in `co.tact_file`."""
+  path, node = co.tact_file, co.node
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'method.co_tact_file {path!r} does not exist; write it with '
+    raise FileNotFoundError(f'method.co.tact_file {path!r} does not exist; write it with '
                             f'{command_name()} --mode=analyze --workdir=RUN (RUN/tact.npz).')
   with np.load(path) as tact:
-    if c.feature_node not in tact:
-      raise ValueError(f'{path} has no T_act of node {c.feature_node!r} (has '
-                       f'{sorted(tact.files)}); set method.feature_node.')
-    saliency = np.asarray(tact[c.feature_node], np.float32)
+    if node not in tact:
+      raise ValueError(f'{path} has no T_act of node {node!r} (has {sorted(tact.files)}); set '
+                       'method.co.node.')
+    saliency = np.asarray(tact[node], np.float32)
   if saliency.ndim != 1 or not math.isfinite(float(saliency.sum())):
-    raise ValueError(f'{path}: T_act of node {c.feature_node!r} must be a finite (C,) vector, '
+    raise ValueError(f'{path}: T_act of node {node!r} must be a finite (C,) vector, '
                      f'got shape {saliency.shape}.')
-  channels = np.flatnonzero(np.asarray(top_channels(saliency, float(c.co_percent))))
-  if c.co_saturation < 0:
-    raise ValueError(f'method.co_saturation must be ≥ 0 (0: Eq. 9 as written), got '
-                     f'{c.co_saturation}.')
-  return LCo(tuple(int(k) for k in channels), len(saliency), c.feature_node,
-                float(c.co_alpha3), float(c.co_saturation), float(c.co_percent), path)
+  channels = np.flatnonzero(np.asarray(top_channels(saliency, float(co.percent))))
+  if co.saturation < 0:
+    raise ValueError(f'method.co.saturation must be ≥ 0 (0: Eq. 9 as written), got '
+                     f'{co.saturation}.')
+  return LCo(tuple(int(k) for k in channels), len(saliency), node, float(co.alpha3),
+             float(co.saturation), float(co.percent), path)
 
 
 # The method fields that one component alone reads, and whether a `Method` has it: a field
-# changed from its default while its component is off would do nothing (`unread_fields`).
+# changed from its default while its component is off would do nothing (`unread_fields`). A
+# component's section is read whole, its switch excepted (the switch being unset is what
+# leaves it off).
 READERS = (
-    (('lap_gamma', 'lap_ascent'), 'LAP (method.lap_beta)', lambda m: m.lap is not None),
-    (('aaer_differentiable_loss_variation',), 'AAER (method.aaer_lambda1..3)',
+    (('lap.gamma', 'lap.ascent'), 'LAP (method.lap.beta)', lambda m: m.lap is not None),
+    (('aaer.differentiable_loss_variation',), 'AAER (method.aaer.lambda1..3)',
      lambda m: m.aaer is not None),
-    (('elle_adaptive', 'elle_decay', 'elle_sensitivity', 'elle_clean_forward'),
-     'ELLE (method.elle_lambda)', lambda m: m.elle is not None),
-    (('mep_label_smoothing', 'mep_lambda', 'mep_decay', 'mep_reset_every'),
+    (('elle.adaptive', 'elle.decay', 'elle.sensitivity', 'elle.clean_forward'),
+     'ELLE (method.elle.lam)', lambda m: m.elle is not None),
+    (('mep.label_smoothing', 'mep.lam', 'mep.decay', 'mep.reset_every'),
      "FGSM-MEP (method.init='prior')", lambda m: isinstance(m.attack, PriorAttack)),
-    (('atas_c', 'atas_beta', 'atas_step_scale', 'atas_min_step', 'atas_max_step',
-      'atas_warmup_epochs', 'atas_reset_every'), "ATAS (method.init='previous')",
+    (('atas.c', 'atas.beta', 'atas.step_scale', 'atas.min_step', 'atas.max_step',
+      'atas.warmup_epochs', 'atas.reset_every'), "ATAS (method.init='previous')",
      lambda m: m.atas is not None),
-    (('dart_c_max', 'dart_control_epochs', 'dart_weighting'), "DART (method.name='dart')",
+    (('dart.c_max', 'dart.control_epochs', 'dart.weighting'), "DART (method.name='dart')",
      lambda m: isinstance(m.attack, DynamicAttack)),
-    (('awp_warmup_epochs',), 'AWP (method.awp_gamma)', lambda m: m.awp is not None),
-    (('feature_node',), 'L_stable or L_co (method.stable_alpha3, co_tact_file)',
-     lambda m: m.stable is not None or m.co is not None),
-    (('co_percent', 'co_alpha3', 'co_saturation'), 'L_co (method.co_tact_file)',
+    (('awp.warmup_epochs',), 'AWP (method.awp.gamma)', lambda m: m.awp is not None),
+    (('stable.node',), 'L_stable (method.stable.alpha3)', lambda m: m.stable is not None),
+    (('co.node', 'co.percent', 'co.alpha3', 'co.saturation'), 'L_co (method.co.tact_file)',
      lambda m: m.co is not None),
     (('project', 'alpha_warmup_epochs'), 'a single-step attack from a zero/uniform/normal start',
      lambda m: isinstance(m.attack, FGSMAttack)),
@@ -382,12 +387,18 @@ READERS = (
 )
 
 
+def _get(config, dotted: str):
+  for part in dotted.split('.'):
+    config = config.get(part) if config is not None else None
+  return config
+
+
 def unread_fields(method_config, method: Method, defaults) -> list[str]:
   """One line per field of `method_config` that differs from `defaults` (the default config's
   method section) although no component of `method` reads it."""
-  return [f'method.{field}={method_config.get(field)!r} does nothing without {reader}.'
+  return [f'method.{field}={_get(method_config, field)!r} does nothing without {reader}.'
           for fields, reader, has in READERS if not has(method)
-          for field in fields if method_config.get(field) != defaults.get(field)]
+          for field in fields if _get(method_config, field) != _get(defaults, field)]
 
 
 def resolve_method(method_config, eps: float) -> Method:

@@ -280,7 +280,7 @@ class DynamicAttack(TrainingAttack):
 
   def __post_init__(self):
     if self.weighting not in self.WEIGHTINGS:
-      raise ValueError(f'DART weighting must be one of {self.WEIGHTINGS} (method.dart_weighting),'
+      raise ValueError(f'DART weighting must be one of {self.WEIGHTINGS} (method.dart.weighting),'
                        f' got {self.weighting!r}.')
 
   def threshold(self, clock: Clock):

@@ -9,7 +9,7 @@ import os
 import sys
 
 from fat_jax.run import run_log
-from fat_jax.run.runs import method_label
+from fat_jax.run.runs import method_label, read_config
 
 
 def epoch_table(workdir: str) -> str:
@@ -49,7 +49,7 @@ def run_summary(workdir: str) -> str:
   pgd = [e['pgd_accuracy'] for e in records]
   report = os.path.join(workdir, run_log.REPORT)
   onset = r['co_onset_epoch']
-  config = run_log.read_json(workdir, run_log.CONFIG)
+  config = read_config(workdir)
   rule = '─' * 78
   lines = [
       rule,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 
-from fat_jax.config import default_config
+from fat_jax.config import default_config, upgrade
 from fat_jax.run import run_log
 from fat_jax.validation import ConfigError
 
@@ -49,9 +49,16 @@ def contradictions(config, stored: dict) -> list[str]:
           for k in sorted(set(current) | set(run)) if current.get(k) != run.get(k)]
 
 
+def read_stored(workdir: str) -> dict | None:
+  """The config.json of the run in `workdir` (None if it has none), the method fields of
+  earlier releases in their sections (`config.upgrade`)."""
+  stored = run_log.read_json(workdir, run_log.CONFIG)
+  return None if stored is None else upgrade(stored)
+
+
 def check_against_run(config, workdir: str) -> None:
   """Raise `ConfigError` when `config` contradicts the run in `workdir` (see the module)."""
-  stored = run_log.read_json(workdir, run_log.CONFIG)
+  stored = read_stored(workdir)
   if stored is None:
     log.warning('%s has no %s: the model is built from the given config, unchecked.', workdir,
                 run_log.CONFIG)

@@ -32,7 +32,7 @@ from fat_jax.methods import Clock, Method, init_train_state, resolve_method
 from fat_jax.models import build_model
 from fat_jax.optim import WeightAverage
 from fat_jax.recipes import VARIANTS
-from fat_jax.run import run_log
+from fat_jax.run import run_config, run_log
 from fat_jax.run.checkpoint import Checkpointer
 
 CHECKPOINTS = 'checkpoints'
@@ -41,12 +41,11 @@ SPLITS = ('train', 'test')
 VARIANT_NAMES = {'lap': ('v', 'r', 'n'), 'aaer': ('rs', 'n')}
 # Components a method field switches on (fat_jax.methods.spec), and the methods that have them
 # by name.
-COMPONENTS = (('lap', 'lap_beta', ('lap',)), ('aaer', 'aaer_lambda1', ('aaer',)),
-              ('gradalign', 'gradalign_lambda', ('gradalign',)),
-              ('elle', 'elle_lambda', ('elle', 'elle_a')),
-              ('zerograd', 'zerograd_q', ('zerograd',)), ('stable', 'stable_alpha3', ('fd',)),
-              ('co', 'co_tact_file', ('induce_co',)), ('trades', 'trades_beta', ('trades',)),
-              ('mart', 'mart_beta', ('mart',)))
+COMPONENTS = (('lap', 'beta', ('lap',)), ('aaer', 'lambda1', ('aaer',)),
+              ('gradalign', 'lam', ('gradalign',)), ('elle', 'lam', ('elle', 'elle_a')),
+              ('zerograd', 'q', ('zerograd',)), ('stable', 'alpha3', ('fd',)),
+              ('co', 'tact_file', ('induce_co',)), ('trades', 'beta', ('trades',)),
+              ('mart', 'beta', ('mart',)))
 
 
 def method_label(method) -> str:
@@ -58,10 +57,11 @@ def method_label(method) -> str:
     if spec == VARIANTS[variant]:
       name = f'{variant}_{name}'
       break
-  extras = [c for c, field, names in COMPONENTS
-            if method.get(field) not in (None, '') and method.get('name') not in names]
+  switch = lambda part, field: (method.get(part) or {}).get(field)
+  extras = [part for part, field, names in COMPONENTS
+            if switch(part, field) not in (None, '') and method.get('name') not in names]
   label = '+'.join([name] + extras)
-  return f'awp_{label}' if method.get('awp_gamma') is not None else label
+  return f'awp_{label}' if switch('awp', 'gamma') is not None else label
 
 
 def is_run(path: str) -> bool:
@@ -70,7 +70,7 @@ def is_run(path: str) -> bool:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config of the run in `workdir` (its config.json)."""
-  stored = run_log.read_json(workdir, run_log.CONFIG)
+  stored = run_config.read_stored(workdir)
   if stored is None:
     raise FileNotFoundError(f'No {run_log.CONFIG} in {workdir}: pass the --workdir of a run.')
   return ml_collections.ConfigDict(stored)

@@ -28,7 +28,7 @@ from fat_jax.analysis.diagnostics import co_onset
 from fat_jax.config import default_config, eval_eps
 from fat_jax.data import load_data, steps_per_epoch, stored_frame_shape, train_batches
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
-from fat_jax.run import run_log, tensorboard_log, workdir_lock
+from fat_jax.run import run_config, run_log, tensorboard_log, workdir_lock
 from fat_jax.run.checkpoint import Checkpointer, CheckpointError
 from fat_jax.run.co_guard import GuardedStep, guard_batch
 from fat_jax.run.divergence import DivergenceError, check_finite, check_loss, check_monitor
@@ -84,7 +84,7 @@ def _same_run(stored, current, default) -> bool:
 def _check_resumable(workdir: str, config, checkpointer) -> None:
   """Check that the config.json in `workdir`, if any, trains the same run. One of a run that
   never trained (no checkpoint, no metrics record: its start failed) is replaced."""
-  stored = run_log.read_json(workdir, run_log.CONFIG)
+  stored = run_config.read_stored(workdir)
   if stored is None:
     return
   current = json.loads(config.to_json_best_effort())
