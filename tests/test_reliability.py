@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -213,7 +214,11 @@ def test_a_second_launch_on_the_same_workdir_fails_at_once(data_dir, tmp_path):
     while not os.path.exists(os.path.join(workdir, LOCK)) and time.time() < deadline:
       assert first.poll() is None, first.communicate()[1][-2000:]
       time.sleep(0.05)
-    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    os.kill(first.pid, signal.SIGSTOP)  # the first holds the lock however slow the second is
+    try:
+      second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+      os.kill(first.pid, signal.SIGCONT)
     out, err = first.communicate(timeout=600)
   finally:
     first.kill()
