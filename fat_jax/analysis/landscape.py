@@ -5,6 +5,7 @@ ICML 2024).
   python -m fat_jax.analysis.landscape WORKDIR --epochs=1,6 --dims=2 --losses=pgd
   python -m fat_jax.analysis.landscape --load=WORKDIR/landscape_1d.npz --show_epochs=4,10,16 \
       --show_layers=1,2,3,4,5,0     # re-plot: the LAP figure's rows and columns (0: all layers)
+  python -m fat_jax.analysis.landscape WORKDIR --weights   # per-layer weights, no data
 
 The loss along random directions in weight space (Li et al. 2018, "Visualizing
 the loss landscape of neural nets"):
@@ -48,6 +49,14 @@ layers' landscapes sharpen first. One number per curve, its *distortion* (`disto
     D = mean_c |L(w + c·d) − L(w)|     (the mean over the grid; 0 when flat),
 
 compares layers and checkpoints (`plot_distortion`: layers × checkpoints, `distortion_table`).
+
+The weights themselves, per kernel in the same order and with no data (`weight_measures`,
+`compute_layer_weights`, `plot_layer_weights`, `layer_weights_table`, ``--weights``): the
+relative change ‖W_e − W_prev‖_F/‖W_prev‖_F between kept checkpoints, the spectral norm
+σ_max of the kernel as a (k_h·k_w·c_in, c_out) matrix and the Frobenius norm. They are not a
+figure of the LAP paper, whose layer analysis is the layer-wise landscapes above and the
+removal of pseudo-robust shortcuts (`fat_jax.analysis.shortcut_removal`): they are the plain
+per-layer test, in the weights, of its claim that the former layers change earlier and more.
 The grid is evaluated by a jitted ``lax.map`` (vmap over chunks of
 `grid_batch` grid points) per data batch.
 """
@@ -65,6 +74,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from matplotlib import colormaps
 from matplotlib.colors import Normalize
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -434,6 +444,156 @@ def distortion_table(landscape: Landscape) -> str:
   return '\n'.join(lines)
 
 
+# ---------------------------------------------------------------------------
+# Per-layer weights across checkpoints (no data): how much each kernel moves, and its scale.
+
+WEIGHT_MEASURES = ('relative_change', 'spectral_norm', 'norm')
+WEIGHT_LABELS = {'relative_change': 'relative change ‖W_e − W_prev‖ / ‖W_prev‖',
+                 'spectral_norm': 'spectral norm σ_max(W)', 'norm': 'Frobenius norm ‖W‖'}
+
+
+def kernel_matrix(kernel) -> np.ndarray:
+  """A Flax conv/linear kernel (…, c_in, c_out) as the (k_h·k_w·c_in, c_out) matrix whose
+  columns are the output filters (the reshaping of Miyato et al. 2018's spectral
+  normalisation), in float64."""
+  kernel = np.asarray(kernel, np.float64)
+  if kernel.ndim < 2:
+    raise ValueError(f'A kernel has ≥ 2 axes (…, c_in, c_out), got shape {kernel.shape}.')
+  return kernel.reshape(-1, kernel.shape[-1])
+
+
+def weight_measures(kernels: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+  """(measures, checkpoints, L + 1): `WEIGHT_MEASURES` of the kernels ``kernels[e][l]`` (the L
+  kernels of checkpoint e, the same shapes at every checkpoint), the last column all kernels
+  together (their concatenation: no spectral norm, NaN):
+
+    relative_change[e, l] = ‖W_l(e) − W_l(e−1)‖_F / ‖W_l(e−1)‖_F   (NaN at the first e),
+    spectral_norm[e, l]   = σ_max of `kernel_matrix` (W_l(e)),
+    norm[e, l]            = ‖W_l(e)‖_F,
+
+  e−1 being the previous entry of `kernels` (the previous kept checkpoint)."""
+  if not kernels or not kernels[0]:
+    raise ValueError('weight_measures needs ≥ 1 checkpoint of ≥ 1 kernel.')
+  shapes = [tuple(np.shape(w) for w in ws) for ws in kernels]
+  if any(s != shapes[0] for s in shapes):
+    raise ValueError(f'Every checkpoint needs the same kernel shapes; got {shapes[0]} and '
+                     f'{next(s for s in shapes if s != shapes[0])}.')
+  matrices = [[kernel_matrix(w) for w in ws] for ws in kernels]
+  epochs, layers = len(matrices), len(matrices[0])
+  values = np.full((len(WEIGHT_MEASURES), epochs, layers + 1), np.nan)
+  change, spectral, norm = (WEIGHT_MEASURES.index(m)
+                            for m in ('relative_change', 'spectral_norm', 'norm'))
+  for e, ms in enumerate(matrices):
+    squares = np.array([np.sum(m * m) for m in ms])
+    values[norm, e] = np.sqrt(np.append(squares, squares.sum()))
+    values[spectral, e, :layers] = [np.linalg.norm(m, 2) for m in ms]
+    if e:
+      moved = np.array([np.sum((m - p) ** 2) for m, p in zip(ms, matrices[e - 1])])
+      before = values[norm, e - 1] ** 2
+      values[change, e] = np.sqrt(np.append(moved, moved.sum()) / before)
+  return values
+
+
+@dataclasses.dataclass
+class LayerWeights:
+  """`weight_measures` of a run's checkpoints: values (measures, epochs, layer sets), the layer
+  sets the kernels in the LAP order (l = 1..L) and all kernels (index 0)."""
+  values: np.ndarray
+  epochs: list[int]
+  layers: list[str]
+  layer_indices: list[int]
+  measures: list[str]
+  meta: dict                # workdir, method, eps
+
+  def save(self, out_dir: str) -> str:
+    """Writes ``layer_weights.json`` (NaN as null) into `out_dir`."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, 'layer_weights.json')
+    values = np.where(np.isnan(self.values), None, self.values).tolist()
+    with open(path, 'w') as f:
+      json.dump({**dataclasses.asdict(self), 'values': values}, f)
+    return path
+
+  @classmethod
+  def load(cls, path: str) -> 'LayerWeights':
+    with open(path) as f:
+      data = json.load(f)
+    return cls(**{**data, 'values': np.array(data['values'], dtype=np.float64)})
+
+
+def compute_layer_weights(run: Run | str, *, epochs: Sequence[int] = ()) -> LayerWeights:
+  """`weight_measures` of `run` (a `Run` or its workdir) over its checkpoints `epochs` (default:
+  every kept one), the trained weights (`TrainState.params`), kernels in `weight_layer_order`.
+  The relative change at a checkpoint is from the previous one in `epochs`."""
+  run = run if isinstance(run, Run) else Run.open(os.path.abspath(run))
+  available = run.epochs()
+  epochs = list(epochs) or available
+  missing = [e for e in epochs if e not in available]
+  if missing or not epochs:
+    raise FileNotFoundError(f'No checkpoint of epochs {missing or "any"} in {run.workdir} '
+                            f'(kept: {available}).')
+  kernels, paths = [], []
+  for _, model, ts in run.checkpoints(epochs):
+    paths = model.weight_layer_order(ts.params)
+    kernels.append([np.array(functools.reduce(operator.getitem, p, ts.params)) for p in paths])
+  return LayerWeights(weight_measures(kernels), epochs,
+                      [layer_name(p) for p in paths] + [ALL_LAYERS],
+                      list(range(1, len(paths) + 1)) + [0], list(WEIGHT_MEASURES),
+                      {'workdir': run.workdir, 'method': run.label, 'eps': float(run.config.eps)})
+
+
+def plot_layer_weights(weights: LayerWeights, path: str, *, former: int = 5) -> str:
+  """One panel per measure against the epoch: the first `former` layers in colour, the other
+  kernels grey, the last kernel (the classifier) dashed black, all kernels together dotted
+  (relative change and norm)."""
+  values, epochs = weights.values, weights.epochs
+  fig = figures.new_figure(3.4 * len(weights.measures) + 0.4, 3.4)
+  axes = fig.subplots(1, len(weights.measures), squeeze=False)[0]
+  last = max(weights.layer_indices)
+  colours = colormaps['viridis'](np.linspace(0, 0.9, former))
+  for ax, (m, measure) in zip(axes, enumerate(weights.measures)):
+    for c, l in enumerate(weights.layer_indices):
+      if l == 0:
+        style = dict(color='tab:red', ls=':', lw=1.4, label='all kernels')
+      elif l == last:
+        style = dict(color='black', ls='--', lw=1.2, label=f'{l}: {weights.layers[c]}')
+      elif l <= former:
+        style = dict(color=colours[l - 1], lw=1.6, label=f'{l}: {weights.layers[c]}')
+      else:
+        style = dict(color='0.65', lw=0.8, label=f'{former + 1}–{last - 1}' if l == former + 1
+                     else None)
+      if np.isfinite(values[m, :, c]).any():
+        ax.plot(epochs, values[m, :, c], marker='.', ms=3, **style)
+    ax.set_yscale('log')
+    ax.set_title(WEIGHT_LABELS[measure], fontsize=figures.TITLE_PT)
+    ax.set_xlabel('epoch', fontsize=figures.TEXT_PT)
+    ax.tick_params(labelsize=figures.TICK_PT)
+  handles, labels = axes[-1].get_legend_handles_labels()
+  fig.legend(handles, labels, loc='outside right center', fontsize=figures.TICK_PT,
+             frameon=False)
+  meta = weights.meta
+  fig.suptitle(f"{meta['method']}: per-layer weights (ε={meta['eps']:.3g}, layers in the LAP "
+               'order)', fontsize=figures.TITLE_PT)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  return figures.save(fig, path)
+
+
+def layer_weights_table(weights: LayerWeights, measures: Sequence[str] = ()) -> str:
+  """Per measure a block of layer sets (rows, l = 1..L then all) × checkpoints (columns);
+  '–' where a value is undefined (the first relative change, the spectral norm of all)."""
+  lines = []
+  for measure in list(measures) or weights.measures:
+    if measure not in weights.measures:
+      raise ValueError(f'No measure {measure!r}; the weights hold {weights.measures}.')
+    values = weights.values[weights.measures.index(measure)]
+    lines += [f'{measure}: layer \\ epoch',
+              'l    ' + ' '.join(f'{e:>8}' for e in weights.epochs)]
+    for c, l in enumerate(weights.layer_indices):
+      lines.append(f'{l if l else "all":<4} ' + ' '.join(
+          f'{v:8.3g}' if np.isfinite(v) else f'{"–":>8}' for v in values[:, c]))
+  return '\n'.join(lines)
+
+
 def _int_list(text: str) -> list[int]:
   return [int(v) for v in text.split(',') if v.strip()]
 
@@ -462,9 +622,21 @@ def main(argv=None):
                       '0 for all layers (default: all computed)')
   parser.add_argument('--out', default='', help='output folder (default: WORKDIR, or the '
                       'folder of --load)')
+  parser.add_argument('--weights', action='store_true', help='instead of landscapes: the '
+                      'per-layer relative weight change, spectral norm and norm over the '
+                      'checkpoints --epochs (no data); layer_weights.json and .png')
   args = parser.parse_args(argv)
   if bool(args.workdir) == bool(args.load):
     parser.error('give either a WORKDIR or --load=NPZ.')
+  if args.weights:
+    out = args.out or args.workdir or os.path.dirname(os.path.abspath(args.load))
+    weights = (LayerWeights.load(args.load) if args.load else
+               compute_layer_weights(args.workdir, epochs=_int_list(args.epochs)))
+    if not args.load:
+      print(weights.save(out))
+    print(plot_layer_weights(weights, os.path.join(out, 'layer_weights.png')))
+    print(layer_weights_table(weights))
+    return
   if args.load:
     landscape = Landscape.load(args.load)
     out = args.out or os.path.dirname(os.path.abspath(args.load))
