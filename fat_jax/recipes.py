@@ -64,10 +64,10 @@ def _pick(table: dict, variant: str, what: str):
 
 
 def set_lap(c, variant: str, eps_255: int) -> None:
-  """Make `c.method` the `variant` LAP with the README's β for ε = eps_255/255, γ = 0.3."""
+  """Make `c.method` the `variant` LAP with the README's β for ε = eps_255/255 (γ: `LAP`'s,
+  the README's 0.3)."""
   c.method.name = 'lap'
   c.method.lap.beta = _pick(LAP_BETAS[eps_255], variant, f'LAP at ε={eps_255}')
-  c.method.lap.gamma = 0.3
   c.method.init, c.method.init_scale, c.method.alpha, c.method.project = VARIANTS[variant]
 
 
