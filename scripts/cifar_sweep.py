@@ -10,7 +10,7 @@ Each run is `launch.py --config=configs/cifar_subset.py:<method>_eps<E>` in
 seeds of FGSM, N-FGSM, R-LAP, N-AAER and PGD-AT, one of FGSM-RS, GradAlign, V-LAP, N-LAP and
 RS-AAER. The order gives a first figure early: seed 0 of the three-seed single-step methods at
 every ε, then of the one-seed methods, then of PGD-AT (about five FGSM runs' time each), then
-seeds 1 and 2.
+seeds 1 and 2. Seed 0's runs keep every epoch's checkpoint (the layer study).
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ import os
 import sys
 
 from study_runs import run_all
+
+from fat_jax.configs import cifar_subset
 
 EPSILONS = (8, 12, 16)
 THREE_SEEDS = ('fgsm', 'n_fgsm', 'r_lap', 'n_aaer')
@@ -34,10 +36,14 @@ def plan(root: str, data_dir: str) -> list[tuple[str, list[str]]]:
   rows = []
   for method, eps, seed in order:
     workdir = os.path.join(root, f'{method}_eps{eps}_s{seed}')
+    recipe = f'{method}_eps{eps}'
+    # Seed 0 keeps the checkpoint of every epoch, for the layer study (docs/cifar_study.md).
+    keep = ([f'--config.checkpoint_keep={cifar_subset.get_config(recipe).num_epochs}']
+            if seed == 0 else [])
     rows.append((workdir, [sys.executable, 'launch.py',
-                           f'--config=configs/cifar_subset.py:{method}_eps{eps}',
+                           f'--config=configs/cifar_subset.py:{recipe}',
                            f'--workdir={workdir}', f'--config.data.dir={data_dir}',
-                           f'--config.seed={seed}', '--config.report=False']))
+                           f'--config.seed={seed}', *keep, '--config.report=False']))
   return rows
 
 
