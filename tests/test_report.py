@@ -115,6 +115,21 @@ def test_report_of_several_runs_renders_every_section(run, landscape_1d, tmp_pat
   assert f"| fgsm | {evaluation['robust_accuracy_by_attack']['fgsm']:.4f} |" in markdown
 
 
+def test_the_report_draws_the_artefacts_it_is_given(run, tmp_path):
+  """Rendering reads only: the examples come from the examples evaluator (stored in
+  examples.npz) or say why there are none."""
+  _, workdir = run
+  bare = str(tmp_path / 'bare')  # a run without checkpoints: no examples can be computed
+  shutil.copytree(workdir, bare, ignore=shutil.ignore_patterns('report', 'checkpoints',
+                                                                'examples.npz'))
+  markdown = open(report.write_report([bare], str(tmp_path / 'a'))).read()
+  assert re.search(r'bare: not available \(no checkpoints in .*bare\)', markdown)
+  assert not os.path.exists(os.path.join(bare, 'examples.npz'))
+  runs = load_runs([workdir])
+  markdown = open(report.render_report(runs, str(tmp_path / 'b'), {})).read()
+  assert f'{runs[0].name}: skipped.' in markdown and 'adversarial_' not in markdown
+
+
 def test_report_failure_is_logged_and_keeps_the_results(run, tmp_path, caplog):
   _, workdir = run
   broken = str(tmp_path / 'broken')

@@ -394,9 +394,28 @@ def _figure(name: str, caption: str) -> str:
 def write_report(workdirs: Sequence[str], out_dir: str = '', *, examples: bool = True) -> str:
   """Writes report.md and its figures for the runs in `workdirs` into `out_dir`; returns its path.
 
-  `examples=False` skips the adversarial examples (no checkpoint or data needed).
+  The report draws the runs' artefacts. The one it has the examples evaluator compute first,
+  where missing or stale, is the adversarial examples (`evaluators.current_examples`);
+  `examples=False` skips them (no checkpoint or data needed).
   """
   runs = load_runs(workdirs)
+  return render_report(runs, out_dir, _adversarial_examples(runs) if examples else {})
+
+
+def _adversarial_examples(runs: Sequence[Run]) -> dict[str, dict | str]:
+  """run name → its adversarial examples, or why they are not available."""
+  shown = {}
+  for run in runs:
+    try:
+      shown[run.name] = current_examples(run)
+    except (FileNotFoundError, DatasetNotFoundError) as e:
+      shown[run.name] = f'not available ({e})'
+  return shown
+
+
+def render_report(runs: Sequence[Run], out_dir: str, examples: dict[str, dict | str]) -> str:
+  """Writes report.md and its figures from the artefacts of `runs` (`examples`: run name →
+  adversarial examples or why there are none; a run not in it: skipped); returns its path."""
   if not out_dir:
     paths = [os.path.abspath(r.workdir) for r in runs]
     out_dir = os.path.dirname(os.path.join(
@@ -464,14 +483,9 @@ def write_report(workdirs: Sequence[str], out_dir: str = '', *, examples: bool =
          "the run's training attack and PGD with the final-evaluation settings (maximising "
          'the CE, no early stop); titles are label→prediction (red: wrong).', '']
   for run in runs:
-    if not examples:
-      md += [f'{run.name}: skipped.', '']
-      continue
-    try:
-      md += [f'![{run.name}]({plot_adversarial_examples(run, current_examples(run), out_dir)})',
-             '']
-    except (FileNotFoundError, DatasetNotFoundError) as e:
-      md += [f'{run.name}: not available ({e}).', '']
+    shown = examples.get(run.name, 'skipped')
+    md += [f'![{run.name}]({plot_adversarial_examples(run, shown, out_dir)})'
+           if isinstance(shown, dict) else f'{run.name}: {shown}.', '']
 
   md += ['## Layer-wise loss landscapes', '']
   found = False
