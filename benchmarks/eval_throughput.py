@@ -25,11 +25,16 @@ accuracy per attack, and AA's cost relative to PGD; `--json=PATH` writes it as J
 the attacks (e.g. for a smoke test of the script); the defaults are PGD-50-10 and AutoAttack's.
 
 `--torch-file` evaluates a PyTorch ``state_dict`` (`--source`, a `fat_jax.formats.convert` source,
-default locuslab_mnist), converted into a temporary run directory. `--reference` also runs
+default locuslab_mnist), converted into a temporary run directory. `--torch-from-run=WORKDIR`
+goes the other way: fat_jax evaluates the run's latest checkpoint, and its weights, exported
+into the PyTorch network (`torch_models.state_dict_from_flax`), are --torch-file (a
+PreActResNet-18 or MNIST net run; needs torch). `--reference` also runs
 the reference AutoAttack (Croce & Hein's ``autoattack``, or PyPI's ``pyautoattack``, the
-same code; version 'standard') on the same points with the same file loaded into PyTorch,
-and prints fat_jax's AutoAttack-standard points/s over the reference's, and both robust
-accuracies (L∞; MNIST net only, the architecture defined in `benchmarks/torch_mnist_net.py`).
+same code; version 'standard') on the same points with the same file loaded into PyTorch
+(`benchmarks/torch_models.py`: locuslab's MNIST net or PreActResNet-18, behind the fat_jax
+model's input normalisation), prints the largest difference of the two networks' logits on
+the points, fat_jax's AutoAttack-standard points/s over the reference's, both robust
+accuracies (L∞) and on how many points their per-point robust flags agree.
 The reference runs its own sanity checks (a few forward passes); its per-attack times are
 the ones it logs. Without PyTorch or the package it says so and skips the reference.
 
@@ -78,6 +83,9 @@ def parse_args():
                  help='image shape and classes (no data read), or --torch-file\'s data set')
   p.add_argument('--data-dir', default='', help="--torch-file's data folder (data.dir)")
   p.add_argument('--torch-file', default='', help='a PyTorch state_dict to convert and evaluate')
+  p.add_argument('--torch-from-run', default='',
+                 help='a PreActResNet-18 or MNIST net training run: fat_jax evaluates it, and '
+                      'its weights exported to PyTorch are --torch-file (needs torch)')
   p.add_argument('--torch-init', default='',
                  help='mnist_net | preact_resnet18: a freshly initialised PyTorch network '
                       '(--seed, --width) as --torch-file (needs torch)')
@@ -156,33 +164,71 @@ def torch_init(args) -> str:
   return path
 
 
-def torch_reference_net(args):
-  """--torch-file's network in PyTorch (`torch_models`), in [0, 1] pixels like the converted
-  one: the MNIST net as is, PreActResNet-18 behind the data set's normalisation."""
+# fat_jax model → the `fat_jax.formats.convert` source of its PyTorch network in `torch_models`.
+TORCH_SOURCES = {'preact_resnet18': 'locuslab', 'mnist_net': 'locuslab_mnist'}
+
+
+def torch_from_run(args) -> str:
+  """--torch-from-run: the run's latest checkpoint (its model weights) saved as the
+  ``state_dict`` of its `torch_models` network (`torch_models.state_dict_from_flax`); sets
+  --workdir to the run and --source, --dataset to its. Returns the file's path."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch_models  # pylint: disable=import-outside-toplevel
+  run = Run.open(os.path.abspath(args.torch_from_run))
+  model_config = run.config.model
+  if model_config.name not in TORCH_SOURCES or not model_config.get('head_bn_relu', True):
+    raise SystemExit(f'--torch-from-run: {run.workdir} holds a {model_config.name} (head_bn_relu '
+                     f'{model_config.get("head_bn_relu", True)}); benchmarks/torch_models.py '
+                     f'defines {sorted(TORCH_SOURCES)} (with the head BN-ReLU) in PyTorch.')
+  info = DATASET_INFOS[run.config.data.name]
+  _, ts, epoch = run.restore()
+  state = torch_models.state_dict_from_flax(ts.params, ts.batch_stats, model_config,
+                                            info.image_shape)
+  path = os.path.join(tempfile.mkdtemp(), f'{run.name}_epoch{epoch}.pth')
+  torch.save(state, path)
+  args.workdir, args.source, args.dataset = run.workdir, TORCH_SOURCES[model_config.name], \
+      run.config.data.name
+  return path
+
+
+def torch_reference_net(args, model):
+  """--torch-file's network in PyTorch (`torch_models`), in [0, 1] pixels like the fat_jax
+  `model`: behind `model`'s input normalisation (x − mean)/std where it has one."""
   import torch  # pylint: disable=import-outside-toplevel
   import torch_models  # pylint: disable=import-outside-toplevel
   state = torch.load(args.torch_file, map_location='cpu')
+  num_classes = DATASET_INFOS[args.dataset or 'cifar10'].num_classes
   if args.source == 'locuslab_mnist':
-    net = torch_models.mnist_net()
+    net = torch_models.mnist_net(num_classes)
   elif args.source == 'locuslab':
-    info = DATASET_INFOS[args.dataset or 'cifar10']
-    net = torch_models.Normalized(torch_models.preact_resnet18(state['conv1.weight'].shape[0],
-                                                               info.num_classes),
-                                  info.mean, info.std)
-    state = {f'network.{k}': v for k, v in state.items()}
-    state.update(mean=net.mean, std=net.std)
+    net = torch_models.preact_resnet18(state['conv1.weight'].shape[0], num_classes)
   else:
     raise SystemExit('--reference: --source must be locuslab_mnist or locuslab (the networks '
                      'defined in PyTorch in benchmarks/torch_models.py)')
   net.load_state_dict(state)
-  return net
+  mean, std = model.module.mean, model.module.std
+  return torch_models.Normalized(net, mean, std) if mean else net
 
 
-def reference_autoattack(args, x, y, eps):
-  """The reference AutoAttack-standard (L∞) on --torch-file's MNIST net and the same points.
+def logit_gap(model, ts, net, x: np.ndarray, xt) -> float:
+  """max |PyTorch logits − fat_jax logits| over the points (batches of 256)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  gap = 0.0
+  for i in range(0, len(x), 256):
+    ours = np.asarray(model.apply(ts.params, ts.batch_stats, x[i:i + 256], False)[0])
+    with torch.no_grad():
+      theirs = net(xt[i:i + 256]).cpu().numpy()
+    gap = max(gap, float(np.abs(ours - theirs).max()))
+  return gap
 
-  Returns (wall seconds, robust accuracy, {attack: cumulative seconds it logged}), or None
-  (after saying why) when PyTorch or the package is missing.
+
+def reference_autoattack(args, x, y, eps, model, ts):
+  """The reference AutoAttack-standard (L∞) on --torch-file's network and the same points;
+  `model` and `ts` are fat_jax's, whose logits the PyTorch network's are compared with.
+
+  Returns (wall seconds, robust accuracy, {attack: cumulative seconds it logged}, per-point
+  robust flags, max |logit difference|), or None (after saying why) when PyTorch or the
+  package is missing.
   """
   try:
     import torch  # pylint: disable=import-outside-toplevel
@@ -200,8 +246,10 @@ def reference_autoattack(args, x, y, eps):
           'pyautoattack (PyPI) is installed')
     return None
   device = 'cuda' if torch.cuda.is_available() else 'cpu'   # where fat_jax runs, on a GPU
-  net = torch_reference_net(args).to(device).eval()
+  net = torch_reference_net(args, model).to(device).eval()
   xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
+  gap = logit_gap(model, ts, net, x, xt)
+  print(f'PyTorch vs fat_jax logits on the {len(x)} points: max |difference| {gap:.2e}')
   yt = torch.from_numpy(np.asarray(y, np.int64)).to(device)
   adversary = auto_attack(net, norm='Linf', eps=eps, version='standard', seed=args.seed,
                           device=device)
@@ -226,10 +274,10 @@ def reference_autoattack(args, x, y, eps):
     logger.propagate = propagate
   x_adv = out[0] if isinstance(out, tuple) else out
   with torch.no_grad():
-    robust = (net(x_adv).argmax(1) == yt).float().mean().item()
+    flags = (net(x_adv).argmax(1) == yt).cpu().numpy()
   times = {m[0]: float(m[2]) for m in re.findall(
       r'robust accuracy after (\S+): ([\d.]+)% \(total time ([\d.]+) s\)', log.getvalue())}
-  return wall, robust, times
+  return wall, float(flags.mean()), times, flags, gap
 
 
 COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
@@ -251,9 +299,11 @@ def main():
     use_compilation_cache(args.compilation_cache, jax.default_backend())
   if args.torch_init:
     args.torch_file = torch_init(args)
+  if args.torch_from_run:
+    args.torch_file = torch_from_run(args)
   args.source = args.source or ('locuslab' if args.torch_init == 'preact_resnet18'
                                 else 'locuslab_mnist')
-  if args.torch_file:
+  if args.torch_file and not args.torch_from_run:
     args.workdir = convert(args.torch_file, os.path.join(tempfile.mkdtemp(), 'run'),
                            source=args.source, dataset=args.dataset, eps=args.eps)
   model, ts, x, y, eps = (trained_model if args.workdir else random_model)(args)
@@ -300,17 +350,19 @@ def main():
           + ', '.join(f'{name} {wall / base:.2f}x' for name, (_, wall, _) in rows.items()))
   reference = None
   if args.reference:
-    reference = reference_autoattack(args, x, y, eps)
+    reference = reference_autoattack(args, x, y, eps, model, ts)
   if reference:
-    wall, robust, times = reference
+    wall, robust, times, flags, _ = reference
     print(f"{'reference AA':<21} {wall:>9.1f} {len(x) / wall:>9.2f} {'':>8} {'':>8} {'':>6} "
           f"{robust:>7.3f} {'':>11} {wall:>9.1f}  cumulative: "
           + '  '.join(f'{a} {t:.1f} s' for a, t in times.items()))
     for name, (report, run_s, compiling) in rows.items():
       if name.startswith('aa_standard Linf'):
+        agree = int(np.sum(np.asarray(report['flags']['robust']) == flags))
         print(f"{name}: reference time / fat_jax time {wall / (run_s + compiling):.2f}x with "
               f"compilation, {wall / run_s:.2f}x without (robust accuracy "
-              f"{report['robust_accuracy']:.3f} vs {robust:.3f})")
+              f"{report['robust_accuracy']:.3f} vs {robust:.3f}; per-point robust flags agree "
+              f"on {agree}/{len(flags)})")
   if args.json:
     write_json(args, x, eps, rows, reference)
 
@@ -337,10 +389,13 @@ def write_json(args, x, eps, rows, reference) -> None:
              norm: rows[f'aa_standard {norm}'][1] / rows[f'pgd {norm}'][1]
              for norm in args.norm.split(',')}}
   if reference:
-    wall, robust, times = reference
+    wall, robust, times, flags, gap = reference
     out['reference_aa_standard'] = {
         'run_s': wall, 'points_per_s': n / wall, 'robust_accuracy': robust,
-        'cumulative_s_by_attack': times,
+        'cumulative_s_by_attack': times, 'logits_max_abs_difference': gap,
+        'robust_flags_agree': {
+            name: int(np.sum(np.asarray(report['flags']['robust']) == flags))
+            for name, (report, _, _) in rows.items() if name.startswith('aa_standard Linf')},
         'fat_jax_over_reference_points_per_s': {
             name: {'with_compilation': wall / (run_s + compiling), 'without': wall / run_s}
             for name, (_, run_s, compiling) in rows.items()

@@ -8,13 +8,20 @@ structure and parameter names (so that `fat_jax.formats.convert` reads their ``s
 * `wide_resnet`: ``yaodongyu/TRADES models/wideresnet.py`` (any depth and widen factor);
 * `Normalized`: (x − mean)/std in front of a network, as the official loops normalise the data.
 
+`state_dict_from_flax` goes the other way: fat_jax weights (a trained run's checkpoint) as the
+``state_dict`` of these networks, the inverse of `fat_jax.formats.convert`'s key table.
+
 Importing this module needs PyTorch.
 """
 from __future__ import annotations
 
+import jax
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fat_jax.formats.convert import _TENSORS, Layer, _layers, _lookup
 
 
 def mnist_net(num_classes: int = 10) -> nn.Sequential:
@@ -116,3 +123,46 @@ class Normalized(nn.Module):
 
   def forward(self, x):
     return self.network((x - self.mean) / self.std)
+
+
+def torch_layout(layer: Layer, flax_name: str, value: np.ndarray) -> np.ndarray:
+  """The inverse of `fat_jax.formats.convert`'s torch → Flax layout: a conv kernel HWIO → OIHW,
+  a linear kernel (in, out) → (out, in), its rows back from fat_jax's flattened (H, W, C) order
+  to torch's (C, H, W) one where `layer.flatten_chw`; every other tensor as it is."""
+  if layer.kind == 'conv' and flax_name == 'kernel':
+    return value.transpose(3, 2, 0, 1)
+  if layer.kind == 'linear' and flax_name == 'kernel':
+    value = value.T
+    if layer.flatten_chw:
+      c, h, w = layer.flatten_chw
+      value = value.reshape(value.shape[0], h, w, c).transpose(0, 3, 1, 2)
+      value = value.reshape(value.shape[0], -1)
+  return value
+
+
+def state_dict_from_flax(params, batch_stats, model_config, image_shape) -> dict[str, torch.Tensor]:
+  """The PyTorch ``state_dict`` of fat_jax's `params` / `batch_stats` for the model config
+  `model_config` (name and sizes; `image_shape` (H, W, C)): `fat_jax.formats.convert`'s layout of
+  that model read backwards (Flax scale, bias, mean, var → BatchNorm weight, bias, running_mean,
+  running_var; ``num_batches_tracked`` 0, which torch's eval forward does not read), so that
+  ``convert`` of the saved dict gives back `params` and `batch_stats` exactly.
+
+  Raises ValueError when a Flax tensor is left out of the layout (another network).
+  """
+  state, exported = {}, 0
+  trees = {'params': params, 'batch_stats': batch_stats}
+  for layer in _layers(model_config, image_shape):
+    for torch_name, collection, flax_name in _TENSORS[layer.kind]:
+      if flax_name == 'bias' and layer.kind != 'bn' and not layer.bias:
+        continue
+      value = np.asarray(_lookup(trees[collection], (*layer.flax, flax_name)), np.float32)
+      state[f'{layer.torch}.{torch_name}'] = torch.from_numpy(
+          np.array(torch_layout(layer, flax_name, value), order='C'))  # a writable copy
+      exported += 1
+    if layer.kind == 'bn':
+      state[f'{layer.torch}.num_batches_tracked'] = torch.tensor(0)
+  leaves = len(jax.tree.leaves(trees))
+  if exported != leaves:
+    raise ValueError(f'{model_config.name}: the PyTorch layout holds {exported} of the model\'s '
+                     f'{leaves} tensors; the weights belong to another network.')
+  return state
