@@ -7,6 +7,8 @@
   python benchmarks/torch_mnist_net.py --out=runs/mnist_net.pth        # a PyTorch model, then
   python benchmarks/eval_throughput.py --torch-file=runs/mnist_net.pth --dataset=fashion_mnist \
       --eps=0.1 --n=200 --batch-size=500 --reference       # fat_jax's AA next to the reference
+  python benchmarks/eval_throughput.py --torch-from-run=runs/cifar_sweep/n_fgsm_eps8_s0 \
+      --n=200 --batch-size=256 --reference    # a fat_jax run, its weights exported to PyTorch
 
 `--norm` lists the threat models (L2 radius `--eps-l2`, default 0.5); each runs PGD-50-10 and
 AutoAttack-standard.
