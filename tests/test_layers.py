@@ -71,7 +71,8 @@ ALLOWED = {
     # The loop, the analyses of a checkpoint, conversion.
     'run.train': ('analysis.diagnostics', 'config', 'data', 'evaluate', 'methods', 'models',
                   'optim', 'parallel', 'run.checkpoint', 'run.co_guard', 'run.divergence',
-                  'run.run_config', 'run.run_log', 'run.tensorboard_log', 'run.workdir_lock', 'validation'),
+                  'run.run_config', 'run.run_log', 'run.runs', 'run.tensorboard_log',
+                  'run.workdir_lock', 'validation'),
     'analysis.noise_eval': ('attacks', 'evaluate', 'methods', 'run.run_log', 'run.runs'),
     'analysis.feature_analysis': ('attacks', 'losses', 'methods', 'run.run_log', 'run.runs'),
     'formats.convert': ('config', 'data', 'errors', 'formats.torch_file', 'methods', 'models',

@@ -153,10 +153,20 @@ class Run:
   @property
   def final_pgd(self) -> PGDSettings:
     """The final-evaluation PGD (`eval.pgd_steps`, `pgd_restarts`, step `pgd_step_size`·ε)."""
-    eps = self.eval_eps
     e = self.config.eval
-    return PGDSettings(eps=eps, steps=int(e.pgd_steps), restarts=int(e.pgd_restarts),
-                       step_size=float(e.pgd_step_size) * eps)
+    return self._pgd(e.pgd_steps, e.pgd_restarts)
+
+  @property
+  def monitor_pgd(self) -> PGDSettings:
+    """The per-epoch monitor's PGD (`eval.monitor_pgd_steps`, `monitor_pgd_restarts`, the same
+    step)."""
+    e = self.config.eval
+    return self._pgd(e.monitor_pgd_steps, e.monitor_pgd_restarts)
+
+  def _pgd(self, steps: int, restarts: int) -> PGDSettings:
+    eps = self.eval_eps
+    return PGDSettings(eps=eps, steps=int(steps), restarts=int(restarts),
+                       step_size=float(self.config.eval.pgd_step_size) * eps)
 
   def clock(self, epoch: int) -> Clock:
     """The clock of the last step of (1-based) `epoch`, in epochs."""

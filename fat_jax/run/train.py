@@ -25,13 +25,14 @@ from tqdm.auto import tqdm
 from fat_jax import optim, validation
 
 from fat_jax.analysis.diagnostics import co_onset
-from fat_jax.config import default_config, eval_eps
+from fat_jax.config import default_config
 from fat_jax.data import load_data, steps_per_epoch, stored_frame_shape, train_batches
 from fat_jax.evaluate import PGDSettings, evaluate_robustness
 from fat_jax.run import run_config, run_log, tensorboard_log, workdir_lock
 from fat_jax.run.checkpoint import Checkpointer, CheckpointError
 from fat_jax.run.co_guard import GuardedStep, guard_batch
 from fat_jax.run.divergence import DivergenceError, check_finite, check_loss, check_monitor
+from fat_jax.run.runs import Run
 from fat_jax.methods import (evaluated_weights, init_examples, init_regularizer_state,
                              init_train_state, make_train_step, resolve_method,
                              unread_fields)
@@ -165,12 +166,6 @@ def _eval_subset(data, n: int):
   return data.test_batches(n)
 
 
-def _pgd_settings(config, steps: int, restarts: int) -> PGDSettings:
-  eps = eval_eps(config)
-  return PGDSettings(eps=eps, steps=steps, restarts=restarts,
-                     step_size=config.eval.pgd_step_size * eps)
-
-
 def _monitor_protocol(settings: PGDSettings, n: int, config) -> dict:
   """The settings the per-epoch monitor ran with, recorded with each of its numbers."""
   return {'n': n, 'eps': settings.eps, 'pgd_steps': settings.steps,
@@ -251,8 +246,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                       'fat_jax): a rollback can only go back to checks after it.', start)
         else:
           train_step.restore_snapshots(kept)
-    monitor = _pgd_settings(config, config.eval.monitor_pgd_steps,
-                            config.eval.monitor_pgd_restarts)
+    run = Run.open(workdir, config)  # the run's settings (`fat_jax.run.runs`)
+    monitor = run.monitor_pgd
     monitor_x, monitor_y = _eval_subset(data, config.eval.monitor_n)
     protocol = _monitor_protocol(monitor, len(monitor_x), config)
     if history and history[-1].get('monitor', protocol) != protocol:
@@ -337,7 +332,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     events.close()
 
     check_finite(ts, 'before the final evaluation', lambda: _last_good(checkpointer))
-    settings = _pgd_settings(config, config.eval.pgd_steps, config.eval.pgd_restarts)
+    settings = run.final_pgd
     test_x, test_y = _eval_subset(data, config.eval.n)
     final = evaluate_robustness(model, evaluated_weights(ts)[1], ts.batch_stats, test_x, test_y,
                                 settings, desc='final eval', **eval_kwargs)
