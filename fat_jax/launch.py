@@ -39,6 +39,7 @@ from fat_jax.errors import (LAUNCHER, TracebackLog, chain, command_name, message
                             storage_error)
 from fat_jax.analysis.evaluators import EVALUATORS
 from fat_jax.config import RENAMED
+from fat_jax.evaluate import SUITES
 from fat_jax.parallel import initialize_distributed, is_writer
 from fat_jax.reports.report import write_end_of_run_report
 from fat_jax.reports.summary import run_summary
@@ -106,7 +107,7 @@ def run_mode(config):
   logging.getLogger('fat_jax').setLevel(logging.INFO if is_writer() else logging.WARNING)
   config.progress = config.progress and is_writer()
   if _MODE.value != 'train':  # training validates and checks its workdir itself
-    validate_config(config)
+    validate_config(config, suites=SUITES)
     check_against_run(config, _WORKDIR.value)
   if _MODE.value in EVALUATORS:
     evaluator = EVALUATORS[_MODE.value]

@@ -9,16 +9,12 @@ warn (`eps_problem`, shared with the attacks).
 from __future__ import annotations
 
 import math
+from typing import Collection
 
 import numpy as np
 
 from fat_jax.attacks.core import THREAT_MODELS, eps_problem
 
-
-# The suites of `fat_jax.evaluate.evaluate` (the keys of `fat_jax.evaluate.registry.SUITES`,
-# whose package imports this module).
-SUITES = ('aa_standard', 'aa_plus', 'aa_rand', 'pgd', 'mm', 'mm+', 'md', 'mdmt', 'mdmt+', 'mde',
-          'pma', 'pma+', 'transfer', 'custom')
 SEED_LIMIT = 2 ** 63       # seeds are integers in [0, 2^63): NumPy's and JAX's generators
 # `evaluate()`'s counts, each also the field eval.<name> of a run config where that exists:
 # integers ≥ 1, and those below ≥ 0 with what 0 means.
@@ -119,12 +115,13 @@ def range_problem(field: str, value, rule: tuple) -> str | None:
   return f'{field}={value} must be finite and in {interval}: give {what}.'
 
 
-def config_problems(config, training: bool = False) -> list[str]:
+def config_problems(config, training: bool = False, suites: Collection[str] = ()) -> list[str]:
   """One line per mistake in a run config (`fat_jax.config.default_config` layout).
 
   `eval.norm` is the evaluation's threat model ('Linf' or 'L2'; `eval.eps` is checked in it);
   with `training` (a training run) it must be 'Linf': training, its monitor and its final
-  evaluation are L∞ only. `eval.suite` is checked in every mode."""
+  evaluation are L∞ only. `eval.suite` must be one of `suites` when they are given (the callers
+  above `fat_jax.evaluate` pass its `SUITES`, whose package imports this module)."""
   problems = [f'{name}={value} is not finite.' for name, value in _numbers(config)
               if isinstance(value, float) and not math.isfinite(value)]
   bad = {p.split('=')[0] for p in problems}
@@ -143,8 +140,8 @@ def config_problems(config, training: bool = False) -> list[str]:
       problems += [problem] if problem else []
   problems += [seed_problem(config['seed'])] if 'seed' in config else []
   suite = _get(config, 'eval.suite')
-  if suite is not None and suite not in SUITES:
-    problems.append(f'eval.suite={suite!r} is not a suite: use one of {", ".join(SUITES)}.')
+  if suites and suite is not None and suite not in suites:
+    problems.append(f'eval.suite={suite!r} is not a suite: use one of {", ".join(suites)}.')
   problems += [count_problem(field, _get(config, field), zero) for field, zero in COUNTS.items()
                if _get(config, field) is not None]
   problems += [count_problem(field, _get(config, field)) for field in POSITIVE
@@ -160,9 +157,10 @@ def config_problems(config, training: bool = False) -> list[str]:
   return [p for p in problems if p]
 
 
-def validate_config(config, training: bool = False) -> None:
-  """Raise one `ConfigError` listing every mistake of `config` (one line each)."""
-  _raise(config_problems(config, training))
+def validate_config(config, training: bool = False, suites: Collection[str] = ()) -> None:
+  """Raise one `ConfigError` listing every mistake of `config` (one line each;
+  `config_problems`)."""
+  _raise(config_problems(config, training, suites))
 
 
 def _real(dtype) -> bool:

@@ -94,8 +94,9 @@ ALLOWED = {
                        'parallel', 'reports.aggregate', 'reports.figures', 'reports.summary',
                        'run.run_log', 'run.runs', 'run.tensorboard_log'),
     # The launcher.
-    'launch': ('analysis.evaluators', 'config', 'configs', 'errors', 'parallel', 'reports.report',
-               'reports.summary', 'run.run_config', 'run.runs', 'run.train', 'validation'),
+    'launch': ('analysis.evaluators', 'config', 'configs', 'errors', 'evaluate', 'parallel',
+               'reports.report', 'reports.summary', 'run.run_config', 'run.runs', 'run.train',
+               'validation'),
 }
 ROOT_ENTRY = '__init__'
 # The wings: folders that group modules of several layers (docs/architecture.md). A wing's

@@ -27,7 +27,7 @@ from fat_jax import optim, validation
 from fat_jax.analysis.diagnostics import co_onset
 from fat_jax.config import default_config
 from fat_jax.data import load_data, steps_per_epoch, stored_frame_shape, train_batches
-from fat_jax.evaluate import PGDSettings, evaluate_robustness
+from fat_jax.evaluate import SUITES, PGDSettings, evaluate_robustness
 from fat_jax.run import run_config, run_log, tensorboard_log, workdir_lock
 from fat_jax.run.checkpoint import Checkpointer, CheckpointError
 from fat_jax.run.co_guard import GuardedStep, guard_batch
@@ -179,7 +179,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   The config is checked first (`fat_jax.validation`), then the workdir is locked against a
   second writer (`fat_jax.run.workdir_lock`) for the whole run.
   """
-  validation.validate_config(config, training=True)
+  validation.validate_config(config, training=True, suites=SUITES)
   workdir = os.path.abspath(workdir)
   with workdir_lock.locked(workdir):
     return _train_and_evaluate(config, workdir)
