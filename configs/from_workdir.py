@@ -11,11 +11,8 @@ Fields of the stored config that the default config lacks (``converted_from``, o
 fields removed since the run was written) are left out; ``--config.<field>``
 overrides apply on top as with any recipe.
 """
-import json
-import os
-
-from fat_jax.config import default_config, upgrade
-from fat_jax.run import run_log
+from fat_jax.config import default_config
+from fat_jax.run import run_config, run_log
 
 
 def _overlay(config, stored: dict) -> None:
@@ -29,13 +26,11 @@ def _overlay(config, stored: dict) -> None:
 
 
 def get_config(workdir: str):
-  path = os.path.join(workdir, run_log.CONFIG)
-  if not os.path.isfile(path):
+  stored = run_config.read_stored(workdir)
+  if stored is None:
     raise FileNotFoundError(f'No {run_log.CONFIG} in {workdir!r}: pass a run directory '
                             '(configs/from_workdir.py:WORKDIR) written by training or by '
                             'python -m fat_jax.formats.convert.')
-  with open(path) as f:
-    stored = upgrade(json.load(f))
   config = default_config()
   _overlay(config, stored)
   return config
