@@ -60,7 +60,8 @@ def _raise(problems: list[str]) -> None:
     raise ConfigError('\n'.join(problems))
 
 
-def _get(config, dotted: str):
+def dotted_field(config, dotted: str):
+  """The field `dotted` ('eval.n', 'method.lap.beta') of a config, None where it is missing."""
   for part in dotted.split('.'):
     if config is None or part not in config:
       return None
@@ -125,7 +126,7 @@ def config_problems(config, training: bool = False, suites: Collection[str] = ()
   problems = [f'{name}={value} is not finite.' for name, value in _numbers(config)
               if isinstance(value, float) and not math.isfinite(value)]
   bad = {p.split('=')[0] for p in problems}
-  norm = _get(config, 'eval.norm') or 'Linf'
+  norm = dotted_field(config, 'eval.norm') or 'Linf'
   if norm not in THREAT_MODELS:
     problems.append(f"eval.norm={norm!r} is not a threat model: use 'Linf' or 'L2'.")
   elif training and norm != 'Linf':
@@ -133,25 +134,26 @@ def config_problems(config, training: bool = False, suites: Collection[str] = ()
                     "with eval.norm='Linf', then evaluate the run under L2 with "
                     '--mode=eval --config.eval.norm=L2.')
   for field in EPSILONS:
-    value = _get(config, field)
+    value = dotted_field(config, field)
     if value is not None and field not in bad:
       problem = eps_problem(value, field, norm if field == 'eval.eps' and norm in THREAT_MODELS
                             else 'Linf')
       problems += [problem] if problem else []
   problems += [seed_problem(config['seed'])] if 'seed' in config else []
-  suite = _get(config, 'eval.suite')
+  suite = dotted_field(config, 'eval.suite')
   if suites and suite is not None and suite not in suites:
     problems.append(f'eval.suite={suite!r} is not a suite: use one of {", ".join(suites)}.')
-  problems += [count_problem(field, _get(config, field), zero) for field, zero in COUNTS.items()
-               if _get(config, field) is not None]
-  problems += [count_problem(field, _get(config, field)) for field in POSITIVE
-               if _get(config, field) is not None]
-  problems += [range_problem(field, _get(config, field), rule) for field, rule in RANGES.items()
-               if _get(config, field) is not None and field not in bad]
-  if _get(config, 'ema_decay') == 1:  # RANGES include their high end
+  problems += [count_problem(field, dotted_field(config, field), zero)
+               for field, zero in COUNTS.items() if dotted_field(config, field) is not None]
+  problems += [count_problem(field, dotted_field(config, field)) for field in POSITIVE
+               if dotted_field(config, field) is not None]
+  problems += [range_problem(field, dotted_field(config, field), rule)
+               for field, rule in RANGES.items()
+               if dotted_field(config, field) is not None and field not in bad]
+  if dotted_field(config, 'ema_decay') == 1:  # RANGES include their high end
     problems.append('ema_decay=1 would never move the average: give τ in [0, 1), e.g. 0.995.')
   for field in NON_NEGATIVE:
-    value = _get(config, field)
+    value = dotted_field(config, field)
     if value is not None and field not in bad and value < 0:
       problems.append(f'{field}={value} must be ≥ 0.')
   return [p for p in problems if p]

@@ -58,7 +58,8 @@ ALLOWED = {
     'run.tensorboard_log': ('parallel',),
     'run.checkpoint': ('optim', 'parallel', 'run.run_log'),
     # Methods and evaluation.
-    'methods': ('attacks', 'data', 'errors', 'losses', 'optim', 'weight_perturbation'),
+    'methods': ('attacks', 'data', 'errors', 'losses', 'optim', 'validation',
+                'weight_perturbation'),
     'config': ('methods',),
     'recipes': ('config',),
     'run.run_config': ('config', 'run.run_log', 'validation'),

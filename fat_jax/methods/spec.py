@@ -66,6 +66,7 @@ from fat_jax.methods.regularizers import AAER, ELLE, GradAlign, LCo, LStable
 from fat_jax.methods.training_attacks import (AdaptiveAttack, DynamicAttack, FGSMAttack, KLAttack,
                                               PGDAttack, PriorAttack, ZeroGrad)
 from fat_jax.methods.weight_perturbations import AWP, LAP
+from fat_jax.validation import dotted_field
 
 # The starts of a training attack: those of `fat_jax.attacks`, and the per-example state kept
 # by FGSM-MEP ('prior') and ATAS ('previous').
@@ -387,18 +388,12 @@ READERS = (
 )
 
 
-def _get(config, dotted: str):
-  for part in dotted.split('.'):
-    config = config.get(part) if config is not None else None
-  return config
-
-
 def unread_fields(method_config, method: Method, defaults) -> list[str]:
   """One line per field of `method_config` that differs from `defaults` (the default config's
   method section) although no component of `method` reads it."""
-  return [f'method.{field}={_get(method_config, field)!r} does nothing without {reader}.'
-          for fields, reader, has in READERS if not has(method)
-          for field in fields if _get(method_config, field) != _get(defaults, field)]
+  return [f'method.{field}={dotted_field(method_config, field)!r} does nothing without {reader}.'
+          for fields, reader, has in READERS if not has(method) for field in fields
+          if dotted_field(method_config, field) != dotted_field(defaults, field)]
 
 
 def resolve_method(method_config, eps: float) -> Method:
