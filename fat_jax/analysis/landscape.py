@@ -83,6 +83,7 @@ from fat_jax.data import draw_augmentation
 from fat_jax.losses import cross_entropy
 from fat_jax.methods import Clock
 from fat_jax.reports import figures
+from fat_jax.run import run_log
 from fat_jax.run.runs import SPLITS, Run
 
 LOSS_KINDS = ('clean', 'train_attack', 'pgd')
@@ -435,13 +436,19 @@ def plot_distortion(landscape: Landscape, path: str, *, floor: float = 1e-3) -> 
 def distortion_table(landscape: Landscape) -> str:
   """D per layer set (rows) and checkpoint (columns), one block per loss kind."""
   values = distortion(landscape)
-  lines = []
-  for k, kind in enumerate(landscape.kinds):
-    lines += [f'distortion D ({kind}): layer \\ epoch',
-              'l    ' + ' '.join(f'{e:>8}' for e in landscape.epochs)]
-    for c, l in enumerate(landscape.layer_indices):
-      lines.append(f'{l if l else "all":<4} ' + ' '.join(f'{v:8.3g}' for v in values[:, c, k]))
-  return '\n'.join(lines)
+  return '\n'.join(line for k, kind in enumerate(landscape.kinds) for line in _layer_block(
+      f'distortion D ({kind})', landscape.epochs, landscape.layer_indices, values[:, :, k]))
+
+
+def _layer_block(title: str, epochs: Sequence[int], layer_indices: Sequence[int],
+                 values: np.ndarray) -> list[str]:
+  """The lines of one table block: layer sets (rows, 0 as 'all') × checkpoints (columns) of
+  `values` (epochs, layer sets), '–' where a value is undefined (NaN)."""
+  lines = [f'{title}: layer \\ epoch', 'l    ' + ' '.join(f'{e:>8}' for e in epochs)]
+  for c, l in enumerate(layer_indices):
+    lines.append(f'{l if l else "all":<4} ' + ' '.join(
+        f'{"–":>8}' if np.isnan(v) else f'{v:8.3g}' for v in values[:, c]))
+  return lines
 
 
 # ---------------------------------------------------------------------------
@@ -508,11 +515,9 @@ class LayerWeights:
   def save(self, out_dir: str) -> str:
     """Writes ``layer_weights.json`` (NaN as null) into `out_dir`."""
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, 'layer_weights.json')
     values = np.where(np.isnan(self.values), None, self.values).tolist()
-    with open(path, 'w') as f:
-      json.dump({**dataclasses.asdict(self), 'values': values}, f)
-    return path
+    return run_log.atomic_write_json(os.path.join(out_dir, 'layer_weights.json'),
+                                     {**dataclasses.asdict(self), 'values': values})
 
   @classmethod
   def load(cls, path: str) -> 'LayerWeights':
@@ -585,12 +590,8 @@ def layer_weights_table(weights: LayerWeights, measures: Sequence[str] = ()) -> 
   for measure in list(measures) or weights.measures:
     if measure not in weights.measures:
       raise ValueError(f'No measure {measure!r}; the weights hold {weights.measures}.')
-    values = weights.values[weights.measures.index(measure)]
-    lines += [f'{measure}: layer \\ epoch',
-              'l    ' + ' '.join(f'{e:>8}' for e in weights.epochs)]
-    for c, l in enumerate(weights.layer_indices):
-      lines.append(f'{l if l else "all":<4} ' + ' '.join(
-          f'{v:8.3g}' if np.isfinite(v) else f'{"–":>8}' for v in values[:, c]))
+    lines += _layer_block(measure, weights.epochs, weights.layer_indices,
+                          weights.values[weights.measures.index(measure)])
   return '\n'.join(lines)
 
 
