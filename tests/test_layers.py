@@ -69,11 +69,8 @@ ALLOWED = {
     # A run directory as one value.
     'run.runs': ('config', 'data', 'errors', 'evaluate', 'methods', 'models', 'optim', 'recipes',
                  'run.checkpoint', 'run.run_config', 'run.run_log'),
-    # The loop, the analyses of a checkpoint, conversion.
-    'run.train': ('analysis.diagnostics', 'config', 'data', 'evaluate', 'methods', 'models',
-                  'optim', 'parallel', 'run.checkpoint', 'run.co_guard', 'run.divergence',
-                  'run.run_config', 'run.run_log', 'run.runs', 'run.tensorboard_log',
-                  'run.workdir_lock', 'validation'),
+    # The evaluations of a checkpoint, conversion, the loop.
+    'analysis.robustness': ('evaluate', 'methods', 'parallel', 'run.run_log', 'run.runs'),
     'analysis.noise_eval': ('attacks', 'evaluate', 'methods', 'run.run_log', 'run.runs'),
     'analysis.feature_analysis': ('attacks', 'losses', 'methods', 'run.run_log', 'run.runs'),
     'formats.convert': ('config', 'data', 'errors', 'formats.torch_file', 'methods', 'models',
@@ -82,9 +79,14 @@ ALLOWED = {
                            'run.run_log', 'run.runs'),
     'analysis.shortcut_removal': ('config', 'evaluate', 'methods', 'parallel', 'reports.figures',
                                   'run.run_log', 'run.runs', 'weight_perturbation'),
+    'run.train': ('analysis.diagnostics', 'analysis.robustness', 'config', 'data', 'evaluate',
+                  'methods', 'models', 'optim', 'parallel', 'run.checkpoint', 'run.co_guard',
+                  'run.divergence', 'run.run_config', 'run.run_log', 'run.runs',
+                  'run.tensorboard_log', 'run.workdir_lock', 'validation'),
     # Evaluators of a run: launch's modes.
     'analysis.evaluators': ('analysis.feature_analysis', 'analysis.landscape',
-                            'analysis.noise_eval', 'analysis.shortcut_removal', 'attacks',
+                            'analysis.noise_eval', 'analysis.robustness',
+                            'analysis.shortcut_removal', 'attacks',
                             'evaluate', 'methods', 'parallel', 'run.run_log', 'run.runs'),
     # Reports of finished runs.
     'reports.aggregate': ('reports.figures', 'run.runs'),

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from fat_jax.analysis.diagnostics import co_onset
+from fat_jax.analysis.evaluators import EVALUATORS
 from fat_jax.config import default_config
 from fat_jax.data import DatasetNotFoundError, load_dataset
 from fat_jax.methods import init_train_state, make_train_step, resolve_method
 from fat_jax.models import build_model
 from fat_jax.run import run_log
 from fat_jax.run.checkpoint import Checkpointer
+from fat_jax.run.runs import Run
 from fat_jax.run.train import DivergenceError, make_schedule, train_and_evaluate
 from tests.fixtures import write_idx_dir
 
@@ -77,7 +79,7 @@ def test_same_seed_same_bits_and_resume_after_interruption(data_dir, tmp_path):
   assert set(first) >= {'clean_accuracy', 'fgsm_accuracy', 'pgd_accuracy', 'pgd_step_size',
                         'co_onset_epoch', 'evaluated_epoch', 'n', 'eps'}
   assert first['clean_accuracy'] >= max(first['fgsm_accuracy'], first['pgd_accuracy'])
-  flags = np.load(os.path.join(b, 'eval_flags.npz'))
+  flags = np.load(os.path.join(b, run_log.RESULT_FLAGS))
   assert flags['pgd'].shape == (16,)
 
 
@@ -92,6 +94,22 @@ def test_composed_method_trains_and_logs_component_statistics(data_dir, tmp_path
   assert -1.0 <= record['train_gradalign_cos'] <= 1.0
   assert len(record['train_lap_norm']) == 3  # cnn depth 2: two convs + the linear layer
   assert record['train_loss'] >= record['train_ce']
+
+
+def test_robustness_mode_reproduces_the_final_evaluation(data_dir, tmp_path):
+  # The loop's final evaluation is the `robustness` evaluator on its live state: the mode, on
+  # the stored checkpoint, gives results.json's numbers and per-point flags.
+  results = train_and_evaluate(tiny_config(data_dir, num_epochs=1), str(tmp_path))
+  report = EVALUATORS['robustness'].run(Run.open(str(tmp_path)))
+  assert report['evaluated_epoch'] == results['evaluated_epoch'] == 1
+  for key in ('clean_accuracy', 'fgsm_accuracy', 'pgd_accuracy', 'vact', 'fosc_pgd', 'n'):
+    assert report[key] == results[key], key
+  stored = run_log.read_json(str(tmp_path), 'robustness_epoch1.json')
+  assert stored['pgd_accuracy'] == results['pgd_accuracy']
+  final = np.load(os.path.join(str(tmp_path), run_log.RESULT_FLAGS))
+  again = np.load(os.path.join(str(tmp_path), 'robustness_epoch1_flags.npz'))
+  for kind in ('clean', 'fgsm', 'pgd'):
+    np.testing.assert_array_equal(final[kind], again[kind])
 
 
 def test_resume_with_another_config_is_refused(data_dir, tmp_path):

@@ -5,6 +5,7 @@ picks one from `EVALUATORS`; the report reads their artefacts.
 | mode | evaluator | artefact |
 |---|---|---|
 | eval | `evaluate_run` | ``eval_<suite>[_L2].json``, ``eval_<suite>[_L2]_flags.npz``, RobustBench entry |
+| robustness | `robustness.robustness_run` (the training loop's monitor and final evaluation) | ``robustness_epoch<E>.json``, ``robustness_epoch<E>_flags.npz`` |
 | noise_eval | `noise_eval.evaluate_noise_run` | ``eval_noise.json`` |
 | analyze | `feature_analysis.analyze_run` | ``analysis.json``, ``tact.npz`` |
 | shortcuts | `shortcut_removal.shortcut_removal_run` | ``shortcuts.json``, ``shortcuts.png`` |
@@ -27,6 +28,7 @@ import numpy as np
 from fat_jax.analysis.feature_analysis import analyze_run
 from fat_jax.analysis.landscape import adversarial_inputs
 from fat_jax.analysis.noise_eval import evaluate_noise_run
+from fat_jax.analysis.robustness import robustness_done, robustness_run
 from fat_jax.analysis.shortcut_removal import FIGURE as SHORTCUTS_FIGURE, REPORT as SHORTCUTS_REPORT
 from fat_jax.analysis.shortcut_removal import shortcut_removal_run
 from fat_jax.attacks.eot import with_input_noise
@@ -200,6 +202,7 @@ def _eval_done(run: Run, report: dict) -> str:
 
 EVALUATORS = {
     'eval': Evaluator(evaluate_run, _eval_done),
+    'robustness': Evaluator(robustness_run, robustness_done),
     'noise_eval': Evaluator(evaluate_noise_run,
                             lambda run, _: f'Results: {run.workdir}/eval_noise.json'),
     'analyze': Evaluator(analyze_run, lambda run, _: f'Results: {run.workdir}/analysis.json, '

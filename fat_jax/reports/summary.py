@@ -65,7 +65,7 @@ def run_summary(workdir: str) -> str:
       f"checkpoint  {os.path.join(checkpoints, str(kept[-1])) if kept else '(none)'}"
       f"{'  (kept epochs %s)' % kept if kept else ''}",
       f'metrics     {os.path.join(workdir, run_log.METRICS)}',
-      f"results     {os.path.join(workdir, run_log.RESULTS)}  (per point: eval_flags.npz)",
+      f"results     {os.path.join(workdir, run_log.RESULTS)}  (per point: {run_log.RESULT_FLAGS})",
       f'report      {report}' if os.path.exists(report) else
       f'report      (none: python -m fat_jax.reports.report {workdir})',
       rule,

@@ -21,6 +21,7 @@ METRICS = 'metrics.jsonl'
 MONITOR = 'monitor.jsonl'
 SIGNALS = 'signals.jsonl'
 RESULTS = 'results.json'
+RESULT_FLAGS = 'eval_flags.npz'  # the final evaluation's per-point flags
 REPORT = os.path.join('report', 'report.md')
 
 log = logging.getLogger('fat_jax')

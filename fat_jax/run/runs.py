@@ -17,7 +17,7 @@ import functools
 import glob
 import json
 import os
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -100,6 +100,14 @@ def run_names(workdirs: Sequence[str]) -> list[str]:
   return [os.path.relpath(os.path.abspath(w), common) for w in workdirs]
 
 
+class State(NamedTuple):
+  """A model, its train state and the (1-based) epoch it ends: a restored checkpoint, or the
+  training loop's live state."""
+  model: object
+  train_state: object
+  epoch: int
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One run directory. Its files are read on first use; `config` is the stored config.json
@@ -110,9 +118,13 @@ class Run:
 
   @classmethod
   def open(cls, workdir: str, config: ml_collections.ConfigDict | None = None,
-           name: str = '') -> Run:
-    return cls(workdir, name or os.path.basename(os.path.normpath(workdir)),
-               read_config(workdir) if config is None else config)
+           name: str = '', data=None) -> Run:
+    """`data`: the run's data set when the caller has loaded it already (the training loop)."""
+    run = cls(workdir, name or os.path.basename(os.path.normpath(workdir)),
+              read_config(workdir) if config is None else config)
+    if data is not None:
+      run.__dict__['data'] = data  # the value of the cached property `data`
+    return run
 
   # The run's files.
 
@@ -191,6 +203,17 @@ class Run:
       images, labels = self.data.train_images[:n], self.data.train_labels[:n]
     return images.astype(np.float32) / 255.0, labels
 
+  @functools.cached_property
+  def _test_batches(self) -> dict:
+    return {}
+
+  def test_batches(self, n: int):
+    """The first `n` test points as the clean/FGSM/PGD evaluation reads them: uint8 images
+    (streamed ones decoded batch by batch) and labels (`data.test_batches`), read once per n."""
+    if n not in self._test_batches:
+      self._test_batches[n] = self.data.test_batches(n)
+    return self._test_batches[n]
+
   # Checkpoints.
 
   def epochs(self) -> list[int]:
@@ -200,7 +223,7 @@ class Run:
     with Checkpointer(self.workdir) as checkpointer:
       return checkpointer.epochs()
 
-  def restore(self, epoch: int = 0, info=None, conv: str | None = None):
+  def restore(self, epoch: int = 0, info=None, conv: str | None = None) -> State:
     """(model, train state, epoch): the model of `config.model` and checkpoint `epoch`
     (0 = the latest verified one), with its weight average when it holds one
     (`methods.evaluated_weights` picks the weights to evaluate). `info` (default: the run's
@@ -221,7 +244,7 @@ class Run:
       # The shapes of a fresh state suffice (eval_shape: no initialisation is compiled or run).
       ema = WeightAverage(0.0) if checkpointer.has_ema(epoch) else None  # only its shapes count
       like = jax.eval_shape(lambda: init_train_state(model, jax.random.key(0), ema=ema))
-      return model, checkpointer.restore(epoch, like), epoch
+      return State(model, checkpointer.restore(epoch, like), epoch)
 
   def checkpoints(self, epochs: Sequence[int]) -> Iterator[tuple]:
     """Yields (epoch, model, train state) for each of `epochs`, restoring into one state."""

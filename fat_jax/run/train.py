@@ -27,12 +27,13 @@ from fat_jax import optim, validation
 from fat_jax.analysis.diagnostics import co_onset
 from fat_jax.config import default_config
 from fat_jax.data import load_data, steps_per_epoch, stored_frame_shape, train_batches
-from fat_jax.evaluate import SUITES, PGDSettings, evaluate_robustness
+from fat_jax.analysis.robustness import robustness
+from fat_jax.evaluate import SUITES, PGDSettings
 from fat_jax.run import run_config, run_log, tensorboard_log, workdir_lock
 from fat_jax.run.checkpoint import Checkpointer, CheckpointError
 from fat_jax.run.co_guard import GuardedStep, guard_batch
 from fat_jax.run.divergence import DivergenceError, check_finite, check_loss, check_monitor
-from fat_jax.run.runs import Run
+from fat_jax.run.runs import Run, State
 from fat_jax.methods import (evaluated_weights, init_examples, init_regularizer_state,
                              init_train_state, make_train_step, resolve_method,
                              unread_fields)
@@ -160,12 +161,6 @@ def _train_epoch(train_step, ts, batches, config, epoch: int, steps: int, checkp
   return ts, means
 
 
-def _eval_subset(data, n: int):
-  """The first n test points of the monitor and the final evaluation: host arrays, or for a
-  streamed data set images decoded batch by batch (`fat_jax.data.stream.TestImages`)."""
-  return data.test_batches(n)
-
-
 def _monitor_protocol(settings: PGDSettings, n: int, config) -> dict:
   """The settings the per-epoch monitor ran with, recorded with each of its numbers."""
   return {'n': n, 'eps': settings.eps, 'pgd_steps': settings.steps,
@@ -246,16 +241,15 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                       'fat_jax): a rollback can only go back to checks after it.', start)
         else:
           train_step.restore_snapshots(kept)
-    run = Run.open(workdir, config)  # the run's settings (`fat_jax.run.runs`)
+    # The run's settings and test points (`fat_jax.run.runs`), evaluated by
+    # `fat_jax.analysis.robustness` as the monitor and the final evaluation.
+    run = Run.open(workdir, config, data=data)
     monitor = run.monitor_pgd
-    monitor_x, monitor_y = _eval_subset(data, config.eval.monitor_n)
-    protocol = _monitor_protocol(monitor, len(monitor_x), config)
+    protocol = _monitor_protocol(monitor, len(run.test_batches(config.eval.monitor_n)[0]), config)
     if history and history[-1].get('monitor', protocol) != protocol:
       log.warning('The monitor settings changed on resuming: epochs ≤ %d were measured with %s, '
                   'later ones with %s (each record of %s holds its own).', start,
                   history[-1]['monitor'], protocol, run_log.METRICS)
-    eval_kwargs = dict(mesh=mesh, batch_size=config.eval.batch_size, seed=config.seed,
-                       progress=config.progress)
     cm = config.co_monitor
     onset = co_onset(history, drop=cm.drop, gap=cm.gap)
     ts_epoch = start
@@ -269,8 +263,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
       def after_step(ts, i):
         if not every or ((epoch - 1) * steps + i + 1) % every or i + 1 == steps:
           return
-        r = evaluate_robustness(model, evaluated_weights(ts)[1], ts.batch_stats, monitor_x,
-                                monitor_y, monitor, desc='monitor', **eval_kwargs)
+        r = robustness(run, State(model, ts, epoch), monitor=True)
         check_monitor(r, f'at step {(epoch - 1) * steps + i + 1} (epoch {epoch})',
                       lambda: _last_good(checkpointer))
         monitor_time[0] += r['wall_time_s']
@@ -296,8 +289,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
       check_finite(ts, f'after epoch {epoch}', last_good)
       check_loss(record['train_ce'], data.info.num_classes, f'of epoch {epoch}', last_good)
       train_time = time.time() - t0 - monitor_time[0]
-      result = evaluate_robustness(model, evaluated_weights(ts)[1], ts.batch_stats, monitor_x,
-                                   monitor_y, monitor, desc='monitor', **eval_kwargs)
+      result = robustness(run, State(model, ts, epoch), monitor=True)
       check_monitor(result, f'after epoch {epoch}', last_good)
       record = {'epoch': epoch, **record,
                 **{f'{k}_accuracy': result[f'{k}_accuracy'] for k in ('clean', 'fgsm', 'pgd')},
@@ -333,12 +325,10 @@ def _train_and_evaluate(config, workdir: str) -> dict:
 
     check_finite(ts, 'before the final evaluation', lambda: _last_good(checkpointer))
     settings = run.final_pgd
-    test_x, test_y = _eval_subset(data, config.eval.n)
-    final = evaluate_robustness(model, evaluated_weights(ts)[1], ts.batch_stats, test_x, test_y,
-                                settings, desc='final eval', **eval_kwargs)
+    final = robustness(run, State(model, ts, ts_epoch))
     check_monitor(final, f'in the final evaluation (epoch {ts_epoch})',
                   lambda: _last_good(checkpointer))
-  run_log.write_arrays(workdir, 'eval_flags.npz', final.pop('flags'))
+  run_log.write_arrays(workdir, run_log.RESULT_FLAGS, final.pop('flags'))
   results = {'method': config.method.name, 'dataset': config.data.name,
              'model': config.model.name, 'train_eps': config.eps, 'seed': config.seed,
              'evaluated_epoch': ts_epoch, 'evaluated_step': ts_epoch * steps,
