@@ -1,8 +1,9 @@
-"""The CO-guard study in the quickstart setting (docs/co_guard.md, "Study"): its runs, one after
-the other.
+"""The CO-guard study (docs/co_guard.md, "Study"): its runs, one after the other, in the
+quickstart setting or the CPU-scale CIFAR-10 one.
 
   python scripts/guard_study.py --eps=0.15            # run (or resume) every run of ε = 0.15
   python scripts/guard_study.py --eps=0.2 --dry-run   # print the commands only
+  python scripts/guard_study.py --setting=cifar --data-dir=../shared/data/cifar-10-subset
 
 Each run is `launch.py --config=configs/quickstart.py:<method>` with its flags, in
 ``<root>/eps<E>/<name>_s<seed>`` (log: the same path + ``.log``), under ``nice -n 5``, without the
@@ -13,6 +14,11 @@ on the same steps. The runs go one after the other as `study_runs.run_all` says 
 ones skipped, half-done ones resumed; ``<root>/eps<E>/times.tsv``). The list is ordered so
 that the runs of a first complete table (FGSM × 5, FGSM + rollback × 5, N-FGSM × 3) come
 first.
+
+The CIFAR-10 setting (``--setting=cifar``) runs `configs/cifar_subset.py:<method>_eps<E>` (ε =
+E/255, default 12, where FGSM collapses there while N-FGSM holds) in ``<root>/cifar_eps<E>``,
+with the signals every 39 steps (4 checks per epoch of 152 steps) and the monitor (PGD-10 on 500
+test images) every 78; its runs are fewer (`CIFAR_RUNS`), each about 20 quickstart runs' time.
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ from study_runs import run_all
 
 CHECKS = ['--config.guard.every=20', '--config.eval.monitor_every_steps=20',
           '--config.report=False']
+CIFAR_CHECKS = ['--config.guard.every=39', '--config.eval.monitor_every_steps=78',
+                '--config.report=False']
 # name → (quickstart method, extra flags, seeds), in the order they run.
 RUNS = [
     ('fgsm', 'fgsm', [], 5),
@@ -40,30 +48,58 @@ RUNS = [
     ('n_aaer', 'n_aaer', [], 3),
     ('pgd_at', 'pgd_at', [], 1),  # PGD-10: about 9 FGSM runs' time
 ]
+ROLLBACK, ADAPTIVE = RUNS[1], RUNS[3]
+CIFAR_RUNS = [
+    ('fgsm', 'fgsm', [], 5), ROLLBACK, ('n_fgsm', 'n_fgsm', [], 3), ADAPTIVE[:3] + (3,),
+    ('elle_a', 'elle_a', [], 3), ('r_lap', 'r_lap', [], 3), ('n_aaer', 'n_aaer', [], 3),
+]
 
 
 def plan(eps: float, root: str) -> list[tuple[str, list[str]]]:
-  """[(workdir, command)] of the study at `eps`, seeds 0, 1, ... of each entry of `RUNS`."""
-  folder = os.path.join(root, f'eps{eps:g}')
+  """[(workdir, command)] of the quickstart study at `eps`, seeds 0, 1, ... of each entry of
+  `RUNS`."""
+  return _rows(os.path.join(root, f'eps{eps:g}'), RUNS,
+               lambda method: [f'--config=configs/quickstart.py:{method}', f'--config.eps={eps:g}',
+                               *CHECKS])
+
+
+def cifar_plan(eps_255: int, root: str, data_dir: str) -> list[tuple[str, list[str]]]:
+  """[(workdir, command)] of the CIFAR-10 study at ε = `eps_255`/255 (`CIFAR_RUNS`)."""
+  return _rows(os.path.join(root, f'cifar_eps{eps_255}'), CIFAR_RUNS,
+               lambda method: [f'--config=configs/cifar_subset.py:{method}_eps{eps_255}',
+                               f'--config.data.dir={data_dir}', *CIFAR_CHECKS])
+
+
+def _rows(folder: str, runs, launch_flags) -> list[tuple[str, list[str]]]:
   rows = []
-  for name, method, flags, seeds in RUNS:
+  for name, method, flags, seeds in runs:
     for seed in range(seeds):
       workdir = os.path.join(folder, f'{name}_s{seed}')
-      rows.append((workdir, [sys.executable, 'launch.py',
-                             f'--config=configs/quickstart.py:{method}', f'--workdir={workdir}',
-                             f'--config.eps={eps:g}', f'--config.seed={seed}', *CHECKS, *flags]))
+      rows.append((workdir, [sys.executable, 'launch.py', *launch_flags(method),
+                             f'--workdir={workdir}', f'--config.seed={seed}', *flags]))
   return rows
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--eps', type=float, default=0.15, help='training and evaluation ε')
+  parser.add_argument('--setting', choices=('quickstart', 'cifar'), default='quickstart')
+  parser.add_argument('--eps', type=float, default=None,
+                      help='training and evaluation ε; quickstart: ε (0.15), cifar: ε·255 (12)')
+  parser.add_argument('--data-dir', help='cifar: the folder of cifar-10-batches-py')
   parser.add_argument('--root', default='runs/guard_study', help='the study\'s folder')
   parser.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
   args = parser.parse_args(argv)
+  if args.setting == 'cifar' and not args.data_dir:
+    parser.error('--setting=cifar needs --data-dir (the folder of cifar-10-batches-py)')
+  data_dir = args.data_dir and os.path.abspath(args.data_dir)
   os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-  run_all(plan(args.eps, args.root), os.path.join(args.root, f'eps{args.eps:g}', 'times.tsv'),
-          args.dry_run)
+  if args.setting == 'cifar':
+    eps_255 = int(args.eps or 12)
+    rows, folder = cifar_plan(eps_255, args.root, data_dir), f'cifar_eps{eps_255}'
+  else:
+    eps = args.eps or 0.15
+    rows, folder = plan(eps, args.root), f'eps{eps:g}'
+  run_all(rows, os.path.join(args.root, folder, 'times.tsv'), args.dry_run)
 
 
 if __name__ == '__main__':
