@@ -3,7 +3,7 @@ its runs, one after the other, resumable (`study_runs`).
 
   python scripts/cifar_sweep.py --data-dir=../shared/data/cifar-10-subset
   python scripts/cifar_sweep.py --data-dir=... --dry-run     # print the commands only
-  python -m fat_jax.reports.aggregate runs/cifar_sweep/*_s* --sweep   # the table and figure
+  python -m fat_jax.reports.aggregate runs/cifar_sweep/*_s[0-9] --sweep   # the table and figure
 
 Each run is `launch.py --config=configs/cifar_subset.py:<method>_eps<E>` in
 ``<root>/<method>_eps<E>_s<seed>``, without the end-of-run report. ε ∈ {8, 12, 16}/255; three

@@ -110,6 +110,10 @@ def test_sweep_refuses_runs_that_differ_in_more_than_the_seed(tmp_path):
     aggregate.sweep_points(load_runs([root]))
   with pytest.raises(SystemExit, match='differ in more than the seed'):
     aggregate.main([root, '--sweep'])
+  # A log file next to the runs (a shell glob such as *_s*) is refused in one line.
+  open(f'{root}/a.log', 'w').close()
+  with pytest.raises(SystemExit, match=r'a\.log is not a run directory'):
+    aggregate.main([f'{root}/a', f'{root}/a.log'])
   # Where a run ran (its data folder, progress bars) is no difference.
   config = run_log.read_json(f'{root}/b', run_log.CONFIG)
   config['eval']['eps'], config['data']['dir'], config['progress'] = None, '/elsewhere', False

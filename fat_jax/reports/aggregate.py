@@ -304,7 +304,10 @@ def main(argv=None):
   parser.add_argument('--metrics', default='pgd', help='--sweep: figure panels, comma-separated '
                       f'from {",".join(SWEEP_METRICS)}')
   args = parser.parse_args(argv)
-  runs = load_runs(args.workdirs)
+  try:
+    runs = load_runs(args.workdirs)
+  except (FileNotFoundError, ValueError) as e:  # not a run directory, a corrupt config: one line
+    raise SystemExit(f'fat_jax.reports.aggregate: {e}') from None
   if args.sweep:
     out = args.out or os.path.join(_common_folder(runs), 'sweep')
     try:
