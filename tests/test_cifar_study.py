@@ -33,16 +33,17 @@ PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 # The ε sweep on synthetic runs.
 
 def write_run(workdir: str, method: str, eps_255: int, seed: int, accuracies=None,
-              co_epoch=None, eval_eps=None) -> str:
-  """A run directory as training leaves it: config.json, two monitor records and (when
-  `accuracies` = (clean, fgsm, pgd) is given) results.json."""
+              co_epoch=None, eval_eps=None, monitor=((0.2, 0.1), (0.2, 0.1))) -> str:
+  """A run directory as training leaves it: config.json, one monitor record per (FGSM, PGD)
+  accuracy pair of `monitor` and (when `accuracies` = (clean, fgsm, pgd) is given)
+  results.json."""
   config = cifar_subset.get_config(f'{method}_eps{eps_255}')
   config.seed, config.eval.eps = seed, eval_eps
   os.makedirs(workdir)
   run_log.write_json(workdir, run_log.CONFIG, json.loads(config.to_json_best_effort()))
-  for epoch in (1, 2):
-    run_log.append_record(workdir, {'epoch': epoch, 'clean_accuracy': 0.3, 'fgsm_accuracy': 0.2,
-                                    'pgd_accuracy': 0.1, 'co_detected': False})
+  for epoch, (fgsm, pgd) in enumerate(monitor, 1):
+    run_log.append_record(workdir, {'epoch': epoch, 'clean_accuracy': 0.3, 'fgsm_accuracy': fgsm,
+                                    'pgd_accuracy': pgd, 'co_detected': False})
   if accuracies is not None:
     clean, fgsm, pgd = accuracies
     run_log.write_json(workdir, run_log.RESULTS, {
@@ -84,6 +85,27 @@ def test_sweep_points_mean_std_seeds_and_co_rate(sweep_root):
                       f" | 0.507 ± {statistics.stdev([0.55, 0.45, 0.52]):.3f} | 0.040 ± "
                       f"{statistics.stdev([0.02, 0.1, 0.0]):.3f} | 2/3 |")
   assert table[3] == '| fgsm | 16/255 | 0 | 0.400 | 0.380 | 0.010 | 1/1 |'
+
+
+def test_sweep_co_rate_under_another_threshold(tmp_path, capsys):
+  # A collapse at a low level: PGD 0.09 -> 0.01 while FGSM rises to 0.15. The recipe's monitor
+  # (a drop of 0.1 below the best) cannot flag it; a drop of 0.05 with a gap of 0.1 does.
+  root = str(tmp_path / 'low')
+  write_run(f'{root}/fgsm_eps12_s0', 'fgsm', 12, 0, (0.34, 0.14, 0.003),
+            monitor=((0.07, 0.08), (0.12, 0.09), (0.15, 0.01)))
+  write_run(f'{root}/fgsm_eps12_s1', 'fgsm', 12, 1, (0.40, 0.30, 0.28),
+            monitor=((0.20, 0.18), (0.25, 0.22), (0.26, 0.24)))
+  runs = load_runs([root])
+  assert aggregate.sweep_points(runs)[0]['co_runs'] == 0
+  rule = {'drop': 0.05, 'gap': 0.1}
+  assert aggregate.sweep_points(runs, rule)[0]['co_runs'] == 1
+  out = str(tmp_path / 'out')
+  aggregate.main([root, '--sweep', f'--out={out}', '--co-drop=0.05', '--co-gap=0.1'])
+  assert '| 1/2 |' in capsys.readouterr().out
+  with open(os.path.join(out, aggregate.SWEEP_JSON)) as f:
+    assert json.load(f)['co_rule'] == rule
+  with pytest.raises(SystemExit):
+    aggregate.main([root, '--sweep', '--co-drop=0.05'])
 
 
 def test_sweep_files_figure_and_both_clis(sweep_root, tmp_path, capsys):

@@ -22,6 +22,11 @@ and ``sweep.png`` (accuracy against training ε, one line per method with ± std
 CO rate per point) in ``--out``:
 
   python -m fat_jax.reports.aggregate runs/cifar --sweep --out=runs/cifar/sweep
+
+``--co-drop=D --co-gap=G`` counts CO with another threshold of the monitor's rule instead
+(`analysis.diagnostics.co_onset` over each run's per-epoch records, ``metrics.jsonl``): where
+robust accuracies stay low, a run can collapse to zero PGD accuracy without the drop of 0.1 or
+0.2 below its best that the training recipes flag.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from fat_jax.analysis.diagnostics import co_onset
 from fat_jax.reports import figures
 from fat_jax.run.runs import Run, load_runs
 
@@ -186,12 +192,13 @@ def _check_same_setting(method: str, eps: float, group: Sequence[Run]) -> None:
                        f'{group[0].name} and {run.name} in {", ".join(differ[:5])}.')
 
 
-def sweep_points(runs: Sequence[Run]) -> list[dict]:
+def sweep_points(runs: Sequence[Run], co_rule: dict | None = None) -> list[dict]:
   """One point per (method label, training ε) over the finished runs (those with
   ``results.json``), sorted by method then ε: {'method', 'eps', 'eval_eps', 'n_runs',
   'seeds', 'runs', '<metric>_mean', '<metric>_std' for `SWEEP_METRICS`, 'co_runs', 'co_rate'}.
   The runs of one point must have the same config up to `SWEEP_FREE_FIELDS` (the seed, where
-  they ran)."""
+  they ran). A run is in CO when its monitor flagged it (``co_onset_epoch``), or with
+  `co_rule` = {'drop': D, 'gap': G} when `co_onset` of its per-epoch records holds."""
   groups: dict[tuple[str, float], list[Run]] = {}
   for run in runs:
     if run.results is not None:
@@ -208,7 +215,8 @@ def sweep_points(runs: Sequence[Run]) -> list[dict]:
     for metric in SWEEP_METRICS:
       point[f'{metric}_mean'], point[f'{metric}_std'] = mean_std(
           [r.results[f'{metric}_accuracy'] for r in group])
-    co = [r.results.get('co_onset_epoch') is not None for r in group]
+    co = [(r.results.get('co_onset_epoch') if co_rule is None else
+           co_onset(r.records, **co_rule)) is not None for r in group]
     point['co_runs'], point['co_rate'] = int(sum(co)), float(np.mean(co))
     points.append(point)
   return points
@@ -275,14 +283,16 @@ def plot_sweep(points: Sequence[dict], path: str, metrics: Sequence[str] = ('pgd
   return figures.save(fig, path)
 
 
-def write_sweep(runs: Sequence[Run], out_dir: str, metrics: Sequence[str] = ('pgd',)) -> str:
-  """`sweep_points` of `runs` into ``out_dir/sweep.json`` (with the table and ddof) and
-  ``out_dir/sweep.png``; returns the table."""
-  points = sweep_points(runs)
+def write_sweep(runs: Sequence[Run], out_dir: str, metrics: Sequence[str] = ('pgd',),
+                co_rule: dict | None = None) -> str:
+  """`sweep_points` of `runs` into ``out_dir/sweep.json`` (with the table, ddof and the CO
+  rule: None for the runs' own monitor) and ``out_dir/sweep.png``; returns the table."""
+  points = sweep_points(runs, co_rule)
   table = sweep_table(points)
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, SWEEP_JSON), 'w') as f:
-    json.dump({'ddof': SWEEP_DDOF, 'points': points, 'table': table}, f, indent=1)
+    json.dump({'ddof': SWEEP_DDOF, 'co_rule': co_rule, 'points': points, 'table': table}, f,
+              indent=1)
   plot_sweep(points, os.path.join(out_dir, SWEEP_PNG), metrics)
   return table
 
@@ -303,7 +313,15 @@ def main(argv=None):
                       'common parent folder/sweep)')
   parser.add_argument('--metrics', default='pgd', help='--sweep: figure panels, comma-separated '
                       f'from {",".join(SWEEP_METRICS)}')
+  parser.add_argument('--co-drop', type=float, help='--sweep: CO when the monitor\'s PGD '
+                      'accuracy falls more than this below its best (with --co-gap; default: '
+                      'the runs\' own monitor, co_onset_epoch)')
+  parser.add_argument('--co-gap', type=float, help='--sweep: ... while FGSM accuracy exceeds '
+                      'PGD accuracy by more than this')
   args = parser.parse_args(argv)
+  if (args.co_drop is None) != (args.co_gap is None):
+    parser.error('--co-drop and --co-gap go together')
+  co_rule = None if args.co_drop is None else {'drop': args.co_drop, 'gap': args.co_gap}
   try:
     runs = load_runs(args.workdirs)
   except (FileNotFoundError, ValueError) as e:  # not a run directory, a corrupt config: one line
@@ -311,7 +329,7 @@ def main(argv=None):
   if args.sweep:
     out = args.out or os.path.join(_common_folder(runs), 'sweep')
     try:
-      print(write_sweep(runs, out, [m for m in args.metrics.split(',') if m]))
+      print(write_sweep(runs, out, [m for m in args.metrics.split(',') if m], co_rule))
     except ValueError as e:  # runs that cannot be averaged, unknown metrics: one line
       raise SystemExit(f'fat_jax.reports.aggregate --sweep: {e}') from None
     print(f'Sweep: {os.path.join(out, SWEEP_JSON)}, {os.path.join(out, SWEEP_PNG)}')
