@@ -16,8 +16,8 @@ misspelt field is an error. ``--mode=print_config`` prints the fields and their 
 the libraries' too. Errors print one line (``--traceback`` shows the full one), those in the
 flags and the config file too; the tracebacks the libraries log meanwhile (orbax's
 background threads on a full disk) go to ``WORKDIR/errors.log`` (`fat_jax.errors`).
-The checkpoint modes (eval, analyze, noise_eval) refuse a config that contradicts the run's
-config.json (model, data, method, ε). ``--config=configs/NAME.py`` is the file in the
+The checkpoint modes (eval, robustness, analyze, noise_eval) refuse a config that contradicts
+the run's config.json (model, data, method, ε). ``--config=configs/NAME.py`` is the file in the
 current folder when it exists (a checkout), else the recipe shipped in the
 package (`fat_jax.configs`, the repository's configs/ folder).
 """
@@ -55,7 +55,9 @@ _MODE = flags.DEFINE_enum('mode', 'train',
                           ['train', *EVALUATORS, 'print_config'],
                           'train: train (resuming from --workdir) and evaluate; eval: evaluate '
                           'the latest checkpoint in --workdir with the suite config.eval.suite '
-                          'into WORKDIR/eval_<suite>.json; analyze: feature-activation '
+                          'into WORKDIR/eval_<suite>.json; robustness: the final evaluation '
+                          '(clean, FGSM, PGD) of checkpoint config.eval.epoch (0: the latest) into '
+                          'WORKDIR/robustness_epoch<E>.json; analyze: feature-activation '
                           'differences (V_act, T_act, channel masking; config.analysis) into '
                           'WORKDIR/analysis.json and WORKDIR/tact.npz; noise_eval: inference '
                           'noise config.eval.input_noise attacked non-adaptively and with EOT '

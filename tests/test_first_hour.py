@@ -95,7 +95,9 @@ def test_help_lists_every_recipe_and_how_to_print_its_fields(tmp_path):
     assert any(line.startswith(f'  {name}') for line in lines), name
   assert '  quickstart.py[:method]  (method default: fgsm)' in lines
   assert '  from_workdir.py:workdir' in lines
-  assert '--mode: <train|eval|noise_eval|analyze|shortcuts|examples|print_config>' in result.stdout
+  # absl wraps the list of modes onto the line after the flag's name.
+  assert '<train|eval|robustness|noise_eval|analyze|shortcuts|examples|print_config>' in ' '.join(
+      result.stdout.split())
   command = f'python {os.path.join(ROOT, "launch.py")}'  # as typed, from another folder
   assert f'  {command} --config=configs/NAME.py[:ARG] --mode=print_config' in lines
   assert f'  {command} --config=configs/quickstart.py --workdir=/tmp/quickstart' in lines
