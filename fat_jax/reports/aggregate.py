@@ -275,7 +275,7 @@ def plot_sweep(points: Sequence[dict], path: str, metrics: Sequence[str] = ('pgd
     ax.grid(alpha=0.3)
   seeds = max(p['n_runs'] for p in points)
   fig.suptitle(figures.wrap(f'Final accuracy against training ε: mean ± std '
-                            f'(ddof={SWEEP_DDOF}) over ≤ {seeds} seeds', 60),
+                            f'(ddof={SWEEP_DDOF}) over ≤ {seeds} seed{"s" * (seeds > 1)}', 60),
                fontsize=figures.TITLE_PT)
   fig.legend(*axes[0].get_legend_handles_labels(), loc='outside lower center',
              ncol=min(len(methods), 4), fontsize=figures.TEXT_PT, frameon=False)
