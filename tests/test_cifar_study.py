@@ -106,6 +106,10 @@ def test_sweep_co_rate_under_another_threshold(tmp_path, capsys):
     assert json.load(f)['co_rule'] == rule
   with pytest.raises(SystemExit):
     aggregate.main([root, '--sweep', '--co-drop=0.05'])
+  report.main([root, '--sweep', f'--out={out}', '--co-drop=0.05', '--co-gap=0.1'])  # passed on
+  assert '| 1/2 |' in capsys.readouterr().out
+  with pytest.raises(SystemExit):  # the report itself knows no such option
+    report.main([root, '--co-drop=0.05'])
 
 
 def test_sweep_files_figure_and_both_clis(sweep_root, tmp_path, capsys):

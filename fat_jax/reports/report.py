@@ -552,11 +552,16 @@ def main(argv=None):
                       help='skip the adversarial examples (no checkpoint or data needed)')
   parser.add_argument('--sweep', action='store_true',
                       help='instead: the ε sweep over seeds (fat_jax.reports.aggregate.write_sweep) '
-                      'into --out (default: the common parent folder/sweep)')
-  args = parser.parse_args(argv)
+                      'into --out (default: the common parent folder/sweep); the options of '
+                      '`python -m fat_jax.reports.aggregate --sweep` (--metrics, --co-drop, '
+                      '--co-gap) pass through')
+  args, sweep_options = parser.parse_known_args(argv)
   if args.sweep:
-    aggregate.main([*args.workdirs, '--sweep'] + ([f'--out={args.out}'] if args.out else []))
+    aggregate.main([*args.workdirs, '--sweep', *sweep_options]
+                   + ([f'--out={args.out}'] if args.out else []))
     return
+  if sweep_options:
+    parser.error(f'unrecognized arguments: {" ".join(sweep_options)}')
   print(write_report(args.workdirs, args.out, examples=not args.no_examples))
 
 
