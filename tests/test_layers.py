@@ -89,7 +89,8 @@ ALLOWED = {
                             'analysis.shortcut_removal', 'attacks',
                             'evaluate', 'methods', 'parallel', 'run.run_log', 'run.runs'),
     # Reports of finished runs.
-    'reports.aggregate': ('analysis.diagnostics', 'reports.figures', 'run.runs'),
+    'reports.aggregate': ('analysis.diagnostics', 'reports.figures', 'run.run_log',
+                          'run.runs'),
     'reports.summary': ('run.run_log', 'run.runs'),
     'reports.co_signals': ('analysis.diagnostics', 'reports.aggregate', 'reports.figures',
                            'run.run_log', 'run.runs'),

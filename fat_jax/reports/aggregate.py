@@ -34,7 +34,6 @@ import argparse
 import csv
 import dataclasses
 import io
-import json
 import os
 from typing import Callable, Sequence
 
@@ -42,6 +41,7 @@ import numpy as np
 
 from fat_jax.analysis.diagnostics import co_onset
 from fat_jax.reports import figures
+from fat_jax.run import run_log
 from fat_jax.run.runs import Run, load_runs
 
 
@@ -290,9 +290,9 @@ def write_sweep(runs: Sequence[Run], out_dir: str, metrics: Sequence[str] = ('pg
   points = sweep_points(runs, co_rule)
   table = sweep_table(points)
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, SWEEP_JSON), 'w') as f:
-    json.dump({'ddof': SWEEP_DDOF, 'co_rule': co_rule, 'points': points, 'table': table}, f,
-              indent=1)
+  run_log.atomic_write_json(os.path.join(out_dir, SWEEP_JSON),
+                            {'ddof': SWEEP_DDOF, 'co_rule': co_rule, 'points': points,
+                             'table': table}, sort_keys=False)
   plot_sweep(points, os.path.join(out_dir, SWEEP_PNG), metrics)
   return table
 
