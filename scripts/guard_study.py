@@ -54,7 +54,7 @@ RUNS = [
 ]
 ROLLBACK, ADAPTIVE = RUNS[1], RUNS[3]
 CIFAR_RUNS = [
-    ('fgsm', 'fgsm', [], 5), ROLLBACK, ('n_fgsm', 'n_fgsm', [], 3), ADAPTIVE[:3] + (3,),
+    ('fgsm', 'fgsm', [], 5), ROLLBACK, ('n_fgsm', 'n_fgsm', [], 3), (*ADAPTIVE[:3], 3),
     ('elle_a', 'elle_a', [], 3), ('r_lap', 'r_lap', [], 3), ('n_aaer', 'n_aaer', [], 3),
 ]
 
@@ -97,13 +97,10 @@ def main(argv=None):
     parser.error('--setting=cifar needs --data-dir (the folder of cifar-10-batches-py)')
   data_dir = args.data_dir and os.path.abspath(args.data_dir)
   os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-  if args.setting == 'cifar':
-    eps_255 = int(args.eps or 12)
-    rows, folder = cifar_plan(eps_255, args.root, data_dir), f'cifar_eps{eps_255}'
-  else:
-    eps = args.eps or 0.15
-    rows, folder = plan(eps, args.root), f'eps{eps:g}'
-  run_all(rows, os.path.join(args.root, folder, 'times.tsv'), args.dry_run)
+  rows = (cifar_plan(int(args.eps or 12), args.root, data_dir) if args.setting == 'cifar' else
+          plan(args.eps or 0.15, args.root))
+  # The study's folder: each plan names it once, in its workdirs.
+  run_all(rows, os.path.join(os.path.dirname(rows[0][0]), 'times.tsv'), args.dry_run)
 
 
 if __name__ == '__main__':
