@@ -108,6 +108,18 @@ def test_sweep_co_rate_under_another_threshold(tmp_path, capsys):
     aggregate.main([root, '--sweep', '--co-drop=0.05'])
   report.main([root, '--sweep', f'--out={out}', '--co-drop=0.05', '--co-gap=0.1'])  # passed on
   assert '| 1/2 |' in capsys.readouterr().out
+
+
+def test_sweep_counts_co_from_the_start(tmp_path):
+  # Never robust (PGD ≤ 0.04) while FGSM ends 0.25 above PGD: in CO from the first epoch, under
+  # the run's own rule and under a drop of 0.05 alike, which no onset shows.
+  root = str(tmp_path / 'from_start')
+  write_run(f'{root}/fgsm_eps16_s0', 'fgsm', 16, 0, (0.27, 0.14, 0.0),
+            monitor=((0.10, 0.04), (0.20, 0.02), (0.25, 0.00)))
+  runs = load_runs([root])
+  assert aggregate.sweep_points(runs)[0]['co_runs'] == 1
+  assert aggregate.sweep_points(runs, {'drop': 0.05, 'gap': 0.1})[0]['co_runs'] == 1
+  assert aggregate.sweep_points(runs, {'drop': 0.05, 'gap': 0.3})[0]['co_runs'] == 0
   with pytest.raises(SystemExit):  # the report itself knows no such option
     report.main([root, '--co-drop=0.05'])
 

@@ -55,6 +55,9 @@ COLLAPSE_120 = {**RISING, 120: (0.45, 0.20), 140: (0.50, 0.10), 200: (0.55, 0.05
 COLLAPSE_200 = {**RISING, 120: (0.42, 0.36), 140: (0.45, 0.34), 200: (0.55, 0.05)}
 DIP_140 = {**RISING, 120: (0.42, 0.36), 140: (0.50, 0.25), 200: (0.45, 0.40)}
 STABLE = {**RISING, 120: (0.42, 0.37), 140: (0.43, 0.38), 200: (0.45, 0.40)}
+# Never above PGD 0.1, FGSM 0.25 above it at the end: CO from the start, no onset.
+FROM_START = {20: (0.05, 0.00), 60: (0.15, 0.06), 100: (0.20, 0.08), 140: (0.25, 0.03),
+              200: (0.28, 0.02)}
 
 
 @pytest.fixture
@@ -104,6 +107,22 @@ def test_lead_times_and_false_alarms(study_root):
   assert elle['false_alarms'] == {'n_fgsm_s0': 2, 'n_fgsm_s1': 0}
   assert elle['runs_with_alarm'] == 1 and elle['alarms_per_run'] == 1.0
   assert vact['runs_with_alarm'] == 0 and vact['alarms_per_run'] == 0.0
+
+
+def test_co_from_the_start_is_in_neither_table_and_counts_as_co(study_root, capsys):
+  write_run(f'{study_root}/fgsm_s2', 'fgsm', 2, FROM_START, {60: ['elle_error']},
+            results=(0.5, 0.28, 0.02, None, 100.0))
+  runs = load_runs([study_root])
+  summaries = [co_signals.run_summary(r) for r in runs]
+  study = co_signals.signal_study(summaries)
+  assert study['co_runs'] == ['fgsm_rs_s0', 'fgsm_s0', 'fgsm_s1']
+  assert study['no_co_runs'] == ['n_fgsm_s0', 'n_fgsm_s1']
+  assert study['co_from_start_runs'] == ['fgsm_s2']
+  assert 'fgsm_s2' not in study['signals']['elle_error']['lead_steps']
+  fgsm = co_signals.comparison(runs, summaries, 'fgsm')[0]
+  assert fgsm['seeds'] == [0, 1, 2] and fgsm['co_runs'] == 3 and fgsm['co_runs_steps'] == 3
+  assert 'In CO from the start (no onset to warn of; in neither table): fgsm_s2.' in (
+      co_signals.tables(study, [fgsm]))
 
 
 def test_comparison_groups_seeds_and_times_against_the_reference(study_root):

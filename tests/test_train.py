@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from fat_jax.analysis.diagnostics import co_onset
+from fat_jax.analysis.diagnostics import co_from_start, co_onset
 from fat_jax.analysis.evaluators import EVALUATORS
 from fat_jax.config import default_config
 from fat_jax.data import DatasetNotFoundError, load_dataset
@@ -189,6 +189,17 @@ def test_co_onset_rule():
   assert co_onset(collapse) == 5     # 0.10 < 0.45 − 0.2 and FGSM 0.85 ≫ PGD
   # A drop in PGD accuracy together with FGSM accuracy is not CO (e.g. divergence).
   assert co_onset(stable + [rec(4, 0.12, 0.05)]) is None
+
+
+def test_co_from_start_rule():
+  rec = lambda e, fgsm, pgd: {'epoch': e, 'fgsm_accuracy': fgsm, 'pgd_accuracy': pgd}
+  never_robust = [rec(1, 0.2, 0.05), rec(2, 0.3, 0.08), rec(3, 0.3, 0.01)]
+  assert co_onset(never_robust, drop=0.1) is None
+  assert co_from_start(never_robust, drop=0.1)               # 0.08 ≤ 0.1, 0.29 > 0.2
+  assert not co_from_start(never_robust, drop=0.05)          # it rose above the drop
+  assert not co_from_start(never_robust[:1], drop=0.1)       # FGSM only 0.15 above PGD
+  assert not co_from_start([rec(1, 0.1, 0.05), rec(2, 0.12, 0.02)], drop=0.1)  # no gap: chance
+  assert not co_from_start([])
 
 
 def test_launch_runs_a_config_and_rejects_typos(data_dir, tmp_path):

@@ -21,3 +21,16 @@ def co_onset(history: Sequence[dict], *, drop: float = 0.2, gap: float = 0.2):
       return record['epoch']
     best = pgd if best is None else max(best, pgd)
   return None
+
+
+def co_from_start(history: Sequence[dict], *, drop: float = 0.2, gap: float = 0.2) -> bool:
+  """Catastrophic overfitting from the first point on, which `co_onset` cannot see: PGD
+  accuracy never rose above `drop` (so it never fell by `drop` below its best), while at the
+  last point FGSM accuracy exceeds it by more than `gap` (the single-step attack no longer finds
+  the adversarial examples PGD finds). Entries as for `co_onset`; False for an empty history.
+  """
+  if not history:
+    return False
+  last = history[-1]
+  return (max(r['pgd_accuracy'] for r in history) <= drop
+          and last['fgsm_accuracy'] - last['pgd_accuracy'] > gap)

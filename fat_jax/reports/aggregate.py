@@ -17,16 +17,18 @@ clean / FGSM / PGD-k-r accuracy, CO onset, training time), ``metrics.jsonl``
 ``--sweep`` groups the finished runs by (method label, training ε) over seeds instead
 (`sweep_points`): mean ± sample standard deviation (ddof = 1; none for a single run) of the
 final clean / FGSM / PGD accuracy, the seeds, and the CO rate (the fraction of the group's runs
-whose monitor flagged CO, ``co_onset_epoch`` in ``results.json``), as a table, ``sweep.json``
-and ``sweep.png`` (accuracy against training ε, one line per method with ± std bars, and the
-CO rate per point) in ``--out``:
+whose monitor flagged CO, ``co_onset_epoch`` in ``results.json``, or in CO from the start, below),
+as a table, ``sweep.json`` and ``sweep.png`` (accuracy against training ε, one line per method
+with ± std bars, and the CO rate per point) in ``--out``:
 
   python -m fat_jax.reports.aggregate runs/cifar --sweep --out=runs/cifar/sweep
 
 ``--co-drop=D --co-gap=G`` counts CO with another threshold of the monitor's rule instead
 (`analysis.diagnostics.co_onset` over each run's per-epoch records, ``metrics.jsonl``): where
 robust accuracies stay low, a run can collapse to zero PGD accuracy without the drop of 0.1 or
-0.2 below its best that the training recipes flag.
+0.2 below its best that the training recipes flag. A run whose PGD accuracy never rose above
+the drop and ends more than the gap below its FGSM accuracy counts as in CO from its first epoch
+(`analysis.diagnostics.co_from_start`), under either rule.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fat_jax.analysis.diagnostics import co_onset
+from fat_jax.analysis.diagnostics import co_from_start, co_onset
 from fat_jax.reports import figures
 from fat_jax.run import run_log
 from fat_jax.run.runs import Run, load_runs
@@ -197,8 +199,8 @@ def sweep_points(runs: Sequence[Run], co_rule: dict | None = None) -> list[dict]
   ``results.json``), sorted by method then ε: {'method', 'eps', 'eval_eps', 'n_runs',
   'seeds', 'runs', '<metric>_mean', '<metric>_std' for `SWEEP_METRICS`, 'co_runs', 'co_rate'}.
   The runs of one point must have the same config up to `SWEEP_FREE_FIELDS` (the seed, where
-  they ran). A run is in CO when its monitor flagged it (``co_onset_epoch``), or with
-  `co_rule` = {'drop': D, 'gap': G} when `co_onset` of its per-epoch records holds."""
+  they ran). A run is in CO by `_in_co` (`co_rule` = {'drop': D, 'gap': G} or None: the
+  runs' own monitor rule)."""
   groups: dict[tuple[str, float], list[Run]] = {}
   for run in runs:
     if run.results is not None:
@@ -215,11 +217,21 @@ def sweep_points(runs: Sequence[Run], co_rule: dict | None = None) -> list[dict]
     for metric in SWEEP_METRICS:
       point[f'{metric}_mean'], point[f'{metric}_std'] = mean_std(
           [r.results[f'{metric}_accuracy'] for r in group])
-    co = [(r.results.get('co_onset_epoch') if co_rule is None else
-           co_onset(r.records, **co_rule)) is not None for r in group]
+    co = [_in_co(r, co_rule) for r in group]
     point['co_runs'], point['co_rate'] = int(sum(co)), float(np.mean(co))
     points.append(point)
   return points
+
+
+def _in_co(run: Run, co_rule: dict | None) -> bool:
+  """Whether `run` fell into CO: its monitor flagged an onset (``co_onset_epoch``; with
+  `co_rule`, `co_onset` of its per-epoch records under that rule), or its per-epoch records show
+  CO from the first epoch on (`co_from_start`, under `co_rule` or the run's `co_monitor`)."""
+  records = [r for r in run.records if 'pgd_accuracy' in r]
+  rule = co_rule or {k: run.config.co_monitor[k] for k in ('drop', 'gap')}
+  onset = (run.results.get('co_onset_epoch') if co_rule is None else
+           co_onset(records, **co_rule))
+  return onset is not None or co_from_start(records, **rule)
 
 
 def mean_pm_std(mean: float | None, std: float | None, digits: int = 3) -> str:

@@ -10,6 +10,9 @@ Definitions (docs/co_guard.md, "Study"):
 * CO onset: the step of the first monitor point at which the run's `co_monitor` rule holds
   (`analysis.diagnostics.co_onset`: PGD accuracy more than `drop` below the best of the earlier
   points while FGSM accuracy exceeds it by more than `gap`); a CO run is a run with an onset;
+* CO from the start: a run without an onset whose PGD accuracy never rose above `drop` and ends
+  more than `gap` below its FGSM accuracy (`analysis.diagnostics.co_from_start`): no onset to
+  warn of, so neither a CO run of the lead times nor a run without CO of the false alarms;
 * a signal's first trigger: the step of the first check (``signals.jsonl``) whose detector
   flagged it; its lead time over a CO run = onset − first trigger (steps; < 0: it warned after
   the collapse; none: it never triggered);
@@ -31,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fat_jax.analysis.diagnostics import co_onset
+from fat_jax.analysis.diagnostics import co_from_start, co_onset
 from fat_jax.reports import figures
 from fat_jax.reports.aggregate import SWEEP_METRICS, mean_pm_std, mean_std, sweep_points
 from fat_jax.run import run_log
@@ -72,11 +75,18 @@ def monitor_points(run: Run) -> list[dict]:
 
 def onset(run: Run) -> dict | None:
   """The first monitor point ({epoch, step, ...}) at which the run's CO rule holds; None: no
-  CO."""
+  onset."""
   points = monitor_points(run)
   cm = run.config.co_monitor
   epoch = co_onset(points, drop=cm.drop, gap=cm.gap)
   return None if epoch is None else next(p for p in points if p['epoch'] == epoch)
+
+
+def in_co_from_start(run: Run) -> bool:
+  """Whether the run's monitor points show CO from the start (`co_from_start`, its rule's
+  thresholds)."""
+  cm = run.config.co_monitor
+  return co_from_start(monitor_points(run), drop=cm.drop, gap=cm.gap)
 
 
 def signal_records(run: Run) -> list[dict]:
@@ -86,7 +96,7 @@ def signal_records(run: Run) -> list[dict]:
 
 def run_summary(run: Run) -> dict:
   """Per run: its group, seed, CO onset (step; the per-epoch monitor's epoch as
-  ``co_epoch``), the guard's policy, each signal's first trigger (step or None) and trigger
+  ``co_epoch``) or CO from the start, the guard's policy, each signal's first trigger (step or None) and trigger
   count, the rollbacks' steps and the training time."""
   checks = signal_records(run)
   names = list(run.config.get('guard', {}).get('signals', ()))
@@ -96,6 +106,7 @@ def run_summary(run: Run) -> dict:
   results, first_co = run.results or {}, onset(run) or {}
   return {'name': run.name, 'group': _SEED.sub('', run.name), 'seed': run.config.get('seed'),
           'finished': run.results is not None, 'co': bool(first_co),
+          'co_from_start': not first_co and in_co_from_start(run),
           'onset_step': first_co.get('step'), 'onset_epoch': first_co.get('epoch'),
           'co_epoch': results.get('co_onset_epoch'),
           'policy': run.config.get('guard', {}).get('policy', 'off'), 'checks': len(checks),
@@ -107,12 +118,14 @@ def run_summary(run: Run) -> dict:
 def signal_study(summaries: Sequence[dict]) -> dict:
   """Per signal, over the finished runs with checks and policy 'off': the lead times over the
   CO runs ({run: onset − first trigger, or None when it never triggered}) and the false alarms
-  over the others ({run: triggers}); with the runs of each kind."""
+  over the runs without CO ({run: triggers}); with the runs of each kind and those in CO from
+  the start (in neither)."""
   logged = [s for s in summaries if s['finished'] and s['checks'] and s['policy'] == 'off']
   co = [s for s in logged if s['co']]
-  clean = [s for s in logged if not s['co']]
+  clean = [s for s in logged if not (s['co'] or s['co_from_start'])]
   names = sorted({n for s in logged for n in s['first_trigger']})
   out = {'co_runs': [s['name'] for s in co], 'no_co_runs': [s['name'] for s in clean],
+         'co_from_start_runs': [s['name'] for s in logged if s['co_from_start']],
          'signals': {}}
   for name in names:
     lead = {s['name']: (None if s['first_trigger'].get(name) is None else
@@ -130,7 +143,8 @@ def signal_study(summaries: Sequence[dict]) -> dict:
 
 def comparison(runs: Sequence[Run], summaries: Sequence[dict], reference: str) -> list[dict]:
   """One row per group of finished runs, the reference first (`sweep_points` of the group:
-  mean ± std, CO rate), with the CO runs by every monitor point (``co_runs_steps``), the
+  mean ± std, CO rate), with the CO runs by every monitor point (``co_runs_steps``: an onset or
+  CO from the start), the
   training time and the ratio of its median to the `reference` group's (the median: a run slowed
   by other jobs on a shared machine moves it little)."""
   groups: dict[str, list[tuple[Run, dict]]] = {}
@@ -146,7 +160,7 @@ def comparison(runs: Sequence[Run], summaries: Sequence[dict], reference: str) -
     point, = sweep_points([run for run, _ in members])
     mean, std = mean_std(times[group])
     rows.append({**point, 'group': group, 'policy': members[0][1]['policy'],
-                 'co_runs_steps': sum(s['co'] for _, s in members),
+                 'co_runs_steps': sum(s['co'] or s['co_from_start'] for _, s in members),
                  'train_time_mean': mean, 'train_time_std': std,
                  'train_time_median': float(np.median(times[group])),
                  'train_time_range': [min(times[group]), max(times[group])],
@@ -171,6 +185,9 @@ def tables(study: dict, rows: Sequence[dict]) -> str:
     out.append(f"| `{name}` | {s['runs_with_alarm']}/{n_clean} | "
                f"{mean_pm_std(s['alarms_per_run'], None, 1)} | "
                f"{', '.join(map(str, s['false_alarms'].values()))} |")
+  if study['co_from_start_runs']:
+    out += ['', 'In CO from the start (no onset to warn of; in neither table): '
+            f"{', '.join(study['co_from_start_runs'])}."]
   out += ['', '| run | method | seeds | clean | FGSM | PGD | CO (epochs) | CO (all points) '
           '| training time (s), median (range) | × reference |',
           '|---|---|---|---:|---:|---:|---:|---:|---:|---:|']
