@@ -76,17 +76,13 @@ def monitor_points(run: Run) -> list[dict]:
 def onset(run: Run) -> dict | None:
   """The first monitor point ({epoch, step, ...}) at which the run's CO rule holds; None: no
   onset."""
-  points = monitor_points(run)
-  cm = run.config.co_monitor
-  epoch = co_onset(points, drop=cm.drop, gap=cm.gap)
+  return _onset(monitor_points(run), run.config.co_monitor)
+
+
+def _onset(points: Sequence[dict], co_monitor) -> dict | None:
+  """`onset` over the monitor `points` under the rule `co_monitor` (drop, gap)."""
+  epoch = co_onset(points, drop=co_monitor.drop, gap=co_monitor.gap)
   return None if epoch is None else next(p for p in points if p['epoch'] == epoch)
-
-
-def in_co_from_start(run: Run) -> bool:
-  """Whether the run's monitor points show CO from the start (`co_from_start`, its rule's
-  thresholds)."""
-  cm = run.config.co_monitor
-  return co_from_start(monitor_points(run), drop=cm.drop, gap=cm.gap)
 
 
 def signal_records(run: Run) -> list[dict]:
@@ -96,17 +92,19 @@ def signal_records(run: Run) -> list[dict]:
 
 def run_summary(run: Run) -> dict:
   """Per run: its group, seed, CO onset (step; the per-epoch monitor's epoch as
-  ``co_epoch``) or CO from the start, the guard's policy, each signal's first trigger (step or None) and trigger
-  count, the rollbacks' steps and the training time."""
+  ``co_epoch``) or CO from the start (`co_from_start` of its monitor points), the guard's
+  policy, each signal's first trigger (step or None) and trigger count, the rollbacks' steps
+  and the training time."""
   checks = signal_records(run)
+  points, cm = monitor_points(run), run.config.co_monitor
   names = list(run.config.get('guard', {}).get('signals', ()))
   firsts = {s: next((r['step'] for r in checks if s in r.get('triggered', ())), None)
             for s in names}
   counts = {s: sum(s in r.get('triggered', ()) for r in checks) for s in names}
-  results, first_co = run.results or {}, onset(run) or {}
+  results, first_co = run.results or {}, _onset(points, cm) or {}
   return {'name': run.name, 'group': _SEED.sub('', run.name), 'seed': run.config.get('seed'),
           'finished': run.results is not None, 'co': bool(first_co),
-          'co_from_start': not first_co and in_co_from_start(run),
+          'co_from_start': not first_co and co_from_start(points, drop=cm.drop, gap=cm.gap),
           'onset_step': first_co.get('step'), 'onset_epoch': first_co.get('epoch'),
           'co_epoch': results.get('co_onset_epoch'),
           'policy': run.config.get('guard', {}).get('policy', 'off'), 'checks': len(checks),
@@ -144,9 +142,8 @@ def signal_study(summaries: Sequence[dict]) -> dict:
 def comparison(runs: Sequence[Run], summaries: Sequence[dict], reference: str) -> list[dict]:
   """One row per group of finished runs, the reference first (`sweep_points` of the group:
   mean ± std, CO rate), with the CO runs by every monitor point (``co_runs_steps``: an onset or
-  CO from the start), the
-  training time and the ratio of its median to the `reference` group's (the median: a run slowed
-  by other jobs on a shared machine moves it little)."""
+  CO from the start), the training time and the ratio of its median to the `reference` group's
+  (the median: a run slowed by other jobs on a shared machine moves it little)."""
   groups: dict[str, list[tuple[Run, dict]]] = {}
   for run, s in zip(runs, summaries):
     if s['finished']:
