@@ -1,16 +1,17 @@
 """The robust-accuracy-against-ε study of the CPU-scale CIFAR-10 setting (docs/cifar_study.md):
-its runs, one after the other, resumable (`study_runs`).
+its runs, resumable (`study_runs`).
 
   python scripts/cifar_sweep.py --data-dir=../shared/data/cifar-10-subset
   python scripts/cifar_sweep.py --data-dir=... --dry-run     # print the commands only
-  python -m fat_jax.reports.aggregate runs/cifar_sweep/*_s[0-9] --sweep   # the table and figure
+  python -m fat_jax.reports.aggregate docs/cifar_study/runs/*_s[0-9] --sweep  # table, figure
 
 Each run is `launch.py --config=configs/cifar_subset.py:<method>_eps<E>` in
-``<root>/<method>_eps<E>_s<seed>``, without the end-of-run report. ε ∈ {8, 12, 16}/255; three
-seeds of FGSM, N-FGSM, R-LAP, N-AAER and PGD-AT, one of FGSM-RS, GradAlign, V-LAP, N-LAP and
-RS-AAER. The order gives a first figure early: seed 0 of the three-seed single-step methods at
-every ε, then of the one-seed methods, then of PGD-AT (about five FGSM runs' time each), then
-seeds 1 and 2. Seed 0's runs keep every epoch's checkpoint (the layer study).
+``<root>/<method>_eps<E>_s<seed>``, without the end-of-run report, its record kept in
+``<records>/<method>_eps<E>_s<seed>`` (`study_runs.run_all`; default docs/cifar_study/runs).
+ε ∈ {8, 12, 16}/255; three seeds of FGSM, N-FGSM, R-LAP, N-AAER and PGD-AT, one of FGSM-RS,
+GradAlign, V-LAP, N-LAP and RS-AAER. The order: the three-seed single-step methods seed by
+seed, then seed 0 of PGD-AT (about five FGSM runs' time each), of the one-seed methods,
+then seeds 1 and 2 of PGD-AT. Seed 0's runs keep every epoch's checkpoint (the layer study).
 """
 from __future__ import annotations
 
@@ -25,14 +26,15 @@ from fat_jax.configs import cifar_subset
 EPSILONS = (8, 12, 16)
 THREE_SEEDS = ('fgsm', 'n_fgsm', 'r_lap', 'n_aaer')
 ONE_SEED = ('fgsm_rs', 'gradalign', 'v_lap', 'n_lap', 'rs_aaer')
+SEEDS = (0, 1, 2)
 
 
 def plan(root: str, data_dir: str) -> list[tuple[str, list[str]]]:
   """[(workdir, command)] of the study, in running order."""
-  order = ([(m, e, 0) for e in EPSILONS for m in THREE_SEEDS]
-           + [(m, e, 0) for e in EPSILONS for m in ONE_SEED]
+  order = ([(m, e, s) for s in SEEDS for e in EPSILONS for m in THREE_SEEDS]
            + [('pgd_at', e, 0) for e in EPSILONS]
-           + [(m, e, s) for s in (1, 2) for e in EPSILONS for m in THREE_SEEDS + ('pgd_at',)])
+           + [(m, e, 0) for e in EPSILONS for m in ONE_SEED]
+           + [('pgd_at', e, s) for s in SEEDS[1:] for e in EPSILONS])
   rows = []
   for method, eps, seed in order:
     workdir = os.path.join(root, f'{method}_eps{eps}_s{seed}')
@@ -50,12 +52,15 @@ def plan(root: str, data_dir: str) -> list[tuple[str, list[str]]]:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--data-dir', required=True, help='the folder of cifar-10-batches-py')
-  parser.add_argument('--root', default='runs/cifar_sweep', help="the study's folder")
+  parser.add_argument('--root', default='runs/cifar_sweep', help="the runs' folder")
+  parser.add_argument('--records', default='docs/cifar_study/runs',
+                      help="the folder of the finished runs' records")
+  parser.add_argument('--jobs', type=int, default=1, help='runs at a time')
   parser.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
   args = parser.parse_args(argv)
   data_dir = os.path.abspath(args.data_dir)
   os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-  run_all(plan(args.root, data_dir), os.path.join(args.root, 'times.tsv'), args.dry_run)
+  run_all(plan(args.root, data_dir), args.records, args.dry_run, jobs=args.jobs)
 
 
 if __name__ == '__main__':

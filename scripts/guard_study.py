@@ -1,25 +1,25 @@
-"""The CO-guard study (docs/co_guard.md, "Study"): its runs, one after the other, in the
-quickstart setting or the CPU-scale CIFAR-10 one.
+"""The CO-guard study (docs/co_guard.md, "Study"): its runs, in the quickstart setting or the
+CPU-scale CIFAR-10 one.
 
   python scripts/guard_study.py --eps=0.15            # run (or resume) every run of ε = 0.15
   python scripts/guard_study.py --eps=0.2 --dry-run   # print the commands only
-  python scripts/guard_study.py --setting=cifar --data-dir=../shared/data/cifar-10-subset
+  python scripts/guard_study.py --setting=cifar --data-dir=../shared/data/cifar-10-subset --jobs=2
 
 Each run is `launch.py --config=configs/quickstart.py:<method>` with its flags, in
 ``<root>/eps<E>/<name>_s<seed>`` (log: the same path + ``.log``), under ``nice -n 5``, without the
 report. Every run logs the six CO signals every 20 steps (`--config.guard.every=20`; policy
 'off' except the guarded runs) and the monitor every 20 steps (`--config.eval.monitor_every_steps
 =20`, the steps of the checks), so that a signal's trigger and the monitor's collapse are placed
-on the same steps. The runs go one after the other as `study_runs.run_all` says (finished
-ones skipped, half-done ones resumed; ``<root>/eps<E>/times.tsv``). The list is ordered so
-that the runs of a first complete table (FGSM × 5, FGSM + rollback × 5, N-FGSM × 3) come
-first.
+on the same steps. The runs go as `study_runs.run_all` says (`--jobs` at a time, finished ones
+skipped, half-done ones resumed), their records kept in ``<records>/eps<E>/<name>_s<seed>``
+(default docs/co_guard/runs), which the study's tables are made from. The list is ordered so
+that the runs of a first complete table (FGSM × 5, FGSM + rollback × 5, N-FGSM × 3) come first.
 
 The CIFAR-10 setting (``--setting=cifar``) runs `configs/cifar_subset.py:<method>_eps<E>` (ε =
 E/255, default 12, where FGSM collapses there while N-FGSM holds) in ``<root>/cifar_eps<E>``,
-with the signals every 39 steps (4 checks per epoch of 152 steps), the monitor (PGD-10 on 500
-test images) every 78 and its CO rule at half the setting's thresholds (a drop of 0.05, a gap
-of 0.1); its runs are fewer (`CIFAR_RUNS`), each about 20 quickstart runs' time.
+with the signals every 39 steps (4 checks per epoch of 152 steps: the guard's 128 examples are
+held out of training) and the monitor (PGD-10 on 500 test images) every 78; its runs are fewer
+(`CIFAR_RUNS`), each about 20 quickstart runs' time.
 """
 from __future__ import annotations
 
@@ -31,10 +31,7 @@ from study_runs import run_all
 
 CHECKS = ['--config.guard.every=20', '--config.eval.monitor_every_steps=20',
           '--config.report=False']
-# The monitor's CO rule at half the setting's thresholds, as the CIFAR-10 ε sweep counts CO
-# (docs/cifar_study.md): FGSM at 12/255 collapses from a PGD accuracy below 0.1.
 CIFAR_CHECKS = ['--config.guard.every=39', '--config.eval.monitor_every_steps=78',
-                '--config.co_monitor.drop=0.05', '--config.co_monitor.gap=0.1',
                 '--config.report=False']
 # name → (quickstart method, extra flags, seeds), in the order they run.
 RUNS = [
@@ -90,7 +87,10 @@ def main(argv=None):
   parser.add_argument('--eps', type=float, default=None,
                       help='training and evaluation ε; quickstart: ε (0.15), cifar: ε·255 (12)')
   parser.add_argument('--data-dir', help='cifar: the folder of cifar-10-batches-py')
-  parser.add_argument('--root', default='runs/guard_study', help='the study\'s folder')
+  parser.add_argument('--root', default='runs/guard_study', help="the runs' folder")
+  parser.add_argument('--records', default='docs/co_guard/runs',
+                      help="the folder of the finished runs' records")
+  parser.add_argument('--jobs', type=int, default=1, help='runs at a time')
   parser.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
   args = parser.parse_args(argv)
   if args.setting == 'cifar' and not args.data_dir:
@@ -100,7 +100,8 @@ def main(argv=None):
   rows = (cifar_plan(int(args.eps or 12), args.root, data_dir) if args.setting == 'cifar' else
           plan(args.eps or 0.15, args.root))
   # The study's folder: each plan names it once, in its workdirs.
-  run_all(rows, os.path.join(os.path.dirname(rows[0][0]), 'times.tsv'), args.dry_run)
+  study = os.path.basename(os.path.dirname(rows[0][0]))
+  run_all(rows, os.path.join(args.records, study), args.dry_run, jobs=args.jobs)
 
 
 if __name__ == '__main__':
