@@ -27,7 +27,7 @@ import argparse
 import os
 import sys
 
-from study_runs import run_all
+from study_runs import run_all, select
 
 CHECKS = ['--config.guard.every=20', '--config.eval.monitor_every_steps=20',
           '--config.report=False']
@@ -91,6 +91,8 @@ def main(argv=None):
   parser.add_argument('--records', default='docs/co_guard/runs',
                       help="the folder of the finished runs' records")
   parser.add_argument('--jobs', type=int, default=1, help='runs at a time')
+  parser.add_argument('--runs', help='only these runs, in this order (comma-separated names, '
+                      'e.g. fgsm_s3,n_fgsm_s0)')
   parser.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
   args = parser.parse_args(argv)
   if args.setting == 'cifar' and not args.data_dir:
@@ -101,6 +103,10 @@ def main(argv=None):
           plan(args.eps or 0.15, args.root))
   # The study's folder: each plan names it once, in its workdirs.
   study = os.path.basename(os.path.dirname(rows[0][0]))
+  try:
+    rows = select(rows, args.runs)
+  except ValueError as e:
+    parser.error(str(e))
   run_all(rows, os.path.join(args.records, study), args.dry_run, jobs=args.jobs)
 
 

@@ -5,9 +5,10 @@ A finished run's record (`RECORD_FILES`: its config, per-epoch and within-epoch 
 signals and final results, without checkpoints) is copied into ``<records>/<name>``, the folder
 the study's tables and figures are made from (docs/co_guard.md, docs/cifar_study.md). A run
 with a record there is not run again; a half-done one resumes from its checkpoint (the same
-command); a failed run is retried once. `jobs` runs go at a time. Each run's output goes to
-``<workdir>.log``; per run, a line of ``<records>/times.tsv``: name, exit status, wall seconds,
-load averages (1, 5, 15 min) at its start and at its end.
+command); a failed run is retried once. `jobs` runs go at a time; `select` picks some of
+them, in an order of one's own. Each run's output goes to ``<workdir>.log``; per run, a line
+of ``<records>/times.tsv``: name, exit status, wall seconds, load averages (1, 5, 15 min) at its
+start and at its end.
 """
 from __future__ import annotations
 
@@ -38,6 +39,20 @@ def keep_record(workdir: str, records: str) -> str:
     if os.path.exists(os.path.join(workdir, name)):
       shutil.copyfile(os.path.join(workdir, name), os.path.join(folder, name))
   return folder
+
+
+def select(rows: list[tuple[str, list[str]]], names: str | None) -> list[tuple[str, list[str]]]:
+  """The rows of the runs named in `names` (comma-separated run names, e.g. ``fgsm_s3,n_fgsm_s0``),
+  in that order; all of `rows` when `names` is empty. An unknown name is a ValueError listing
+  the study's runs."""
+  if not names:
+    return rows
+  by_name = {os.path.basename(workdir): (workdir, command) for workdir, command in rows}
+  unknown = [n for n in names.split(',') if n not in by_name]
+  if unknown:
+    raise ValueError(f'No run {", ".join(unknown)} in this study; its runs: '
+                     f'{", ".join(by_name)}.')
+  return [by_name[n] for n in names.split(',')]
 
 
 def run_all(rows: list[tuple[str, list[str]]], records: str, dry_run: bool = False,

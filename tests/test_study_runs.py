@@ -4,6 +4,8 @@ is not run again — on a fresh checkout too, where the runs' folder is empty.""
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 'scripts'))
 import study_runs  # noqa: E402  pylint: disable=wrong-import-position
@@ -69,3 +71,11 @@ def test_dry_run_prints_the_commands_only(tmp_path, capsys):
   study_runs.run_all(rows(tmp_path, ['a_s0']), str(tmp_path / 'records'), dry_run=True)
   assert 'a_s0' in capsys.readouterr().out
   assert not (tmp_path / 'records').exists() and not (tmp_path / 'runs').exists()
+
+
+def test_select_picks_runs_in_the_order_given_and_names_an_unknown_one(tmp_path):
+  all_rows = rows(tmp_path, ['a_s0', 'a_s1', 'b_s0'])
+  assert study_runs.select(all_rows, None) == all_rows
+  assert study_runs.select(all_rows, 'b_s0,a_s0') == [all_rows[2], all_rows[0]]
+  with pytest.raises(ValueError, match='No run c_s0 in this study; its runs: a_s0, a_s1, b_s0'):
+    study_runs.select(all_rows, 'a_s0,c_s0')
