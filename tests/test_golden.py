@@ -3,7 +3,9 @@ and on TRADES) after 3 training steps of a tiny BatchNorm CNN from a fixed seed.
 
 The fixtures under ``tests/golden/`` hold the parameters, the BatchNorm statistics, the
 optimiser's momentum buffers and the per-example state after the third step; a change to
-how a step is composed must reproduce them within 1e-6. They pin today's numerics, not a
+how a step is composed must reproduce them within 1e-6 (`TOLERANCE`: looser for the cases whose
+steps amplify the last bits in which XLA's CPU kernels differ between processors). They pin
+today's numerics, not a
 paper: a deliberate change of a method's numerics re-records its fixture, with the reason in
 the commit message:
 
@@ -36,6 +38,14 @@ EPS, WD, STEPS, BATCH = 0.1, 5e-4, 3, 8
 TACT = np.array([0.1, 0.9, 0.3, 0.5], np.float32)  # T_act of node B (4 channels): C_p = {1, 3}
 AAER = dict(aaer=dict(lambda1=1.0, lambda2=1.5, lambda3=0.15))
 MEP = dict(mep=dict(reset_every=1))
+# atol = rtol per case, else 1e-6. The states were recorded on one x86-64 CPU; on another (an
+# AMD EPYC with AVX-512) most cases differ by ≤ 6e-7, these by more, each bound about 4× the
+# difference measured there: TRADES's inner maximisation takes the sign of KL gradients from
+# a start 0.001·N(0, 1) away from x, where they are near 0, so a flipped sign moves a pixel by
+# a whole step (6.4e-4 in the momentum); GradAlign's double backward and the feature-difference
+# losses' gradients through V_act carry the kernels' rounding further (3e-6, 2.2e-5).
+TOLERANCE = {'trades': 3e-3, 'trades_awp': 3e-3, 'induce_co': 1e-4, 'fd': 1.5e-5,
+             'gradalign': 1.5e-5}
 # case → (method name, config fields). Multi-step attacks take 3 steps to keep compiling fast.
 CASES = {
     'fgsm': ('fgsm', {}),
@@ -119,7 +129,8 @@ def test_three_steps_reproduce_the_golden_state(case, tmp_path):
     expected = dict(f)
   actual = run_case(case, write_tact(str(tmp_path)))
   assert sorted(actual) == sorted(expected)
-  chex.assert_trees_all_close(actual, expected, atol=1e-6, rtol=1e-6)
+  tol = TOLERANCE.get(case, 1e-6)
+  chex.assert_trees_all_close(actual, expected, atol=tol, rtol=tol)
 
 
 def record(cases) -> None:
