@@ -74,9 +74,12 @@ def run(name, devices, steps):
 
 for name in sorted(CASES):
   one, eight = run(name, 1, 3), run(name, 8, 3)
+  # TRADES's inner maximisation takes signs of KL gradients near 0 (tests/test_golden.py's
+  # TOLERANCE): the reduction order of 8 shards flips some (1.2e-4, 0.9% on an AMD EPYC).
+  tol = dict(rtol=3e-2, atol=5e-4) if 'trades' in name else dict(rtol=2e-4, atol=2e-5)
   for s, (a, b) in enumerate(zip(one, eight)):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-      np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5, err_msg=f'{name} step {s + 1}')
+      np.testing.assert_allclose(x, y, **tol, err_msg=f'{name} step {s + 1}')
   print('same', name, flush=True)
 
 ts = init_train_state(model, jax.random.key(0))
