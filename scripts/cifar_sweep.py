@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from study_runs import run_all, select
+from study_runs import add_arguments, run_selected
 
 from fat_jax.configs import cifar_subset
 
@@ -52,21 +52,11 @@ def plan(root: str, data_dir: str) -> list[tuple[str, list[str]]]:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--data-dir', required=True, help='the folder of cifar-10-batches-py')
-  parser.add_argument('--root', default='runs/cifar_sweep', help="the runs' folder")
-  parser.add_argument('--records', default='docs/cifar_study/runs',
-                      help="the folder of the finished runs' records")
-  parser.add_argument('--jobs', type=int, default=1, help='runs at a time')
-  parser.add_argument('--runs', help='only these runs, in this order (comma-separated names, '
-                      'e.g. fgsm_s3,n_fgsm_s0)')
-  parser.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
+  add_arguments(parser, 'runs/cifar_sweep', 'docs/cifar_study/runs')
   args = parser.parse_args(argv)
   data_dir = os.path.abspath(args.data_dir)
   os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-  try:
-    rows = select(plan(args.root, data_dir), args.runs)
-  except ValueError as e:
-    parser.error(str(e))
-  run_all(rows, args.records, args.dry_run, jobs=args.jobs)
+  run_selected(parser, args, plan(args.root, data_dir), args.records)
 
 
 if __name__ == '__main__':

@@ -27,7 +27,7 @@ import argparse
 import os
 import sys
 
-from study_runs import run_all, select
+from study_runs import add_arguments, run_selected
 
 CHECKS = ['--config.guard.every=20', '--config.eval.monitor_every_steps=20',
           '--config.report=False']
@@ -87,13 +87,7 @@ def main(argv=None):
   parser.add_argument('--eps', type=float, default=None,
                       help='training and evaluation ε; quickstart: ε (0.15), cifar: ε·255 (12)')
   parser.add_argument('--data-dir', help='cifar: the folder of cifar-10-batches-py')
-  parser.add_argument('--root', default='runs/guard_study', help="the runs' folder")
-  parser.add_argument('--records', default='docs/co_guard/runs',
-                      help="the folder of the finished runs' records")
-  parser.add_argument('--jobs', type=int, default=1, help='runs at a time')
-  parser.add_argument('--runs', help='only these runs, in this order (comma-separated names, '
-                      'e.g. fgsm_s3,n_fgsm_s0)')
-  parser.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
+  add_arguments(parser, 'runs/guard_study', 'docs/co_guard/runs')
   args = parser.parse_args(argv)
   if args.setting == 'cifar' and not args.data_dir:
     parser.error('--setting=cifar needs --data-dir (the folder of cifar-10-batches-py)')
@@ -103,11 +97,7 @@ def main(argv=None):
           plan(args.eps or 0.15, args.root))
   # The study's folder: each plan names it once, in its workdirs.
   study = os.path.basename(os.path.dirname(rows[0][0]))
-  try:
-    rows = select(rows, args.runs)
-  except ValueError as e:
-    parser.error(str(e))
-  run_all(rows, os.path.join(args.records, study), args.dry_run, jobs=args.jobs)
+  run_selected(parser, args, rows, os.path.join(args.records, study))
 
 
 if __name__ == '__main__':

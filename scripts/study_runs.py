@@ -55,6 +55,27 @@ def select(rows: list[tuple[str, list[str]]], names: str | None) -> list[tuple[s
   return [by_name[n] for n in names.split(',')]
 
 
+def add_arguments(parser, root: str, records: str) -> None:
+  """The options every study script takes: its runs' and records' folders, --jobs, --runs,
+  --dry-run."""
+  parser.add_argument('--root', default=root, help="the runs' folder")
+  parser.add_argument('--records', default=records,
+                      help="the folder of the finished runs' records")
+  parser.add_argument('--jobs', type=int, default=1, help='runs at a time')
+  parser.add_argument('--runs', help='only these runs, in this order (comma-separated names, '
+                      'e.g. fgsm_s3,n_fgsm_s0)')
+  parser.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
+
+
+def run_selected(parser, args, rows: list[tuple[str, list[str]]], records: str) -> None:
+  """`run_all` over the rows `args.runs` selects; an unknown name is the parser's error."""
+  try:
+    rows = select(rows, args.runs)
+  except ValueError as e:
+    parser.error(str(e))
+  run_all(rows, records, args.dry_run, jobs=args.jobs)
+
+
 def run_all(rows: list[tuple[str, list[str]]], records: str, dry_run: bool = False,
             nice: int = 5, jobs: int = 1) -> None:
   """Runs each (workdir, command) of `rows` under ``nice -n <nice>``, `jobs` at a time, and
