@@ -5,9 +5,8 @@ The fixtures under ``tests/golden/`` hold the parameters, the BatchNorm statisti
 optimiser's momentum buffers and the per-example state after the third step; a change to
 how a step is composed must reproduce them within 1e-6 (`TOLERANCE`: looser for the cases whose
 steps amplify the last bits in which XLA's CPU kernels differ between processors). They pin
-today's numerics, not a
-paper: a deliberate change of a method's numerics re-records its fixture, with the reason in
-the commit message:
+today's numerics, not a paper: a deliberate change of a method's numerics re-records its
+fixture, with the reason in the commit message:
 
     PYTHONPATH=$PWD python tests/test_golden.py [CASE ...]     # default: every case
 
