@@ -53,6 +53,7 @@ ROLLBACK, ADAPTIVE = RUNS[1], RUNS[3]
 CIFAR_RUNS = [
     ('fgsm', 'fgsm', [], 5), ROLLBACK, ('n_fgsm', 'n_fgsm', [], 3), ADAPTIVE,
     ('elle_a', 'elle_a', [], 3), ('r_lap', 'r_lap', [], 3), ('n_aaer', 'n_aaer', [], 3),
+    ('elle', 'elle', [], 3),
 ]
 
 
