@@ -49,12 +49,8 @@ RUNS = [
     ('n_aaer', 'n_aaer', [], 3),
     ('pgd_at', 'pgd_at', [], 1),  # PGD-10: about 9 FGSM runs' time
 ]
-ROLLBACK, ADAPTIVE = RUNS[1], RUNS[3]
-CIFAR_RUNS = [
-    ('fgsm', 'fgsm', [], 5), ROLLBACK, ('n_fgsm', 'n_fgsm', [], 3), ADAPTIVE,
-    ('elle_a', 'elle_a', [], 3), ('r_lap', 'r_lap', [], 3), ('n_aaer', 'n_aaer', [], 3),
-    ('elle', 'elle', [], 3),
-]
+# On CIFAR-10 a run costs about 20 quickstart runs: FGSM-RS and PGD-AT are left out.
+CIFAR_RUNS = [run for run in RUNS if run[0] not in ('fgsm_rs', 'pgd_at')]
 
 
 def plan(eps: float, root: str) -> list[tuple[str, list[str]]]:
