@@ -28,8 +28,6 @@ from fat_jax.attacks.eot import loss_and_grad
 from fat_jax.losses.classification import assert_logits_and_labels
 
 MM_CONFIDENCE = 50.0
-# The paper's evaluations: name -> (targets k, APGD iterations).
-MM_SETTINGS = {'MM-3': (3, 20), 'MM-9': (9, 20), 'MM+': (9, 100)}
 
 
 def mm_loss(logits: jax.Array, labels: jax.Array, targets: jax.Array,
