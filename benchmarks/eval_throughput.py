@@ -20,7 +20,8 @@ checkpoint and the first n test points of its data set (its config.json). Each s
 once on the same points (checks off); the time JAX spends tracing and compiling (reported by
 `jax.monitoring`, reading programs back from JAX's persistent compilation cache included) is
 subtracted; `--compilation-cache=FOLDER` keeps the programs there (`config.compilation_cache`),
-so that a second process reads them back. Batches are split over all devices (a `data` mesh);
+so that a second process reads them back. Batches are split over all devices (a `data` mesh;
+on a CPU `--cpu-devices`, as `config.cpu_devices`, makes each core a device by default);
 `--dtype=bfloat16` runs the model in mixed precision. The table lists that time, points/s, passes per point, robust
 accuracy per attack, and AA's cost relative to PGD; `--json=PATH` writes it as JSON too.
 `--pgd-steps`, `--pgd-restarts`, `--apgd-steps`, `--fab-steps` and `--square-queries` shrink
@@ -71,7 +72,7 @@ from fat_jax.formats.convert import convert  # noqa: E402
 from fat_jax.launch import use_compilation_cache  # noqa: E402
 from fat_jax.methods import init_train_state  # noqa: E402
 from fat_jax.models import build_model  # noqa: E402
-from fat_jax.parallel import make_data_mesh  # noqa: E402
+from fat_jax.parallel import cpu_device_count, make_data_mesh, split_cpu_cores  # noqa: E402
 from fat_jax.run.runs import Run  # noqa: E402
 
 
@@ -114,6 +115,9 @@ def parse_args():
   p.add_argument('--pgd-restarts', type=int, default=10)
   p.add_argument('--apgd-steps', type=int, default=100, help="AutoAttack's APGD steps")
   p.add_argument('--fab-steps', type=int, default=100, help="AutoAttack's FAB-T steps")
+  p.add_argument('--cpu-devices', default=default_config().cpu_devices,
+                 help="config.cpu_devices: 'auto' = one single-threaded CPU device per core (as "
+                      "--mode=eval), '1' = XLA's one device on all cores")
   p.add_argument('--compilation-cache', default=None,
                  help="config.compilation_cache for this process (a folder, 'auto', '' = off; "
                       "default: JAX's own setting, $JAX_COMPILATION_CACHE_DIR)")
@@ -297,6 +301,7 @@ def main():
       compile_s[0] += duration
 
   monitoring.register_event_duration_secs_listener(count_compilation)
+  split_cpu_cores(cpu_device_count(args.cpu_devices, True, args.batch_size))
   if args.compilation_cache is not None:
     use_compilation_cache(args.compilation_cache, jax.default_backend())
   if args.torch_init:

@@ -328,6 +328,13 @@ def default_config() -> ml_collections.ConfigDict:
   # $JAX_COMPILATION_CACHE_DIR, else ~/.cache/fat_jax/xla ($XDG_CACHE_HOME), on CPU only where
   # XLA's loader reads its programs back (launch.cpu_loads_programs); a folder; '' = off.
   c.compilation_cache = 'auto'
+  # XLA CPU devices made of the cores (launch.py, fat_jax.parallel.split_cpu_cores; no effect on
+  # a GPU or TPU). 'auto': in the modes that split their batches over the devices (eval,
+  # robustness, shortcuts) one device per core, each running its kernels on one thread, which
+  # evaluates faster than one device on all cores (docs/throughput.md); in training XLA's
+  # default, one device, so that a run's sequence is that of one device. 'N': N devices in
+  # every mode (training splits its batches too; batch sizes must be multiples of N).
+  c.cpu_devices = 'auto'
   c.report = True                 # launch.py writes WORKDIR/report (fat_jax.reports.report)
   return c
 

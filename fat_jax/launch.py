@@ -40,7 +40,7 @@ from fat_jax.errors import (LAUNCHER, TracebackLog, chain, command_name, message
 from fat_jax.analysis.evaluators import EVALUATORS
 from fat_jax.config import RENAMED
 from fat_jax.evaluate import SUITES
-from fat_jax.parallel import initialize_distributed, is_writer
+from fat_jax.parallel import cpu_device_count, initialize_distributed, is_writer, split_cpu_cores
 from fat_jax.reports.report import write_end_of_run_report
 from fat_jax.reports.summary import run_summary
 from fat_jax.run.run_config import check_against_run
@@ -102,6 +102,9 @@ def main(argv):
 
 def run_mode(config):
   """Runs --mode on `config` and --workdir."""
+  evaluator = EVALUATORS.get(_MODE.value)
+  split_cpu_cores(cpu_device_count(config.cpu_devices, evaluator is not None and
+                                   evaluator.data_parallel, config.eval.batch_size))
   initialize_distributed(config.distributed)
   absl_logging.set_verbosity(absl_logging.WARNING)  # quiet the libraries (orbax, jax, ...)
   use_compilation_cache(config.compilation_cache, jax.default_backend())
@@ -111,8 +114,7 @@ def run_mode(config):
   if _MODE.value != 'train':  # training validates and checks its workdir itself
     validate_config(config, suites=SUITES)
     check_against_run(config, _WORKDIR.value)
-  if _MODE.value in EVALUATORS:
-    evaluator = EVALUATORS[_MODE.value]
+  if evaluator is not None:
     run = Run.open(os.path.abspath(_WORKDIR.value), config)
     logging.getLogger('fat_jax').info('%s', evaluator.done(run, evaluator.run(run)))
     return

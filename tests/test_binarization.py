@@ -20,6 +20,7 @@ from fat_jax.evaluate.binarization import (LOGITS, binarization_test, binarize, 
 from fat_jax.evaluate.classifier import Classifier
 from fat_jax.methods import init_train_state
 from fat_jax.models import build_model
+from fat_jax.parallel import make_data_mesh
 from fat_jax.run.runs import Run
 from tests.fixtures import write_idx_dir
 from tests.test_apgd import toy_data
@@ -160,8 +161,8 @@ def test_attacks_that_need_more_classes_are_refused(cnn):
 def test_binarization_as_a_check_of_evaluate(cnn):
   params, x, y = cnn
   kw = dict(SMALL, square_check=False)
-  report = evaluate(cnn_apply, params, {}, x[:4], y[:4], checks=('binarization',),
-                    binarization_n=2, binarization_inner=24, **kw)
+  report = evaluate(cnn_apply, params, {}, x[:4], y[:4], checks=('binarization',),   # as a run
+                    binarization_n=2, binarization_inner=24, mesh=make_data_mesh(), **kw)
   check = report['checks']['binarization']
   assert check['attacks'] == ['apgd-ce'] and check['n_sampled'] == check['n_tested'] == 2
   assert check['status'] == sanity.PASS and check['feature_node'] == 'B'

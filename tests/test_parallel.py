@@ -1,5 +1,6 @@
 """Data parallelism: 8 (fake CPU) devices give the 1-device result for every method and for the
-evaluation, and a real 2-process run on localhost matches a single-process run."""
+evaluation, the CPU cores as devices give the 1-device evaluation, and a real 2-process run on
+localhost matches a single-process run."""
 import json
 import os
 import socket
@@ -7,9 +8,16 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
+from fat_jax.analysis.evaluators import evaluate_run
+from fat_jax.methods import init_train_state
+from fat_jax.models import build_model
+from fat_jax.parallel import cpu_device_count
+from fat_jax.run.checkpoint import Checkpointer
+from fat_jax.run.runs import Run
 from tests.fixtures import write_idx_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,6 +147,47 @@ def get_config():
   c.eval.pgd_steps, c.eval.pgd_restarts, c.eval.monitor_pgd_steps = 2, 1, 1
   return c
 '''
+
+
+def test_cpu_devices_setting():
+  assert cpu_device_count('auto', True, 256, cores=2) == 2
+  assert cpu_device_count('auto', True, 250, cores=4) == 2   # the largest count dividing the batch
+  assert cpu_device_count('auto', True, 7, cores=2) == 1
+  assert cpu_device_count('auto', False, 256, cores=2) == 1  # training keeps one device
+  assert cpu_device_count('3', False, 256, cores=2) == 3
+  for bad in ('0', 'two', '-1'):
+    with pytest.raises(ValueError, match="cpu_devices must be 'auto' or a positive integer"):
+      cpu_device_count(bad, True, 256)
+
+
+def test_eval_on_the_cpu_cores_as_devices_gives_the_one_device_result(tmp_path):
+  """`launch.py --mode=eval --config.cpu_devices=2`: two single-threaded CPU devices evaluate
+  what one device (this process) does, flag for flag."""
+  data_dir = write_idx_dir(str(tmp_path / 'fmnist'), n_train=32, n_test=16)
+  config_file = tmp_path / 'tiny.py'
+  config_file.write_text(CONFIG.format(data_dir=data_dir))
+  namespace = {}
+  exec(config_file.read_text(), namespace)  # pylint: disable=exec-used
+  config = namespace['get_config']()
+  workdir = str(tmp_path / 'run')
+  run = Run(workdir, 'run', config)
+  with Checkpointer(workdir) as checkpointer:
+    checkpointer.save(1, init_train_state(build_model(config.model, run.data.info),
+                                          jax.random.key(0)))
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_NUM_CPU_DEVICES')}
+  done = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'),
+                         f'--config={config_file}', f'--workdir={workdir}', '--mode=eval',
+                         '--config.cpu_devices=2', '--config.compilation_cache='],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  split = json.load(open(os.path.join(workdir, 'eval_pgd.json')))
+  split_flags = np.load(os.path.join(workdir, 'eval_pgd_flags.npz'))
+  one = evaluate_run(run)
+  assert split['devices'] == '2 × cpu' and one['devices'] == f'{jax.device_count()} × cpu'
+  for field in ('clean_accuracy', 'robust_accuracy', 'robust_accuracy_by_attack'):
+    assert split[field] == one[field]
+  for kind in ('clean', 'robust'):
+    np.testing.assert_array_equal(split_flags[kind], one['flags'][kind])
 
 
 def free_port() -> int:

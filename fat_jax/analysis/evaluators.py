@@ -192,6 +192,7 @@ class Evaluator:
   """An evaluator of a run and the line that tells where its artefact went."""
   run: Callable[[Run], dict]
   done: Callable[[Run, dict], str]
+  data_parallel: bool = False   # splits its batches over `make_data_mesh()`
 
 
 def _eval_done(run: Run, report: dict) -> str:
@@ -201,15 +202,16 @@ def _eval_done(run: Run, report: dict) -> str:
 
 
 EVALUATORS = {
-    'eval': Evaluator(evaluate_run, _eval_done),
-    'robustness': Evaluator(robustness_run, robustness_done),
+    'eval': Evaluator(evaluate_run, _eval_done, data_parallel=True),
+    'robustness': Evaluator(robustness_run, robustness_done, data_parallel=True),
     'noise_eval': Evaluator(evaluate_noise_run,
                             lambda run, _: f'Results: {run.workdir}/eval_noise.json'),
     'analyze': Evaluator(analyze_run, lambda run, _: f'Results: {run.workdir}/analysis.json, '
                                                      f'{run.workdir}/tact.npz'),
     'shortcuts': Evaluator(shortcut_removal_run,
                            lambda run, _: f'Results: {run.workdir}/{SHORTCUTS_REPORT}, '
-                                          f'{run.workdir}/{SHORTCUTS_FIGURE}'),
+                                          f'{run.workdir}/{SHORTCUTS_FIGURE}',
+                           data_parallel=True),
     'examples': Evaluator(adversarial_examples,
                           lambda run, _: f'Results: {run.workdir}/{EXAMPLES}'),
 }

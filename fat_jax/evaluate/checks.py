@@ -64,8 +64,8 @@ def _binarization(run, names, suite, key, n_points, n_inner):
   """The binarization test (`fat_jax.evaluate.binarization`) of the suite's attacks that can
   attack a 2-class model, on the first `n_points` points with `n_inner` inner points each:
   (record, forwards, backwards)."""
-  if run.model.randomized or suite == 'transfer' or run.mesh is not None:
-    return sanity.skipped('deterministic models, on one device, attacked themselves only'), 0, 0
+  if run.model.randomized or suite == 'transfer' or jax.process_count() > 1:
+    return sanity.skipped('deterministic models, in one process, attacked themselves only'), 0, 0
   usable, _ = binarization.binary_attacks(names, run.norm, run.x)
   if not usable:
     return sanity.check_binarization([], min(n_points, len(run.x)), usable), 0, 0

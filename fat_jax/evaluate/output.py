@@ -32,7 +32,8 @@ def format_table(report: dict) -> str:
     final = f"robust accuracy {report['robust_accuracy']:.4f}"
   timing = report.get('timing')
   lines.append(final + f"  wall {report['wall_time_s']:.1f} s" + (
-      f" (suite {timing['suite_s']:.1f} s, checks {timing['checks_s']:.1f} s)" if timing else ''))
+      f" (suite {timing['suite_s']:.1f} s, checks {timing['checks_s']:.1f} s)" if timing else '')
+      + (f" on {report['devices']}" if 'devices' in report else ''))
   for name, check in report.get('checks', {}).items():
     lines.append(f"check {name:<15} {check['status']:<13} {check['message']}")
   return '\n'.join(lines)

@@ -440,6 +440,7 @@ def evaluate(apply_fn: Callable | Classifier, params=None, state=None, x=None, y
         binarization_n=binarization_n, binarization_inner=binarization_inner)
     times['checks'] = report['timing']['checks_s'] = time.time() - t0
   report['wall_time_s'] = time.time() - start
+  report['devices'] = f"{1 if mesh is None else mesh.size} × {jax.devices()[0].device_kind}"
   if verbose and jax.process_index() == 0:
     print(format_table(report), flush=True)
   else:
