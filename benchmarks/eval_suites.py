@@ -33,23 +33,25 @@ import numpy as np
 SUITES = ('aa_standard', 'mm', 'mm+', 'md', 'mdmt', 'mde', 'pma', 'pma+')
 
 
-def run_suite(workdir: str, suite: str, n: int) -> float:
-  """One `--mode=eval` process; returns its wall time in seconds (imports included)."""
+def run_suite(workdir: str, suite: str, n: int, cpu_devices: str) -> float:
+  """One `--mode=eval` process (`config.cpu_devices`); returns its wall time in seconds
+  (imports included)."""
   cmd = [sys.executable, 'launch.py', f'--config=configs/from_workdir.py:{workdir}',
          f'--workdir={workdir}', '--mode=eval', f'--config.eval.suite={suite}',
          f'--config.eval.n={n}', '--config.eval.checks=False',
-         '--config.eval.square_check=False', '--config.progress=False']
+         '--config.eval.square_check=False', '--config.progress=False',
+         f'--config.cpu_devices={cpu_devices}']
   start = time.time()
   with open(os.path.join(workdir, f'bench_{suite}.log'), 'w') as log:
     subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
   return time.time() - start
 
 
-def suites_table(workdir: str, suites, n: int, run: bool = True) -> str:
+def suites_table(workdir: str, suites, n: int, run: bool = True, cpu_devices: str = 'auto') -> str:
   """Runs the suites (unless `run` is False: the reports already written) and tabulates."""
   rows, aa = [], None
   for suite in suites:
-    process_s = run_suite(workdir, suite, n) if run else None
+    process_s = run_suite(workdir, suite, n, cpu_devices) if run else None
     with open(os.path.join(workdir, f'eval_{suite}.json')) as f:
       report = json.load(f)
     robust = np.load(os.path.join(workdir, f'eval_{suite}_flags.npz'))['robust']
@@ -111,6 +113,7 @@ def main() -> None:
   p.add_argument('workdirs', nargs='+')
   p.add_argument('--n', type=int, default=500)
   p.add_argument('--suites', default=','.join(SUITES))
+  p.add_argument('--cpu-devices', default='auto', help="each process's config.cpu_devices")
   args = p.parse_args()
   print('$ uptime:', subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip())
   if args.what == 'binarization':
@@ -118,8 +121,8 @@ def main() -> None:
   else:
     for workdir in args.workdirs:
       print(f'\n{workdir} (n = {args.n})\n', flush=True)
-      print(suites_table(workdir, args.suites.split(','), args.n, args.what == 'suites'),
-            flush=True)
+      print(suites_table(workdir, args.suites.split(','), args.n, args.what == 'suites',
+                         args.cpu_devices), flush=True)
       print('$ uptime:', subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip())
 
 
