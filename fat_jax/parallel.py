@@ -70,7 +70,8 @@ def split_cpu_cores(n: int) -> None:
   `make_data_mesh()` runs one shard per core. Only before JAX starts its backends; a device
   count the user set (``$XLA_FLAGS``, ``$JAX_NUM_CPU_DEVICES``) is left as it is."""
   flags = os.environ.get('XLA_FLAGS', '')
-  if n <= 1 or 'xla_force_host_platform_device_count' in flags or jax.config.jax_num_cpu_devices > 0:
+  user_set = 'xla_force_host_platform_device_count' in flags or jax.config.jax_num_cpu_devices > 0
+  if n <= 1 or user_set:
     return
   jax.config.update('jax_num_cpu_devices', n)
   os.environ['XLA_FLAGS'] = f'{flags} --xla_cpu_multi_thread_eigen=false'.strip()
