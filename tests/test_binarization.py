@@ -14,17 +14,12 @@ from fat_jax.analysis import evaluators
 
 from fat_jax.evaluate import sanity
 from fat_jax.evaluate import evaluate, format_table, save_report
-from fat_jax.run.checkpoint import Checkpointer
 from fat_jax.evaluate.binarization import (LOGITS, binarization_test, binarize, binary_attacks,
                                            boundary_point, feature_node, inner_points)
 from fat_jax.evaluate.classifier import Classifier
-from fat_jax.methods import init_train_state
-from fat_jax.models import build_model
 from fat_jax.parallel import make_data_mesh
-from fat_jax.run.runs import Run
-from tests.fixtures import write_idx_dir
 from tests.test_apgd import toy_data
-from tests.test_eval_suites import CONFIG as EVAL_CONFIG
+from tests.test_eval_suites import checkpointed_run
 
 EPS = 0.1
 SMALL = dict(suite='custom', attacks=['apgd-ce'], eps=EPS, apgd_steps=5, square_queries=20,
@@ -220,15 +215,8 @@ def test_an_evaluation_with_no_robust_point_left_reports_uninformative_checks(cn
 
 def test_the_run_config_adds_the_binarization_check(tmp_path, monkeypatch):
   """--config.eval.binarization=True (and binarization_n) reach `evaluate` from a run."""
-  data_dir = write_idx_dir(str(tmp_path / 'fmnist'), n_train=32, n_test=8)
-  namespace = {}
-  exec(EVAL_CONFIG.format(data_dir=data_dir), namespace)  # pylint: disable=exec-used
-  config = namespace['get_config']()
-  workdir = str(tmp_path / 'run')
-  run = Run(workdir, 'run', config)
-  with Checkpointer(workdir) as checkpointer:
-    checkpointer.save(1, init_train_state(build_model(config.model, run.data.info),
-                                          jax.random.key(0)))
+  _, run = checkpointed_run(tmp_path)
+  config = run.config
   seen = []
 
   def spy(*args, **kwargs):

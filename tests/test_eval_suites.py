@@ -12,7 +12,6 @@ import pytest
 
 from fat_jax.analysis.evaluators import evaluate_run
 from fat_jax.attacks import with_input_noise
-from fat_jax.data import load_dataset
 from fat_jax.evaluate import sanity
 from fat_jax.evaluate import evaluate, format_table, save_report
 from fat_jax.methods import init_train_state
@@ -231,19 +230,26 @@ def get_config():
 '''
 
 
-@pytest.mark.slow
-def test_launch_eval_end_to_end(tmp_path):
-  data_dir = write_idx_dir(str(tmp_path / 'fmnist'), n_train=32, n_test=8)
+def checkpointed_run(tmp_path, template: str = CONFIG, epoch: int = 1, n_test: int = 8):
+  """A run directory in `tmp_path`: the config file `template` over a tiny Fashion-MNIST folder
+  and an initialised model saved as `epoch`. Returns (config file, Run)."""
+  data_dir = write_idx_dir(str(tmp_path / 'fmnist'), n_train=32, n_test=n_test)
   config_file = tmp_path / 'tiny.py'
-  config_file.write_text(CONFIG.format(data_dir=data_dir))
+  config_file.write_text(template.format(data_dir=data_dir))
   namespace = {}
   exec(config_file.read_text(), namespace)  # pylint: disable=exec-used
   config = namespace['get_config']()
-  workdir = str(tmp_path / 'run')
-  model = build_model(config.model, load_dataset(config.data).info)
-  checkpointer = Checkpointer(workdir)   # an initialised model saved as epoch 3
-  checkpointer.save(3, init_train_state(model, jax.random.key(0)))
-  checkpointer.close()
+  run = Run(str(tmp_path / 'run'), 'run', config)
+  with Checkpointer(run.workdir) as checkpointer:
+    checkpointer.save(epoch, init_train_state(build_model(config.model, run.data.info),
+                                              jax.random.key(0)))
+  return str(config_file), run
+
+
+@pytest.mark.slow
+def test_launch_eval_end_to_end(tmp_path):
+  config_file, run = checkpointed_run(tmp_path, epoch=3)
+  config, workdir = run.config, run.workdir
   # Twice, with every program kept in a compilation cache: the second run reads them back.
   command = [sys.executable, os.path.join(ROOT, 'launch.py'), f'--config={config_file}',
              f'--workdir={workdir}', '--mode=eval',

@@ -13,12 +13,9 @@ import numpy as np
 import pytest
 
 from fat_jax.analysis.evaluators import evaluate_run
-from fat_jax.methods import init_train_state
-from fat_jax.models import build_model
 from fat_jax.parallel import cpu_device_count
-from fat_jax.run.checkpoint import Checkpointer
-from fat_jax.run.runs import Run
 from tests.fixtures import write_idx_dir
+from tests.test_eval_suites import checkpointed_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -163,17 +160,8 @@ def test_cpu_devices_setting():
 def test_eval_on_the_cpu_cores_as_devices_gives_the_one_device_result(tmp_path):
   """`launch.py --mode=eval --config.cpu_devices=2`: two single-threaded CPU devices evaluate
   what one device (this process) does, flag for flag."""
-  data_dir = write_idx_dir(str(tmp_path / 'fmnist'), n_train=32, n_test=16)
-  config_file = tmp_path / 'tiny.py'
-  config_file.write_text(CONFIG.format(data_dir=data_dir))
-  namespace = {}
-  exec(config_file.read_text(), namespace)  # pylint: disable=exec-used
-  config = namespace['get_config']()
-  workdir = str(tmp_path / 'run')
-  run = Run(workdir, 'run', config)
-  with Checkpointer(workdir) as checkpointer:
-    checkpointer.save(1, init_train_state(build_model(config.model, run.data.info),
-                                          jax.random.key(0)))
+  config_file, run = checkpointed_run(tmp_path, CONFIG, n_test=16)
+  workdir = run.workdir
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_NUM_CPU_DEVICES')}
   done = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'),
                          f'--config={config_file}', f'--workdir={workdir}', '--mode=eval',
