@@ -157,6 +157,21 @@ def test_cpu_devices_setting():
       cpu_device_count(bad, True, 256)
 
 
+@pytest.mark.parametrize('xla_flags, expected', [
+    ('', '2 --xla_cpu_multi_thread_eigen=false'),
+    ('--xla_force_host_platform_device_count=3', '3 --xla_force_host_platform_device_count=3'),
+])
+def test_split_cpu_cores_leaves_a_device_count_the_user_set(xla_flags, expected):
+  script = ('import jax, os\nfrom fat_jax.parallel import split_cpu_cores\nsplit_cpu_cores(2)\n'
+            'print(jax.device_count(), os.environ["XLA_FLAGS"])')
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_NUM_CPU_DEVICES'}
+  env['XLA_FLAGS'] = xla_flags
+  done = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip() == expected
+
+
 def test_eval_on_the_cpu_cores_as_devices_gives_the_one_device_result(tmp_path):
   """`launch.py --mode=eval --config.cpu_devices=2`: two single-threaded CPU devices evaluate
   what one device (this process) does, flag for flag."""
