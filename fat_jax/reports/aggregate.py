@@ -167,8 +167,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 # Config fields in which the seeds of one sweep point may differ (where and how a run ran).
 SWEEP_FREE_FIELDS = ('seed', 'progress', 'tensorboard', 'report', 'compilation_cache',
-                     'checkpoint_keep', 'data.dir', 'data.source', 'data.workers', 'distributed',
-                     'eval.batch_size')
+                     'cpu_devices', 'checkpoint_keep', 'data.dir', 'data.source', 'data.workers',
+                     'distributed', 'eval.batch_size')
 
 
 def _flat_config(config, prefix: str = '') -> dict:
