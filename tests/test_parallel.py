@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from fat_jax.analysis.evaluators import evaluate_run
+from fat_jax.analysis.evaluators import EVALUATORS
 from fat_jax.parallel import cpu_device_count
 from tests.fixtures import write_idx_dir
 from tests.test_eval_suites import checkpointed_run
@@ -172,25 +172,33 @@ def test_split_cpu_cores_leaves_a_device_count_the_user_set(xla_flags, expected)
   assert done.stdout.strip() == expected
 
 
-def test_eval_on_the_cpu_cores_as_devices_gives_the_one_device_result(tmp_path):
-  """`launch.py --mode=eval --config.cpu_devices=2`: two single-threaded CPU devices evaluate
-  what one device (this process) does, flag for flag."""
+def test_evaluators_on_the_cpu_cores_as_devices_give_the_one_device_result(tmp_path):
+  """`launch.py --mode=eval|robustness --config.cpu_devices=2`: two single-threaded CPU devices
+  evaluate what one device (this process) does, flag for flag."""
   config_file, run = checkpointed_run(tmp_path, CONFIG, n_test=16)
   workdir = run.workdir
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_NUM_CPU_DEVICES')}
-  done = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'),
-                         f'--config={config_file}', f'--workdir={workdir}', '--mode=eval',
-                         '--config.cpu_devices=2', '--config.compilation_cache='],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
-  split = json.load(open(os.path.join(workdir, 'eval_pgd.json')))
-  split_flags = np.load(os.path.join(workdir, 'eval_pgd_flags.npz'))
-  one = evaluate_run(run)
-  assert split['devices'] == '2 × cpu' and one['devices'] == f'{jax.device_count()} × cpu'
-  for field in ('clean_accuracy', 'robust_accuracy', 'robust_accuracy_by_attack'):
-    assert split[field] == one[field]
-  for kind in ('clean', 'robust'):
-    np.testing.assert_array_equal(split_flags[kind], one['flags'][kind])
+  for mode in ('eval', 'robustness'):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'),
+                           f'--config={config_file}', f'--workdir={workdir}', f'--mode={mode}',
+                           '--config.cpu_devices=2', '--config.compilation_cache='],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+  for stem, mode, fields, kinds in (
+      ('eval_pgd', 'eval', ('clean_accuracy', 'robust_accuracy', 'robust_accuracy_by_attack'),
+       ('clean', 'robust')),
+      ('robustness_epoch1', 'robustness', ('clean_accuracy', 'fgsm_accuracy', 'pgd_accuracy'),
+       ('clean', 'fgsm', 'pgd'))):
+    split = json.load(open(os.path.join(workdir, f'{stem}.json')))
+    split_flags = dict(np.load(os.path.join(workdir, f'{stem}_flags.npz')))
+    if mode == 'eval':
+      assert split['devices'] == '2 × cpu'   # the evaluation report names its devices
+    one = EVALUATORS[mode].run(run)
+    one_flags = one.get('flags') or np.load(os.path.join(workdir, f'{stem}_flags.npz'))
+    for field in fields:
+      assert split[field] == one[field], (mode, field)
+    for kind in kinds:
+      np.testing.assert_array_equal(split_flags[kind], one_flags[kind])
 
 
 def free_port() -> int:

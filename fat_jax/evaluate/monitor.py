@@ -20,7 +20,7 @@ from fat_jax.data import augment, shard_batch
 from fat_jax.evaluate.pieces import pad_rows, padded_length, pgd_by_restart
 from fat_jax.losses import accuracy
 from fat_jax.losses.feature_diff import feature_distance
-from fat_jax.parallel import to_host
+from fat_jax.parallel import replicate, to_host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,8 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
                         mesh, batch_size: int, seed: int = 0, desc: str = 'eval',
                         progress: bool = True) -> dict:
   """Clean / FGSM / PGD accuracy over uint8 `images` in batches of `batch_size`, the last one
-  padded to `padded_length` (`pad_rows`).
+  padded to `padded_length` (`pad_rows`), each split over `mesh` (`params` and `state` placed on
+  all its devices).
 
   Returns the accuracies, the per-point flags, the settings, the wall time,
   V_act = mean ‖M_i(x) − M_i(x + δ)‖₂ per feature node i (Zhao et al., "Catastrophic
@@ -83,6 +84,7 @@ def evaluate_robustness(model, params, state, images, labels, settings: PGDSetti
   point ('vact_pgd'), and 'non_finite_logits': the number of points whose logits hold NaN or
   inf at the clean, FGSM or PGD point (a diverged model: `fat_jax.run.divergence.check_monitor`).
   """
+  params, state = replicate((params, state), mesh)
   n = len(images)
   start = time.time()
   chunks = []
